@@ -1,0 +1,257 @@
+"""Denoisers D(z, t) ~ E[x | z, t], one interface for all of them.
+
+z is a batch [B, C, H, W] in data units (x + t eps, x in [-1, 1]) and t a per-sample noise
+level [B] (a scalar is broadcast), so a batch may mix noise levels. PSPC denoisers can also
+return their patch posterior weights (`posterior`), which are the attribution.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+
+from .patch_posterior import DEFAULT_CHUNK_BYTES, patch_posterior
+from .patch_sets import PatchSet, WindowPatches, flex_patches, square_patches
+from .posterior_weights import PosteriorWeights, WeightRequest
+from .schedules import Schedule, default_flex_schedule, default_patch_schedule
+from .training_set import TrainingSet
+
+
+class DenoiserInputError(ValueError):
+    """Bad denoiser input: wrong shape, channel count, resolution, NaN, t <= 0."""
+
+
+class Denoiser(torch.nn.Module, ABC):
+    """Base class: validates (z, t) and defines the reproducibility record."""
+
+    image_shape: tuple[int, int, int]
+
+    def forward(self, z: torch.Tensor, t) -> torch.Tensor:
+        z, t = self.check_input(z, t)
+        return self.denoise(z, t)
+
+    @abstractmethod
+    def denoise(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """D(z, t) for validated z [B, C, H, W] and t [B] > 0."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """JSON-able record of the denoiser (kind, parameters, data fingerprint)."""
+
+    @property
+    def device(self) -> torch.device:
+        buffers = list(self.buffers())
+        return buffers[0].device if buffers else torch.device("cpu")
+
+    def check_input(self, z: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(z, torch.Tensor):
+            raise DenoiserInputError(f"z must be a tensor, got {type(z).__name__}")
+        if z.ndim != 4:
+            raise DenoiserInputError(f"z must be a batch [B, C, H, W], got shape {tuple(z.shape)}")
+        if tuple(z.shape[1:]) != tuple(self.image_shape):
+            c, h, w = self.image_shape
+            raise DenoiserInputError(
+                f"z has {z.shape[1]} channels at {z.shape[2]}x{z.shape[3]}, the training set has {c} at {h}x{w}")
+        if not z.is_floating_point():
+            raise DenoiserInputError(f"z must be floating point, got {z.dtype}")
+        if not torch.isfinite(z).all():
+            raise DenoiserInputError("z contains NaN or infinite values")
+        t = torch.as_tensor(t, dtype=torch.float64, device=z.device)
+        if t.ndim == 0:
+            t = t.expand(z.shape[0])
+        if t.shape != (z.shape[0],):
+            raise DenoiserInputError(f"t must be a scalar or one value per sample [{z.shape[0]}], got shape {tuple(t.shape)}")
+        if not torch.isfinite(t).all() or (t <= 0).any():
+            raise DenoiserInputError(f"t must be finite and > 0, got {t.tolist()}")
+        return z, t
+
+
+class TrainingSetDenoiser(Denoiser):
+    """A denoiser defined by a training set: holds it as a buffer so .to(device) moves it."""
+
+    def __init__(self, training_set: TrainingSet):
+        super().__init__()
+        self.training_set = training_set
+        self.image_shape = training_set.image_shape
+        self.register_buffer("data", training_set.as_float(), persistent=False)
+
+    def _record(self, kind: str, **params) -> dict:
+        return {"kind": kind, "dataset": self.training_set.describe(), **params}
+
+
+class PSPCDenoiser(TrainingSetDenoiser):
+    """Patch Set Posterior Composite (Eq. 11) with a patch set chosen per noise level.
+
+    patch_set_at(t) returns the patch set for noise level t; samples of a batch that
+    share a patch set are computed together.
+    """
+
+    def __init__(self, training_set: TrainingSet, patch_set_at: Callable[[float], PatchSet], kind: str,
+                 schedule: dict | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        super().__init__(training_set)
+        self.patch_set_at = patch_set_at
+        self.kind = kind
+        self.schedule = schedule or {}
+        self.chunk_bytes = chunk_bytes
+
+    def denoise(self, z, t):
+        return self._run(z, t, None)[0]
+
+    def posterior(self, z: torch.Tensor, t, request: WeightRequest = WeightRequest()) -> tuple[torch.Tensor, list[tuple[torch.Tensor, PosteriorWeights]]]:
+        """D(z, t) and the posterior weights, as a list of (batch indices, weights), one per patch set."""
+        z, t = self.check_input(z, t)
+        return self._run(z, t, request)
+
+    def _run(self, z, t, request):
+        groups: dict[int, tuple[PatchSet, list[int]]] = {}
+        for b, t_b in enumerate(t.tolist()):
+            patch_set = self.patch_set_at(t_b)
+            groups.setdefault(id(patch_set), (patch_set, []))[1].append(b)
+        x_hat = torch.empty_like(z)
+        weights = []
+        for patch_set, members in groups.values():
+            index = torch.tensor(members, device=z.device)
+            out, w = patch_posterior(z[index], t[index], self.data.to(z.dtype), patch_set,
+                                     self.training_set.xflip, request, self.chunk_bytes)
+            x_hat[index] = out
+            if w is not None:
+                weights.append((index.cpu(), w))
+        return x_hat, weights
+
+    def describe(self):
+        return self._record(self.kind, schedule=self.schedule)
+
+
+def _cached(make: Callable) -> Callable:
+    """Memoise a patch-set factory on its key (patch sets are reused across steps)."""
+    cache: dict = {}
+
+    def get(key):
+        if key not in cache:
+            cache[key] = make(key)
+        return cache[key]
+
+    return get
+
+
+def pspc_square(training_set: TrainingSet, patch_size: int | Schedule | None = None, **options) -> PSPCDenoiser:
+    """PSPC-Square: all s x s windows, s fixed or s = s(t) from a schedule (default: the
+    paper's, with the resolution rule of `default_patch_schedule`)."""
+    _, height, width = training_set.image_shape
+    if patch_size is None:
+        patch_size = default_patch_schedule(height, width)
+    windows = _cached(lambda s: square_patches(height, width, int(s)))
+    if isinstance(patch_size, Schedule):
+        return PSPCDenoiser(training_set, lambda t: windows(patch_size(t)), "pspc-square",
+                            {"patch_size": patch_size.describe()}, **options)
+    return PSPCDenoiser(training_set, lambda t: windows(patch_size), "pspc-square",
+                        {"patch_size": int(patch_size)}, **options)
+
+
+def pspc_flex(training_set: TrainingSet, sensitivity: Callable[[float], torch.Tensor],
+              lambdas: Schedule | None = None, sensitivity_name: str = "custom", **options) -> PSPCDenoiser:
+    """PSPC-Flex: per-pixel masks from a sensitivity map G(t) [H, W, H, W] and lambda(t) (Eq. 12).
+
+    Masks are rebuilt for each distinct (lambda, G) and cached by noise level."""
+    lambdas = lambdas or default_flex_schedule()
+    masks = _cached(lambda t: flex_patches(sensitivity(t), lambdas(t)))
+    return PSPCDenoiser(training_set, lambda t: masks(float(t)), "pspc-flex",
+                        {"lambda": lambdas.describe(), "sensitivity": sensitivity_name}, **options)
+
+
+class EmpiricalDenoiser(PSPCDenoiser):
+    """The optimal denoiser of the empirical distribution (Eq. 6-7): one patch, the whole image."""
+
+    def __init__(self, training_set: TrainingSet, **options):
+        _, height, width = training_set.image_shape
+        whole = WindowPatches(height, width, height, width)
+        super().__init__(training_set, lambda t: whole, "empirical", **options)
+
+
+class GaussianDenoiser(TrainingSetDenoiser):
+    """Wang & Vastola: the optimal denoiser of the Gaussian fitted to the data,
+    D(z) = mu + U diag(S / (S + t^2)) U^T (z - mu), optionally keeping the top `rank`
+    eigenpairs. Statistics include the mirrored entries when the set has x-flips."""
+
+    def __init__(self, training_set: TrainingSet, rank: int | None = None):
+        super().__init__(training_set)
+        x = training_set.entry_images(torch.float64).flatten(1)
+        mean = x.mean(0)
+        centered = x - mean
+        covariance = centered.T @ centered / x.shape[0]
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        eigenvalues, eigenvectors = eigenvalues.flip(0).clamp(min=0), eigenvectors.flip(1)
+        if rank is not None:
+            if not 1 <= rank <= x.shape[1]:
+                raise ValueError(f"rank must be in [1, {x.shape[1]}], got {rank}")
+            eigenvalues, eigenvectors = eigenvalues[:rank], eigenvectors[:, :rank]
+        self.rank = rank
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("eigenvalues", eigenvalues, persistent=False)
+        self.register_buffer("eigenvectors", eigenvectors, persistent=False)
+
+    def denoise(self, z, t):
+        centered = z.to(torch.float64).flatten(1) - self.mean
+        shrink = self.eigenvalues / (self.eigenvalues + t[:, None].square())  # [B, r]
+        coefficients = centered @ self.eigenvectors * shrink
+        out = self.mean + coefficients @ self.eigenvectors.T
+        return out.view_as(z).to(z.dtype)
+
+    def describe(self):
+        return self._record("gaussian", rank=self.rank)
+
+
+class CFDMDenoiser(TrainingSetDenoiser):
+    """sigma-CFDM (Scarvelis, Borde, Solomon 2023) as an EDM denoiser.
+
+    The paper works in rectified-flow time, z_rf = tau x + (1 - tau) eps with tau = 1 / (1 + t),
+    so z_rf = z / (1 + t); its closed-form model k(z_rf) = tau * D_emp(z, t). Smoothing k
+    over z_rf + sigma eps' is, in EDM units, evaluating D_emp at z + sigma (1 + t) eps' with
+    the same t, and averaging over M draws. The draws come from a generator seeded by
+    `seed`, so the denoiser is a deterministic function of (z, t)."""
+
+    def __init__(self, training_set: TrainingSet, sigma: float = 0.1, draws: int = 8, seed: int = 0, **options):
+        super().__init__(training_set)
+        if sigma < 0 or draws < 1:
+            raise ValueError(f"need sigma >= 0 and draws >= 1, got sigma={sigma}, draws={draws}")
+        self.sigma, self.draws, self.seed = sigma, draws, seed
+        self.empirical = EmpiricalDenoiser(training_set, **options)
+
+    def denoise(self, z, t):
+        generator = torch.Generator(device=z.device).manual_seed(self.seed)
+        scale = (self.sigma * (1 + t)).to(z.dtype)[:, None, None, None]
+        total = torch.zeros_like(z, dtype=torch.float64)
+        for _ in range(self.draws):
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            total += self.empirical.denoise(z + scale * noise, t)
+        return (total / self.draws).to(z.dtype)
+
+    def describe(self):
+        return self._record("cfdm", sigma=self.sigma, draws=self.draws, seed=self.seed)
+
+
+class NetworkDenoiser(Denoiser):
+    """Any torch module with the EDM interface net(z, sigma) -> x_hat (sigma = t, shape [B])."""
+
+    def __init__(self, net: torch.nn.Module, image_shape: tuple[int, int, int], name: str = "network"):
+        super().__init__()
+        self.net = net
+        self.image_shape = tuple(image_shape)
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        params = list(self.net.parameters()) + list(self.net.buffers())
+        return params[0].device if params else torch.device("cpu")
+
+    @torch.no_grad()
+    def denoise(self, z, t):
+        out = self.net(z, t.to(z.dtype))
+        if tuple(out.shape) != tuple(z.shape):
+            raise DenoiserInputError(f"network returned shape {tuple(out.shape)} for input {tuple(z.shape)}")
+        return out.to(z.dtype)
+
+    def describe(self):
+        return {"kind": "network", "name": self.name, "image_shape": list(self.image_shape)}
