@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from . import window_kernel
 from .patch_posterior import DEFAULT_CHUNK_BYTES, patch_posterior
 from .patch_sets import PatchSet, WindowPatches, flex_patches, square_patches
 from .posterior_weights import PosteriorWeights, WeightRequest
@@ -114,11 +115,18 @@ class PSPCDenoiser(TrainingSetDenoiser):
         for patch_set, members in groups.values():
             index = torch.tensor(members, device=z.device)
             out, w = patch_posterior(z[index], t[index], self.data.to(z.dtype), patch_set,
-                                     self.training_set.xflip, request, self.chunk_bytes)
+                                     self.training_set.xflip, request, self.chunk_bytes,
+                                     self._images_t() if z.device.type == "cpu" else None)
             x_hat[index] = out
             if w is not None:
                 weights.append((index.cpu(), w))
         return x_hat, weights
+
+    def _images_t(self):
+        """The data laid out for the fused CPU kernels (built once, on first CPU call)."""
+        if getattr(self, "_images_t_cache", None) is None:
+            self._images_t_cache = window_kernel.transpose_images(self.training_set.as_float().numpy())
+        return self._images_t_cache
 
     def describe(self):
         return self._record(self.kind, schedule=self.schedule)
@@ -203,7 +211,7 @@ class GaussianDenoiser(TrainingSetDenoiser):
         return self._record("gaussian", rank=self.rank)
 
 
-class CFDMDenoiser(TrainingSetDenoiser):
+class CFDMDenoiser(Denoiser):
     """sigma-CFDM (Scarvelis, Borde, Solomon 2023) as an EDM denoiser.
 
     The paper works in rectified-flow time, z_rf = tau x + (1 - tau) eps with tau = 1 / (1 + t),
@@ -213,11 +221,12 @@ class CFDMDenoiser(TrainingSetDenoiser):
     `seed`, so the denoiser is a deterministic function of (z, t)."""
 
     def __init__(self, training_set: TrainingSet, sigma: float = 0.1, draws: int = 8, seed: int = 0, **options):
-        super().__init__(training_set)
+        super().__init__()
         if sigma < 0 or draws < 1:
             raise ValueError(f"need sigma >= 0 and draws >= 1, got sigma={sigma}, draws={draws}")
         self.sigma, self.draws, self.seed = sigma, draws, seed
-        self.empirical = EmpiricalDenoiser(training_set, **options)
+        self.empirical = EmpiricalDenoiser(training_set, **options)  # holds the data
+        self.training_set, self.image_shape = training_set, training_set.image_shape
 
     def denoise(self, z, t):
         generator = torch.Generator(device=z.device).manual_seed(self.seed)
@@ -229,7 +238,8 @@ class CFDMDenoiser(TrainingSetDenoiser):
         return (total / self.draws).to(z.dtype)
 
     def describe(self):
-        return self._record("cfdm", sigma=self.sigma, draws=self.draws, seed=self.seed)
+        return {"kind": "cfdm", "dataset": self.training_set.describe(),
+                "sigma": self.sigma, "draws": self.draws, "seed": self.seed}
 
 
 class NetworkDenoiser(Denoiser):
@@ -255,3 +265,30 @@ class NetworkDenoiser(Denoiser):
 
     def describe(self):
         return {"kind": "network", "name": self.name, "image_shape": list(self.image_shape)}
+
+
+DENOISER_KINDS = ("pspc-square", "pspc-flex", "empirical", "gaussian", "cfdm")
+
+
+def build_denoiser(kind: str, training_set: TrainingSet, *, patch_size: int | None = None,
+                   rank: int | None = None, cfdm_sigma: float = 0.1, cfdm_draws: int = 8,
+                   seed: int = 0, **options) -> Denoiser:
+    """The denoiser named `kind` over `training_set`, with the paper's defaults.
+
+    pspc-square: patch_size fixed, or the default s(t) schedule when None.
+    pspc-flex: isotropic stand-in sensitivity (see pspc.sensitivity) and the paper's lambda(t).
+    """
+    from .sensitivity import isotropic_sensitivity
+
+    if kind == "pspc-square":
+        return pspc_square(training_set, patch_size, **options)
+    if kind == "pspc-flex":
+        _, height, width = training_set.image_shape
+        return pspc_flex(training_set, isotropic_sensitivity(height, width), sensitivity_name="isotropic-fig3", **options)
+    if kind == "empirical":
+        return EmpiricalDenoiser(training_set, **options)
+    if kind == "gaussian":
+        return GaussianDenoiser(training_set, rank)
+    if kind == "cfdm":
+        return CFDMDenoiser(training_set, cfdm_sigma, cfdm_draws, seed, **options)
+    raise ValueError(f"unknown denoiser {kind!r}; choose one of {', '.join(DENOISER_KINDS)}")

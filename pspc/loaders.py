@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import importlib
 import inspect
 import io
 import json
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .training_set import METADATA_FIELDS, TrainingSet, TrainingSetError
+from .training_set import TrainingSet, TrainingSetError
 
 __all__ = [
     "CIFAR10_FILES",
@@ -117,16 +118,10 @@ def _check_limit(limit: int | None) -> int | None:
     return int(limit)
 
 
-def _location(path: Path, part: object) -> str:
-    """source_uri of one record inside a container file: absolute path + '#' + record."""
-    return f"{path.resolve()}#{part}"
-
-
-def _label_value(value: object) -> object:
-    """Labels as plain Python values (ints stay ints, numpy scalars are unwrapped)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _locations(path: Path, parts: Sequence[object]) -> list[str]:
+    """source_uri of records inside a container file: absolute path + '#' + record."""
+    prefix = f"{path.resolve()}#"
+    return [f"{prefix}{part}" for part in parts]
 
 
 def _to_images(array: np.ndarray) -> torch.Tensor:
@@ -149,9 +144,11 @@ def _read_upto(stream: io.BufferedIOBase, size: int) -> bytearray:
     return buf
 
 
-def _is_gzip(path: Path) -> bool:
+def _open_maybe_gzip(path: Path) -> io.BufferedIOBase:
+    """Open for reading, decompressing if the file starts with the gzip magic bytes 1f 8b."""
     with open(path, "rb") as f:
-        return f.read(2) == _GZIP_MAGIC
+        gzipped = f.read(2) == _GZIP_MAGIC
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
 def _make_set(images, ids, metadata, name: str, source: PathLike) -> TrainingSet:
@@ -169,18 +166,17 @@ def _read_idx(path: Path, ndim: int, limit: int | None) -> tuple[np.ndarray, int
     bytes; with a `limit` below the count only the records read are checked.
     """
     expected_magic = (_IDX_UINT8 << 8) | ndim
-    opener = gzip.open if _is_gzip(path) else open
-    with _wrapped(path, "corrupt or truncated IDX file"), opener(path, "rb") as f:
-        header = bytes(_read_upto(f, 4 + 4 * ndim))
-        if len(header) < 4 + 4 * ndim:
-            raise _error(path, f"truncated IDX header: {len(header)} of {4 + 4 * ndim} bytes")
-        magic = struct.unpack(">I", header[:4])[0]
+    with _wrapped(path, "corrupt or truncated IDX file"), _open_maybe_gzip(path) as f:
+        header = bytes(_read_upto(f, 4))
+        magic = struct.unpack(">I", header)[0] if len(header) == 4 else None
         if magic != expected_magic:
             kind = {1: "labels (1-D)", 3: "images (3-D)"}.get(ndim, f"{ndim}-D")
-            raise _error(
-                path, f"wrong magic number 0x{magic:08x}, expected 0x{expected_magic:08x} for IDX uint8 {kind}"
-            )
-        dims = struct.unpack(f">{ndim}i", header[4:])
+            found = "none (file shorter than 4 bytes)" if magic is None else f"0x{magic:08x}"
+            raise _error(path, f"wrong magic number {found}, expected 0x{expected_magic:08x} for IDX uint8 {kind}")
+        header = bytes(_read_upto(f, 4 * ndim))
+        if len(header) < 4 * ndim:
+            raise _error(path, f"truncated IDX header: {4 + len(header)} of {4 + 4 * ndim} bytes")
+        dims = struct.unpack(f">{ndim}i", header)
         if any(d < 0 for d in dims):
             raise _error(path, f"negative dimension in IDX header {dims}")
         count, record_shape = dims[0], dims[1:]
@@ -240,7 +236,7 @@ def load_idx(
             raise _error(labels_path, f"{label_count} labels for {count} images in {images_path}")
     split = _idx_split(images_path)
     ids = [f"{split}-{i:05d}" for i in range(len(pixels))]
-    metadata = [{"source_uri": _location(images_path, i)} for i in range(len(pixels))]
+    metadata = [{"source_uri": uri} for uri in _locations(images_path, range(len(pixels)))]
     if labels is not None:
         for row, label in zip(metadata, labels.tolist()):
             row["label"] = label
@@ -286,9 +282,9 @@ def load_fashion_mnist(split: str = "train", root: PathLike | None = None, limit
 # ---------------------------------------------------------------------------------------
 def _numpy_module(name: str):
     try:  # numpy >= 2 keeps the internals in numpy._core
-        return __import__(f"numpy._core.{name}", fromlist=[name])
+        return importlib.import_module(f"numpy._core.{name}")
     except ImportError:  # numpy 1.x
-        return __import__(f"numpy.core.{name}", fromlist=[name])
+        return importlib.import_module(f"numpy.core.{name}")
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -311,6 +307,10 @@ def _allowed_pickle_globals() -> dict[tuple[str, str], object]:
     return allowed
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a global outside the allow-list."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that builds only builtin containers and numpy arrays.
 
@@ -328,7 +328,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return self._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
+            raise _RefusedGlobal(
                 f"refusing to unpickle global {module}.{name} (only numpy arrays and builtin containers are "
                 "allowed; pickle is unsafe on untrusted files)"
             ) from None
@@ -338,10 +338,8 @@ def _unpickle(path: Path) -> object:
     with open(path, "rb") as f:
         try:
             return _RestrictedUnpickler(f, encoding="bytes").load()
-        except pickle.UnpicklingError as exc:
-            if "refusing" in str(exc):
-                raise _error(path, f"not a plain CIFAR pickle: {exc}") from exc
-            raise _error(path, f"corrupt or truncated pickle ({exc})") from exc
+        except _RefusedGlobal as exc:
+            raise _error(path, f"not a plain CIFAR pickle: {exc}") from exc
         except Exception as exc:  # noqa: BLE001
             raise _error(path, f"corrupt or truncated pickle ({type(exc).__name__}: {exc})") from exc
 
@@ -358,7 +356,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int], list[str] | No
     """One CIFAR-10 batch: (uint8 [n, 3, 32, 32], labels, filenames or None)."""
     batch = _unpickle(path)
     if not isinstance(batch, dict):
-        raise _error(path, f"not a CIFAR-10 batch: expected a dict with 'data' and 'labels', got {type(batch).__name__}")
+        kind = type(batch).__name__
+        raise _error(path, f"not a CIFAR-10 batch: expected a dict with 'data' and 'labels', got {kind}")
     batch = _str_keys(batch)
     missing = [k for k in ("data", "labels") if k not in batch]
     if missing:
@@ -379,9 +378,10 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int], list[str] | No
         raise _error(path, f"{len(labels)} CIFAR-10 labels for {n} images")
     filenames = batch.get("filenames")
     if filenames is not None:
+        with _wrapped(path, "CIFAR-10 'filenames' must be a list of names"):
+            filenames = [_text(f) for f in filenames]
         if len(filenames) != n:
             raise _error(path, f"{len(filenames)} CIFAR-10 filenames for {n} images")
-        filenames = [_text(f) for f in filenames]
     return data.reshape(n, 3, side, side), labels.tolist(), filenames
 
 
@@ -450,8 +450,8 @@ def load_cifar10(
         data, labels, filenames = _read_cifar_batch(path)
         keep = len(labels) if limit is None else min(len(labels), limit - len(ids))
         chunks.append(data[:keep])
-        for row in range(keep):
-            record = {"label": labels[row], "source_uri": _location(path, row)}
+        for row, uri in enumerate(_locations(path, range(keep))):
+            record = {"label": labels[row], "source_uri": uri}
             if label_names is not None:
                 if not 0 <= labels[row] < len(label_names):
                     raise _error(path, f"label {labels[row]} at row {row} has no name in {root / 'batches.meta'}")
@@ -462,7 +462,7 @@ def load_cifar10(
             metadata.append(record)
 
     names = {p.name for p in files}
-    if names <= {f"data_batch_{i}" for i in range(1, 6)}:
+    if names <= set(CIFAR10_FILES[:-1]):
         name = "cifar10-train"
     elif names == {"test_batch"}:
         name = "cifar10-test"
@@ -511,7 +511,7 @@ def _to_l_or_rgb(image: Image.Image, channels: int | None, where: str) -> Image.
     image = _flatten_alpha(image)
     native = "L" if image.mode in _GRAY_MODES else "RGB"
     target = {None: native, 1: "L", 3: "RGB"}[channels]
-    return image if image.mode == target else image.convert(target)
+    return image.convert(target)  # always a copy: the opened image is closed after this
 
 
 def _fit(image: Image.Image, size: tuple[int, int], policy: str) -> Image.Image:
@@ -592,12 +592,19 @@ def _check_policy(resize: str, size, channels) -> tuple[int, int] | None:
 # ---------------------------------------------------------------------------------------
 # Image folders
 # ---------------------------------------------------------------------------------------
+def _is_image_name(parts: Sequence[str]) -> bool:
+    """An image suffix, and no hidden (".x") or macOS resource-fork ("__MACOSX") component."""
+    return Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES and not any(
+        p.startswith(".") or p == "__MACOSX" for p in parts
+    )
+
+
 def _list_images(folder: Path) -> list[str]:
-    """Relative posix paths of image files under `folder`, recursively, sorted; hidden paths skipped."""
+    """Relative posix paths of image files under `folder`, recursively, sorted."""
     found = []
     for path in folder.rglob("*"):
         rel = path.relative_to(folder)
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not any(p.startswith(".") for p in rel.parts):
+        if _is_image_name(rel.parts) and path.is_file():
             found.append(rel.as_posix())
     return sorted(found)
 
@@ -607,9 +614,10 @@ def _metadata_key(value: object) -> str:
     return key[2:] if key.startswith("./") else key
 
 
-def _csv_value(value: str) -> object:
+def _csv_value(column: str, value: str) -> object:
+    """CSV cells are text; an integer "label" becomes an int like the other loaders' labels."""
     value = value.strip()
-    return int(value) if re.fullmatch(r"[+-]?\d+", value) else value
+    return int(value) if column == "label" and re.fullmatch(r"[+-]?\d+", value) else value
 
 
 def _read_metadata_file(path: Path) -> dict[str, dict]:
@@ -637,7 +645,7 @@ def _read_metadata_file(path: Path) -> dict[str, dict]:
             for line, row in enumerate(reader, start=2):
                 if None in row:
                     raise _error(path, f"line {line}: more cells than header columns")
-                fields = {k: _csv_value(v) for k, v in row.items() if k != key_column and v is not None and v.strip()}
+                fields = {k: _csv_value(k, v) for k, v in row.items() if k != key_column and v is not None and v.strip()}
                 add(row[key_column], fields, f"line {line}")
     elif suffix == ".json":
         with _wrapped(path, "unreadable metadata JSON"), open(path, encoding="utf-8") as f:
@@ -678,9 +686,10 @@ def load_image_folder(
     palette / CMYK images become RGB; 16-bit and float images are rejected.
 
     `metadata` (optional) is a CSV with a `file` (or `id`) column, or a JSON list of objects
-    with "file" or an object mapping file -> fields. Fields (any of METADATA_FIELDS, plus
-    extra columns, which are kept) override the default source_uri (the image's file URI);
-    an entry naming a file that is not in the folder is an error.
+    with "file" or an object mapping file -> fields. Fields (METADATA_FIELDS label /
+    source_uri / owner / license, plus any extra columns, which are kept) override the
+    default source_uri (the image's file URI); an entry for a file not in the folder is an
+    error. An integer "label" cell in a CSV becomes an int; other cells stay strings.
     """
     limit = _check_limit(limit)
     size = _check_policy(resize, size, channels)
@@ -700,8 +709,9 @@ def load_image_folder(
     files = files[:limit]
     sources = [(rel, str(folder / rel), lambda p=folder / rel: open(p, "rb")) for rel in files]
     pixels = _decode_images(sources, size=size, resize=resize, channels=channels)
-    rows = [{"source_uri": (folder / rel).resolve().as_uri(), **extra.get(rel, {})} for rel in files]
-    return _make_set(_to_images(pixels), files, rows, folder.resolve().name, folder)
+    root = folder.resolve()
+    rows = [{"source_uri": (root / rel).as_uri(), **extra.get(rel, {})} for rel in files]
+    return _make_set(_to_images(pixels), files, rows, root.name, folder)
 
 
 # ---------------------------------------------------------------------------------------
@@ -754,22 +764,24 @@ def load_array(path: PathLike, *, key: str | None = None, limit: int | None = No
     path = _require_file(path, "array file")
     labels = None
     with _wrapped(path, "corrupt or unreadable .npy/.npz file"):
-        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
+        with open(path, "rb") as f:
+            is_npz = f.read(2) == b"PK"  # a zip archive; anything else is read as .npy
+        if is_npz:  # (opened by us: np.load leaks its own handle when the zip is corrupt)
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+                image_key, images, labels = _pick_npz_arrays(npz, path, key)
+            what = f"array {image_key!r}"
+        else:
             if key is not None:
                 raise _error(path, f"key={key!r} given but this is a single .npy array")
-            what, images = "array", np.array(loaded[:limit])
-        else:
-            with loaded as npz:
-                what, images, labels = _pick_npz_arrays(npz, path, key)
-                what = f"array {what!r}"
-    images = _as_nchw(images, path, what)[:limit]
-    if len(images) == 0:
-        raise _error(path, f"{what} holds no images (empty set)")
-    metadata = [{"source_uri": _location(path, i)} for i in range(len(images))]
+            what, images = "array", np.load(path, mmap_mode="r", allow_pickle=False)  # read only [:limit]
+        images = _as_nchw(images, path, what)
+        if images.shape[0] == 0:
+            raise _error(path, f"{what} holds no images (empty set)")
+        if labels is not None and labels.shape != images.shape[:1]:
+            raise _error(path, f"labels of shape {labels.shape} do not match {images.shape[0]} images in {what}")
+        images = np.array(images[:limit], order="C")  # copies out of the memory map
+    metadata = [{"source_uri": uri} for uri in _locations(path, range(len(images)))]
     if labels is not None:
-        if labels.ndim != 1 or labels.shape[0] < len(images) or (limit is None and labels.shape[0] != len(images)):
-            raise _error(path, f"labels {labels.shape} do not match {len(images)} images")
         for row, label in zip(metadata, labels[: len(images)].tolist()):
             row["label"] = label
     ids = [f"{path.stem}-{i:05d}" for i in range(len(images))]
@@ -785,7 +797,9 @@ def _edm_labels(zf: zipfile.ZipFile, path: Path, names: set[str]) -> dict[str, o
     where = f"{path}:dataset.json"
     with _wrapped(where, "unreadable dataset.json"):
         doc = json.loads(zf.read("dataset.json"))
-    labels = doc.get("labels") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        raise _error(where, f"expected a JSON object with 'labels', got {type(doc).__name__}")
+    labels = doc.get("labels")
     if labels is None:
         return {}
     if not isinstance(labels, list) or not all(isinstance(e, list) and len(e) == 2 for e in labels):
@@ -807,9 +821,7 @@ def load_edm_zip(path: PathLike, *, limit: int | None = None) -> TrainingSet:
     limit = _check_limit(limit)
     path = _require_file(path, "EDM dataset zip")
     with _wrapped(path, "corrupt or unreadable zip file"), zipfile.ZipFile(path) as zf:
-        names = sorted(
-            n for n in zf.namelist() if not n.endswith("/") and Path(n).suffix.lower() in IMAGE_SUFFIXES
-        )
+        names = sorted(n for n in zf.namelist() if not n.endswith("/") and _is_image_name(n.split("/")))
         if not names:
             raise _error(path, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this zip (empty set)")
         labels = _edm_labels(zf, path, set(names))
@@ -817,8 +829,8 @@ def load_edm_zip(path: PathLike, *, limit: int | None = None) -> TrainingSet:
         sources = [(n, f"{path}:{n}", lambda n=n: io.BytesIO(zf.read(n))) for n in names]
         pixels = _decode_images(sources, size=None, resize="error", channels=None)
     metadata = []
-    for n in names:
-        row = {"source_uri": _location(path, n)}
+    for n, uri in zip(names, _locations(path, names)):
+        row = {"source_uri": uri}
         if labels.get(n) is not None:
             row["label"] = labels[n]
         metadata.append(row)
@@ -871,7 +883,7 @@ def load_training_set(spec: str, *, limit: int | None = None, **options) -> Trai
     """
     spec = os.fspath(spec)
     loader, args, fixed = _resolve_spec(spec)
-    accepted = set(inspect.signature(loader).parameters)
+    accepted = set(list(inspect.signature(loader).parameters)[len(args):])
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise TrainingSetError(f"{spec}: option(s) {unknown} do not apply to {loader.__name__}")

@@ -14,9 +14,11 @@ under the mirrored masks.
 
 from __future__ import annotations
 
+import numba
 import torch
 
-from .patch_sets import PatchSet
+from . import window_kernel
+from .patch_sets import PatchSet, WindowPatches
 from .posterior_weights import PosteriorWeights, WeightRequest
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20
@@ -42,9 +44,16 @@ def patch_posterior(
     xflip: bool = False,
     request: WeightRequest | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    images_t=None,
 ) -> tuple[torch.Tensor, PosteriorWeights | None]:
     """PSPC denoiser output for z [B, C, H, W] at per-sample t [B] (> 0), over training
-    images data [N, C, H, W] in [-1, 1] (same device). Returns (x_hat, weights or None)."""
+    images data [N, C, H, W] in [-1, 1] (same device). Returns (x_hat, weights or None).
+
+    images_t (window_kernel.transpose_images(data), CPU only) enables the fused kernels for
+    window patch sets; without it, or on other devices, the torch path runs."""
+    if (images_t is not None and isinstance(patch_set, WindowPatches) and z.device.type == "cpu"
+            and not (request and request.full)):
+        return _window_posterior_cpu(z, t, data.shape[0], images_t, patch_set, xflip, request)
     batch, channels, height, width = z.shape
     num_images = data.shape[0]
     patch_set = patch_set.to(z.device)
@@ -112,19 +121,62 @@ class _WeightTracker:
         self.top_i = merged_i.gather(2, order)
 
     def result(self, patch_set: PatchSet, t: torch.Tensor, num_images: int) -> PosteriorWeights:
-        # Keep entries until the mass threshold is reached (the entry that crosses it stays).
-        before = self.top_w.cumsum(2) - self.top_w
-        keep = before < self.request.mass
-        weight = torch.where(keep, self.top_w, 0)
-        entry = torch.where(keep, self.top_i, -1)
-        return PosteriorWeights(
-            patch_set=patch_set,
-            t=t.detach().cpu(),
-            num_images=num_images,
-            entry=entry.cpu(),
-            weight=weight.float().cpu(),
-            mass=weight.sum(2).float().cpu(),
-            entropy=self.entropy.float().cpu(),
-            ess=(1 / self.sum_sq).float().cpu(),
-            full=self.full.cpu() if self.full is not None else None,
-        )
+        return _finish(self.request, patch_set, t, num_images, self.top_w, self.top_i,
+                       self.entropy, self.sum_sq, self.full)
+
+
+def _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq, full=None) -> PosteriorWeights:
+    """Apply the mass threshold to the exact top-k (descending) and package the result.
+    Entries are kept until `mass` is captured; the entry that crosses it stays."""
+    before = top_w.cumsum(2) - top_w
+    keep = (before < request.mass) & (top_w > 0) & (top_i >= 0)
+    weight = torch.where(keep, top_w, 0)
+    return PosteriorWeights(
+        patch_set=patch_set,
+        t=t.detach().cpu(),
+        num_images=num_images,
+        entry=torch.where(keep, top_i, -1).cpu(),
+        weight=weight.float().cpu(),
+        mass=weight.sum(2).float().cpu(),
+        entropy=entropy.float().cpu(),
+        ess=(1 / sum_sq).float().cpu(),
+        full=full.cpu() if full is not None else None,
+    )
+
+
+def _window_posterior_cpu(z, t, num_images, images_t, patch_set: WindowPatches, xflip, request):
+    """The fused-kernel path (window_kernel): same result as the torch path, CPU only.
+
+    Flipped queries run through the kernels in their own (mirrored) frame; their per-patch
+    quantities are mapped to the image frame with the window mirror permutation."""
+    batch = z.shape[0]
+    mirror = patch_set._mirror
+    queries = torch.cat([z, z.flip(-1)]) if xflip else z
+    queries = queries.to(torch.float64).contiguous().numpy()
+    scales = (-0.5 / t.to(torch.float64).square()).cpu()
+    scales = torch.cat([scales, scales]) if xflip else scales
+    parts = max(1, -(-numba.get_num_threads() // queries.shape[0]))
+    args = (queries, images_t, patch_set.patch_h, patch_set.patch_w, scales.numpy())
+    own_frame = torch.from_numpy(window_kernel.log_normaliser(*args, parts, num_images))
+    log_norm = own_frame[:batch]
+    if xflip:
+        log_norm = torch.logaddexp(log_norm, own_frame[batch:, mirror])
+        own_frame = torch.cat([log_norm, log_norm[:, mirror]])
+    else:
+        own_frame = log_norm
+    top_k = request.top_k if request else 0
+    numerator, entropy, sum_sq, top_w, top_i = (
+        torch.from_numpy(a) for a in window_kernel.compose(*args, own_frame.numpy(), parts, top_k, num_images))
+    x_hat = numerator[:batch] + (numerator[batch:].flip(-1) if xflip else 0)
+    x_hat = (x_hat / patch_set.coverage()).to(z.dtype)
+    if request is None:
+        return x_hat, None
+    # [Q, parts, P, k] -> [Q, P, parts * k]; flipped entries are numbered N..2N-1.
+    top_w, top_i = top_w.permute(0, 2, 1, 3).flatten(2), top_i.permute(0, 2, 1, 3).flatten(2)
+    if xflip:
+        top_w = torch.cat([top_w[:batch], top_w[batch:, mirror]], 2)
+        top_i = torch.cat([top_i[:batch], torch.where(top_i[batch:, mirror] >= 0, top_i[batch:, mirror] + num_images, -1)], 2)
+        entropy = entropy[:batch] + entropy[batch:, mirror]
+        sum_sq = sum_sq[:batch] + sum_sq[batch:, mirror]
+    top_w, order = top_w.topk(min(request.top_k, top_w.shape[2]), dim=2)
+    return x_hat, _finish(request, patch_set, t, num_images, top_w, top_i.gather(2, order), entropy, sum_sq)
