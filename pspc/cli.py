@@ -300,8 +300,8 @@ def cmd_denoise(args, argv, started: float) -> int:
     _positive(args.t, "--t")
     _positive(args.num, "--num")
     _positive(args.weights, "--weights")
-    if args.weights is not None:
-        WeightRequest(top_k=args.weights, mass=args.weight_mass)  # validates mass
+    if not 0 < args.weight_mass <= 1:
+        raise CLIError(f"--weight-mass must be in (0, 1], got {args.weight_mass}")
     if args.weights is not None and args.denoiser not in ("pspc-square", "pspc-flex", "empirical"):
         raise CLIError(f"--weights needs a PSPC denoiser (pspc-square, pspc-flex, empirical), not {args.denoiser}")
     device = _device(args.device)

@@ -125,7 +125,7 @@ class PSPCDenoiser(TrainingSetDenoiser):
     def _images_t(self):
         """The data laid out for the fused CPU kernels (built once, on first CPU call)."""
         if getattr(self, "_images_t_cache", None) is None:
-            self._images_t_cache = window_kernel.transpose_images(self.training_set.as_float().numpy())
+            self._images_t_cache = window_kernel.block_images(self.training_set.as_float().numpy())
         return self._images_t_cache
 
     def describe(self):

@@ -49,7 +49,7 @@ def patch_posterior(
     """PSPC denoiser output for z [B, C, H, W] at per-sample t [B] (> 0), over training
     images data [N, C, H, W] in [-1, 1] (same device). Returns (x_hat, weights or None).
 
-    images_t (window_kernel.transpose_images(data), CPU only) enables the fused kernels for
+    images_t (window_kernel.block_images(data), CPU only) enables the fused kernels for
     window patch sets; without it, or on other devices, the torch path runs."""
     if (images_t is not None and isinstance(patch_set, WindowPatches) and z.device.type == "cpu"
             and not (request and request.full)):
@@ -155,7 +155,7 @@ def _window_posterior_cpu(z, t, num_images, images_t, patch_set: WindowPatches, 
     queries = queries.to(torch.float64).contiguous().numpy()
     scales = (-0.5 / t.to(torch.float64).square()).cpu()
     scales = torch.cat([scales, scales]) if xflip else scales
-    parts = max(1, -(-numba.get_num_threads() // queries.shape[0]))
+    parts = numba.get_num_threads()
     args = (queries, images_t, patch_set.patch_h, patch_set.patch_w, scales.numpy())
     own_frame = torch.from_numpy(window_kernel.log_normaliser(*args, parts, num_images))
     log_norm = own_frame[:batch]

@@ -195,25 +195,17 @@ class MaskPatches(PatchSet):
 
     @cached_property
     def _matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """float64 [K, H*W] matrices of the masks and of the mirrored masks, sparse when thin."""
+        """float64 [K, H*W] matrices of the masks and of the mirrored masks."""
         flat = self._masks.to(self._device, torch.float64).flatten(1)
         mirrored = self._masks.flip(-1).to(self._device, torch.float64).flatten(1)
-        if flat.mean() < 0.25:
-            return flat.to_sparse_csr(), mirrored.to_sparse_csr()
         return flat, mirrored
 
     @staticmethod
     def _sums(matrix: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        flat = values.to(torch.float64).flatten(-2)
-        lead = flat.shape[:-1]
-        out = (matrix @ flat.reshape(-1, flat.shape[-1]).T).T
-        return out.reshape(*lead, matrix.shape[0])
+        return values.to(torch.float64).flatten(-2) @ matrix.T
 
     def _spread(self, matrix: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        w = weights.to(torch.float64)
-        lead = w.shape[:-1]
-        out = (matrix.T @ w.reshape(-1, w.shape[-1]).T).T if matrix.is_sparse_csr else w.reshape(-1, w.shape[-1]) @ matrix
-        return out.reshape(*lead, self.height, self.width)
+        return (weights.to(torch.float64) @ matrix).unflatten(-1, (self.height, self.width))
 
     def patch_sums(self, values: torch.Tensor) -> torch.Tensor:
         return self._sums(self._matrices[0], values)

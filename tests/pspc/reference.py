@@ -21,9 +21,7 @@ def reference_weights(z: torch.Tensor, t: float, entries: torch.Tensor, masks: t
     for k, mask in enumerate(masks):
         logits = []
         for x in entries:
-            distance = 0.0
-            for y, col in mask.nonzero().tolist():
-                distance += float(((z[:, y, col] - x[:, y, col]) ** 2).sum())
+            distance = float(((z - x) ** 2 * mask).sum())  # ||C z - C x||^2
             logits.append(-distance / (2 * t * t))
         top = max(logits)  # per sample, per patch
         exps = [math.exp(v - top) for v in logits]
