@@ -80,7 +80,7 @@ def _lane_max(logits, p):
     return top
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def log_normaliser(queries, images_t, patch_h, patch_w, scales, parts, padded_from):
     """Pass 1: per (query, patch) log sum_i exp(logit), over all images.
 
@@ -129,7 +129,7 @@ def log_normaliser(queries, images_t, patch_h, patch_w, scales, parts, padded_fr
     return out
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, cache=True)
 def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k, padded_from):
     """Pass 2: exact weights w = exp(logit - log_norm), the composite numerator
     sum_i spread(w_i) * x_i, entropy and sum w^2 per (query, patch), and the top_k entries
