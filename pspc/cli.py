@@ -228,7 +228,7 @@ def _sha256(path: Path) -> str:
 # ---------------------------------------------------------------------------------------
 # pspc info
 # ---------------------------------------------------------------------------------------
-def cmd_info(args, argv) -> int:
+def cmd_info(args) -> int:
     data = _load_data(args)
     c, h, w = data.image_shape
     print(f"name         {data.name}")
@@ -283,7 +283,9 @@ def _forward_process(data: TrainingSet, num: int, t: float, seed: int) -> tuple[
 
 def _weights_arrays(data: TrainingSet, weights) -> dict[str, np.ndarray]:
     """The arrays of weights.npz (one noise level, hence one patch set and one group)."""
-    (index, w), = weights
+    if len(weights) != 1:
+        raise RuntimeError(f"expected the weights of one patch set, got {len(weights)}")
+    [(index, w)] = weights
     order = torch.argsort(index)  # rows back in batch order
     entry = w.entry[order]
     image_index = torch.where(entry >= 0, entry % w.num_images, -1)
@@ -410,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         if args.command == "info":
-            return cmd_info(args, argv)
+            return cmd_info(args)
         if args.command == "denoise":
             return cmd_denoise(args, argv, started)
         return cmd_sample(args, argv, started)

@@ -8,7 +8,7 @@ the squared differences, and fold the logits straight into the online log-sum-ex
 
 Weights below exp(-CUTOFF) of the running maximum are skipped (taken as 0): with
 CUTOFF = 60 that changes any sum by at most N e^-60 < 1e-20 relative, below float64
-rounding, and it saves most exp() calls at small t where the posterior is peaked.
+rounding, and whole blocks of images with no weight at any patch skip the composition.
 """
 
 from __future__ import annotations
@@ -17,22 +17,45 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 LANES = 8
 CUTOFF = 60.0
-_EXP_STEPS = 32  # exp table resolution: exp(-k / 32) for k up to CUTOFF * 32
-_EXP_TABLE = np.exp(-np.arange(int(CUTOFF + 2) * _EXP_STEPS) / _EXP_STEPS)
+# exp() as plain arithmetic so that the compiler can vectorise it (libm's exp is a scalar
+# call and dominated small-patch runs): exp(v) = 2^k p(r), k = round(v / ln 2),
+# r = v - k ln 2 in [-ln2/2, ln2/2], p the degree-11 Taylor polynomial (relative error
+# < 1e-14), 2^k assembled from its IEEE-754 bits.
+_ROUNDING_MAGIC = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer kept in the low bits
+_LOG2_E = 1.4426950408889634
+_LN2_HI = 0.6931471803691238  # ln 2 split in two so that k * ln 2 is exact
+_LN2_LO = 1.9082149292705877e-10
 
 
-@numba.njit(inline="always", fastmath=True)
+@intrinsic
+def _bits_to_float(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _float_to_bits(typingctx, value):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@numba.njit(inline="always")
 def _exp(v):
-    """exp(v) for v in (-CUTOFF, 0], to float64 rounding: a table value exp(-k/32) times a
-    degree-7 Taylor polynomial on the remainder r in (-1/32, 0] (error < r^8/8! < 1e-17).
-    About twice as fast as libm's exp here, which dominates small-patch runs."""
-    k = int(-v * _EXP_STEPS)
-    r = v + k * (1.0 / _EXP_STEPS)
-    poly = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (1 / 5040)))))))
-    return _EXP_TABLE[k] * poly
+    """exp(v) for v in [-CUTOFF, 0] (see above)."""
+    shifted = v * _LOG2_E + _ROUNDING_MAGIC
+    k = shifted - _ROUNDING_MAGIC
+    r = (v - k * _LN2_HI) - k * _LN2_LO
+    poly = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
+        1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (1 / 3628800 + r * (1 / 39916800)))))))))))
+    return poly * _bits_to_float((_float_to_bits(shifted) - _float_to_bits(_ROUNDING_MAGIC) + 1023) << 52)
 
 
 @numba.njit(inline="always", error_model="numpy")
@@ -97,6 +120,7 @@ def log_normaliser(queries, images_t, patch_h, patch_w, scales, parts, padded_fr
         integral = np.zeros((height + 1, width + 1, LANES))
         logits = np.empty((num_patches, LANES))
         row = np.zeros(LANES)
+        exps = np.zeros(LANES)
         for block in range(part, blocks, parts):
             valid = min(LANES, padded_from - block * LANES)
             for q in range(num_queries):
@@ -111,10 +135,10 @@ def log_normaliser(queries, images_t, patch_h, patch_w, scales, parts, padded_fr
                         run_sum[part, q, p] *= math.exp(current - top)
                         run_max[part, q, p] = top
                         current = top
-                    for lane in range(LANES):
-                        v = logits[p, lane] - current
-                        if v > -CUTOFF:
-                            run_sum[part, q, p] += _exp(v)
+                    for lane in range(LANES):  # branch-free so that it vectorises
+                        v = max(logits[p, lane] - current, -CUTOFF)
+                        exps[lane] = _exp(v) if v > -CUTOFF else 0.0
+                    run_sum[part, q, p] += exps.sum()
     out = np.empty((num_queries, num_patches))
     for q in range(num_queries):
         for p in range(num_patches):
@@ -152,6 +176,7 @@ def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k,
         logits = np.empty((num_patches, LANES))
         grid = np.zeros((rows + 1, cols + 1, LANES))  # integral image of the weights
         row = np.zeros(LANES)
+        exps = np.zeros(LANES)
         for block in range(part, blocks, parts):
             start = block * LANES
             valid = min(LANES, padded_from - start)
@@ -166,17 +191,22 @@ def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k,
                         logits[p, :] = 0.0
                         continue
                     has_weight = True
-                    for lane in range(LANES):
-                        v = logits[p, lane] - log_norm[q, p]
-                        w = 0.0
-                        if v > -CUTOFF:
-                            w = _exp(v)
-                            entropy[part, q, p] -= w * v
-                            sum_sq[part, q, p] += w * w
-                            if top_k > 0 and w > floor[part, q, p]:
-                                _insert(top_w[q, part, p], top_i[q, part, p], w, start + lane)
-                                floor[part, q, p] = top_w[q, part, p, kept - 1]
+                    plogp, squares = 0.0, 0.0
+                    for lane in range(LANES):  # branch-free so that it vectorises
+                        v = max(logits[p, lane] - log_norm[q, p], -CUTOFF)
+                        w = _exp(v) if v > -CUTOFF else 0.0
                         logits[p, lane] = w
+                        exps[lane] = v
+                    for lane in range(LANES):
+                        plogp += logits[p, lane] * exps[lane]
+                        squares += logits[p, lane] * logits[p, lane]
+                    entropy[part, q, p] -= plogp
+                    sum_sq[part, q, p] += squares
+                    if top_k > 0:
+                        for lane in range(LANES):
+                            if logits[p, lane] > floor[part, q, p]:
+                                _insert(top_w[q, part, p], top_i[q, part, p], logits[p, lane], start + lane)
+                                floor[part, q, p] = top_w[q, part, p, kept - 1]
                 if not has_weight:
                     continue
                 for py in range(rows):
