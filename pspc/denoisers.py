@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from . import window_kernel
+from . import fused_kernels
 from .patch_posterior import DEFAULT_CHUNK_BYTES, patch_posterior
 from .patch_sets import PatchSet, WindowPatches, flex_patches, square_patches
 from .posterior_weights import PosteriorWeights, WeightRequest
@@ -125,7 +125,7 @@ class PSPCDenoiser(TrainingSetDenoiser):
     def _images_t(self):
         """The data laid out for the fused CPU kernels (built once, on first CPU call)."""
         if getattr(self, "_images_t_cache", None) is None:
-            self._images_t_cache = window_kernel.block_images(self.training_set.as_float().numpy())
+            self._images_t_cache = fused_kernels.block_images(self.training_set.as_float().numpy())
         return self._images_t_cache
 
     def describe(self):

@@ -15,9 +15,10 @@ under the mirrored masks.
 from __future__ import annotations
 
 import numba
+import numpy as np
 import torch
 
-from . import window_kernel
+from . import fused_kernels
 from .patch_sets import PatchSet, WindowPatches
 from .posterior_weights import PosteriorWeights, WeightRequest
 
@@ -49,11 +50,10 @@ def patch_posterior(
     """PSPC denoiser output for z [B, C, H, W] at per-sample t [B] (> 0), over training
     images data [N, C, H, W] in [-1, 1] (same device). Returns (x_hat, weights or None).
 
-    images_t (window_kernel.block_images(data), CPU only) enables the fused kernels for
-    window patch sets; without it, or on other devices, the torch path runs."""
-    if (images_t is not None and isinstance(patch_set, WindowPatches) and z.device.type == "cpu"
-            and not (request and request.full)):
-        return _window_posterior_cpu(z, t, data.shape[0], images_t, patch_set, xflip, request)
+    images_t (fused_kernels.block_images(data), CPU only) enables the fused kernels;
+    without it, on other devices, or when dense weights are requested, the torch path runs."""
+    if images_t is not None and z.device.type == "cpu" and not (request and request.full):
+        return _fused_posterior_cpu(z, t, data.shape[0], images_t, patch_set, xflip, request)
     batch, channels, height, width = z.shape
     num_images = data.shape[0]
     patch_set = patch_set.to(z.device)
@@ -144,39 +144,73 @@ def _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq, fu
     )
 
 
-def _window_posterior_cpu(z, t, num_images, images_t, patch_set: WindowPatches, xflip, request):
-    """The fused-kernel path (window_kernel): same result as the torch path, CPU only.
+_NO_INDEX = np.zeros(1, dtype=np.int64)
+_NO_COUNT = np.zeros(1, dtype=np.float64)
 
-    Flipped queries run through the kernels in their own (mirrored) frame; their per-patch
-    quantities are mapped to the image frame with the window mirror permutation."""
+
+def _fused_halves(patch_set: PatchSet, xflip: bool) -> list[dict]:
+    """Kernel arguments per half (original queries, then flipped ones), and `to_global`:
+    index into the half's own patch list for each of the set's K patches.
+
+    Windows: flipped queries use the same windows, whose mirror is window mirror(k).
+    Masks: each half uses its own (mirrored) distinct masks; identical masks are computed once."""
+    halves = []
+    for flipped in ([False, True] if xflip else [False]):
+        if isinstance(patch_set, WindowPatches):
+            structure = {"structure": fused_kernels.WINDOW, "patch_h": patch_set.patch_h, "patch_w": patch_set.patch_w,
+                         "indptr": _NO_INDEX, "indices": _NO_INDEX, "num_patches": patch_set.num_patches,
+                         "pixel_indptr": _NO_INDEX, "pixel_masks": _NO_INDEX, "pixel_counts": _NO_COUNT}
+            to_global = patch_set._mirror if flipped else torch.arange(patch_set.num_patches)
+        else:
+            csr = patch_set.fused_structure(flipped)
+            structure = {"structure": fused_kernels.MASKS, "patch_h": 1, "patch_w": 1,
+                         **{k: v for k, v in csr.items() if k != "unique_of"}}
+            to_global = csr["unique_of"]
+        halves.append({"flipped": flipped, "kernel": structure, "to_global": to_global})
+    return halves
+
+
+def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip, request):
+    """The fused-kernel path (fused_kernels): same result as the torch path, CPU only.
+
+    Each half runs in its own frame (flipped queries against mirrored masks); per-patch
+    quantities are mapped to the set's K patches with `to_global`."""
     batch = z.shape[0]
-    mirror = patch_set._mirror
-    queries = torch.cat([z, z.flip(-1)]) if xflip else z
-    queries = queries.to(torch.float64).contiguous().numpy()
-    scales = (-0.5 / t.to(torch.float64).square()).cpu()
-    scales = torch.cat([scales, scales]) if xflip else scales
+    scales = (-0.5 / t.to(torch.float64).square()).cpu().numpy()
     parts = numba.get_num_threads()
-    args = (queries, images_t, patch_set.patch_h, patch_set.patch_w, scales.numpy())
-    own_frame = torch.from_numpy(window_kernel.log_normaliser(*args, parts, num_images))
-    log_norm = own_frame[:batch]
-    if xflip:
-        log_norm = torch.logaddexp(log_norm, own_frame[batch:, mirror])
-        own_frame = torch.cat([log_norm, log_norm[:, mirror]])
-    else:
-        own_frame = log_norm
+    halves = _fused_halves(patch_set, xflip)
+    for half in halves:
+        queries = z.flip(-1) if half["flipped"] else z
+        half["args"] = (queries.to(torch.float64).contiguous().numpy(), images_t)
+        k = half["kernel"]
+        own = fused_kernels.log_normaliser(*half["args"], k["structure"], k["patch_h"], k["patch_w"], k["indptr"],
+                                           k["indices"], k["num_patches"], scales, parts, num_images)
+        half["log_norm"] = torch.from_numpy(own)[:, half["to_global"]]
+    log_norm = halves[0]["log_norm"]
+    for half in halves[1:]:
+        log_norm = torch.logaddexp(log_norm, half["log_norm"])
+
     top_k = request.top_k if request else 0
-    numerator, entropy, sum_sq, top_w, top_i = (
-        torch.from_numpy(a) for a in window_kernel.compose(*args, own_frame.numpy(), parts, top_k, num_images))
-    x_hat = numerator[:batch] + (numerator[batch:].flip(-1) if xflip else 0)
+    x_hat = torch.zeros(z.shape, dtype=torch.float64)
+    entropy = torch.zeros(batch, patch_set.num_patches, dtype=torch.float64)
+    sum_sq, top_w, top_i = torch.zeros_like(entropy), [], []
+    for offset, half in enumerate(halves):
+        k = half["kernel"]
+        own_log_norm = torch.empty(batch, k["num_patches"], dtype=torch.float64)
+        own_log_norm[:, half["to_global"]] = log_norm  # every own patch is some global one
+        numerator, half_entropy, half_sum_sq, half_top_w, half_top_i = (torch.from_numpy(a) for a in fused_kernels.compose(
+            *half["args"], k["structure"], k["patch_h"], k["patch_w"], k["indptr"], k["indices"], k["num_patches"],
+            k["pixel_indptr"], k["pixel_masks"], k["pixel_counts"], scales, own_log_norm.numpy(), parts, top_k,
+            num_images))
+        x_hat += numerator.flip(-1) if half["flipped"] else numerator
+        entropy += half_entropy[:, half["to_global"]]
+        sum_sq += half_sum_sq[:, half["to_global"]]
+        # [Q, parts, P_own, k] -> [Q, K, parts * k]; flipped entries are numbered N..2N-1.
+        index = half_top_i[:, :, half["to_global"]].permute(0, 2, 1, 3).flatten(2)
+        top_w.append(half_top_w[:, :, half["to_global"]].permute(0, 2, 1, 3).flatten(2))
+        top_i.append(torch.where(index >= 0, index + offset * num_images, -1))
     x_hat = (x_hat / patch_set.coverage()).to(z.dtype)
     if request is None:
         return x_hat, None
-    # [Q, parts, P, k] -> [Q, P, parts * k]; flipped entries are numbered N..2N-1.
-    top_w, top_i = top_w.permute(0, 2, 1, 3).flatten(2), top_i.permute(0, 2, 1, 3).flatten(2)
-    if xflip:
-        top_w = torch.cat([top_w[:batch], top_w[batch:, mirror]], 2)
-        top_i = torch.cat([top_i[:batch], torch.where(top_i[batch:, mirror] >= 0, top_i[batch:, mirror] + num_images, -1)], 2)
-        entropy = entropy[:batch] + entropy[batch:, mirror]
-        sum_sq = sum_sq[:batch] + sum_sq[batch:, mirror]
-    top_w, order = top_w.topk(min(request.top_k, top_w.shape[2]), dim=2)
-    return x_hat, _finish(request, patch_set, t, num_images, top_w, top_i.gather(2, order), entropy, sum_sq)
+    top_w, order = torch.cat(top_w, 2).topk(min(request.top_k, sum(w.shape[2] for w in top_w)), dim=2)
+    return x_hat, _finish(request, patch_set, t, num_images, top_w, torch.cat(top_i, 2).gather(2, order), entropy, sum_sq)

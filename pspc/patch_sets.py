@@ -219,6 +219,27 @@ class MaskPatches(PatchSet):
     def flipped_spread(self, weights: torch.Tensor) -> torch.Tensor:
         return self._spread(self._matrices[1], weights)
 
+    def fused_structure(self, flipped: bool = False) -> dict:
+        """The masks (mirrored if flipped) as the fused kernels take them: distinct masks as
+        CSR pixel lists, the transposed lists (masks covering each pixel, with multiplicity),
+        and, for each of the K masks, the index of its distinct mask."""
+        key = "_fused_flipped" if flipped else "_fused"
+        if key not in self.__dict__:
+            flat = (self._masks.flip(-1) if flipped else self._masks).flatten(1).cpu()
+            distinct, unique_of, counts = torch.unique(flat, dim=0, return_inverse=True, return_counts=True)
+            pixels = distinct.nonzero()  # (mask, pixel) pairs, row-major
+            by_pixel = distinct.T.nonzero()  # (pixel, mask) pairs
+            self.__dict__[key] = {
+                "num_patches": distinct.shape[0],
+                "indptr": torch.cat([torch.zeros(1, dtype=torch.long), distinct.sum(1).cumsum(0)]).numpy(),
+                "indices": pixels[:, 1].contiguous().numpy(),
+                "pixel_indptr": torch.cat([torch.zeros(1, dtype=torch.long), distinct.sum(0).cumsum(0)]).numpy(),
+                "pixel_masks": by_pixel[:, 1].contiguous().numpy(),
+                "pixel_counts": counts[by_pixel[:, 1]].to(torch.float64).numpy(),
+                "unique_of": unique_of,
+            }
+        return self.__dict__[key]
+
     def describe(self) -> dict:
         return {"kind": self.name, "num_masks": self.num_patches, "image": [self.height, self.width],
                 "mean_mask_pixels": float(self._masks.flatten(1).sum(1).float().mean()), **self.details}

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from pspc import fused_kernels
 from pspc.denoisers import EmpiricalDenoiser, pspc_flex, pspc_square
 from pspc.patch_posterior import patch_posterior
 from pspc.patch_sets import MaskPatches, flex_masks, square_patches
@@ -74,15 +75,19 @@ def test_flex_matches_reference(xflip, lam):
     assert torch.allclose(out.double(), expected, atol=1e-5, rtol=0)
 
 
-def test_user_mask_set_matches_reference_on_fashion_mnist(fashion_slice):
+@pytest.mark.parametrize("fused", [True, False])
+def test_user_mask_set_matches_reference_on_fashion_mnist(fashion_slice, fused):
     generator = torch.Generator().manual_seed(3)
     masks = torch.rand(40, 28, 28, generator=generator) < 0.1
     masks[0] = True  # cover every pixel
+    masks[5] = masks[7]  # repeated masks are computed once by the fused kernel
     training_set = fashion_slice.subset(range(10)).with_xflip()
     t = torch.tensor([0.5, 2.0])
     z = noisy(fashion_slice, t, indices=[20, 21])
     patch_set = MaskPatches(masks)
-    out, _ = patch_posterior(z, t.double(), training_set.as_float(), patch_set, True)
+    data = training_set.as_float()
+    images_t = fused_kernels.block_images(data.numpy()) if fused else None
+    out, _ = patch_posterior(z, t.double(), data, patch_set, True, images_t=images_t)
     expected = reference_pspc(z, t, entries_of(training_set.images, True), lambda _: masks)
     assert torch.allclose(out.double(), expected, atol=1e-5, rtol=0)
 

@@ -1,10 +1,14 @@
-"""Fused CPU kernels (numba) for PSPC with window patch sets: the fast path of patch_posterior.
+"""Fused CPU kernels (numba): the fast path of patch_posterior on the CPU.
 
 The torch path materialises [queries, images, H, W] float64 temporaries and is bound by
 memory traffic. These kernels keep one block of LANES images at a time in registers and
-L1/L2 (the lane loop is what the compiler vectorises), build the float64 integral image of
-the squared differences, and fold the logits straight into the online log-sum-exp
-(pass 1) or into the composite (pass 2), so nothing of size images x positions is stored.
+L1/L2 (the lane loop is what the compiler vectorises), compute the patch distances, and
+fold the logits straight into the online log-sum-exp (pass 1) or into the composite
+(pass 2), so nothing of size images x patches is ever stored.
+
+Two patch structures: windows (`WINDOW`: all patch_h x patch_w windows, distances from a
+float64 integral image, O(H W) per image whatever the size) and masks (`MASKS`: any set,
+given as CSR lists of pixels per distinct mask, with the multiplicity of each mask).
 
 Weights below exp(-CUTOFF) of the running maximum are skipped (taken as 0): with
 CUTOFF = 60 that changes any sum by at most N e^-60 < 1e-20 relative, below float64
@@ -86,11 +90,43 @@ def _logits(integral, patch_h, patch_w, rows, cols, scale, logits):
                 logits[p, lane] = scale * box
 
 
+WINDOW, MASKS = 0, 1
+
+
 @numba.njit(inline="always")
-def _masked_logits(query, block, integral, row, patch_h, patch_w, rows, cols, scale, valid, logits):
-    """Logits of one query against one block; padding lanes (>= valid) get -inf."""
-    _integral(query, block, integral, row)
-    _logits(integral, patch_h, patch_w, rows, cols, scale, logits)
+def _mask_logits(query, block, squares, indptr, indices, scale, logits):
+    """logits[u, l] = scale * sum over the pixels of mask u of sum_c (query - image l)^2."""
+    channels, height, width = query.shape
+    squares[:] = 0.0
+    for c in range(channels):
+        for y in range(height):
+            for x in range(width):
+                value = query[c, y, x]
+                pixel = y * width + x
+                for lane in range(LANES):
+                    diff = value - block[c, y, x, lane]
+                    squares[pixel, lane] += diff * diff
+    for u in range(indptr.shape[0] - 1):
+        for lane in range(LANES):
+            logits[u, lane] = 0.0
+        for j in range(indptr[u], indptr[u + 1]):
+            pixel = indices[j]
+            for lane in range(LANES):
+                logits[u, lane] += squares[pixel, lane]
+        for lane in range(LANES):
+            logits[u, lane] *= scale
+
+
+@numba.njit(inline="always")
+def _block_logits(query, block, structure, patch_h, patch_w, indptr, indices, integral, row, squares,
+                  scale, valid, logits):
+    """Logits of one query against one block of images; padding lanes (>= valid) get -inf."""
+    if structure == WINDOW:
+        height, width = query.shape[1:]
+        _integral(query, block, integral, row)
+        _logits(integral, patch_h, patch_w, height - patch_h + 1, width - patch_w + 1, scale, logits)
+    else:
+        _mask_logits(query, block, squares, indptr, indices, scale, logits)
     for lane in range(valid, LANES):
         logits[:, lane] = -np.inf
 
@@ -104,28 +140,28 @@ def _lane_max(logits, p):
 
 
 @numba.njit(parallel=True, cache=True)
-def log_normaliser(queries, images_t, patch_h, patch_w, scales, parts, padded_from):
+def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indices, num_patches,
+                   scales, parts, padded_from):
     """Pass 1: per (query, patch) log sum_i exp(logit), over all images.
 
     queries [Q, C, H, W] float64; images_t [N_padded / LANES, C, H, W, LANES] float32
     (see block_images; entries >= padded_from are padding). Returns [Q, P] float64.
     Threads split the image blocks; each block, once in cache, meets every query."""
     num_queries, _, height, width = queries.shape
-    rows, cols = height - patch_h + 1, width - patch_w + 1
-    num_patches = rows * cols
     run_max = np.full((parts, num_queries, num_patches), -np.inf)
     run_sum = np.zeros((parts, num_queries, num_patches))
     blocks = images_t.shape[0]
     for part in numba.prange(parts):
         integral = np.zeros((height + 1, width + 1, LANES))
+        squares = np.zeros((height * width, LANES))
         logits = np.empty((num_patches, LANES))
         row = np.zeros(LANES)
         exps = np.zeros(LANES)
         for block in range(part, blocks, parts):
             valid = min(LANES, padded_from - block * LANES)
             for q in range(num_queries):
-                _masked_logits(queries[q], images_t[block], integral, row, patch_h, patch_w,
-                               rows, cols, scales[q], valid, logits)
+                _block_logits(queries[q], images_t[block], structure, patch_h, patch_w, indptr, indices,
+                              integral, row, squares, scales[q], valid, logits)
                 for p in range(num_patches):
                     top = _lane_max(logits, p)
                     current = run_max[part, q, p]
@@ -154,15 +190,16 @@ def log_normaliser(queries, images_t, patch_h, patch_w, scales, parts, padded_fr
 
 
 @numba.njit(parallel=True, cache=True)
-def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k, padded_from):
+def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num_patches,
+            pixel_indptr, pixel_masks, pixel_counts, scales, log_norm, parts, top_k, padded_from):
     """Pass 2: exact weights w = exp(logit - log_norm), the composite numerator
     sum_i spread(w_i) * x_i, entropy and sum w^2 per (query, patch), and the top_k entries
     per (query, patch) (top_k = 0 skips them). Entries >= padded_from are padding.
+    For masks, spread uses the transposed CSR: the masks covering each pixel, with counts.
 
     Returns numerator [Q, C, H, W], entropy [Q, P], sum_sq [Q, P], top_w, top_i [Q, parts, P, k]."""
     num_queries, channels, height, width = queries.shape
     rows, cols = height - patch_h + 1, width - patch_w + 1
-    num_patches = rows * cols
     numerator = np.zeros((parts, num_queries, channels, height, width))
     entropy = np.zeros((parts, num_queries, num_patches))
     sum_sq = np.zeros((parts, num_queries, num_patches))
@@ -173,6 +210,7 @@ def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k,
     blocks = images_t.shape[0]
     for part in numba.prange(parts):
         integral = np.zeros((height + 1, width + 1, LANES))
+        squares = np.zeros((height * width, LANES))
         logits = np.empty((num_patches, LANES))
         grid = np.zeros((rows + 1, cols + 1, LANES))  # integral image of the weights
         row = np.zeros(LANES)
@@ -182,8 +220,8 @@ def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k,
             valid = min(LANES, padded_from - start)
             images = images_t[block]
             for q in range(num_queries):
-                _masked_logits(queries[q], images, integral, row, patch_h, patch_w,
-                               rows, cols, scales[q], valid, logits)
+                _block_logits(queries[q], images, structure, patch_h, patch_w, indptr, indices,
+                              integral, row, squares, scales[q], valid, logits)
                 # weights in place of the logits; most blocks carry no weight at small t
                 has_weight = False
                 for p in range(num_patches):
@@ -191,7 +229,7 @@ def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k,
                         logits[p, :] = 0.0
                         continue
                     has_weight = True
-                    plogp, squares = 0.0, 0.0
+                    plogp, sum_w2 = 0.0, 0.0
                     for lane in range(LANES):  # branch-free so that it vectorises
                         v = max(logits[p, lane] - log_norm[q, p], -CUTOFF)
                         w = _exp(v) if v > -CUTOFF else 0.0
@@ -199,9 +237,9 @@ def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k,
                         exps[lane] = v
                     for lane in range(LANES):
                         plogp += logits[p, lane] * exps[lane]
-                        squares += logits[p, lane] * logits[p, lane]
+                        sum_w2 += logits[p, lane] * logits[p, lane]
                     entropy[part, q, p] -= plogp
-                    sum_sq[part, q, p] += squares
+                    sum_sq[part, q, p] += sum_w2
                     if top_k > 0:
                         for lane in range(LANES):
                             if logits[p, lane] > floor[part, q, p]:
@@ -209,28 +247,56 @@ def compose(queries, images_t, patch_h, patch_w, scales, log_norm, parts, top_k,
                                 floor[part, q, p] = top_w[q, part, p, kept - 1]
                 if not has_weight:
                     continue
-                for py in range(rows):
-                    row[:] = 0.0
-                    for px in range(cols):
-                        p = py * cols + px
-                        for lane in range(LANES):
-                            row[lane] += logits[p, lane]
-                            grid[py + 1, px + 1, lane] = grid[py, px + 1, lane] + row[lane]
-                # spread: pixel (y, x) gets the weights of every window covering it.
-                for y in range(height):
-                    top = max(0, y - patch_h + 1)
-                    bottom = min(rows - 1, y) + 1
-                    for x in range(width):
-                        left = max(0, x - patch_w + 1)
-                        right = min(cols - 1, x) + 1
-                        for c in range(channels):
-                            acc = 0.0
-                            for lane in range(LANES):
-                                spread = (grid[bottom, right, lane] - grid[top, right, lane]
-                                          - grid[bottom, left, lane] + grid[top, left, lane])
-                                acc += spread * images[c, y, x, lane]
-                            numerator[part, q, c, y, x] += acc
+                if structure == WINDOW:
+                    _spread_windows(logits, grid, row, images, patch_h, patch_w, rows, cols, numerator[part, q])
+                else:
+                    _spread_masks(logits, images, pixel_indptr, pixel_masks, pixel_counts, row, numerator[part, q])
     return (numerator.sum(axis=0), entropy.sum(axis=0), sum_sq.sum(axis=0), top_w, top_i)
+
+
+@numba.njit(inline="always")
+def _spread_windows(weights, grid, row, images, patch_h, patch_w, rows, cols, numerator):
+    """numerator[c, y, x] += sum_l x_l[c, y, x] * (sum of the weights of the windows covering (y, x))."""
+    channels, height, width = numerator.shape
+    for py in range(rows):
+        row[:] = 0.0
+        for px in range(cols):
+            p = py * cols + px
+            for lane in range(LANES):
+                row[lane] += weights[p, lane]
+                grid[py + 1, px + 1, lane] = grid[py, px + 1, lane] + row[lane]
+    for y in range(height):
+        top = max(0, y - patch_h + 1)
+        bottom = min(rows - 1, y) + 1
+        for x in range(width):
+            left = max(0, x - patch_w + 1)
+            right = min(cols - 1, x) + 1
+            for c in range(channels):
+                acc = 0.0
+                for lane in range(LANES):
+                    spread = (grid[bottom, right, lane] - grid[top, right, lane]
+                              - grid[bottom, left, lane] + grid[top, left, lane])
+                    acc += spread * images[c, y, x, lane]
+                numerator[c, y, x] += acc
+
+
+@numba.njit(inline="always")
+def _spread_masks(weights, images, pixel_indptr, pixel_masks, pixel_counts, spread, numerator):
+    """numerator[c, pixel] += sum_l x_l[c, pixel] * sum over masks u covering the pixel of count_u w_u."""
+    channels, height, width = numerator.shape
+    for y in range(height):
+        for x in range(width):
+            pixel = y * width + x
+            spread[:] = 0.0
+            for j in range(pixel_indptr[pixel], pixel_indptr[pixel + 1]):
+                u = pixel_masks[j]
+                for lane in range(LANES):
+                    spread[lane] += pixel_counts[j] * weights[u, lane]
+            for c in range(channels):
+                acc = 0.0
+                for lane in range(LANES):
+                    acc += spread[lane] * images[c, y, x, lane]
+                numerator[c, y, x] += acc
 
 
 @numba.njit(inline="always")
