@@ -190,7 +190,8 @@ def _environment(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "versions": {"python": platform.python_version(), "pspc-auditor": _own_version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "pillow": _version("pillow"), "tqdm": _version("tqdm")},
+                     "numpy": np.__version__, "numba": _version("numba"), "pillow": _version("pillow"),
+                     "tqdm": _version("tqdm")},
     }
 
 

@@ -7,6 +7,7 @@ return their patch posterior weights (`posterior`), which are the attribution.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from typing import Callable
 
@@ -133,15 +134,9 @@ class PSPCDenoiser(TrainingSetDenoiser):
 
 
 def _cached(make: Callable) -> Callable:
-    """Memoise a patch-set factory on its key (patch sets are reused across steps)."""
-    cache: dict = {}
-
-    def get(key):
-        if key not in cache:
-            cache[key] = make(key)
-        return cache[key]
-
-    return get
+    """Memoise a patch-set factory on its key: sampling reuses a few patch sets at every
+    step; the bound keeps a long-lived denoiser fed many distinct t from growing."""
+    return functools.lru_cache(maxsize=64)(make)
 
 
 def pspc_square(training_set: TrainingSet, patch_size: int | Schedule | None = None, **options) -> PSPCDenoiser:

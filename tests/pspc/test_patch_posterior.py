@@ -8,7 +8,7 @@ from pspc.denoisers import EmpiricalDenoiser, pspc_flex, pspc_square
 from pspc.patch_posterior import patch_posterior
 from pspc.patch_sets import MaskPatches, flex_masks, square_patches
 from pspc.posterior_weights import WeightRequest
-from pspc.schedules import Schedule
+from pspc.schedules import Schedule, default_flex_schedule
 from pspc.sensitivity import isotropic_sensitivity
 from tests.conftest import noisy, random_training_set
 from tests.pspc.reference import entries_of, reference_pspc, reference_weights
@@ -73,6 +73,17 @@ def test_flex_matches_reference(xflip, lam):
     expected = reference_pspc(z, t, entries_of(training_set.images, xflip),
                               lambda t_b: flex_masks(sensitivity(t_b), lam))
     assert torch.allclose(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_flex_matches_reference_on_fashion_mnist(fashion_slice):
+    training_set = fashion_slice.subset(range(6)).with_xflip()
+    sensitivity = isotropic_sensitivity(28, 28)
+    denoiser = pspc_flex(training_set, sensitivity)  # the paper's lambda(t)
+    t = torch.tensor([0.3, 2.0])
+    z = noisy(fashion_slice, t, indices=[10, 11])
+    expected = reference_pspc(z, t, entries_of(training_set.images, True),
+                              lambda t_b: flex_masks(sensitivity(t_b), default_flex_schedule()(t_b)))
+    assert torch.allclose(denoiser(z, t).double(), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("fused", [True, False])
