@@ -1,0 +1,165 @@
+"""The provenance schema: SQLAlchemy models of the DuckDB store (one place for all tables).
+
+Ids come from DuckDB sequences (DuckDB has no SERIAL). Images are stored as raw
+little-endian float32 bytes of shape [C, H, W] (exact, 3 KiB for Fashion-MNIST); JSON
+columns hold configurations verbatim. The migrations in migrations/ create exactly this.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Double, Float, ForeignKey, Integer,
+                        LargeBinary, Sequence, SmallInteger, String, Table, Text)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+DATASET_IDS = Sequence("dataset_ids")
+RUN_IDS = Sequence("run_ids")
+PATCH_SET_IDS = Sequence("patch_set_ids")
+
+RUN_STATUSES = ("running", "complete", "failed")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Dataset(Base):
+    """A training set, identified by its content fingerprint (ingest is idempotent on it)."""
+
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(BigInteger, DATASET_IDS, primary_key=True, server_default=DATASET_IDS.next_value())
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String)
+    source: Mapped[str] = mapped_column(String)
+    channels: Mapped[int] = mapped_column(SmallInteger)
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TrainingImage(Base):
+    """One training image: its index in the set, stable id, bytes hash and metadata."""
+
+    __tablename__ = "training_images"
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), primary_key=True)
+    image_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[str] = mapped_column(String)  # TrainingSet.ids[image_index]; unique per dataset
+    sha256: Mapped[str] = mapped_column(String(64))
+    label: Mapped[int | None] = mapped_column(Integer)
+    label_name: Mapped[str | None] = mapped_column(String)
+    source_uri: Mapped[str | None] = mapped_column(String)
+    owner: Mapped[str | None] = mapped_column(String)
+    license: Mapped[str | None] = mapped_column(String)
+    extra: Mapped[dict | None] = mapped_column(JSON)  # any other metadata the loader gave
+
+
+class Run(Base):
+    """One sampling run: its full configuration, status and timings."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(BigInteger, RUN_IDS, primary_key=True, server_default=RUN_IDS.next_value())
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    status: Mapped[str] = mapped_column(String)  # one of RUN_STATUSES
+    denoiser: Mapped[dict] = mapped_column(JSON)  # Denoiser.describe(): kind, schedules, dataset record
+    sampler: Mapped[dict] = mapped_column(JSON)  # SamplerConfig fields and the time steps
+    seed: Mapped[int] = mapped_column(BigInteger)  # sample i starts from seed + i
+    num_samples: Mapped[int] = mapped_column(Integer)
+    top_k: Mapped[int] = mapped_column(Integer)
+    mass_threshold: Mapped[float] = mapped_column(Double)
+    versions: Mapped[dict] = mapped_column(JSON)  # python, torch, numpy, numba, duckdb, ...
+    command: Mapped[list | None] = mapped_column(JSON)  # argv, when started from the CLI
+    writer: Mapped[dict | None] = mapped_column(JSON)  # host and pid of the writing process
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    timings: Mapped[dict | None] = mapped_column(JSON)  # seconds: sampling, recording, total
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Sample(Base):
+    """One generated image of a run (final image set when the sample completes)."""
+
+    __tablename__ = "samples"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    final_image: Mapped[bytes | None] = mapped_column(LargeBinary)  # float32 [C, H, W], in [-1, 1]
+
+
+class PatchSet(Base):
+    """A patch set used by a run, identified by a hash of its masks."""
+
+    __tablename__ = "patch_sets"
+    id: Mapped[int] = mapped_column(BigInteger, PATCH_SET_IDS, primary_key=True, server_default=PATCH_SET_IDS.next_value())
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[dict] = mapped_column(JSON)  # PatchSet.describe()
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    num_patches: Mapped[int] = mapped_column(Integer)
+
+
+class PatchPosition(Base):
+    """Bounding box of patch `position` in the image (for windows: the window itself)."""
+
+    __tablename__ = "patch_positions"
+    patch_set_id: Mapped[int] = mapped_column(ForeignKey("patch_sets.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    top: Mapped[int] = mapped_column(SmallInteger)
+    left: Mapped[int] = mapped_column(SmallInteger)
+    height: Mapped[int] = mapped_column(SmallInteger)
+    width: Mapped[int] = mapped_column(SmallInteger)
+
+
+class PatchPixel(Base):
+    """Membership: pixel (y, x) belongs to patch `position` (drives per-pixel attribution)."""
+
+    __tablename__ = "patch_pixels"
+    patch_set_id: Mapped[int] = mapped_column(ForeignKey("patch_sets.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    y: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    x: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+
+
+class Step(Base):
+    """One sampling step of one sample: t, the patch set, z_t and D(z_t)."""
+
+    __tablename__ = "steps"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    t: Mapped[float] = mapped_column(Double)
+    t_next: Mapped[float] = mapped_column(Double)
+    patch_set_id: Mapped[int] = mapped_column(ForeignKey("patch_sets.id"))
+    z: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [C, H, W]
+    denoised: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [C, H, W]
+
+
+# The two bulk tables have no primary key: DuckDB would keep an ART index over tens of
+# millions of rows; columnar scans answer the documented queries within budget without it.
+patch_weights = Table(
+    "patch_weights", Base.metadata,
+    Column("run_id", BigInteger, nullable=False),
+    Column("sample_index", Integer, nullable=False),
+    Column("step", SmallInteger, nullable=False),
+    Column("position", Integer, nullable=False),  # patch position in the step's patch set
+    Column("rank", SmallInteger, nullable=False),  # 0 = largest weight
+    Column("image_index", Integer, nullable=False),  # training_images.image_index
+    Column("flip", Boolean, nullable=False),  # the mirrored image (x-flip entry)
+    Column("source_top", SmallInteger, nullable=False),  # where the pixels come from in the
+    Column("source_left", SmallInteger, nullable=False),  # ORIGINAL image (mirrored box if flip)
+    Column("weight", Float, nullable=False),
+    comment="kept posterior weights (top-k, mass threshold) per sample, step and patch position",
+)
+
+patch_stats = Table(
+    "patch_stats", Base.metadata,
+    Column("run_id", BigInteger, nullable=False),
+    Column("sample_index", Integer, nullable=False),
+    Column("step", SmallInteger, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("mass", Float, nullable=False),  # weight captured by the kept entries
+    Column("entropy", Float, nullable=False),  # of the full weight vector, nats
+    Column("ess", Float, nullable=False),  # effective sample size 1 / sum w^2 of the full vector
+    comment="per-position summaries of the full posterior weight vector",
+)
