@@ -68,22 +68,32 @@ class PosteriorWeights:
         """Eq. 11 from the stored weights: each patch's estimate sum_i w_i C x_i, spread and
         divided by coverage. With the top-k weights (not renormalised) every patch estimate
         is off by at most its dropped mass (pixels lie in [-1, 1]), so each output pixel is
-        off by at most the average dropped mass of the patches covering it."""
+        off by at most the average dropped mass of the patches covering it.
+
+        Sparse: per sample, Y = W X (patches x pixels, W sparse over entries), then each
+        pixel sums Y over the patches that contain it."""
         x = training_set.as_float(dtype=torch.float64)
-        entries = torch.cat([x, x.flip(-1)]) if training_set.xflip else x
-        masks = self.patch_set.masks().to(torch.float64)  # [K, H, W]
+        entries = (torch.cat([x, x.flip(-1)]) if training_set.xflip else x).flatten(1)  # [E, C*H*W]
+        masks = self.patch_set.masks().to(torch.float64).flatten(1)  # [K, H*W]
+        batch, num_patches = self.mass.shape
         if use_full:
             if self.full is None:
                 raise ValueError("full weights were not requested (WeightRequest(full=True))")
-            weights = self.full.to(torch.float64).cpu()  # [B, K, E]
-        else:
-            b, k, _ = self.entry.shape
-            weights = torch.zeros(b, k, entries.shape[0], dtype=torch.float64)
-            valid = self.entry >= 0
-            weights.scatter_add_(2, self.entry.clamp(min=0).cpu(), torch.where(valid, self.weight, 0).to(torch.float64).cpu())
-        # composite[b, c, q] = sum_k M_k[q] sum_i w[b,k,i] x_i[c, q] / coverage[q]
-        numerator = torch.einsum("bki,ichw,khw->bchw", weights, entries, masks)
-        return numerator / masks.sum(0)
+            dense = self.full.to(torch.float64).cpu()
+        out = torch.empty(batch, *training_set.image_shape, dtype=torch.float64)
+        for b in range(batch):
+            if use_full:
+                weights = dense[b]
+            else:
+                valid = self.entry[b] >= 0
+                patch = torch.arange(num_patches)[:, None].expand_as(valid)[valid]
+                weights = torch.sparse_coo_tensor(torch.stack([patch, self.entry[b][valid]]),
+                                                  self.weight[b][valid].to(torch.float64),
+                                                  (num_patches, entries.shape[0]), check_invariants=True)
+            per_patch = (weights @ entries).view(num_patches, training_set.channels, -1)  # [K, C, H*W]
+            numerator = (per_patch * masks[:, None]).sum(0)  # sum_k M_k[q] estimate_k[q]
+            out[b] = (numerator / masks.sum(0)).view(training_set.image_shape)
+        return out
 
     def error_bound(self) -> torch.Tensor:
         """[B, 1, H, W] per-pixel bound on |recompose(top-k) - D(z, t)|."""
