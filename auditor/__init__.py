@@ -1,0 +1,1 @@
+"""The provenance store: PSPC posterior weights recorded in DuckDB, queried with SQL."""

@@ -1,0 +1,382 @@
+"""The `auditor` command line: a thin layer over the provenance store library.
+
+  auditor db upgrade            create the store or migrate it to this version's schema
+  auditor db status             schema revision, tables and row counts
+  auditor ingest SPEC           record a training set (idempotent by fingerprint)
+  auditor sample                PSPC sampling with every step's posterior weights recorded
+  auditor runs                  list runs (status, size, timings)
+  auditor show RUN/SAMPLE       the training images a sample was built from
+  auditor sql "QUERY"           read-only SQL (table, CSV or JSON output)
+
+The store is one DuckDB file: --db PATH, else $AUDITOR_DB, else ./provenance.duckdb. Bad
+input ends with `auditor: error: ...` and exit status 2, without a traceback (set
+AUDITOR_DEBUG=1 to see one); nothing is changed by a command that fails that way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+from . import database
+from .database import StoreError
+
+PROG = "auditor"
+EXIT_USAGE = 2
+RECORDABLE_KINDS = ("pspc-square", "pspc-flex", "empirical")  # denoisers with posterior weights
+SAMPLE_DEFAULTS = {"num": 16, "steps": 18, "sampler": "euler", "seed": 0, "top_k": 16, "mass": 0.99,
+                   "denoiser": "pspc-square", "patch_size": None}
+
+
+class CLIError(ValueError):
+    """A problem with the user's request; printed as `auditor: error: ...`."""
+
+
+# ---------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------
+def _store_options(suppress: bool) -> argparse.ArgumentParser:
+    """--db and --lock-timeout, accepted before or after the command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    default = argparse.SUPPRESS if suppress else None
+    parent.add_argument("--db", metavar="PATH", default=default,
+                        help="the store (default: $AUDITOR_DB, else ./provenance.duckdb)")
+    parent.add_argument("--lock-timeout", type=float, metavar="S",
+                        default=argparse.SUPPRESS if suppress else database.DEFAULT_TIMEOUT,
+                        help="seconds to wait while another process holds the file (default: %(default)s)")
+    return parent
+
+
+def _data_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("training data")
+    group.add_argument("--data", default="fashion-mnist", metavar="SPEC",
+                       help="training set: fashion-mnist[:train|:test], a .npy/.npz/.zip/IDX file, a CIFAR-10 "
+                            "batch directory or an image folder (default: %(default)s)")
+    group.add_argument("--limit", type=int, metavar="N", help="keep only the first N training images (default: all)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[_store_options(False)],
+        description="Provenance store for PSPC sampling: record every step's posterior weights in DuckDB "
+                    "and query them with SQL.",
+        epilog="Run `auditor COMMAND --help` for a command's options. AUDITOR_DEBUG=1 shows tracebacks.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    store, data = _store_options(True), _data_options()
+
+    db = commands.add_parser("db", parents=[store], help="create, migrate or inspect the store",
+                             description="Schema migrations (Alembic, migrations/) and a summary of the store.")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", parents=[store], help="create the file or migrate it to the current schema")
+    db_commands.add_parser("status", parents=[store], help="schema revision, tables and row counts")
+
+    ingest = commands.add_parser("ingest", parents=[store], help="record a training set (idempotent)",
+                                 description="Record a training set's fingerprint, image ids, hashes and metadata. "
+                                             "Ingesting the same pixels again changes nothing.")
+    ingest.add_argument("spec", metavar="SPEC", help="training data spec, as for `pspc --data`")
+    ingest.add_argument("--limit", type=int, metavar="N", help="keep only the first N images (default: all)")
+
+    sample = commands.add_parser(
+        "sample", parents=[store, data], help="PSPC sampling, recording every step",
+        description="Sample with PSPC on the EDM schedule and record, per step and sample, z_t, D(z_t) and "
+                    "the top-k posterior weights of every patch (sample i starts from seed + i). A run is "
+                    "atomic: it is 'complete' only once its last step is stored; Ctrl-C or an error marks it "
+                    "'failed', and --resume RUN_ID continues it.")
+    sample.add_argument("--no-xflip", action="store_true", help="without the mirrored training images")
+    sample.add_argument("--denoiser", choices=RECORDABLE_KINDS, help="(default: pspc-square)")
+    sample.add_argument("--patch-size", type=int, metavar="S",
+                        help="pspc-square: fixed s x s patches (default: the paper's s(t) schedule)")
+    sample.add_argument("--num", type=int, metavar="N", help="number of samples (default: 16)")
+    sample.add_argument("--steps", type=int, help="sampling steps (default: 18)")
+    sample.add_argument("--sampler", choices=("euler", "heun"), help="(default: euler)")
+    sample.add_argument("--seed", type=int, help="(default: 0)")
+    sample.add_argument("--top-k", type=int, metavar="K", help="kept weights per sample and patch (default: 16)")
+    sample.add_argument("--mass", type=float, metavar="M",
+                        help="stop keeping weights once they hold mass M, in (0, 1] (default: 0.99)")
+    sample.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    sample.add_argument("--resume", type=int, metavar="RUN_ID",
+                        help="continue an interrupted run with its stored configuration (pass the same --data)")
+
+    runs = commands.add_parser("runs", parents=[store], help="list runs",
+                               description="Runs, newest first: status, dataset, denoiser, samples, steps, time.")
+    runs.add_argument("--dataset", metavar="ID", help="only runs on this dataset (id or fingerprint prefix)")
+
+    show = commands.add_parser("show", parents=[store], help="top training sources of a sample",
+                               description="The training images a sample was built from (share of its pixels), "
+                                           "for the final image or the denoiser output at one step.")
+    show.add_argument("target", metavar="RUN/SAMPLE", help="e.g. 3/0: run 3, sample 0")
+    show.add_argument("--step", type=int, metavar="N", help="D(z_t) at step N instead of the final image")
+    show.add_argument("--top", type=int, default=10, metavar="N", help="how many sources (default: %(default)s)")
+
+    sql = commands.add_parser("sql", parents=[store], help="read-only SQL",
+                              description="Run one read-only statement (SELECT, WITH ... SELECT, EXPLAIN, DESCRIBE, "
+                                          "SHOW) on the store. Tables and views: see README.md.")
+    sql.add_argument("query", metavar="QUERY")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="(default: %(default)s)")
+    sql.add_argument("--max-rows", type=int, default=10000, metavar="N", help="(default: %(default)s)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+def _positive(value, option: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise CLIError(f"{option} must be > 0, got {value}")
+
+
+def _db(args):
+    return database.resolve_db_path(args.db)
+
+
+def _load(spec: str, limit: int | None):
+    from pspc.loaders import load_training_set
+
+    _positive(limit, "--limit")
+    return load_training_set(spec, limit=limit)
+
+
+def _print_table(headers: list[str], rows: list[list]) -> None:
+    from .query import format_table
+
+    sys.stdout.write(format_table(headers, [tuple(r) for r in rows], null=""))
+
+
+def _parse_target(text: str) -> tuple[int, int]:
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise CLIError(f"expected RUN/SAMPLE (two numbers, e.g. 3/0), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+def cmd_db(args) -> int:
+    path = _db(args)
+    if args.db_command == "upgrade":
+        before, after = database.upgrade(path, timeout=args.lock_timeout)
+        if before == after:
+            print(f"{path}: schema revision {after} (up to date)")
+        else:
+            print(f"{path}: upgraded schema {before or 'empty'} -> {after}")
+        return 0
+    revision = database.current_revision(path, timeout=args.lock_timeout) if path.exists() else None
+    head = database.head_revision()
+    if not path.exists():
+        raise StoreError(f"{path}: no provenance store here; create it with `auditor db upgrade`")
+    if revision is not None and revision not in database.known_revisions():
+        database.require_current(path, timeout=args.lock_timeout)  # raises the "newer version" SchemaError
+    state = "current" if revision == head else f"needs `auditor db upgrade` to {head}"
+    print(f"store     {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB)")
+    print(f"revision  {revision or 'none'} ({state})")
+    with database.connect(path, read_only=True, timeout=args.lock_timeout) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND database_name = current_database() "
+            "AND table_name != 'alembic_version' ORDER BY table_name").fetchall()]
+        counts = [(t, conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in tables]
+        views = [r[0] for r in conn.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main' "
+            "AND database_name = current_database() ORDER BY view_name").fetchall()]
+    _print_table(["table", "rows"], [[t, n] for t, n in counts])
+    if views:
+        print(f"views: {', '.join(views)}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from .datasets import ingest
+
+    path = _db(args)
+    database.require_current(path, timeout=args.lock_timeout)
+    data = _load(args.spec, args.limit)
+    dataset_id, created = ingest(path, data, timeout=args.lock_timeout)
+    print(f"dataset {dataset_id}: {'created' if created else 'already present'} "
+          f"({data.name}, {len(data)} images {'x'.join(map(str, data.image_shape))})")
+    print(f"fingerprint {data.fingerprint}")
+    return 0
+
+
+def _resume_total(path, run_id: int, timeout: float) -> int | None:
+    """Steps left to compute in a run (for the progress bar), or None if unknown."""
+    with database.connect(path, read_only=True, timeout=timeout) as conn:
+        row = conn.execute("SELECT CAST(json_extract(sampler, '$.num_steps') AS INTEGER), num_samples "
+                           "FROM runs WHERE id = ?", [run_id]).fetchone()
+        if row is None:
+            return None
+        counts = dict(conn.execute("SELECT step, count(*) FROM steps WHERE run_id = ? GROUP BY step",
+                                   [run_id]).fetchall())
+    num_steps, num_samples = row
+    done = 0
+    while counts.get(done) == num_samples:
+        done += 1
+    return max(0, (num_steps or 0) - done) if num_steps else None
+
+
+def cmd_sample(args, argv: list[str]) -> int:
+    from pspc.cli import _device
+    from tqdm import tqdm
+
+    from . import runs
+
+    path = _db(args)
+    database.require_current(path, timeout=args.lock_timeout)
+    device = _device(args.device)
+    given = [f"--{k.replace('_', '-')}" for k in SAMPLE_DEFAULTS if getattr(args, k) is not None]
+    if args.resume is not None:
+        if given:
+            raise CLIError(f"--resume continues run {args.resume} with its stored configuration; "
+                           f"drop {', '.join(given)}")
+        if args.no_xflip:
+            raise CLIError("--resume takes the x-flip setting from the run; drop --no-xflip")
+    for key, value in SAMPLE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for option in ("num", "steps", "top_k", "patch_size"):
+        _positive(getattr(args, option), f"--{option.replace('_', '-')}")
+    if not 0 < args.mass <= 1:
+        raise CLIError(f"--mass must be in (0, 1], got {args.mass}")
+    if args.patch_size is not None and args.denoiser != "pspc-square":
+        raise CLIError(f"--patch-size applies to --denoiser pspc-square, not {args.denoiser}")
+    data = _load(args.data, args.limit)
+
+    if args.resume is not None:
+        total = _resume_total(path, args.resume, args.lock_timeout)
+        with tqdm(total=total, desc=f"resuming run {args.resume}", unit="step", file=sys.stderr,
+                  disable=None) as bar:
+            run_id = runs.resume_run(path, args.resume, data, progress=bar.update, device=device,
+                                     timeout=args.lock_timeout)
+    else:
+        with tqdm(total=args.steps, desc="sampling", unit="step", file=sys.stderr, disable=None) as bar:
+            run_id = runs.record_sampling_run(
+                path, data.with_xflip(not args.no_xflip), denoiser_kind=args.denoiser, patch_size=args.patch_size,
+                num_samples=args.num, steps=args.steps, sampler=args.sampler, seed=args.seed, top_k=args.top_k,
+                mass=args.mass, command=[PROG, *argv], progress=bar.update, device=device,
+                timeout=args.lock_timeout)
+    summary = next((r for r in runs.run_summaries(path, timeout=args.lock_timeout) if r["id"] == run_id), None)
+    status = summary["status"] if summary else "recorded"
+    print(f"run {run_id}: {status}" + (f", {summary['samples']} samples x {summary['steps']} steps" if summary else "")
+          + f" in {path}")
+    print(f"see its sources with `auditor show {run_id}/0`")
+    return 0
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+def cmd_runs(args) -> int:
+    from . import runs
+    from .datasets import find_dataset
+
+    path = _db(args)
+    dataset_id = None
+    if args.dataset is not None:
+        dataset_id = find_dataset(path, args.dataset, timeout=args.lock_timeout)["id"]
+    rows = runs.run_summaries(path, dataset_id, timeout=args.lock_timeout)
+    if not rows:
+        print("no runs" + (f" on dataset {dataset_id}" if dataset_id is not None else "")
+              + "; record one with `auditor sample`")
+        return 0
+    table = []
+    for r in rows:
+        steps = f"{r['steps']}/{r.get('planned_steps') or '?'}"
+        seconds = r.get("seconds")
+        table.append([r["id"], r["status"], f"{r['dataset_id']} {r.get('dataset') or ''}".strip(),
+                      r.get("denoiser") or "", r["samples"], steps, _when(r.get("created_at")),
+                      "" if seconds is None else f"{seconds:.1f}"])
+    _print_table(["run", "status", "dataset", "denoiser", "samples", "steps", "started (UTC)", "seconds"], table)
+    failed = [r for r in rows if r.get("error")]
+    for r in failed[:3]:
+        print(f"run {r['id']} error: {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}")
+    return 0
+
+
+def _share(value) -> str:
+    return f"{100 * value:.1f}%" if value is not None else ""
+
+
+def cmd_show(args) -> int:
+    from .attribution import sample_sources
+
+    path = _db(args)
+    run_id, sample_index = _parse_target(args.target)
+    _positive(args.top, "--top")
+    if args.step is not None and args.step < 0:
+        raise CLIError(f"--step must be >= 0, got {args.step}")
+    database.require_current(path, timeout=args.lock_timeout)
+    rows = sample_sources(path, run_id, sample_index, step=args.step, top=args.top, timeout=args.lock_timeout)
+    what = f"D(z_t) at step {args.step}" if args.step is not None else "final image"
+    print(f"run {run_id}, sample {sample_index}, {what}: top {len(rows)} training sources (share of the pixels)")
+    table = []
+    for rank, r in enumerate(rows, 1):
+        patches = r.get("patches") or []
+        best = ""
+        if patches:
+            p = patches[0]
+            best = (f"step {p[0]} @({p[2]},{p[3]}) {p[4]}x{p[5]} w={p[6]:.3f}" if isinstance(p, (tuple, list))
+                    and len(p) >= 7 else str(p))
+        table.append([rank, _share(r.get("share")), _share(r.get("flip_share")), r.get("image_index"),
+                      r.get("image_id"), r.get("label_name") or r.get("label"), r.get("owner"), r.get("license"),
+                      r.get("source_uri"), best])
+    _print_table(["#", "share", "mirrored", "index", "image id", "label", "owner", "license", "source", "largest patch"],
+                 table)
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from .query import format_result, run_query
+
+    if args.max_rows is not None and args.max_rows < 0:
+        raise CLIError(f"--max-rows must be >= 0, got {args.max_rows}")
+    result = run_query(_db(args), args.query, max_rows=args.max_rows, timeout=args.lock_timeout)
+    sys.stdout.write(format_result(result, args.format))
+    if result.truncated and args.format != "table":
+        print(f"{PROG}: output truncated to {args.max_rows} rows (raise --max-rows)", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 2 bad input or usage, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed usage / help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if not (math.isfinite(args.lock_timeout) and args.lock_timeout >= 0):
+            raise CLIError(f"--lock-timeout must be >= 0 seconds, got {args.lock_timeout}")
+        if args.command == "db":
+            return cmd_db(args)
+        if args.command == "ingest":
+            return cmd_ingest(args)
+        if args.command == "sample":
+            return cmd_sample(args, argv)
+        if args.command == "runs":
+            return cmd_runs(args)
+        if args.command == "show":
+            return cmd_show(args)
+        return cmd_sql(args)
+    except (ValueError, OSError) as exc:  # StoreError, TrainingSetError, CLIError, ... are ValueErrors
+        if os.environ.get("AUDITOR_DEBUG"):
+            raise
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if os.environ.get("AUDITOR_DEBUG"):
+            raise
+        hint = ("; the run is marked failed: see `auditor runs`, continue with `auditor sample --resume RUN_ID`"
+                if args.command == "sample" else "")
+        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

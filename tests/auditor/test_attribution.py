@@ -1,0 +1,183 @@
+"""Attribution: the README queries and the library return what the engine computed."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from auditor import attribution, database
+from auditor.database import NotFoundError
+
+from .conftest import FASHION_OPTIONS, engine_shares
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The README's example queries, verbatim (run 1 / sample 0 of the recorded_fashion fixture).
+TOP_SOURCES = """SELECT s.image_index, i.image_id, i.label_name, i.owner, i.license, s.share, s.flip_share
+FROM sample_sources AS s
+JOIN runs AS r ON r.id = s.run_id
+JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = s.image_index
+WHERE s.run_id = 1 AND s.sample_index = 0
+ORDER BY s.share DESC, s.image_index
+LIMIT 10;"""
+
+IMAGE_USAGE = """SELECT s.run_id, s.sample_index, s.share
+FROM sample_sources AS s
+JOIN runs AS r ON r.id = s.run_id
+JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = s.image_index
+WHERE i.image_id = 'train-00029' AND s.share > 0.001
+ORDER BY s.share DESC, s.run_id, s.sample_index;"""
+
+PIXEL_SOURCES = """SELECT p.image_index, i.image_id, sum(p.weight) AS weight
+FROM pixel_weights AS p
+JOIN runs AS r ON r.id = p.run_id
+JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = p.image_index
+WHERE p.run_id = 1 AND p.sample_index = 0 AND p.step = 12 AND p.y = 14 AND p.x = 14
+GROUP BY p.image_index, i.image_id
+ORDER BY weight DESC, p.image_index
+LIMIT 10;"""
+
+RUNS_BY_DATASET = """SELECT d.id AS dataset, d.name, d.fingerprint, r.id AS run, r.status, r.denoiser->>'kind' AS denoiser,
+       r.num_samples, r.sampler->>'num_steps' AS steps, r.created_at, r.finished_at
+FROM datasets AS d
+JOIN runs AS r ON r.dataset_id = d.id
+ORDER BY d.id, r.id;"""
+
+TRAJECTORY = """SELECT t.image_index, i.image_id, t.share, t.steps
+FROM trajectory_sources AS t
+JOIN runs AS r ON r.id = t.run_id
+JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = t.image_index
+WHERE t.run_id = 1 AND t.sample_index = 0
+ORDER BY t.share DESC, t.image_index
+LIMIT 10;"""
+
+README_QUERIES = [TOP_SOURCES, IMAGE_USAGE, PIXEL_SOURCES, RUNS_BY_DATASET, TRAJECTORY]
+LAST = FASHION_OPTIONS["steps"] - 1
+
+
+def sql(db, query):
+    with database.connect(db, read_only=True) as conn:
+        return conn.execute(query).fetchall()
+
+
+def _engine(rec, step, sample_index=0):
+    t, _, _, weights = rec.steps[step]
+    return engine_shares(weights, sample_index, len(rec.training_set), weights[0][1].patch_set)
+
+
+def _top(shares: dict, n=10):
+    return sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def test_readme_lists_these_queries():
+    readme = (REPO / "README.md").read_text()
+    if "sample_sources" not in readme:
+        pytest.skip("README has no provenance queries yet")
+    blocks = [b.strip() for b in re.findall(r"```sql\n(.*?)```", readme, re.S)]
+    for query in README_QUERIES:
+        assert query.strip() in blocks
+
+
+def test_top_sources_query(recorded_fashion):
+    rec = recorded_fashion
+    rows = sql(rec.db, TOP_SOURCES)
+    expected = _top(_engine(rec, LAST))
+    assert [r[0] for r in rows] == [i for i, _ in expected]
+    assert all(abs(r[5] - share) < 1e-6 for r, (_, share) in zip(rows, expected))
+    assert rows[0][1] == rec.training_set.ids[expected[0][0]]
+    # the library agrees with the SQL and adds the largest patches
+    lib = attribution.sample_sources(rec.db, 1, 0, top=10)
+    assert [(r["image_index"], pytest.approx(r["share"], abs=1e-12)) for r in lib] == [(r[0], r[5]) for r in rows]
+    assert lib[0]["label_name"] == rows[0][2] and lib[0]["patches"]
+    step, position, top, left, h, w, weight = lib[0]["patches"][0]
+    assert step == LAST and (h, w) == (3, 3) and 0 < weight <= 1
+
+
+def test_image_usage_query(recorded_fashion):
+    rec = recorded_fashion
+    image = rec.training_set.index_of("train-00029")
+    expected = sorted(((1, b, _engine(rec, LAST, b).get(image, 0.0)) for b in range(FASHION_OPTIONS["num_samples"])),
+                      key=lambda r: (-r[2], r[1]))
+    expected = [r for r in expected if r[2] > 0.001]
+    rows = sql(rec.db, IMAGE_USAGE)
+    assert expected and [r[:2] for r in rows] == [r[:2] for r in expected]
+    assert all(abs(a[2] - b[2]) < 1e-6 for a, b in zip(rows, expected))
+    lib = attribution.image_usage(rec.db, 1, "train-00029", min_share=0.001)
+    assert [(r["run_id"], r["sample_index"]) for r in lib] == [r[:2] for r in rows]
+    with pytest.raises(NotFoundError, match="no training image"):
+        attribution.image_usage(rec.db, 1, "no-such-image")
+    with pytest.raises(NotFoundError, match="no dataset"):
+        attribution.image_usage(rec.db, 7, "train-00029")
+
+
+def test_pixel_sources_query(recorded_fashion):
+    rec = recorded_fashion
+    _, _, _, weights = rec.steps[12]
+    (index, w), = weights
+    masks = w.patch_set.masks()
+    covering = masks[:, 14, 14].nonzero().flatten()
+    n = len(rec.training_set)
+    totals = torch.zeros(n, dtype=torch.float64)
+    entry, weight = w.entry[0, covering], w.weight[0, covering].to(torch.float64)
+    valid = entry >= 0
+    totals.index_add_(0, entry[valid] % n, weight[valid])
+    totals /= len(covering)  # averaged over the covering patches, as PSPC composes the pixel
+    expected = _top({i: float(totals[i]) for i in totals.nonzero().flatten().tolist()})
+    rows = sql(rec.db, PIXEL_SOURCES)
+    assert [r[0] for r in rows] == [i for i, _ in expected]
+    assert all(abs(r[2] - v) < 1e-6 for r, (_, v) in zip(rows, expected))
+    lib = attribution.pixel_sources(rec.db, 1, 0, 12, 14, 14)
+    assert [(r["image_index"], pytest.approx(r["weight"])) for r in lib] == [(r[0], r[2]) for r in rows]
+    with pytest.raises(NotFoundError, match="outside"):
+        attribution.pixel_sources(rec.db, 1, 0, 12, 28, 0)
+
+
+def test_runs_by_dataset_query(recorded_fashion):
+    rows = sql(recorded_fashion.db, RUNS_BY_DATASET)
+    assert len(rows) == 1
+    dataset, name, fingerprint, run, status, kind, num_samples, steps, created, finished = rows[0]
+    assert (dataset, run, status, kind, num_samples, int(steps)) == (1, 1, "complete", "pspc-square", 2, 18)
+    assert fingerprint == recorded_fashion.training_set.fingerprint and finished >= created
+
+
+def test_trajectory_query(recorded_fashion):
+    rec = recorded_fashion
+    times = [(s, rec.steps[s][0], rec.steps[s + 1][0] if s < LAST else 0.0) for s in range(LAST + 1)]
+    coefficients = attribution.step_coefficients(times)
+    assert abs(sum(coefficients.values()) - 1) < 1e-12
+    shares: dict[int, float] = {}
+    for step, c in coefficients.items():
+        for image, share in _engine(rec, step).items():
+            shares[image] = shares.get(image, 0.0) + c * share
+    expected = _top(shares)
+    rows = sql(rec.db, TRAJECTORY)
+    assert [r[0] for r in rows] == [i for i, _ in expected]
+    assert all(abs(r[2] - v) < 1e-6 for r, (_, v) in zip(rows, expected))
+    lib = attribution.trajectory_sources(rec.db, 1, 0)
+    assert [r["image_index"] for r in lib] == [r[0] for r in rows]
+
+
+def test_step_sources_and_dense_maps(recorded_fashion):
+    rec = recorded_fashion
+    lib = attribution.sample_sources(rec.db, 1, 1, step=5, top=3)
+    expected = _top(_engine(rec, 5, sample_index=1), 3)
+    assert [(r["image_index"], pytest.approx(r["share"], abs=1e-6)) for r in lib] == expected
+    dense = attribution.pixel_attribution(rec.db, 1, 1, 5)
+    maps = dense["weights"]
+    per_image = torch.zeros(len(rec.training_set), dtype=torch.float64).index_add_(
+        0, dense["image_index"], maps.mean((1, 2)))
+    assert [(i, pytest.approx(float(per_image[i]), abs=1e-6)) for i, _ in expected] == expected
+    # per pixel the maps add up to the average captured mass of the covering patches (<= 1)
+    _, _, bound = attribution.recompose_step(rec.db, 1, 1, 5, rec.training_set)
+    assert torch.allclose(maps.sum(0), 1 - bound, atol=1e-6) and maps.sum(0).max() <= 1 + 1e-6
+
+
+def test_unknown_ids(recorded_fashion):
+    db = recorded_fashion.db
+    with pytest.raises(NotFoundError, match="no run 9"):
+        attribution.sample_sources(db, 9, 0)
+    with pytest.raises(NotFoundError, match="no sample 5"):
+        attribution.sample_sources(db, 1, 5)
+    with pytest.raises(NotFoundError, match="no recorded step 40"):
+        attribution.pixel_attribution(db, 1, 0, 40)

@@ -1,0 +1,179 @@
+"""The `auditor` command line on a tiny recorded run (12 random 8x8 images, 2 samples x 3 steps)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from auditor import cli, database
+from tests.auditor.test_database import LockHolder
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "tiny.npz"
+    np.savez(path, images=np.random.RandomState(0).randint(0, 256, (12, 1, 8, 8)).astype(np.uint8))
+    return path
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_db_upgrade_status_and_location(tmp_path, capsys, monkeypatch):
+    db = tmp_path / "a.duckdb"
+    code, out, err = run(capsys, "--db", db, "db", "upgrade")
+    assert code == 0 and "upgraded schema empty -> 0002" in out
+    code, out, _ = run(capsys, "db", "upgrade", "--db", db)  # --db also after the command
+    assert code == 0 and "0002 (up to date)" in out
+    code, out, _ = run(capsys, "db", "status", "--db", db)
+    assert code == 0 and "revision  0002 (current)" in out and "patch_weights" in out and "trajectory_sources" in out
+    # $AUDITOR_DB, then ./provenance.duckdb
+    monkeypatch.setenv("AUDITOR_DB", str(tmp_path / "env.duckdb"))
+    assert run(capsys, "db", "upgrade")[0] == 0 and (tmp_path / "env.duckdb").exists()
+    monkeypatch.delenv("AUDITOR_DB")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "db", "upgrade")[0] == 0 and (tmp_path / "provenance.duckdb").exists()
+
+
+def test_errors_are_one_line_and_change_nothing(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "missing.duckdb"
+    for argv in (["sql", "SELECT 1"], ["runs"], ["show", "1/0"], ["db", "status"], ["ingest", "x.npz"]):
+        code, out, err = run(capsys, "--db", missing, *argv)
+        assert code == 2 and err.startswith("auditor: error: ") and "auditor db upgrade" in err, argv
+        assert "Traceback" not in err
+    assert not missing.exists()
+    corrupt = tmp_path / "corrupt.duckdb"
+    corrupt.write_bytes(os.urandom(5000))
+    before = corrupt.read_bytes()
+    for argv in (["db", "upgrade"], ["db", "status"], ["sql", "SELECT 1"]):
+        code, _, err = run(capsys, "--db", corrupt, *argv)
+        assert code == 2 and "not a DuckDB database file" in err and str(corrupt) in err
+    assert corrupt.read_bytes() == before
+    newer = tmp_path / "newer.duckdb"
+    database.upgrade(newer)
+    with database.connect(newer) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffff'")
+    for argv in (["db", "upgrade"], ["db", "status"], ["runs"]):
+        code, _, err = run(capsys, "--db", newer, *argv)
+        assert code == 2 and "newer version of auditor" in err
+    code, _, err = run(capsys, "--db", newer, "show", "1")
+    assert code == 2 and "expected RUN/SAMPLE" in err
+    monkeypatch.setenv("AUDITOR_DEBUG", "1")
+    with pytest.raises(database.StoreError):
+        cli.main(["--db", str(missing), "runs"])
+
+
+def test_ingest_sample_runs_show_sql(tmp_path, capsys, data_file):
+    db = tmp_path / "p.duckdb"
+    assert run(capsys, "--db", db, "db", "upgrade")[0] == 0
+    code, out, _ = run(capsys, "--db", db, "ingest", data_file)
+    assert code == 0 and "dataset 1: created" in out and "fingerprint " in out
+    code, out, _ = run(capsys, "--db", db, "ingest", data_file)
+    assert code == 0 and "dataset 1: already present" in out
+    code, out, _ = run(capsys, "--db", db, "ingest", data_file, "--limit", "5")
+    assert code == 0 and "dataset 2: created" in out
+
+    code, out, err = run(capsys, "--db", db, "sample", "--data", data_file, "--num", "2", "--steps", "3", "--seed", "4",
+                         "--top-k", "4")
+    assert code == 0, err
+    assert "run 1: complete, 2 samples x 3 steps" in out
+    code, out, _ = run(capsys, "--db", db, "runs")
+    assert code == 0 and "complete" in out and "3/3" in out and "pspc-square" in out
+    code, out, _ = run(capsys, "--db", db, "runs", "--dataset", "2")
+    assert code == 0 and out.startswith("no runs on dataset 2")
+    code, _, err = run(capsys, "--db", db, "runs", "--dataset", "7")
+    assert code == 2 and "no dataset '7'" in err
+
+    code, out, _ = run(capsys, "--db", db, "show", "1/1", "--top", "3")
+    assert code == 0 and "run 1, sample 1, final image" in out
+    lines = out.splitlines()
+    assert lines[-1] == "(3 rows)" and "tiny.npz#" in out
+    code, out, _ = run(capsys, "--db", db, "show", "1/0", "--step", "1")
+    assert code == 0 and "D(z_t) at step 1" in out
+    for target, message in (("9/0", "run 9"), ("1/7", "sample 7")):
+        code, _, err = run(capsys, "--db", db, "show", target)
+        assert code == 2 and message in err
+
+    # sql: the shares of the final image agree with `show`, in every format
+    query = "SELECT image_index, share FROM sample_sources WHERE run_id = 1 AND sample_index = 1 ORDER BY share DESC"
+    code, out, _ = run(capsys, "--db", db, "sql", query, "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and abs(sum(r["share"] for r in rows) - 1) < 0.05  # top-k with mass 0.99: about 1
+    code, out, _ = run(capsys, "--db", db, "sql", query, "--format", "csv", "--max-rows", "2")
+    parsed = list(csv.reader(io.StringIO(out)))
+    assert parsed[0] == ["image_index", "share"] and len(parsed) == 3
+    assert int(parsed[1][0]) == rows[0]["image_index"]
+    code, out, _ = run(capsys, "--db", db, "sql", "SELECT count(*) AS n FROM steps")
+    assert code == 0 and out.split() == ["n", "-", "6", "(1", "row)"]
+    before = db.read_bytes()
+    code, _, err = run(capsys, "--db", db, "sql", "DELETE FROM runs")
+    assert code == 2 and "read-only: DELETE statements are not allowed" in err
+    code, _, err = run(capsys, "--db", db, "sql", "SELECT * FRM runs")
+    assert code == 2 and "syntax error" in err
+    assert db.read_bytes() == before
+
+
+def test_resume_a_failed_run(tmp_path, capsys, data_file):
+    from auditor import runs
+    from pspc.loaders import load_training_set
+
+    db = tmp_path / "p.duckdb"
+    database.upgrade(db)
+    data = load_training_set(str(data_file)).with_xflip()
+
+    def stop(step, *args):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runs.record_sampling_run(db, data, num_samples=2, steps=3, top_k=4, callback=stop)
+    code, out, _ = run(capsys, "--db", db, "runs")
+    assert "failed" in out
+    code, _, err = run(capsys, "--db", db, "sample", "--data", data_file, "--resume", "1", "--num", "3")
+    assert code == 2 and "drop --num" in err
+    code, _, err = run(capsys, "--db", db, "sample", "--data", data_file, "--limit", "5", "--resume", "1")
+    assert code == 2 and "fingerprint" in err
+    code, out, err = run(capsys, "--db", db, "sample", "--data", data_file, "--resume", "1")
+    assert code == 0, err
+    assert "run 1: complete" in out
+    code, out, _ = run(capsys, "--db", db, "sql", "SELECT count(DISTINCT step) AS s FROM steps WHERE run_id = 1")
+    assert out.split()[2] == "3"
+
+
+def test_locked_store(tmp_path, capsys):
+    db = tmp_path / "p.duckdb"
+    database.upgrade(db)
+    holder = LockHolder(db)
+    try:
+        code, _, err = run(capsys, "--db", db, "--lock-timeout", "0.2", "sql", "SELECT 1")
+        assert code == 2 and "another process" in err and str(db) in err
+    finally:
+        holder.release()
+    assert run(capsys, "--db", db, "sql", "SELECT 1")[0] == 0
+
+
+def test_bad_options(tmp_path, capsys, data_file):
+    db = tmp_path / "p.duckdb"
+    database.upgrade(db)
+    for argv, message in (
+        (["sample", "--data", data_file, "--mass", "1.5"], "--mass must be in (0, 1]"),
+        (["sample", "--data", data_file, "--num", "0"], "--num must be > 0"),
+        (["sample", "--data", data_file, "--denoiser", "empirical", "--patch-size", "3"], "--patch-size applies"),
+        (["sample", "--data", tmp_path / "nothing.npz"], "nothing.npz"),
+        (["--lock-timeout", "-1", "runs"], "--lock-timeout"),
+        (["sql", "SELECT 1", "--max-rows", "-3"], "--max-rows"),
+    ):
+        code, _, err = run(capsys, "--db", db, *argv)
+        assert code == 2 and message in err, (argv, err)
+    code, _, err = run(capsys, "--db", db, "sample", "--sampler", "rk4")
+    assert code == 2 and "invalid choice" in err
+    with database.connect(db, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0

@@ -1,0 +1,129 @@
+"""auditor.database: path resolution, short transactions, the ORM session, and the lock held by
+another process (LockedError after the timeout, success once it is released)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from auditor import database
+from auditor.models import Dataset
+
+HOLDER = """
+import sys, duckdb
+conn = duckdb.connect(sys.argv[1])  # read-write: exclusive lock on the file
+conn.execute("SELECT 1")
+print("locked", flush=True)
+sys.stdin.read()  # hold it until the test closes our stdin
+conn.close()
+"""
+
+
+class LockHolder:
+    """Another PROCESS holding a read-write duckdb connection on `path`."""
+
+    def __init__(self, path: Path):
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "store.duckdb"
+    database.upgrade(path)
+    return path
+
+
+def test_resolve_db_path(monkeypatch, tmp_path):
+    monkeypatch.delenv(database.DB_ENV, raising=False)
+    assert database.resolve_db_path() == Path("provenance.duckdb")
+    monkeypatch.setenv(database.DB_ENV, str(tmp_path / "env.duckdb"))
+    assert database.resolve_db_path() == tmp_path / "env.duckdb"
+    assert database.resolve_db_path(tmp_path / "flag.duckdb") == tmp_path / "flag.duckdb"  # flag wins
+
+
+def test_connect_commits_or_rolls_back(store):
+    with database.connect(store) as conn:
+        conn.execute("CREATE TABLE scratch (x INTEGER)")
+        conn.execute("INSERT INTO scratch VALUES (1)")
+    with pytest.raises(RuntimeError):
+        with database.connect(store) as conn:
+            conn.execute("INSERT INTO scratch VALUES (2)")
+            raise RuntimeError("boom")
+    with database.connect(store, read_only=True) as conn:
+        assert conn.execute("SELECT list(x) FROM scratch").fetchone()[0] == [1]
+        with pytest.raises(Exception, match="read-only"):
+            conn.execute("INSERT INTO scratch VALUES (3)")
+
+
+def test_read_only_of_missing_file(tmp_path):
+    with pytest.raises(database.StoreError, match="auditor db upgrade"):
+        with database.connect(tmp_path / "missing.duckdb", read_only=True):
+            pass
+    assert not (tmp_path / "missing.duckdb").exists()
+
+
+def test_session_orm_roundtrip(store):
+    from datetime import datetime
+
+    with database.session(store) as s:
+        s.add(Dataset(fingerprint="a" * 64, name="n", source="s", channels=1, height=2, width=2, count=1,
+                      created_at=datetime(2025, 1, 1)))
+    with pytest.raises(ValueError):
+        with database.session(store) as s:
+            s.add(Dataset(fingerprint="b" * 64, name="n", source="s", channels=1, height=2, width=2, count=1,
+                          created_at=datetime(2025, 1, 1)))
+            s.flush()
+            raise ValueError("rolled back")
+    with database.session(store, read_only=True) as s:
+        rows = s.query(Dataset).all()
+        assert [(d.id, d.fingerprint) for d in rows] == [(1, "a" * 64)]
+
+
+def test_locked_by_another_process(store):
+    holder = LockHolder(store)
+    try:
+        begin = time.monotonic()
+        for read_only in (False, True):
+            with pytest.raises(database.LockedError, match="another process") as err:
+                with database.connect(store, read_only=read_only, timeout=0.3):
+                    pass
+            assert str(store) in str(err.value)
+        assert time.monotonic() - begin >= 0.6  # it did retry for the timeout
+        with pytest.raises(database.LockedError):
+            with database.session(store, timeout=0.2) as s:
+                s.query(Dataset).all()
+        with pytest.raises(database.LockedError):
+            database.upgrade(store, timeout=0.2)
+        with pytest.raises(database.LockedError):
+            database.require_current(store, timeout=0.2)
+    finally:
+        holder.release()
+    with database.connect(store, read_only=True, timeout=0.3) as conn:
+        assert conn.execute("SELECT 42").fetchone()[0] == 42
+
+
+def test_waits_for_the_lock_to_be_released(store):
+    holder = LockHolder(store)
+    timer = threading.Timer(0.5, holder.release)
+    timer.start()
+    try:
+        begin = time.monotonic()
+        with database.connect(store, timeout=20) as conn:  # retries until the holder lets go
+            conn.execute("CREATE TABLE after_wait (x INTEGER)")
+        assert time.monotonic() - begin >= 0.4
+    finally:
+        timer.join()
+        holder.release()
+    assert database.require_current(store) == database.head_revision()

@@ -1,0 +1,114 @@
+"""auditor.query: only one read-only statement runs; the formats; errors change nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+
+from auditor import database, query
+from tests.auditor.test_migrations import fill_tiny_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "store.duckdb"
+    database.upgrade(path)
+    fill_tiny_store(path)
+    return path
+
+
+def state(path):
+    return path.read_bytes(), os.stat(path).st_mtime_ns
+
+
+def test_select_and_friends(store):
+    columns, rows = query.run_query(store, "SELECT image_index, image_id, owner FROM training_images ORDER BY 1")
+    assert columns == ["image_index", "image_id", "owner"]
+    assert rows == [(0, "img-0", "owner-0"), (1, "img-1", "owner-1"), (2, "img-2", "owner-2")]
+    cols, rows = query.run_query(store, "WITH s AS (SELECT * FROM sample_sources) SELECT image_index, round(share, 4) "
+                                        "FROM s ORDER BY share DESC")
+    assert rows[0][0] == 1
+    for sql in ("DESCRIBE runs", "SHOW TABLES", "EXPLAIN SELECT * FROM steps", "FROM datasets",
+                "SUMMARIZE patch_weights", "VALUES (1, 'a')", "select 1;"):
+        query.run_query(store, sql)
+
+
+def test_max_rows_truncates(store):
+    result = query.run_query(store, "SELECT * FROM range(50)", max_rows=7)
+    assert len(result.rows) == 7 and result.truncated
+    result = query.run_query(store, "SELECT * FROM range(7)", max_rows=7)
+    assert len(result.rows) == 7 and not result.truncated
+    assert "truncated" in query.format_result(query.run_query(store, "SELECT * FROM range(9)", max_rows=2))
+
+
+@pytest.mark.parametrize("sql, kind", [
+    ("INSERT INTO datasets (id) VALUES (5)", "INSERT"),
+    ("DELETE FROM patch_weights", "DELETE"),
+    ("UPDATE runs SET status = 'complete'", "UPDATE"),
+    ("DROP TABLE runs", "DROP"),
+    ("CREATE TABLE x (a INTEGER)", "CREATE"),
+    ("COPY runs TO 'out.csv'", "COPY"),
+    ("ATTACH 'other.duckdb'", "ATTACH"),
+    ("PRAGMA table_info('runs')", "PRAGMA"),
+    ("SET threads = 1", "SET"),
+    ("CHECKPOINT", None),
+    ("INSTALL httpfs", None),
+])
+def test_writes_are_refused_before_running(store, sql, kind):
+    before = state(store)
+    with pytest.raises(database.StoreError, match="auditor sql is read-only") as err:
+        query.run_query(store, sql)
+    if kind:
+        assert f"{kind} statements are not allowed" in str(err.value)
+    assert state(store) == before
+
+
+def test_more_than_one_statement(store):
+    before = state(store)
+    with pytest.raises(database.StoreError, match="one statement at a time; got 2"):
+        query.run_query(store, "SELECT 1; DELETE FROM runs")
+    assert state(store) == before
+
+
+def test_malformed_and_failing_sql(store):
+    with pytest.raises(database.StoreError, match="syntax error"):
+        query.run_query(store, "SELEC * FROM runs")
+    with pytest.raises(database.StoreError, match="no_such_table"):
+        query.run_query(store, "SELECT * FROM no_such_table")
+    with pytest.raises(database.StoreError, match="empty query"):
+        query.run_query(store, "   ")
+
+
+def test_select_cannot_touch_other_files(store, tmp_path):
+    (tmp_path / "secret.csv").write_text("a\n1\n")
+    with pytest.raises(database.StoreError):
+        query.run_query(store, f"SELECT * FROM read_csv('{tmp_path / 'secret.csv'}')")
+
+
+def test_missing_and_newer_store(tmp_path):
+    with pytest.raises(database.StoreError, match="auditor db upgrade"):
+        query.run_query(tmp_path / "none.duckdb", "SELECT 1")
+    assert not (tmp_path / "none.duckdb").exists()
+
+
+def test_formats(store):
+    result = query.run_query(store, "SELECT run_id, sample_index, seed, final_image, NULL AS nothing, 0.5 AS half, "
+                                    "'a,\"b\"' AS text FROM samples ORDER BY sample_index")
+    table = query.format_result(result, "table")
+    lines = table.splitlines()
+    assert lines[0].split() == ["run_id", "sample_index", "seed", "final_image", "nothing", "half", "text"]
+    assert "<36 bytes>" in lines[2] and "NULL" in lines[2] and lines[-1] == "(2 rows)"
+    parsed = list(csv.reader(io.StringIO(query.format_result(result, "csv"))))
+    assert parsed[0][0] == "run_id" and parsed[1] == ["1", "0", "0", "<36 bytes>", "", "0.5", 'a,"b"']
+    objects = json.loads(query.format_result(result, "json"))
+    assert objects[1] == {"run_id": 1, "sample_index": 1, "seed": 1, "final_image": "<36 bytes>", "nothing": None,
+                          "half": 0.5, "text": 'a,"b"'}
+    empty = query.run_query(store, "SELECT * FROM runs WHERE false")
+    assert query.format_result(empty, "table").splitlines()[-1] == "(0 rows)"
+    assert json.loads(query.format_result(empty, "json")) == []
+    with pytest.raises(database.StoreError, match="unknown output format"):
+        query.format_result(result, "xml")
