@@ -129,20 +129,20 @@ def sample_sources(db_path, run_id: int, sample_index: int, *, step: int | None 
 
 
 def step_coefficients(times: list[tuple[int, float, float]]) -> dict[int, float]:
-    """c_i = (1 - t_{i+1}/t_i) prod_{j>i} t_{j+1}/t_j for rows (step, t, t_next) (view trajectory_sources)."""
-    out, tail = {}, 1.0
-    for step, t, t_next in sorted(times, reverse=True):
-        out[step] = (1.0 - t_next / t) * tail
-        tail *= t_next / t
-    return out
+    """Trajectory weights w_i = a_i / sum_j a_j, a_i = 1 - t_{i+1}/t_i (the fraction of the
+    state step i rewrites under Euler), for rows (step, t, t_next); as view trajectory_sources."""
+    written = {step: 1.0 - t_next / t for step, t, t_next in times}
+    total = sum(written.values())
+    return {step: a / total for step, a in written.items()}
 
 
 def trajectory_sources(db_path, run_id: int, sample_index: int, *, top: int = 10, patches: int = 5,
                        timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
     """Trajectory-aggregated attribution (view trajectory_sources): sum over the recorded
-    steps of c_i x share_i, c_i = (1 - t_{i+1}/t_i) prod_{j>i} t_{j+1}/t_j. Rows as in
+    steps of w_i x share_i, w_i = step_coefficients (each step's share of what the sampler
+    wrote along the way). Rows as in
     sample_sources plus `steps` (how many steps kept the image); patches are ranked by
-    weight x c_i."""
+    weight x w_i."""
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
         info = _check_sample(conn, db_path, run_id, sample_index)
         times = conn.execute("SELECT step, t, t_next FROM steps WHERE run_id = ? AND sample_index = ?",

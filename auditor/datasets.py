@@ -14,6 +14,7 @@ import json
 import os
 from datetime import datetime, timezone
 
+import numpy as np
 import pyarrow as pa
 
 from pspc.training_set import TrainingSet
@@ -21,7 +22,8 @@ from pspc.training_set import TrainingSet
 from . import database
 from .database import NotFoundError, StoreError
 
-__all__ = ["METADATA_COLUMNS", "dataset_rows", "find_dataset", "ingest", "list_datasets"]
+__all__ = ["METADATA_COLUMNS", "dataset_rows", "find_dataset", "ingest", "list_datasets", "pixel_column",
+           "training_pixels"]
 
 METADATA_COLUMNS = ("label", "label_name", "source_uri", "owner", "license")
 DATASET_COLUMNS = ("id", "fingerprint", "name", "source", "channels", "height", "width", "count", "created_at")
@@ -66,7 +68,16 @@ def training_image_table(data: TrainingSet) -> pa.Table:
     schema = pa.schema([("image_index", pa.int32()), ("image_id", pa.string()), ("sha256", pa.string()),
                         ("label", pa.int32()), ("label_name", pa.string()), ("source_uri", pa.string()),
                         ("owner", pa.string()), ("license", pa.string()), ("extra", pa.string())])
-    return pa.table(columns, schema=schema)
+    return pa.table(columns, schema=schema).append_column("pixels", pixel_column(data))
+
+
+def pixel_column(data: TrainingSet) -> pa.Array:
+    """The images as uint8 [C, H, W] bytes, one per row (no copy per image: one buffer, offsets)."""
+    flat = data.images.contiguous().numpy().reshape(len(data), -1)
+    size = flat.shape[1]
+    offsets = pa.array(np.arange(len(data) + 1, dtype=np.int32) * size)
+    return pa.BinaryArray.from_buffers(pa.binary(), len(data), [None, pa.py_buffer(offsets.buffers()[1]),
+                                                                pa.py_buffer(flat.tobytes())])
 
 
 def _lookup(conn, fingerprint: str) -> int | None:
@@ -79,8 +90,9 @@ def ingest(db_path: str | os.PathLike, training_set: TrainingSet, *,
     """Record a training set and its images; returns (dataset_id, created).
 
     Idempotent by fingerprint: a set already present returns its id with created=False and
-    writes nothing. Otherwise the dataset row and all training_images rows are written in one
-    short transaction (bulk: an Arrow table inserted with one INSERT ... SELECT).
+    writes nothing, except the pixels of rows that lack them (stores ingested before schema
+    revision 0003). Otherwise the dataset row and all training_images rows, pixels included,
+    are written in one short transaction (bulk: an Arrow table, one INSERT ... SELECT).
     """
     if not isinstance(training_set, TrainingSet):
         raise TypeError(f"expected a TrainingSet, got {type(training_set).__name__}")
@@ -88,7 +100,11 @@ def ingest(db_path: str | os.PathLike, training_set: TrainingSet, *,
     fingerprint = training_set.fingerprint
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
         existing = _lookup(conn, fingerprint)
+        missing = existing is not None and conn.execute(
+            "SELECT count(*) FROM training_images WHERE dataset_id = ? AND pixels IS NULL", [existing]).fetchone()[0]
     if existing is not None:
+        if missing:
+            _backfill_pixels(db_path, existing, training_set, timeout)
         return existing, False
 
     images = training_image_table(training_set)  # hashing happens outside the transaction
@@ -107,12 +123,57 @@ def ingest(db_path: str | os.PathLike, training_set: TrainingSet, *,
         try:
             conn.execute(
                 "INSERT INTO training_images (dataset_id, image_index, image_id, sha256, label, label_name, "
-                "source_uri, owner, license, extra) "
+                "source_uri, owner, license, extra, pixels) "
                 "SELECT ?, image_index, image_id, sha256, label, label_name, source_uri, owner, license, "
-                "CAST(extra AS JSON) FROM _ingest_images", [dataset_id])
+                "CAST(extra AS JSON), pixels FROM _ingest_images", [dataset_id])
         finally:
             conn.unregister("_ingest_images")
     return int(dataset_id), True
+
+
+def _backfill_pixels(db_path, dataset_id: int, training_set: TrainingSet, timeout: float) -> None:
+    """Fill training_images.pixels where NULL (the same fingerprint guarantees the same pixels)."""
+    table = pa.table({"image_index": pa.array(np.arange(len(training_set), dtype=np.int32)),
+                      "pixels": pixel_column(training_set)})
+    with database.connect(db_path, timeout=timeout) as conn:
+        conn.register("_ingest_pixels", table)
+        try:
+            conn.execute("UPDATE training_images SET pixels = p.pixels FROM _ingest_pixels AS p "
+                         "WHERE training_images.dataset_id = ? AND training_images.image_index = p.image_index "
+                         "AND training_images.pixels IS NULL", [int(dataset_id)])
+        finally:
+            conn.unregister("_ingest_pixels")
+
+
+def training_pixels(db_path: str | os.PathLike, dataset_id: int, indices, *,
+                    timeout: float = database.DEFAULT_TIMEOUT) -> np.ndarray:
+    """The stored pixels of training images `indices` of a dataset, uint8 [len, C, H, W].
+
+    NotFoundError for an unknown dataset or index; StoreError when the store lacks the pixels
+    (ingested before schema revision 0003: run `auditor ingest` on the same data again).
+    """
+    indices = [int(i) for i in indices]
+    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+        shape = conn.execute("SELECT channels, height, width, count FROM datasets WHERE id = ?",
+                             [int(dataset_id)]).fetchone()
+        if shape is None:
+            raise NotFoundError(f"{db_path}: no dataset {dataset_id}")
+        c, h, w, count = shape
+        bad = [i for i in indices if not 0 <= i < count]
+        if bad:
+            raise NotFoundError(f"{db_path}: dataset {dataset_id} has no training image index {bad[0]} "
+                                f"(indices 0..{count - 1})")
+        rows = dict(conn.execute(
+            "SELECT image_index, pixels FROM training_images WHERE dataset_id = ? AND image_index IN "
+            "(SELECT unnest(?::INTEGER[]))", [int(dataset_id), indices]).fetchall()) if indices else {}
+    out = np.empty((len(indices), c, h, w), np.uint8)
+    for k, i in enumerate(indices):
+        blob = rows.get(i)
+        if blob is None:
+            raise StoreError(f"{db_path}: dataset {dataset_id} has no pixels for image {i} (ingested before schema "
+                             f"revision 0003); run `auditor ingest` on the same data again to add them")
+        out[k] = np.frombuffer(blob, np.uint8).reshape(c, h, w)
+    return out
 
 
 def _row(columns, values) -> dict:

@@ -53,6 +53,7 @@ class TrainingImage(Base):
     owner: Mapped[str | None] = mapped_column(String)
     license: Mapped[str | None] = mapped_column(String)
     extra: Mapped[dict | None] = mapped_column(JSON)  # any other metadata the loader gave
+    pixels: Mapped[bytes | None] = mapped_column(LargeBinary)  # uint8 [C, H, W] (revision 0003)
 
 
 class Run(Base):

@@ -16,9 +16,12 @@ SQL only (no data is moved); downgrade drops them.
   final image's attribution = step_sources at the last step (t_next = 0), whose output
   D(z, t_last) IS the sample (the last Euler step returns it exactly).
 - trajectory_sources (run_id, sample_index, image_index, share, flip_share, steps): sum over the
-  recorded steps of c_i x share_i with c_i = (1 - t_{i+1}/t_i) prod_{j>i} t_{j+1}/t_j, the
-  coefficient of D(z_i) in the final state under Euler (z_{i+1} = (t_{i+1}/t_i) z_i +
-  (1 - t_{i+1}/t_i) D_i). For Heun it is the Euler approximation.
+  recorded steps of w_i x share_i with w_i = a_i / sum_j a_j, a_i = 1 - t_{i+1}/t_i: the
+  fraction of the state that step i rewrites with its composite under Euler (z_{i+1} =
+  (1 - a_i) z_i + a_i D_i). It measures which training images built the sample along the
+  way, including material later overwritten. (The exact coefficient of D_i in the final
+  state, a_i prod_{j>i} (1 - a_j), is 0 for every step but the last, because the schedule
+  ends at t = 0: that is the final attribution, sample_sources.)
 
 Revision ID: 0002
 Revises: 0001
@@ -85,9 +88,7 @@ TRAJECTORY_SOURCES = """
 CREATE VIEW trajectory_sources AS
 WITH coefficients AS (
     SELECT run_id, sample_index, step,
-           (1.0 - t_next / t) * coalesce(product(t_next / t) OVER (
-               PARTITION BY run_id, sample_index ORDER BY step
-               ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 1.0) AS coefficient
+           (1.0 - t_next / t) / sum(1.0 - t_next / t) OVER (PARTITION BY run_id, sample_index) AS coefficient
     FROM steps
 )
 SELECT src.run_id, src.sample_index, src.image_index,

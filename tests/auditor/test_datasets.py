@@ -139,3 +139,31 @@ def test_failed_ingest_writes_nothing(store, monkeypatch):
     monkeypatch.setattr(database, "connect", original)
     with database.connect(store, read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM datasets").fetchone()[0] == 0
+
+
+def test_pixels_are_stored_exactly(store):
+    data = with_metadata()
+    dataset_id, _ = datasets.ingest(store, data)
+    got = datasets.training_pixels(store, dataset_id, [4, 0, 2])
+    assert got.dtype.name == "uint8" and got.shape == (3, 3, 4, 5)
+    assert (got == data.images[[4, 0, 2]].numpy()).all()
+    with pytest.raises(database.NotFoundError, match="no training image index 5"):
+        datasets.training_pixels(store, dataset_id, [5])
+    with pytest.raises(database.NotFoundError, match="no dataset 9"):
+        datasets.training_pixels(store, 9, [0])
+
+
+def test_ingest_again_fills_pixels_of_an_older_store(tmp_path):
+    path = tmp_path / "old.duckdb"
+    database.upgrade(path, "0002")
+    data = with_metadata()
+    with database.connect(path) as conn:  # what an auditor of revision 0002 wrote
+        conn.execute("INSERT INTO datasets (fingerprint, name, source, channels, height, width, count, created_at) "
+                     "VALUES (?, 'meta', 'x', 3, 4, 5, 5, now())", [data.fingerprint])
+        conn.executemany("INSERT INTO training_images (dataset_id, image_index, image_id, sha256) VALUES (1, ?, ?, ?)",
+                         [(i, data.ids[i], data.image_sha256(i)) for i in range(5)])
+    assert database.upgrade(path) == ("0002", database.head_revision())
+    with pytest.raises(database.StoreError, match="run `auditor ingest` on the same data again"):
+        datasets.training_pixels(path, 1, [0])
+    assert datasets.ingest(path, data) == (1, False)
+    assert (datasets.training_pixels(path, 1, range(5)) == data.images.numpy()).all()

@@ -106,15 +106,15 @@ def test_upgrade_from_missing_file_reaches_head(tmp_path):
     path = tmp_path / "new.duckdb"
     assert database.current_revision(path) is None
     assert database.upgrade(path) == (None, database.head_revision())
-    assert database.require_current(path) == database.head_revision() == "0002"
-    assert database.upgrade(path) == ("0002", "0002")  # idempotent
+    assert database.require_current(path) == database.head_revision() == "0003"
+    assert database.upgrade(path) == ("0003", "0003")  # idempotent
 
 
-def test_revision_0001_matches_the_models(tmp_path):
+def test_head_revision_matches_the_models(tmp_path):
     from auditor.models import Base
 
     migrated, created = tmp_path / "migrated.duckdb", tmp_path / "created.duckdb"
-    database.upgrade(migrated, "0001")
+    database.upgrade(migrated)
     engine = create_engine(f"duckdb:///{created}", poolclass=NullPool)
     Base.metadata.create_all(engine)
     engine.dispose()
@@ -130,13 +130,15 @@ def test_upgrade_from_0001_keeps_data_and_views_answer(tmp_path):
                   for t in ("datasets", "training_images", "runs", "samples", "steps", "patch_weights", "patch_pixels")}
     with pytest.raises(database.SchemaError, match="auditor db upgrade"):
         database.require_current(path)
-    assert database.upgrade(path) == ("0001", "0002")
+    assert database.upgrade(path) == ("0001", "0003")
     with database.connect(path, read_only=True) as conn:
-        after = {t: conn.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in before}
+        after = {t: conn.execute(f"SELECT * EXCLUDE (pixels) FROM {t} ORDER BY ALL" if t == "training_images"
+                                 else f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in before}
+        assert conn.execute("SELECT count(*) FROM training_images WHERE pixels IS NOT NULL").fetchone()[0] == 0
     assert after == before
     check_views(path, info)
-    # and back: downgrade drops the views, keeps the data
-    assert database.upgrade(path, "0001") == ("0002", "0001")
+    # and back: downgrade drops the pixels column and the views, keeps the data
+    assert database.upgrade(path, "0001") == ("0003", "0001")
     with database.connect(path, read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM duckdb_views() WHERE NOT internal").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM patch_weights").fetchone()[0] == len(before["patch_weights"])
@@ -210,15 +212,15 @@ def check_views(path, info):
     for s, k, i, share in final:
         assert share == pytest.approx(shares[(s, k, i)])
 
-    # trajectory: c_i = (1 - t_{i+1}/t_i) prod_{j>i} t_{j+1}/t_j. Sample 0 ends at t = 0, so it
-    # equals the final attribution; unfinished sample 1 (t 4 -> 2 -> 1): c_0 = 0.5 * 0.5, c_1 = 0.5.
+    # trajectory: w_i = a_i / sum a, a_i = 1 - t_{i+1}/t_i. Sample 0 (t 2 -> 1 -> 0): a = 0.5, 1;
+    # unfinished sample 1 (t 4 -> 2 -> 1): a = 0.5, 0.5.
     got = {(s, i): (share, n) for s, i, share, n in trajectory}
-    coefficients = {0: {0: 0.0, 1: 1.0}, 1: {0: 0.25, 1: 0.5}}
+    coefficients = {0: {0: 1 / 3, 1: 2 / 3}, 1: {0: 0.5, 1: 0.5}}
     for (s, i), (share, n) in got.items():
         expected = sum(c * shares.get((s, k, i), 0.0) for k, c in coefficients[s].items())
         assert share == pytest.approx(expected, abs=1e-9)
         assert n == sum((s, k, i) in shares for k in coefficients[s])
-    assert got[(1, 0)][0] == pytest.approx(0.25 * 1.0 + 0.5 * 0.25)  # image 0: all of step 0, patch 3 at step 1
+    assert got[(1, 0)][0] == pytest.approx(0.5 * 1.0 + 0.5 * 0.25)  # image 0: all of step 0, patch 3 at step 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,4 +283,4 @@ def test_failed_upgrade_leaves_the_previous_revision(tmp_path):
             sum(len(v) for v in info["weights"].values())
     with database.connect(path) as conn:
         conn.execute("DROP TABLE trajectory_sources")
-    assert database.upgrade(path) == ("0001", "0002")
+    assert database.upgrade(path) == ("0001", "0003")
