@@ -109,7 +109,7 @@ def sample_sources(db_path, run_id: int, sample_index: int, *, step: int | None 
     built from it), flip_share (the part from its mirrored copy) and patches: up to
     `patches` (step, position, source_top, source_left, height, width, weight) of its
     largest kept weights."""
-    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
         info = _check_sample(conn, db_path, run_id, sample_index, step)
         if step is None:
             last = conn.execute("SELECT step FROM steps WHERE run_id = ? AND sample_index = ? AND t_next = 0",
@@ -143,7 +143,7 @@ def trajectory_sources(db_path, run_id: int, sample_index: int, *, top: int = 10
     wrote along the way). Rows as in
     sample_sources plus `steps` (how many steps kept the image); patches are ranked by
     weight x w_i."""
-    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
         info = _check_sample(conn, db_path, run_id, sample_index)
         times = conn.execute("SELECT step, t, t_next FROM steps WHERE run_id = ? AND sample_index = ?",
                              [int(run_id), int(sample_index)]).fetchall()
@@ -160,7 +160,7 @@ def pixel_sources(db_path, run_id: int, sample_index: int, step: int, y: int, x:
     """The training images output pixel (y, x) of D(z_t) at `step` is composed from (view
     pixel_weights), largest weight first: image_index, metadata, weight (sum over flips),
     flip_share (the mirrored copy's part)."""
-    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
         info = _check_sample(conn, db_path, run_id, sample_index, step)
         _, height, width = info["shape"]
         if not (0 <= int(y) < height and 0 <= int(x) < width):
@@ -180,7 +180,7 @@ def image_usage(db_path, dataset_id: int, image_id: str, *, min_share: float = 0
     of dataset `dataset_id`, and how much. Rows (run_id, sample_index, step, share,
     flip_share), largest share first: the final images (view sample_sources), or every
     recorded step with all_steps=True (view step_sources)."""
-    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
         if not conn.execute("SELECT 1 FROM datasets WHERE id = ?", [int(dataset_id)]).fetchone():
             raise NotFoundError(f"{db_path}: no dataset {dataset_id}")
         found = conn.execute("SELECT image_index FROM training_images WHERE dataset_id = ? AND image_id = ?",
@@ -235,7 +235,7 @@ def pixel_attribution(db_path, run_id: int, sample_index: int, step: int, *,
     "weights" [E, H, W] float64}, one map per training entry with a kept weight; weights
     [e, y, x] = sum over patches covering (y, x) of the entry's weight / coverage (the
     pixel_weights view, dense). Summed over entries it is the captured mass per pixel."""
-    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
         info, masks, weights, _ = _step_data(conn, db_path, run_id, sample_index, step)
     image, flip, maps = _maps(info, masks, weights)
     return {"image_index": image, "flip": flip, "weights": maps}
@@ -247,7 +247,7 @@ def recompose_step(db_path, run_id: int, sample_index: int, step: int, training_
     patch pixels, the stored D(z_t) [C, H, W], per-pixel bound [H, W] = average dropped
     mass 1 - mass of the patches covering the pixel). With full weights the first two agree
     to float precision; with top-k, |recomposed - stored| <= bound (+ float error)."""
-    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
         info, masks, weights, mass = _step_data(conn, db_path, run_id, sample_index, step)
     if training_set.fingerprint != info["fingerprint"]:
         raise StoreError(f"run {run_id} was recorded on another training set (fingerprint {info['fingerprint'][:12]}..., "

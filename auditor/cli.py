@@ -7,6 +7,8 @@
   auditor runs                  list runs (status, size, timings)
   auditor show RUN/SAMPLE       the training images a sample was built from
   auditor sql "QUERY"           read-only SQL (table, CSV or JSON output)
+  auditor serve                 the report service (HTML pages and JSON API) on 127.0.0.1:8000
+  auditor keys create|list|revoke   API keys of the service (stored hashed)
 
 The store is one DuckDB file: --db PATH, else $AUDITOR_DB, else ./provenance.duckdb. Bad
 input ends with `auditor: error: ...` and exit status 2, without a traceback (set
@@ -19,6 +21,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 
 from . import database
 from .database import StoreError
@@ -45,7 +48,7 @@ def _store_options(suppress: bool) -> argparse.ArgumentParser:
                         help="the store (default: $AUDITOR_DB, else ./provenance.duckdb)")
     parent.add_argument("--lock-timeout", type=float, metavar="S",
                         default=argparse.SUPPRESS if suppress else database.DEFAULT_TIMEOUT,
-                        help="seconds to wait while another process holds the file (default: %(default)s)")
+                        help=f"seconds to wait while another process holds the file (default: {database.DEFAULT_TIMEOUT:g})")
     return parent
 
 
@@ -87,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "atomic: it is 'complete' only once its last step is stored; Ctrl-C or an error marks it "
                     "'failed', and --resume RUN_ID continues it.")
     sample.add_argument("--no-xflip", action="store_true", help="without the mirrored training images")
+    sample.add_argument("--dataset", type=int, metavar="ID",
+                        help="sample on a dataset held in the store (its stored pixels, ids and metadata) "
+                             "instead of loading --data")
     sample.add_argument("--denoiser", choices=RECORDABLE_KINDS, help="(default: pspc-square)")
     sample.add_argument("--patch-size", type=int, metavar="S",
                         help="pspc-square: fixed s x s patches (default: the paper's s(t) schedule)")
@@ -118,6 +124,54 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query", metavar="QUERY")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="(default: %(default)s)")
     sql.add_argument("--max-rows", type=int, default=10000, metavar="N", help="(default: %(default)s)")
+
+    serve = commands.add_parser(
+        "serve", parents=[store], help="run the report service",
+        description="Serve sample reports (HTML) and the JSON API (/api, docs at /api/docs) over the store. With "
+                    "no API key in the store it runs in local single-user mode (no checks); once a key exists "
+                    "(`auditor keys create`), every request needs one.")
+    serve.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    serve.add_argument("--require-keys", action="store_true", help="require API keys even before one exists")
+    serve.add_argument("--sql-row-cap", type=int, default=1000, metavar="N", help="(default: %(default)s)")
+    serve.add_argument("--sql-time-limit", type=float, default=5.0, metavar="S", help="(default: %(default)s)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB", help="(default: %(default)s)")
+    serve.add_argument("--jobs-dir", metavar="DIR", help="job logs (default: beside the store, STORE.jobs/)")
+    serve.add_argument("--max-running-jobs", type=int, default=1, metavar="N", help="(default: %(default)s)")
+
+    keys = commands.add_parser("keys", parents=[store], help="API keys of the report service",
+                               description="Keys are shown once, at creation; the store keeps only their sha256. "
+                                           "Scopes: read (every GET), submit (POST /api/jobs; implies read).")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", parents=[store], help="create a key and print it (once)")
+    create.add_argument("name", help="who or what uses the key")
+    create.add_argument("--scope", choices=("read", "submit"), default="read", help="(default: %(default)s)")
+    key_commands.add_parser("list", parents=[store], help="keys (never their secrets)")
+    revoke = key_commands.add_parser("revoke", parents=[store], help="revoke a key (the service notices within 1 s)")
+    revoke.add_argument("key_id", type=int, metavar="ID")
+
+    train = commands.add_parser(
+        "train-network", parents=[data], help="train the project's small EDM U-Net (CPU is enough)",
+        description="Train the EDM-preconditioned U-Net (pspc.networks) with the EDM loss, Adam and an EMA of the "
+                    "weights. Writes --out (EMA weights), NAME.json (the training record: command, data "
+                    "fingerprint, wall time, final loss, versions), NAME.png (samples, Heun, 18 steps) and "
+                    "NAME.state.pt (resume state), at every checkpoint and at the end. Every draw of iteration k "
+                    "is seeded by (seed, k): --resume continues exactly where the run stopped.")
+    train.add_argument("--out", type=Path, metavar="PATH.pt", help="checkpoint (default: checkpoints/DATA-unet.pt)")
+    train.add_argument("--iterations", type=int, default=4000, help="total iterations (default: %(default)s)")
+    train.add_argument("--batch", type=int, default=64, help="(default: %(default)s)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    train.add_argument("--channels", type=int, metavar="C", help="model width: C, 2C, 2C per level (default: 16)")
+    train.add_argument("--blocks", type=int, metavar="N", help="residual blocks per level (default: 1)")
+    train.add_argument("--no-xflip", action="store_true", help="no random horizontal flips")
+    train.add_argument("--half", action="store_true", help="store the EMA weights as float16 (half the file size)")
+    train.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="M",
+                       help="save every M minutes of training (default: %(default)s)")
+    train.add_argument("--preview", type=int, default=36, metavar="N",
+                       help="samples in the preview grid at each checkpoint, 0 for none (default: %(default)s)")
+    train.add_argument("--resume", action="store_true", help="continue from --out's state file up to --iterations")
+    train.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     return parser
 
 
@@ -242,7 +296,14 @@ def cmd_sample(args, argv: list[str]) -> int:
         raise CLIError(f"--mass must be in (0, 1], got {args.mass}")
     if args.patch_size is not None and args.denoiser != "pspc-square":
         raise CLIError(f"--patch-size applies to --denoiser pspc-square, not {args.denoiser}")
-    data = _load(args.data, args.limit)
+    if args.dataset is not None:
+        from .datasets import stored_training_set
+
+        if args.data != "fashion-mnist" or args.limit is not None:
+            raise CLIError("--dataset takes the training images from the store; drop --data and --limit")
+        data = stored_training_set(path, args.dataset, timeout=args.lock_timeout)
+    else:
+        data = _load(args.data, args.limit)
 
     if args.resume is not None:
         total = _resume_total(path, args.resume, args.lock_timeout)
@@ -340,6 +401,93 @@ def cmd_sql(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .service import ServiceSettings, create_app, startup_message
+
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must be in 1..65535, got {args.port}")
+    if not args.max_upload_mb > 0:
+        raise CLIError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    settings = ServiceSettings(db_path=_db(args), lock_timeout=args.lock_timeout, sql_row_cap=args.sql_row_cap,
+                               sql_time_limit_s=args.sql_time_limit, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                               jobs_dir=args.jobs_dir, keys_required=True if args.require_keys else None,
+                               max_running_jobs=args.max_running_jobs)
+    app = create_app(settings)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(startup_message(settings, f"http://{host}:{args.port}/"), flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from . import access
+
+    path = _db(args)
+    if args.keys_command == "create":
+        key, token = access.create_key(path, args.name, [args.scope], timeout=args.lock_timeout)
+        print(f"key {key.id} ({key.name}), scope {','.join(key.scopes)}:")
+        print(token)
+        print("store it now: it is not shown again (the store keeps only its sha256)", file=sys.stderr)
+        return 0
+    if args.keys_command == "list":
+        rows = access.list_keys(path, timeout=args.lock_timeout)
+        if not rows:
+            print("no API keys: the service runs in local single-user mode; create one with `auditor keys create NAME`")
+            return 0
+        _print_table(["id", "name", "scopes", "created (UTC)", "last used (UTC)", "revoked (UTC)"],
+                     [[k.id, k.name, ",".join(k.scopes), _when(k.created_at), _when(k.last_used_at),
+                       _when(k.revoked_at)] for k in rows])
+        return 0
+    key = access.revoke_key(path, args.key_id, timeout=args.lock_timeout)
+    print(f"key {key.id} ({key.name}) revoked at {_when(key.revoked_at)} UTC")
+    return 0
+
+
+def cmd_train_network(args, argv: list[str]) -> int:
+    from pspc.cli import _device
+    from pspc.networks import NetworkConfig
+    from pspc.training import TrainingConfig, train
+    from tqdm import tqdm
+
+    for option in ("iterations", "batch", "lr", "channels", "blocks"):
+        _positive(getattr(args, option), f"--{option}")
+    if args.checkpoint_minutes < 0 or args.preview < 0:
+        raise CLIError("--checkpoint-minutes and --preview must be >= 0")
+    device = _device(args.device)
+    data = _load(args.data, args.limit)
+    out = args.out or Path("checkpoints") / f"{data.name}-unet.pt"
+    network = None
+    if not args.resume or args.channels or args.blocks:
+        network = NetworkConfig(image_channels=data.channels, resolution=data.resolution,
+                                model_channels=args.channels or 16, num_blocks=args.blocks or 1)
+    config = TrainingConfig(iterations=args.iterations, batch_size=args.batch, lr=args.lr, seed=args.seed,
+                            xflip=not args.no_xflip, checkpoint_seconds=60 * args.checkpoint_minutes,
+                            preview_samples=args.preview)
+    with tqdm(total=args.iterations, desc="training", unit="it", file=sys.stderr, disable=None) as bar:
+        def progress(done: int, total: int, loss: float) -> None:
+            bar.n = done
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.update(0)
+            if bar.disable and done % 100 == 0:  # not a terminal (a log file): one line per 100 iterations
+                print(f"iteration {done}/{total} loss {loss:.4f}", file=sys.stderr, flush=True)
+
+        try:
+            record = train(data, out, network, config, resume=args.resume, device=device, half=args.half,
+                           command=[PROG, *argv], progress=progress, log=bar.write)
+        except KeyboardInterrupt:
+            bar.write(f"interrupted: the last checkpoint is kept; continue with `{PROG} train-network --resume "
+                      f"--out {out} ...` (same options)")
+            raise
+    print(f"trained {record['iterations']} iterations ({record['epochs']} epochs) in {record['wall_seconds']:.0f} s: "
+          f"final loss {record['final_loss']}, eval loss {record['eval_loss']}")
+    for path in (out, out.with_suffix(".json"), out.with_suffix(".png"), Path(record["checkpoint"]["state"])):
+        if path.exists():
+            print(f"  {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
@@ -363,6 +511,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_runs(args)
         if args.command == "show":
             return cmd_show(args)
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "keys":
+            return cmd_keys(args)
+        if args.command == "train-network":
+            return cmd_train_network(args, argv)
         return cmd_sql(args)
     except (ValueError, OSError) as exc:  # StoreError, TrainingSetError, CLIError, ... are ValueErrors
         if os.environ.get("AUDITOR_DEBUG"):

@@ -23,7 +23,7 @@ from . import database
 from .database import NotFoundError, StoreError
 
 __all__ = ["METADATA_COLUMNS", "dataset_rows", "find_dataset", "ingest", "list_datasets", "pixel_column",
-           "training_pixels"]
+           "stored_training_set", "training_pixels"]
 
 METADATA_COLUMNS = ("label", "label_name", "source_uri", "owner", "license")
 DATASET_COLUMNS = ("id", "fingerprint", "name", "source", "channels", "height", "width", "count", "created_at")
@@ -221,3 +221,36 @@ def dataset_rows(db_path: str | os.PathLike, dataset_id: int, *,
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
         return conn.sql("SELECT * FROM training_images WHERE dataset_id = ? ORDER BY image_index",
                         params=[int(dataset_id)]).to_arrow_table()
+
+
+def stored_training_set(db_path: str | os.PathLike, dataset_id: int, *,
+                        timeout: float = database.DEFAULT_TIMEOUT) -> TrainingSet:
+    """The training set of a stored dataset, rebuilt from the store alone (pixels, ids, metadata).
+
+    Same fingerprint as the set that was ingested, so sampling on it records the same
+    dataset id; no file outside the store is read (the report service's jobs use this).
+    NotFoundError for an unknown id; StoreError when the store lacks the pixels.
+    """
+    dataset = find_dataset(db_path, int(dataset_id), timeout=timeout)
+    c, h, w, count = dataset["channels"], dataset["height"], dataset["width"], dataset["count"]
+    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+        table = conn.sql("SELECT image_id, label, label_name, source_uri, owner, license, extra, pixels "
+                         "FROM training_images WHERE dataset_id = ? ORDER BY image_index",
+                         params=[int(dataset_id)]).to_arrow_table()
+    if table.num_rows != count or table.column("pixels").null_count:
+        raise StoreError(f"{db_path}: dataset {dataset_id} has no pixels for some of its {count} images (ingested "
+                         f"before schema revision 0003); run `auditor ingest` on the same data again to add them")
+    blobs = table.column("pixels").to_pylist()
+    if any(len(b) != c * h * w for b in blobs):
+        raise StoreError(f"{db_path}: dataset {dataset_id} has pixel rows of the wrong size (expected {c * h * w} bytes)")
+    images = np.frombuffer(b"".join(blobs), np.uint8).reshape(count, c, h, w).copy()
+    metadata = []
+    for row in table.drop_columns(["pixels", "image_id"]).to_pylist():
+        extra = row.pop("extra")
+        meta = {k: v for k, v in row.items() if v is not None}
+        meta.update(json.loads(extra) if isinstance(extra, str) else (extra or {}))
+        metadata.append(meta)
+    data = TrainingSet(images, table.column("image_id").to_pylist(), metadata, dataset["name"], dataset["source"])
+    if data.fingerprint != dataset["fingerprint"]:
+        raise StoreError(f"{db_path}: the stored pixels of dataset {dataset_id} do not match its fingerprint")
+    return data

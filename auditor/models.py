@@ -164,3 +164,52 @@ patch_stats = Table(
     Column("ess", Float, nullable=False),  # effective sample size 1 / sum w^2 of the full vector
     comment="per-position summaries of the full posterior weight vector",
 )
+
+
+step_shares = Table(
+    "step_shares", Base.metadata,
+    Column("run_id", BigInteger, nullable=False),
+    Column("sample_index", Integer, nullable=False),
+    Column("step", SmallInteger, nullable=False),
+    Column("image_index", Integer, nullable=False),
+    Column("share", Double, nullable=False),  # fraction of D(z_t) built from the image (kept weights)
+    Column("flip_share", Double, nullable=False),  # the part of it from the mirrored copy
+    Column("patches", Integer, nullable=False),  # patch positions that kept the image
+    comment="per step, the share of D(z_t) built from each training image (written by the recorder)",
+)
+
+
+# Report service (revision 0004).
+API_KEY_IDS = Sequence("api_key_ids")
+JOB_IDS = Sequence("job_ids")
+JOB_STATUSES = ("queued", "running", "complete", "failed")
+
+
+class ApiKey(Base):
+    """A service API key: only sha256 of its token is stored (auditor.access)."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(BigInteger, API_KEY_IDS, primary_key=True, server_default=API_KEY_IDS.next_value())
+    name: Mapped[str] = mapped_column(String)
+    scopes: Mapped[str] = mapped_column(String)  # comma-separated subset of read,submit
+    hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Job(Base):
+    """Work submitted to the service and run by a subprocess (auditor.jobs)."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(BigInteger, JOB_IDS, primary_key=True, server_default=JOB_IDS.next_value())
+    kind: Mapped[str] = mapped_column(String)  # 'sample'
+    status: Mapped[str] = mapped_column(String)  # one of JOB_STATUSES
+    request: Mapped[dict] = mapped_column(JSON)  # the validated request body
+    run_id: Mapped[int | None] = mapped_column(BigInteger)  # the run the job writes, once created
+    pid: Mapped[int | None] = mapped_column(Integer)  # of the subprocess
+    log_path: Mapped[str | None] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)

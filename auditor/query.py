@@ -80,9 +80,8 @@ def run_query(db_path: str | os.PathLike, sql: str, *, max_rows: int = 10000,
     if max_rows is not None and max_rows < 0:
         raise StoreError(f"max_rows must be >= 0, got {max_rows}")
     check_read_only(sql)
-    database.require_current(db_path, timeout)
-    with database.connect(db_path, read_only=True, timeout=timeout,
-                          config={"enable_external_access": False}) as conn:
+    with database.connect(db_path, read_only=True, timeout=timeout, config={"enable_external_access": False},
+                          check_schema=True) as conn:
         timer = threading.Timer(query_timeout, conn.interrupt) if query_timeout else None
         if timer is not None:
             timer.start()

@@ -8,6 +8,7 @@ Arrow tables with vectorised numpy code (no Python loop over rows):
   patch_weights  one row per kept posterior weight (entry >= 0): position, rank, training
                  image index, flip flag, source box corner in the ORIGINAL image, weight
   patch_stats    one row per (sample, position): captured mass, entropy, ESS
+  step_shares    one row per (sample, training image): the share of D(z_t) built from it
 
 and writes them in ONE transaction (`auditor.database.connect`: open, insert, commit, close),
 so readers in other processes get the file between steps. A patch set is stored once per
@@ -78,6 +79,9 @@ class _PatchSetInfo:
         self.flip_top, self.flip_left, _, _ = self._boxes(masks.flip(-1))
         self.masks = masks
         self.description = patch_set.describe()
+        coverage = masks.sum(0, dtype=torch.float64)  # [H, W] patches covering each pixel
+        # each patch's share of the image: sum over its pixels of 1 / coverage, over H W (Eq. 11)
+        self.patch_share = ((masks / coverage).sum((1, 2)) / (self.height * self.width)).numpy()
 
     @staticmethod
     def _boxes(masks: torch.Tensor):
@@ -166,6 +170,8 @@ class ProvenanceRecorder:
             "source_left": np.where(flip, info.flip_left[position], info.left[position]),
             "weight": weights.weight.cpu().numpy()[valid].astype(np.float32),
         })
+        shares = self._share_table(step, samples[b], position, rows.column("image_index").to_numpy(), flip,
+                                   rows.column("weight").to_numpy().astype(np.float64) * info.patch_share[position])
         batch, num_patches = weights.mass.shape
         stats = pa.table({
             "run_id": np.full(batch * num_patches, self.run_id, np.int64),
@@ -176,7 +182,26 @@ class ProvenanceRecorder:
             "entropy": weights.entropy.cpu().numpy().astype(np.float32).ravel(),
             "ess": weights.ess.cpu().numpy().astype(np.float32).ravel(),
         })
-        return rows, stats
+        return rows, stats, shares
+
+    def _share_table(self, step: int, sample, position, image, flip, contribution) -> pa.Table:
+        """step_shares rows: per (sample, image), the sum of weight x patch share (flip part
+        apart) and the number of distinct patch positions that kept the image."""
+        key = sample.astype(np.int64) * self.num_images + image
+        keys, inverse = np.unique(key, return_inverse=True)
+        share = np.bincount(inverse, weights=contribution, minlength=len(keys))
+        flip_share = np.bincount(inverse, weights=np.where(flip, contribution, 0.0), minlength=len(keys))
+        distinct = np.unique(np.stack([inverse, position.astype(np.int64)]), axis=1)[0]
+        patches = np.bincount(distinct, minlength=len(keys))
+        return pa.table({
+            "run_id": np.full(len(keys), self.run_id, np.int64),
+            "sample_index": (keys // self.num_images).astype(np.int32),
+            "step": np.full(len(keys), step, np.int16),
+            "image_index": (keys % self.num_images).astype(np.int32),
+            "share": share,
+            "flip_share": flip_share,
+            "patches": patches.astype(np.int32),
+        })
 
     # -- the callback ----------------------------------------------------------------------
     def __call__(self, step: int, t: float, z: torch.Tensor, denoised: torch.Tensor, weights: list | None) -> None:
@@ -192,13 +217,14 @@ class ProvenanceRecorder:
         for index, group in weights:
             info = self._info_of(group.patch_set)
             groups.append((index, group, info))
-        weight_tables, stat_tables = [], []
+        weight_tables, stat_tables, share_tables = [], [], []
         for index, group, info in groups:
-            w, s = self._weight_tables(step, index, group, info)
+            w, s, shares = self._weight_tables(step, index, group, info)
             weight_tables.append(w)
             stat_tables.append(s)
-        weight_rows = pa.concat_tables(weight_tables) if len(weight_tables) > 1 else weight_tables[0]
-        stat_rows = pa.concat_tables(stat_tables) if len(stat_tables) > 1 else stat_tables[0]
+            share_tables.append(shares)
+        weight_rows, stat_rows, share_rows = (pa.concat_tables(tables) for tables in
+                                              (weight_tables, stat_tables, share_tables))
         last = t_next == 0 or step == len(self.time_steps) - 2
         if last:  # exactly the sampler's last update (t_next = 0: no Heun correction)
             final = z + (t_next - t) * ((z - denoised) / t)
@@ -229,10 +255,11 @@ class ProvenanceRecorder:
             _insert(conn, "steps", steps)
             _insert(conn, "patch_weights", weight_rows)
             _insert(conn, "patch_stats", stat_rows)
+            _insert(conn, "step_shares", share_rows)
             if last:
                 self._complete(conn, final, started)
         self._patch_sets.update(new_ids)  # only once committed
-        self.rows_written += steps.num_rows + weight_rows.num_rows + stat_rows.num_rows
+        self.rows_written += steps.num_rows + weight_rows.num_rows + stat_rows.num_rows + share_rows.num_rows
         self.steps_written.append(step)
         self.step_seconds.append(time.perf_counter() - started)
 

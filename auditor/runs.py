@@ -149,12 +149,12 @@ def _chain(recorder, callback):
 
 def _load_run(conn, db_path, run_id: int) -> dict:
     row = conn.execute("SELECT r.id, r.status, r.dataset_id, r.denoiser, r.sampler, r.seed, r.num_samples, r.top_k, "
-                       "r.mass_threshold, d.fingerprint, d.channels, d.height, d.width "
+                       "r.mass_threshold, d.fingerprint, d.channels, d.height, d.width, r.writer "
                        "FROM runs r JOIN datasets d ON d.id = r.dataset_id WHERE r.id = ?", [int(run_id)]).fetchone()
     if row is None:
         raise NotFoundError(f"{db_path}: no run {run_id}")
     keys = ("id", "status", "dataset_id", "denoiser", "sampler", "seed", "num_samples", "top_k", "mass_threshold",
-            "fingerprint", "channels", "height", "width")
+            "fingerprint", "channels", "height", "width", "writer")
     run = dict(zip(keys, row))
     run["denoiser"], run["sampler"] = _json(run["denoiser"]), _json(run["sampler"])
     return run
@@ -212,6 +212,11 @@ def resume_run(db_path, run_id: int, training_set: TrainingSet, *, progress: Cal
         run = _load_run(conn, db_path, run_id)
     if run["status"] == "complete":
         raise StoreError(f"{db_path}: run {run_id} is already complete; nothing to resume")
+    writer = _json(run["writer"]) or {}
+    if (run["status"] == "running" and writer.get("host") == socket.gethostname()
+            and _pid_alive(int(writer.get("pid", -1)))):
+        raise StoreError(f"{db_path}: run {run_id} is still being written by process {writer['pid']} on this host; "
+                         f"resume it only once that process has stopped")
     if run["fingerprint"] != training_set.fingerprint:
         raise StoreError(f"run {run_id} was recorded on dataset {run['dataset_id']} (fingerprint "
                          f"{run['fingerprint'][:12]}...), but the given training set has fingerprint "
@@ -233,7 +238,7 @@ def resume_run(db_path, run_id: int, training_set: TrainingSet, *, progress: Cal
         done = -1
         while counts.get(done + 1) == num_samples:
             done += 1
-        for table in ("patch_weights", "patch_stats", "steps"):
+        for table in ("patch_weights", "patch_stats", "step_shares", "steps"):
             conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", [run_id, done])
         z_rows = None
         if done >= 0:

@@ -240,11 +240,13 @@ class CFDMDenoiser(Denoiser):
 class NetworkDenoiser(Denoiser):
     """Any torch module with the EDM interface net(z, sigma) -> x_hat (sigma = t, shape [B])."""
 
-    def __init__(self, net: torch.nn.Module, image_shape: tuple[int, int, int], name: str = "network"):
+    def __init__(self, net: torch.nn.Module, image_shape: tuple[int, int, int], name: str = "network",
+                 record: dict | None = None):
         super().__init__()
         self.net = net
         self.image_shape = tuple(image_shape)
         self.name = name
+        self.record = dict(record or {})  # provenance from pspc.networks.load_network (path, sha256, config)
 
     @property
     def device(self) -> torch.device:
@@ -259,7 +261,8 @@ class NetworkDenoiser(Denoiser):
         return out.to(z.dtype)
 
     def describe(self):
-        return {"kind": "network", "name": self.name, "image_shape": list(self.image_shape)}
+        return {"kind": "network", "name": self.name, "image_shape": list(self.image_shape),
+                **({"network": self.record} if self.record else {})}
 
 
 DENOISER_KINDS = ("pspc-square", "pspc-flex", "empirical", "gaussian", "cfdm")

@@ -8,50 +8,18 @@ import torch
 
 from auditor import attribution, database
 from auditor.database import NotFoundError
+from auditor.example_queries import EXAMPLE_QUERIES, example_query
 
 from .conftest import FASHION_OPTIONS, engine_shares
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The README's example queries, verbatim (run 1 / sample 0 of the recorded_fashion fixture).
-TOP_SOURCES = """SELECT s.image_index, i.image_id, i.label_name, i.owner, i.license, s.share, s.flip_share
-FROM sample_sources AS s
-JOIN runs AS r ON r.id = s.run_id
-JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = s.image_index
-WHERE s.run_id = 1 AND s.sample_index = 0
-ORDER BY s.share DESC, s.image_index
-LIMIT 10;"""
-
-IMAGE_USAGE = """SELECT s.run_id, s.sample_index, s.share
-FROM sample_sources AS s
-JOIN runs AS r ON r.id = s.run_id
-JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = s.image_index
-WHERE i.image_id = 'train-00029' AND s.share > 0.001
-ORDER BY s.share DESC, s.run_id, s.sample_index;"""
-
-PIXEL_SOURCES = """SELECT p.image_index, i.image_id, sum(p.weight) AS weight
-FROM pixel_weights AS p
-JOIN runs AS r ON r.id = p.run_id
-JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = p.image_index
-WHERE p.run_id = 1 AND p.sample_index = 0 AND p.step = 12 AND p.y = 14 AND p.x = 14
-GROUP BY p.image_index, i.image_id
-ORDER BY weight DESC, p.image_index
-LIMIT 10;"""
-
-RUNS_BY_DATASET = """SELECT d.id AS dataset, d.name, d.fingerprint, r.id AS run, r.status, r.denoiser->>'kind' AS denoiser,
-       r.num_samples, r.sampler->>'num_steps' AS steps, r.created_at, r.finished_at
-FROM datasets AS d
-JOIN runs AS r ON r.dataset_id = d.id
-ORDER BY d.id, r.id;"""
-
-TRAJECTORY = """SELECT t.image_index, i.image_id, t.share, t.steps
-FROM trajectory_sources AS t
-JOIN runs AS r ON r.id = t.run_id
-JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = t.image_index
-WHERE t.run_id = 1 AND t.sample_index = 0
-ORDER BY t.share DESC, t.image_index
-LIMIT 10;"""
-
+# The README's example queries (run 1 / sample 0 of the recorded_fashion fixture).
+TOP_SOURCES = example_query("top-sources").sql
+IMAGE_USAGE = example_query("image-usage").sql
+PIXEL_SOURCES = example_query("pixel-sources").sql
+RUNS_BY_DATASET = example_query("runs-by-dataset").sql
+TRAJECTORY = example_query("trajectory-sources").sql
 README_QUERIES = [TOP_SOURCES, IMAGE_USAGE, PIXEL_SOURCES, RUNS_BY_DATASET, TRAJECTORY]
 LAST = FASHION_OPTIONS["steps"] - 1
 
@@ -70,13 +38,12 @@ def _top(shares: dict, n=10):
     return sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
-def test_readme_lists_these_queries():
+def test_readme_shows_every_example_query():
     readme = (REPO / "README.md").read_text()
-    if "sample_sources" not in readme:
-        pytest.skip("README has no provenance queries yet")
     blocks = [b.strip() for b in re.findall(r"```sql\n(.*?)```", readme, re.S)]
-    for query in README_QUERIES:
-        assert query.strip() in blocks
+    assert len(EXAMPLE_QUERIES) == len(README_QUERIES)
+    for query in EXAMPLE_QUERIES:
+        assert query.sql.strip() in blocks, f"README.md lacks example query {query.name}"
 
 
 def test_top_sources_query(recorded_fashion):

@@ -119,3 +119,19 @@ def test_recorder_needs_weights(empty_db):
 
     with pytest.raises(ValueError, match="only PSPC denoisers"):
         runs.record_sampling_run(empty_db, random_set(), denoiser_kind="gaussian", num_samples=1, steps=2)
+
+
+def test_recorded_step_shares_equal_their_derivation_from_the_weights(recorded_fashion, recorded_random):
+    """step_shares (numpy, in the recorder) == the SQL derivation from patch_weights (revision 0005's backfill)."""
+    import importlib
+
+    derived_sql = importlib.import_module("migrations.versions.0005_step_shares").DERIVED_SHARES
+    for rec in (recorded_fashion, recorded_random):
+        with database.connect(rec.db, read_only=True) as conn:
+            stored = conn.execute("SELECT run_id, sample_index, step, image_index, share, flip_share, patches "
+                                  "FROM step_shares ORDER BY ALL").fetchall()
+            derived = conn.execute(f"SELECT * FROM ({derived_sql}) ORDER BY ALL").fetchall()
+        assert len(stored) == len(derived) > 0
+        for a, b in zip(stored, derived):
+            assert a[:4] == b[:4] and a[6] == b[6]
+            assert abs(a[4] - b[4]) < 1e-9 and abs(a[5] - b[5]) < 1e-9

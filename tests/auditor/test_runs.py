@@ -1,6 +1,7 @@
 """Run lifecycle: atomic completion, failure, resume, listing, and a reader in another process."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -126,6 +127,23 @@ def test_running_run_with_dead_writer(empty_db):
     assert [s["status"] for s in summaries] == [f"running (writer pid {dead.pid} gone)", "complete"]
     assert summaries[1]["steps"] == OPTIONS["steps"] and summaries[1]["samples"] == 2
     assert runs.run_summaries(empty_db, dataset_id=1)[0]["dataset"] == "random"
+    # a run whose writer is alive is refused; one whose writer is gone resumes (from the noise: no steps)
+    with database.connect(empty_db) as conn:
+        conn.execute("INSERT INTO runs (dataset_id, status, denoiser, sampler, seed, num_samples, top_k, "
+                     "mass_threshold, versions, writer, created_at) SELECT dataset_id, 'running', denoiser, sampler, "
+                     "seed, num_samples, top_k, mass_threshold, versions, ?, created_at FROM runs WHERE id = ?",
+                     [json.dumps({"host": runs.socket.gethostname(), "pid": os.getpid()}), run_id])
+    with pytest.raises(StoreError, match="still being written by process"):
+        runs.resume_run(empty_db, 3, data)
+    orphan = summaries[0]["id"]
+    with database.connect(empty_db) as conn:
+        conn.executemany("INSERT INTO samples (run_id, sample_index, seed) VALUES (?, ?, ?)",
+                         [(orphan, i, OPTIONS["seed"] + i) for i in range(2)])
+    runs.resume_run(empty_db, orphan, data)
+    assert _fetch(empty_db, f"SELECT status FROM runs WHERE id = {orphan}") == [("complete",)]
+    assert _fetch(empty_db, f"SELECT list(final_image ORDER BY sample_index) = (SELECT list(final_image ORDER BY "
+                            f"sample_index) FROM samples WHERE run_id = {run_id}) FROM samples "
+                            f"WHERE run_id = {orphan}") == [(True,)]
 
 
 WRITER = textwrap.dedent("""

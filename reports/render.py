@@ -1,0 +1,268 @@
+"""Rendering the report pages: HTML (Jinja2, autoescaped), the self-contained export, JSON and CSV.
+
+Every page is its context dataclass (reports.context) through the template the class names
+(`documented_template`), with `links` deciding where links go: `Links(root)` for the live
+service, `Links(None)` for the exported single file (no links back to the server: only
+in-page anchors). Images are inline data: URIs everywhere, so a page makes no request
+beyond itself and the export is the same page with every step's maps embedded. The
+per-pixel drill-down is a small inline script reading JSON embedded in the page
+(`<script type="application/json">`, with <, > and & escaped so no data can end the
+script element).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import threading
+from collections import OrderedDict
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from . import maps, plots
+from .context import SampleReport, _Context, to_jsonable
+
+__all__ = ["CSV_COLUMNS", "Links", "environment", "export_html", "render_error", "render_page", "render_sample",
+           "report_csv", "report_json", "script_json"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+class Links:
+    """Where a page's links point. root: the service's URL prefix ('' at the root); None in an
+    exported file, where every method returns None and templates print plain text."""
+
+    def __init__(self, root: str | None = ""):
+        self.root = None if root is None else root.rstrip("/")
+
+    @property
+    def live(self) -> bool:
+        return self.root is not None
+
+    def _url(self, path: str, **params) -> str | None:
+        if self.root is None:
+            return None
+        query = urlencode({k: v for k, v in params.items() if v is not None})
+        return f"{self.root}{path}" + (f"?{query}" if query else "")
+
+    def index(self, **params) -> str | None:
+        return self._url("/", **params)
+
+    def sql(self, **params) -> str | None:
+        return self._url("/sql", **params)
+
+    def run(self, run_id: int, **params) -> str | None:
+        return self._url(f"/runs/{int(run_id)}", **params)
+
+    def sample(self, run_id: int, sample_index: int, **params) -> str | None:
+        return self._url(f"/runs/{int(run_id)}/samples/{int(sample_index)}", **params)
+
+    def export(self, run_id: int, sample_index: int, fmt: str, **params) -> str | None:
+        if fmt not in ("html", "json", "csv"):
+            raise ValueError(f"unknown export format {fmt!r}")
+        return self._url(f"/runs/{int(run_id)}/samples/{int(sample_index)}/export.{fmt}", **params)
+
+    def training_image(self, dataset_id: int, image_index: int, **params) -> str | None:
+        return self._url(f"/datasets/{int(dataset_id)}/images/{int(image_index)}", **params)
+
+    def api(self, path: str) -> str | None:
+        return None if self.root is None else f"{self.root}/api/{quote(path.lstrip('/'))}"
+
+
+# ---------------------------------------------------------------------------------------
+# Jinja2
+# ---------------------------------------------------------------------------------------
+def script_json(value) -> Markup:
+    """JSON safe inside <script type="application/json">: <, > and & as \\u escapes."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def _percent(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{100.0 * float(value):.{digits}f}%"
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _when(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
+def _pretty(value) -> str:
+    return json.dumps(to_jsonable(value, "none"), indent=2, sort_keys=True)
+
+
+def _bar_width(value, scale) -> str:
+    """CSS width of a share bar: value relative to `scale` (the largest share shown)."""
+    if not value or not scale:
+        return "0%"
+    return f"{min(100.0, 100.0 * float(value) / float(scale)):.1f}%"
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    """The Jinja2 environment over reports/templates (autoescape on for every template)."""
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(default=True,
+                                                                                            default_for_string=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(percent=_percent, number=_number, when=_when, pretty=_pretty, bar_width=_bar_width,
+                       script_json=script_json)
+    env.globals.update(palette=maps.PALETTE, other_colour=maps.OTHER_COLOUR)
+    return env
+
+
+def render_page(context: _Context, links: Links | None = None, **extra) -> str:
+    """A page context through its documented template."""
+    template = environment().get_template(context.documented_template)
+    return template.render(page=context, links=links or Links(""), generated=_now(), **extra)
+
+
+def render_error(status: int, message: str, links: Links | None = None, title: str | None = None) -> str:
+    """The error page (404 for unknown ids, 400 for bad parameters, ...)."""
+    titles = {400: "Bad request", 401: "API key needed", 403: "Not allowed", 404: "Not found",
+              500: "Something went wrong", 503: "Store busy"}
+    return environment().get_template("error.html").render(
+        status=int(status), message=message, title=title or titles.get(int(status), "Error"),
+        links=links or Links(""), generated=_now())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# ---------------------------------------------------------------------------------------
+# The sample report
+# ---------------------------------------------------------------------------------------
+_PLOTS: OrderedDict = OrderedDict()
+_PLOTS_LOCK = threading.Lock()
+_PLOT_CACHE_SIZE = 128
+
+
+def _cached_plot(kind: str, key_data, draw) -> str | None:
+    """A plot as a data: URI, cached on a digest of exactly the numbers it draws."""
+    digest = hashlib.sha256(repr((kind, key_data)).encode()).hexdigest()
+    with _PLOTS_LOCK:
+        if digest in _PLOTS:
+            _PLOTS.move_to_end(digest)
+            return _PLOTS[digest]
+    try:
+        uri = maps.data_uri(draw())
+    except ValueError:  # nothing to plot (no step recorded yet)
+        uri = None
+    with _PLOTS_LOCK:
+        _PLOTS[digest] = uri
+        while len(_PLOTS) > _PLOT_CACHE_SIZE:
+            _PLOTS.popitem(last=False)
+    return uri
+
+
+def sample_plots(report: SampleReport) -> dict[str, str | None]:
+    """The report's plots as data: URIs: 'stats' (captured mass, entropy, ESS per step),
+    'shares' (top sources' share per step), 'network' (network-vs-PSPC error, if any)."""
+    timeline = report.timeline
+    stats_key = [(s.step, s.t, s.mass_mean, s.mass_min, s.entropy_mean, s.ess_mean, s.ess_median) for s in timeline]
+    sources = report.sources or report.trajectory
+    shares_key = ([(s.step, s.t) for s in timeline],
+                  [(s.image_id, s.colour, tuple(s.share_by_step)) for s in sources[:6]])
+    out = {"stats": _cached_plot("stats", stats_key, lambda: plots.step_stats_plot(timeline)),
+           "shares": _cached_plot("shares", shares_key, lambda: plots.source_share_plot(timeline, sources)),
+           "network": None}
+    if report.network is not None and report.network.steps:
+        steps = report.network.steps
+        out["network"] = _cached_plot("network", [(s.step, s.t, s.mse) for s in steps],
+                                      lambda: plots.network_error_plot(steps))
+    return out
+
+
+def _view_data(report: SampleReport) -> dict:
+    """What the page's script needs per step: map images, legend and the drill-down."""
+    steps = {}
+    for view in report.views:
+        row = report.timeline_step(view.step)
+        steps[str(view.step)] = {
+            "step": view.step, "t": view.t, "patch": row.patch if row else None,
+            "denoised": view.denoised.data_uri(), "dominant": view.dominant.data_uri(),
+            "concentration": view.concentration.data_uri(), "concentration_kind": view.concentration_kind,
+            "legend": [to_jsonable(item, "none") for item in view.legend],
+            "drilldown": view.drilldown.compact(),
+        }
+    return {"run_id": report.run_id, "sample_index": report.sample_index, "step": report.step,
+            "final_step": report.final_step, "steps": steps,
+            "recorded_steps": [{"step": s.step, "t": s.t, "patch": s.patch} for s in report.timeline]}
+
+
+def render_sample(report: SampleReport, links: Links | None = None, *, exported: bool = False) -> str:
+    """The sample report page. exported=True: the self-contained single file (see export_html)."""
+    links = Links(None) if exported else (links or Links(""))
+    template = environment().get_template(report.documented_template)
+    return template.render(page=report, links=links, exported=exported, plots=sample_plots(report),
+                           view_data=_view_data(report), generated=_now())
+
+
+def export_html(report: SampleReport) -> str:
+    """The report as ONE self-contained HTML file: every image inline (data: URIs), styles and
+    the drill-down script inline, no request to anything. Build the report with
+    all_steps=True so its step selector works offline for every step."""
+    return render_sample(report, exported=True)
+
+
+def report_json(report: SampleReport, images: str = "data-uri") -> str:
+    """The report's data as JSON (what the page shows; images as data: URIs or left out)."""
+    return json.dumps(report.to_json(images), indent=1, allow_nan=False) + "\n"
+
+
+CSV_COLUMNS = ("section", "step", "t", "rank", "image_index", "image_id", "label", "label_name", "source_uri", "owner",
+               "license", "share", "flip_share", "patches")
+
+
+def _boxes(locations) -> str:
+    return "; ".join(f"step {p.step} {p.height}x{p.width} at ({p.top},{p.left}){' mirrored' if p.flip else ''} "
+                     f"w={p.weight:.4g}" for p in locations)
+
+
+def report_csv(report: SampleReport) -> str:
+    """The report's attribution as CSV, one row per (section, step, source): section 'final'
+    (the final image's sources, with their patch locations), 'trajectory', or 'step' (each
+    timeline step's top sources)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+
+    def row(section, step, t, rank, source, patches=""):
+        writer.writerow([section, "" if step is None else step, "" if t is None else repr(float(t)), rank,
+                         source.image_index, source.image_id, getattr(source, "label", ""),
+                         source.label_name or "", getattr(source, "source_uri", None) or "",
+                         getattr(source, "owner", None) or "", getattr(source, "license", None) or "",
+                         repr(float(source.share)), repr(float(source.flip_share)), patches])
+
+    final = report.timeline_step(report.final_step) if report.final_step is not None else None
+    for rank, source in enumerate(report.sources, 1):
+        row("final", report.final_step, final.t if final else None, rank, source, _boxes(source.patches))
+    for rank, source in enumerate(report.trajectory, 1):
+        row("trajectory", None, None, rank, source, _boxes(source.patches))
+    for step in report.timeline:
+        for rank, source in enumerate(step.top_sources, 1):
+            row("step", step.step, step.t, rank, source)
+    return buffer.getvalue()
