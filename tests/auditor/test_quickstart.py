@@ -1,0 +1,22 @@
+"""auditor.quickstart: the Quick start's store preparation is complete and idempotent."""
+
+import numpy as np
+
+from auditor import database, quickstart
+
+
+def test_prepare_records_once_then_reuses(tmp_path):
+    data = tmp_path / "images.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8))
+    db = tmp_path / "store.duckdb"
+    lines = []
+    first = quickstart.prepare(db, data=str(data), num_samples=2, steps=3, log=lines.append)
+    assert not first.reused and first.report_path(1) == f"/runs/{first.run_id}/samples/1"
+    with database.connect(db, read_only=True) as conn:
+        assert conn.execute("SELECT status, num_samples FROM runs").fetchall() == [("complete", 2)]
+        assert conn.execute("SELECT count(DISTINCT step) FROM steps").fetchone()[0] == 3
+    again = quickstart.prepare(db, data=str(data), num_samples=2, steps=3, log=lines.append)
+    assert again.reused and again.run_id == first.run_id
+    assert "run 1: complete, reused" in lines
+    other = quickstart.prepare(db, data=str(data), num_samples=2, steps=4, log=lines.append)
+    assert not other.reused and other.run_id != first.run_id
