@@ -17,11 +17,15 @@ posterior weights, so a step's shares sum to its mean captured mass (at most 1).
 from __future__ import annotations
 
 import math
+import os
 import shlex
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date, datetime
-from typing import Any, ClassVar, Iterable
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,7 +36,8 @@ from auditor.example_queries import EXAMPLE_QUERIES
 from . import maps
 from .provenance import ImageMeta, SampleProvenance, Shares, image_metadata, patch_geometry
 
-__all__ = ["DatasetInfo", "DrillDown", "GalleryItem", "IndexPage", "NetworkComparison", "NetworkStep", "Pagination",
+__all__ = ["CopyMatch", "DatasetInfo", "DrillDown", "GalleryItem", "IndexPage", "NetworkComparison", "NetworkStep",
+           "Pagination", "SimilarityScore", "network_comparison",
            "PatchLocation", "Picture", "RunPage", "RunRecord", "SampleReport", "SearchHit", "Source", "SqlPage",
            "StepAttribution", "StepSource", "StepSummary", "StepUse", "TrainingImagePage", "UsageRow",
            "build_index_page", "build_run_page", "build_sample_report", "build_sql_page",
@@ -44,7 +49,7 @@ MAX_PER_PAGE = 200
 
 # Display sizes (CSS pixels) the pictures are enlarged to, at an integer factor.
 MAIN_SIZE = 280
-THUMB_SIZE = 112
+THUMB_SIZE = 140
 TIMELINE_SIZE = 84
 TINY_SIZE = 56
 
@@ -107,6 +112,32 @@ class Picture:
             return None
         return {"width": self.width, "height": self.height, "scale": self.scale, "display_width": self.display_width,
                 "display_height": self.display_height, "alt": self.alt, "png": self.data_uri()}
+
+
+_THUMBNAILS: "OrderedDict[tuple, Picture]" = OrderedDict()
+_THUMBNAILS_LOCK = threading.Lock()
+_THUMBNAIL_CACHE_SIZE = 8192
+
+
+def training_thumbnail(fingerprint: str, meta: ImageMeta | None, target: int, flip: bool = False) -> Picture | None:
+    """A training image as a Picture shown about `target` px wide, PNG-encoded once per process
+    (training images never change: the key is the dataset's content fingerprint)."""
+    if meta is None or meta.pixels is None:
+        return None
+    key = (fingerprint, meta.image_index, target, flip)
+    with _THUMBNAILS_LOCK:
+        cached = _THUMBNAILS.get(key)
+        if cached is not None:
+            _THUMBNAILS.move_to_end(key)
+            return cached
+    pixels = meta.pixels[:, :, ::-1] if flip else meta.pixels
+    picture = Picture.of(pixels, target, f"training image {meta.image_id}{' (mirrored)' if flip else ''}")
+    picture.png()
+    with _THUMBNAILS_LOCK:
+        _THUMBNAILS[key] = picture
+        while len(_THUMBNAILS) > _THUMBNAIL_CACHE_SIZE:
+            _THUMBNAILS.popitem(last=False)
+    return picture
 
 
 def to_jsonable(value, images: str = "data-uri"):
@@ -225,6 +256,8 @@ class RunRecord:
     command: list | None
     writer: dict | None
     timings: dict | None
+    kind: str = "pspc"  # 'pspc', 'network-explained' (a network's sample attributed by PSPC), 'external-audit', ...
+    details: dict | None = None  # the kind's own record (comparison, audit method and input)
 
     @property
     def command_line(self) -> str | None:
@@ -243,7 +276,8 @@ def _record(run: dict, dataset: dict, sample_seed: int | None) -> RunRecord:
     return RunRecord(int(run["id"]), run["status"], run.get("created_at"), run.get("finished_at"), run.get("error"),
                      info, denoiser.get("kind"), denoiser, run.get("sampler") or {}, int(run["seed"]), sample_seed,
                      int(run["num_samples"]), int(run["top_k"]), float(run["mass_threshold"]),
-                     run.get("versions") or {}, run.get("command"), run.get("writer"), run.get("timings"))
+                     run.get("versions") or {}, run.get("command"), run.get("writer"), run.get("timings"),
+                     run.get("kind") or "pspc", run.get("details"))
 
 
 @dataclass
@@ -392,32 +426,96 @@ class StepAttribution:
 
 @dataclass
 class NetworkStep:
-    """Agreement of network and PSPC at one step: MSE between their denoiser outputs on the
-    same z_t (the network's trajectory)."""
+    """Agreement of network and PSPC at one step of the network's trajectory: MSE (and
+    largest absolute difference) between their denoiser outputs on the same z_t."""
 
     step: int
     t: float
     mse: float
+    max_abs_error: float | None = None
+
+
+@dataclass
+class SimilarityScore:
+    """A descriptor similarity between the sample and its counterpart, with what makes it
+    meaningful: the descriptor's name, its preprocessing and record, the thresholds used and
+    the highest one reached (`flag`, None if none)."""
+
+    descriptor: str
+    score: float
+    thresholds: list[float]
+    flag: float | None
+    flagged: bool
+    preprocessing: Any = None
+    record: dict = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float | None:
+        """The threshold shown next to the score: the highest reached, else the lowest."""
+        return self.flag if self.flag is not None else (min(self.thresholds) if self.thresholds else None)
 
 
 @dataclass
 class NetworkComparison:
-    """The sample's network counterpart (network comparison issue), sampled from the same
-    initial noise: both images, the similarity score with the descriptor's name, its record
-    (model, preprocessing) and the threshold used, and the per-step agreement."""
+    """The sample's counterpart in a network comparison (auditor.comparison), sampled from the
+    same initial noise: for a PSPC sample, the network's sample; for a network-explained
+    sample (the network's own, attributed by PSPC on its trajectory), the PSPC sample. With
+    the similarity scores of the pair and the network run's per-step agreement between the
+    network's and PSPC's denoiser outputs (how far the attribution can be trusted per step)."""
 
-    network: dict  # what the network is (name, checkpoint sha256, ...)
-    image: Picture
-    descriptor: str
-    similarity: float
-    threshold: float
-    descriptor_record: dict = field(default_factory=dict)
+    network: dict  # what the network is: id, name, kind, sha256, source, record
+    image: Picture | None  # the counterpart's final image
+    role: str  # this run's role in the comparison: 'network' or the denoiser kind
+    counterpart_role: str
+    counterpart_run_id: int | None
+    comparison_id: int | None
+    scores: list[SimilarityScore] = field(default_factory=list)
     steps: list[NetworkStep] = field(default_factory=list)
 
     @property
     def flagged(self) -> bool:
-        """Similarity at or above the threshold: a likely copy under this descriptor."""
-        return self.similarity >= self.threshold
+        """Some descriptor's score reaches one of its thresholds: a likely copy."""
+        return any(s.flagged for s in self.scores)
+
+    @property
+    def is_network_sample(self) -> bool:
+        return self.role == "network"
+
+
+def network_comparison(counterpart: dict | None) -> NetworkComparison | None:
+    """A NetworkComparison from auditor.comparison.sample_counterpart's record (None stays None)."""
+    if counterpart is None:
+        return None
+    image = counterpart.get("image")
+    picture = Picture.of(np.asarray(image, np.float32), MAIN_SIZE, f"{counterpart.get('counterpart_role')} sample") \
+        if image is not None else None
+    scores = [SimilarityScore(s["descriptor"], float(s["score"]), [float(t) for t in (s.get("thresholds") or [])],
+                              None if s.get("flag") is None else float(s["flag"]), bool(s.get("flagged")),
+                              s.get("preprocessing"), s.get("descriptor_record") or {})
+              for s in counterpart.get("similarity", [])]
+    steps = [NetworkStep(int(s["step"]), float(s["t"]), float(s["mse"]),
+                         None if s.get("max_abs_error") is None else float(s["max_abs_error"]))
+             for s in counterpart.get("steps", [])]
+    return NetworkComparison(counterpart.get("network") or {}, picture, str(counterpart.get("role")),
+                             str(counterpart.get("counterpart_role")), counterpart.get("counterpart_run_id"),
+                             counterpart.get("comparison_id"), scores, steps)
+
+
+@dataclass
+class CopyMatch:
+    """A nearest training image of the sample by descriptor (copy detection), with the
+    descriptor, thresholds and the highest threshold reached."""
+
+    rank: int
+    image_index: int
+    image_id: str
+    flip: bool
+    score: float
+    descriptor: str
+    thresholds: list[float]
+    flag: float | None
+    flagged: bool
+    thumbnail: Picture | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -432,8 +530,10 @@ class SampleReport(_Context):
     training sources; trajectory: the trajectory-aggregated sources (which images built it
     along the sampling path); step: the step the maps show; views: the attribution maps and
     drill-down of `step` (and of every step in an exported report); timeline: every
-    recorded step; network: the network counterpart when one exists (else None); notes:
-    things the reader must know (run still running, pixels not stored, ...)."""
+    recorded step; network: the network counterpart when the run belongs to a network
+    comparison (else None); copy_matches: the nearest training images by descriptor, when
+    copy detection ran on the sample; notes: things the reader must know (run still running,
+    pixels not stored, ...)."""
 
     documented_template: ClassVar[str] = "sample.html"
 
@@ -455,6 +555,7 @@ class SampleReport(_Context):
     views: list[StepAttribution]
     timeline: list[StepSummary]
     network: NetworkComparison | None = None
+    copy_matches: list[CopyMatch] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     built_ms: float = 0.0
 
@@ -499,7 +600,8 @@ def _sources(data: SampleProvenance, shares: Shares, top: int, patches: int, ste
         if meta is not None and meta.pixels is not None:
             scale = _scale(meta.pixels.shape[2], THUMB_SIZE)
             rgb = maps.outlined_thumbnail(meta.pixels, [p.box for p in locations], scale,
-                                          colour or maps.OUTLINE_COLOUR, thickness=max(1, scale // 3))
+                                          colour or maps.OUTLINE_COLOUR, thickness=max(1, scale // 3),
+                                          dash=max(2, scale // 2 + 1))
             thumbnail = Picture(rgb, scale, 1, f"training image {meta.image_id} with the patches it gave outlined")
         d = _meta_dict(meta, image)
         out.append(Source(image, d["image_id"], d["label"], d["label_name"], d["source_uri"], d["owner"],
@@ -574,7 +676,7 @@ def _check_options(**values) -> None:
 
 def build_sample_report(db_path, run_id: int, sample_index: int, *, step: int | None = None, top: int = 10,
                         step_top: int = 3, patches: int = 12, drilldown_top: int = 5, all_steps: bool = False,
-                        concentration: str = "top1", network: NetworkComparison | None = None,
+                        concentration: str = "top1", network: NetworkComparison | None | str = "auto",
                         timeout: float = database.DEFAULT_TIMEOUT) -> SampleReport:
     """The report on sample `sample_index` of run `run_id`.
 
@@ -583,18 +685,31 @@ def build_sample_report(db_path, run_id: int, sample_index: int, *, step: int | 
     10 get palette colours in the maps); step_top: sources per timeline step; patches: patch
     locations per source; drilldown_top: training images listed per pixel; all_steps: build
     the maps and drill-down of every recorded step (the self-contained export, whose step
-    selector works offline); concentration: 'top1' or 'entropy'; network: the sample's
-    network comparison, when one exists.
+    selector works offline); concentration: 'top1' or 'entropy'; network: 'auto' reads the
+    sample's network comparison from the store (auditor.comparison.sample_counterpart), None
+    leaves the section out, or pass a NetworkComparison.
 
-    The store is read in one short read-only transaction. NotFoundError for an unknown run,
-    sample or step; ValueError for bad options."""
+    The store is read in one short read-only transaction; the report of a complete run is
+    kept per process (see _report_key) and shared: treat it as read-only. NotFoundError for
+    an unknown run, sample or step; ValueError for bad options."""
     started = time.perf_counter()
     _check_options(top=(top, 1, MAX_TOP), step_top=(step_top, 0, 50), patches=(patches, 0, 100),
                    drilldown_top=(drilldown_top, 1, 20))
     if concentration not in maps.CONCENTRATION_KINDS:
         raise ValueError(f"unknown concentration kind {concentration!r}; "
                          f"choose from {', '.join(maps.CONCENTRATION_KINDS)}")
+    if isinstance(network, str) and network != "auto":
+        raise ValueError(f"network must be 'auto', None or a NetworkComparison, got {network!r}")
+    options = (step, top, step_top, patches, drilldown_top, all_steps, concentration, network)
+    cacheable = network is None or isinstance(network, str)
     with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
+        key = _report_key(conn, db_path, run_id, sample_index, options) if cacheable else None
+        if key is not None:
+            with _REPORTS_LOCK:
+                cached = _REPORTS.get(key)
+                if cached is not None:
+                    _REPORTS.move_to_end(key)
+                    return cached
         data = SampleProvenance.read(conn, db_path, run_id, sample_index)
         chosen = data.resolve_step(step)  # raises before anything else is computed
         final_step = data.final_step
@@ -616,6 +731,10 @@ def build_sample_report(db_path, run_id: int, sample_index: int, *, step: int | 
         for v in views:
             wanted.update(item.image_index for item in v.legend if item.image_index is not None)
             wanted.update(int(i) for i in np.unique(v.drilldown.image_index) if i >= 0)
+        matches = conn.execute("SELECT rank, image_index, flip, score, descriptor, thresholds, flag, flagged "
+                               "FROM copy_matches WHERE run_id = ? AND sample_index = ? ORDER BY descriptor, rank",
+                               [data.run["id"], data.sample_index]).fetchall()
+        wanted.update(int(m[1]) for m in matches)
         data.fetch_images(conn, wanted)
     # everything below works on the arrays read above; the file is closed
     notes = []
@@ -640,8 +759,7 @@ def build_sample_report(db_path, run_id: int, sample_index: int, *, step: int | 
         for image, share, flip in zip(shares.image_index[:step_top].tolist(), shares.share[:step_top].tolist(),
                                       shares.flip_share[:step_top].tolist()):
             meta = data.images.get(image)
-            thumb = Picture.of(meta.pixels, TINY_SIZE, f"training image {meta.image_id}") \
-                if meta is not None and meta.pixels is not None else None
+            thumb = training_thumbnail(data.dataset["fingerprint"], meta, TINY_SIZE)
             top_step.append(StepSource(image, meta.image_id if meta else str(image), meta.label_name if meta else None,
                                        share, flip, thumb))
         timeline.append(StepSummary(
@@ -655,11 +773,52 @@ def build_sample_report(db_path, run_id: int, sample_index: int, *, step: int | 
                      "their thumbnails are missing. Run `auditor ingest` on the same data again to add them.")
     image = Picture.of(data.final_image, MAIN_SIZE, f"generated sample {sample_index} of run {run_id}") \
         if data.final_image is not None else None
-    return SampleReport(
+    if network == "auto":
+        from auditor.comparison import sample_counterpart
+
+        network = network_comparison(sample_counterpart(db_path, data.run["id"], data.sample_index, timeout=timeout))
+    copy_matches = []
+    for rank, image_index, flip, score, descriptor, thresholds, flag, flagged in matches:
+        meta = data.images.get(int(image_index))
+        copy_matches.append(CopyMatch(
+            int(rank), int(image_index), meta.image_id if meta else str(image_index), bool(flip), float(score),
+            descriptor, [float(t) for t in (_loads(thresholds) or [])], None if flag is None else float(flag),
+            bool(flagged), training_thumbnail(data.dataset["fingerprint"], meta, TINY_SIZE, bool(flip))))
+    report = SampleReport(
         int(data.run["id"]), data.sample_index, data.seed, data.run["status"], data.complete, image, data.shape,
         _record(data.run, data.dataset, data.seed), sources, sources_total, trajectory_sources, chosen, final_step,
-        len(data.steps), (data.run.get("sampler") or {}).get("num_steps"), views, timeline, network, notes,
-        round((time.perf_counter() - started) * 1000, 1))
+        len(data.steps), (data.run.get("sampler") or {}).get("num_steps"), views, timeline, network, copy_matches,
+        notes, round((time.perf_counter() - started) * 1000, 1))
+    if key is not None:
+        with _REPORTS_LOCK:
+            _REPORTS[key] = report
+            while len(_REPORTS) > _REPORT_CACHE_SIZE:
+                _REPORTS.popitem(last=False)
+    return report
+
+
+# Reports of COMPLETE runs, whose rows never change, are kept per process: the key holds the
+# run's identity (file, id, creation and completion time) and the counts of the rows that can
+# still be added for it later (similarity scores, copy matches, comparison membership).
+_REPORTS: "OrderedDict[tuple, SampleReport]" = OrderedDict()
+_REPORTS_LOCK = threading.Lock()
+_REPORT_CACHE_SIZE = 32
+
+
+def _report_key(conn, db_path, run_id, sample_index, options: tuple) -> tuple | None:
+    try:
+        run_id, sample_index = int(run_id), int(sample_index)
+    except (TypeError, ValueError):
+        return None
+    row = conn.execute("""
+        SELECT r.status, r.created_at, r.finished_at,
+               (SELECT count(*) FROM similarity_scores s WHERE s.run_a = r.id OR s.run_b = r.id),
+               (SELECT count(*) FROM copy_matches c WHERE c.run_id = r.id),
+               (SELECT count(*) FROM comparison_runs m WHERE m.run_id = r.id)
+        FROM runs r WHERE r.id = ?""", [run_id]).fetchone()
+    if row is None or row[0] != "complete":
+        return None
+    return (str(Path(os.fspath(db_path)).resolve()), run_id, sample_index, *row[1:], options)
 
 
 def _label_views(data: SampleProvenance, views: list[StepAttribution]) -> None:
@@ -673,8 +832,8 @@ def _label_views(data: SampleProvenance, views: list[StepAttribution]) -> None:
         for i in sorted(int(i) for i in np.unique(v.drilldown.image_index) if i >= 0):
             meta = data.images.get(i)
             if i not in thumbs:
-                thumbs[i] = Picture.of(meta.pixels, TINY_SIZE).data_uri() \
-                    if meta is not None and meta.pixels is not None else None
+                thumb = training_thumbnail(data.dataset["fingerprint"], meta, TINY_SIZE)
+                thumbs[i] = thumb.data_uri() if thumb is not None else None
             images[i] = {**_meta_dict(meta, i), "thumbnail": thumbs[i]}
         v.drilldown.images = images
 
@@ -724,7 +883,7 @@ def build_run_page(db_path, run_id: int, *, page: int = 1, per_page: int = 24,
         if row is None:
             raise NotFoundError(f"{db_path}: no run {run_id}")
         run = dict(zip(SampleProvenance._RUN, row[:len(SampleProvenance._RUN)]))
-        for key in ("denoiser", "sampler", "versions", "command", "writer", "timings"):
+        for key in ("denoiser", "sampler", "versions", "command", "writer", "timings", "details"):
             run[key] = _loads(run[key])
         dataset = dict(zip(SampleProvenance._DATASET, row[len(SampleProvenance._RUN):]))
         pagination.total = int(run["num_samples"])
@@ -864,9 +1023,15 @@ def build_training_image_page(db_path, dataset_id: int, image_index: int, *, pag
             JOIN runs r ON r.id = w.run_id
             JOIN steps s ON s.run_id = w.run_id AND s.sample_index = w.sample_index AND s.step = w.step
             WHERE r.dataset_id = ? AND w.image_index = ?""", [dataset_id, image_index]).fetchnumpy()
+        share_rows = conn.execute("""
+            SELECT v.run_id, v.sample_index, v.step, v.share, v.flip_share, s.t, s.t_next
+            FROM step_shares v
+            JOIN runs r ON r.id = v.run_id
+            JOIN steps s ON s.run_id = v.run_id AND s.sample_index = v.sample_index AND s.step = v.step
+            WHERE r.dataset_id = ? AND v.image_index = ?""", [dataset_id, image_index]).fetchall()
         geometry = patch_geometry(conn, np.unique(rows["patch_set_id"]).tolist())
         statuses = dict(conn.execute("SELECT id, status FROM runs WHERE dataset_id = ?", [dataset_id]).fetchall())
-        usage = _usage(rows, geometry, statuses, (int(drow[6]), int(drow[7])))
+        usage = _usage(share_rows, rows, geometry, statuses, (int(drow[6]), int(drow[7])))
         pagination.total = len(usage["order"])
         shown = usage["order"][pagination.offset:pagination.offset + pagination.per_page]
         finals = {}
@@ -903,7 +1068,7 @@ def build_training_image_page(db_path, dataset_id: int, image_index: int, *, pag
         thumbnail = Picture.of(pixels, MAIN_SIZE // 2 * 2, f"training image {irow[0]}")
     if usage["pixel_map"] is not None and usage["pixel_map"].max() > 0:
         values = usage["pixel_map"] / usage["pixel_map"].max()
-        usage_map = Picture.of_rgb(maps.colormap(values), MAIN_SIZE // 2 * 2,
+        usage_map = Picture.of_rgb(_usage_overlay(pixels, values), MAIN_SIZE // 2 * 2,
                                    "share of final images taken from each pixel of the training image")
     extra = _loads(irow[7])
     return TrainingImagePage(info, image_index, irow[0], irow[1], irow[2], irow[3], irow[4], irow[5], irow[6], extra,
@@ -911,12 +1076,27 @@ def build_training_image_page(db_path, dataset_id: int, image_index: int, *, pag
                              usages, pagination, locations)
 
 
-def _usage(rows: dict, geometry: dict, statuses: dict, size: tuple[int, int]) -> dict:
-    """Per (run, sample): per-step share of the image (as view step_sources) and patch
-    locations; the final share; and the usage map over the training image's pixels (share of
-    final images taken from each source pixel, summed over samples)."""
+def _usage_overlay(pixels: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+    """Used pixels in viridis (by how much, relative to the most used), over the training image
+    dimmed to a third where nothing was taken (or black when its pixels are not stored)."""
+    coloured = maps.colormap(values).astype(np.float64)
+    base = maps.image_rgb(pixels).astype(np.float64) / 3 if pixels is not None else np.zeros_like(coloured)
+    alpha = np.where(values > 0, 0.55 + 0.45 * values, 0.0)[..., None]
+    return np.round((1 - alpha) * base + alpha * coloured).astype(np.uint8)
+
+
+def _usage(share_rows: list, rows: dict, geometry: dict, statuses: dict, size: tuple[int, int]) -> dict:
+    """Per (run, sample): per-step share of the image (step_shares rows, as view step_sources)
+    with the patch locations it gave (patch_weights rows); the final share; and the usage map
+    over the training image's pixels (share of final images taken from each source pixel,
+    summed over samples)."""
     height, width = size
     samples: dict[tuple[int, int], dict] = {}
+    for run_id, sample_index, step, share, flip_share, t, t_next in share_rows:
+        entry = samples.setdefault((int(run_id), int(sample_index)), {"steps": {}, "final_share": None,
+                                                                      "max_share": 0.0})
+        entry["steps"][int(step)] = {"t": float(t), "t_next": float(t_next), "share": float(share),
+                                     "flip_share": float(flip_share), "locations": []}
     pixel_map = np.zeros(height * width)
     n = len(rows["run_id"])
     for r in range(n):
@@ -925,16 +1105,12 @@ def _usage(rows: dict, geometry: dict, statuses: dict, size: tuple[int, int]) ->
         g = geometry[int(rows["patch_set_id"][r])]
         position = int(rows["position"][r])
         weight = float(rows["weight"][r])
-        contribution = weight * g.patch_share[position]
         flip = bool(rows["flip"][r])
-        entry = samples.setdefault(key, {"steps": {}, "final_share": None, "max_share": 0.0})
-        s = entry["steps"].setdefault(step, {"t": float(rows["t"][r]), "t_next": float(rows["t_next"][r]),
-                                             "share": 0.0, "flip_share": 0.0, "locations": []})
-        s["share"] += contribution
-        if flip:
-            s["flip_share"] += contribution
-        s["locations"].append(PatchLocation(step, position, int(rows["source_top"][r]), int(rows["source_left"][r]),
-                                            int(g.box_height[position]), int(g.box_width[position]), flip, weight))
+        s = samples.get(key, {}).get("steps", {}).get(step)
+        if s is not None:
+            s["locations"].append(PatchLocation(step, position, int(rows["source_top"][r]),
+                                                int(rows["source_left"][r]), int(g.box_height[position]),
+                                                int(g.box_width[position]), flip, weight))
         if float(rows["t_next"][r]) == 0 and statuses.get(key[0]) == "complete":
             # output pixel p of the patch took training pixel p (mirrored: x -> W - 1 - x) with weight w / coverage(p)
             start, stop = g.member_starts[position], g.member_starts[position + 1]
@@ -1047,6 +1223,7 @@ class SqlPage(_Context):
     max_rows: int
     time_limit_s: float
     examples: list[ExampleItem]
+    refused: bool = False  # a well-formed statement that is not read-only (the service answers 403)
     title: str = "SQL"
 
 
@@ -1073,8 +1250,9 @@ def build_sql_page(db_path, sql: str | None = None, *, max_rows: int = 1000, que
     set (the message of auditor.query), never an exception."""
     examples = [ExampleItem(e.name, e.title, e.sql) for e in EXAMPLE_QUERIES]
     sql = sql if sql and sql.strip() else None
-    columns, rows, truncated, error, elapsed = [], [], False, None, None
+    columns, rows, truncated, error, elapsed, refused = [], [], False, None, None, False
     if sql is not None:
+        refused = _is_write(sql)
         started = time.perf_counter()
         try:
             result = query.run_query(db_path, sql, max_rows=max_rows, timeout=timeout, query_timeout=query_timeout)
@@ -1086,26 +1264,15 @@ def build_sql_page(db_path, sql: str | None = None, *, max_rows: int = 1000, que
         except StoreError as exc:
             error = str(exc)
         elapsed = round((time.perf_counter() - started) * 1000, 1)
-    return SqlPage(sql, columns, rows, truncated, error, elapsed, max_rows, query_timeout, examples)
+    return SqlPage(sql, columns, rows, truncated, error, elapsed, max_rows, query_timeout, examples, refused)
 
 
-def example_sql(name: str) -> str:
-    """The SQL of a documented example query (KeyError naming the known ones otherwise)."""
-    from auditor.example_queries import example_query
+def _is_write(sql: str) -> bool:
+    """One well-formed statement of a kind auditor.query refuses (not a syntax error)."""
+    import duckdb
 
-    return example_query(name).sql
-
-
-def iter_pictures(value) -> Iterable[Picture]:
-    """Every Picture inside a context (tests and the export use it)."""
-    if isinstance(value, Picture):
-        yield value
-    elif is_dataclass(value) and not isinstance(value, type):
-        for f in fields(value):
-            yield from iter_pictures(getattr(value, f.name))
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from iter_pictures(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from iter_pictures(v)
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error:
+        return False
+    return len(statements) == 1 and statements[0].type not in query.ALLOWED

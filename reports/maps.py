@@ -151,7 +151,9 @@ def per_image_weights(attribution: dict) -> tuple[np.ndarray, np.ndarray, np.nda
     image, flip, weights = image[order], flip[order], weights[order]
     starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]])
     per_image = np.add.reduceat(weights, starts, axis=0)
-    mirrored = np.add.reduceat(np.where(flip[:, None, None], weights, 0.0), starts, axis=0)
+    mirrored = np.zeros_like(per_image)
+    if flip.any():
+        np.add.at(mirrored, np.searchsorted(image[starts], image[flip]), weights[flip])
     return image[starts], per_image, mirrored
 
 
@@ -187,7 +189,7 @@ def dominant_source_map(attribution: dict, legend_images: Sequence[int], shares:
     legend_images = [int(i) for i in legend_images][:len(palette)]
     if len(set(legend_images)) != len(legend_images):
         raise ValueError("legend images must be distinct")
-    images, weights, _ = per_image_weights(attribution)
+    images, weights, _ = per_image if per_image is not None else per_image_weights(attribution)
     height, width = weights.shape[1:]
     if len(images):
         best = weights.argmax(axis=0)  # first maximum: images are ascending, so the smaller index wins ties

@@ -4,13 +4,13 @@ A report needs, for one sample, the shares of every step, the trajectory shares,
 per-pixel maps of a step, the patch locations of its sources and the patch_stats summaries.
 Asking auditor.attribution for each would open the file dozens of times (about 20 ms each,
 and every open competes with the sampling writer for the lock). `SampleProvenance` reads
-the sample's rows once (steps, patch_weights, patch_stats, the geometry of its patch sets)
-and computes the same quantities as the SQL views of revision 0002 with vectorised numpy:
+the sample's rows once (steps, step_shares, patch_weights, patch_stats, the geometry of its
+patch sets) and computes what the SQL views compute, with vectorised numpy:
 
-- share of image i at step s: sum over its kept weights w of w x patch_share(position),
-  patch_share = sum over the patch's pixels of 1 / coverage(pixel) / (H W)  (step_sources);
-- trajectory share: sum over recorded steps of c_s x share_s, c_s = a_s / sum a,
-  a_s = 1 - t_{s+1} / t_s  (trajectory_sources);
+- share of image i at step s: the step_shares rows the recorder wrote (what view
+  step_sources reads), ordered as the views order them;
+- trajectory shares: the view trajectory_sources (sum over recorded steps of c_s x
+  share_s, c_s = a_s / sum a, a_s = 1 - t_{s+1} / t_s), read in the same transaction;
 - pixel maps: weight of entry (i, flip) in pixel (y, x) = sum over the patches covering it
   of w / coverage(y, x)  (pixel_weights, dense, as auditor.attribution.pixel_attribution).
 
@@ -22,11 +22,9 @@ is cached per process.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -206,17 +204,12 @@ class Shares:
                       None if self.patches is None else self.patches[:n], None if self.steps is None else self.steps[:n])
 
 
-def _ordered(images: np.ndarray, share: np.ndarray, flip: np.ndarray, **extra) -> Shares:
-    order = np.lexsort((images, -share))
-    return Shares(images[order], share[order], flip[order], **{k: v[order] for k, v in extra.items()})
-
-
 class SampleProvenance:
     """Everything the store holds about one sample (see the module docstring).
 
     Attributes: db_path; run (dict: id, status, dataset_id, denoiser, sampler, seed,
     num_samples, top_k, mass_threshold, versions, command, writer, created_at,
-    finished_at, timings, error); dataset (dict: id, fingerprint, name, source, channels,
+    finished_at, timings, error, kind, details); dataset (dict: id, fingerprint, name, source, channels,
     height, width, count, created_at); sample_index; seed; final_image (float32 [C, H, W]
     or None while the run is not complete); steps (list of StepRow, ascending);
     geometry (patch_set_id -> PatchGeometry); weights and stats (column arrays of the
@@ -225,17 +218,17 @@ class SampleProvenance:
     """
 
     _RUN = ("id", "status", "dataset_id", "denoiser", "sampler", "seed", "num_samples", "top_k", "mass_threshold",
-            "versions", "command", "writer", "created_at", "finished_at", "timings", "error")
+            "versions", "command", "writer", "created_at", "finished_at", "timings", "error", "kind", "details")
     _DATASET = ("id", "fingerprint", "name", "source", "channels", "height", "width", "count", "created_at")
 
     def __init__(self, db_path, run: dict, dataset: dict, sample_index: int, seed: int, final_image, steps,
-                 geometry, weights, stats):
+                 geometry, weights, stats, shares):
         self.db_path = db_path
         self.run, self.dataset = run, dataset
         self.sample_index, self.seed, self.final_image = sample_index, seed, final_image
         self.steps: list[StepRow] = steps
         self.geometry: dict[int, PatchGeometry] = geometry
-        self.weights, self.stats = weights, stats
+        self.weights, self.stats, self.shares = weights, stats, shares
         self.images: dict[int, ImageMeta] = {}
         self._by_step = {row.step: row for row in steps}
         self._step_shares: dict[int, Shares] | None = None
@@ -267,7 +260,7 @@ class SampleProvenance:
         if row is None:
             raise NotFoundError(f"{db_path}: no run {run_id}")
         run = dict(zip(cls._RUN, row[:len(cls._RUN)]))
-        for key in ("denoiser", "sampler", "versions", "command", "writer", "timings"):
+        for key in ("denoiser", "sampler", "versions", "command", "writer", "timings", "details"):
             run[key] = _json(run[key])
         dataset = dict(zip(cls._DATASET, row[len(cls._RUN):]))
         if not 0 <= sample_index < run["num_samples"]:
@@ -287,11 +280,23 @@ class SampleProvenance:
                                [run_id, sample_index]).fetchnumpy()
         stats = conn.execute("SELECT step, position, mass, entropy, ess FROM patch_stats "
                              "WHERE run_id = ? AND sample_index = ?", [run_id, sample_index]).fetchnumpy()
+        shares = conn.execute("SELECT step, image_index, share, flip_share, patches FROM step_shares "
+                              "WHERE run_id = ? AND sample_index = ? ORDER BY step, share DESC, image_index",
+                              [run_id, sample_index]).fetchnumpy()
         weights = {k: np.asarray(v) for k, v in weights.items()}
         weights["weight"] = weights["weight"].astype(np.float64)  # as the views: CAST(weight AS DOUBLE)
         stats = {k: np.asarray(v) for k, v in stats.items()}
+        shares = {k: np.asarray(v) for k, v in shares.items()}
+        trajectory = conn.execute("SELECT image_index, share, flip_share, steps FROM trajectory_sources "
+                                  "WHERE run_id = ? AND sample_index = ? ORDER BY share DESC, image_index",
+                                  [run_id, sample_index]).fetchnumpy()
+        shares["trajectory"] = Shares(np.asarray(trajectory["image_index"]).astype(np.int64),
+                                      np.asarray(trajectory["share"]).astype(np.float64),
+                                      np.asarray(trajectory["flip_share"]).astype(np.float64),
+                                      steps=np.asarray(trajectory["steps"]).astype(np.int64))
         geometry = patch_geometry(conn, [s.patch_set_id for s in steps])
-        return cls(db_path, run, dataset, sample_index, int(seed), final_image, steps, geometry, weights, stats)
+        return cls(db_path, run, dataset, sample_index, int(seed), final_image, steps, geometry, weights, stats,
+                   shares)
 
     def fetch_images(self, conn, indices, pixels: bool = True) -> dict[int, ImageMeta]:
         """Read (on an open connection) the metadata of the images not fetched yet; returns them all."""
@@ -349,39 +354,17 @@ class SampleProvenance:
         return {step: a / total for step, a in written.items()} if total > 0 else {}
 
     # -- shares --------------------------------------------------------------------------
-    def _row_shares(self) -> np.ndarray:
-        """Each weight row's contribution to its step's share: w x patch_share(position)."""
-        step = self.weights["step"].astype(np.int64)
-        position = self.weights["position"].astype(np.int64)
-        out = np.zeros(len(step), np.float64)
-        for row in self.steps:
-            where = step == row.step
-            out[where] = self.weights["weight"][where] * self.geometry[row.patch_set_id].patch_share[position[where]]
-        return out
-
     def all_step_shares(self) -> dict[int, Shares]:
-        """Shares of every recorded step (view step_sources), computed once."""
+        """Shares of every recorded step (view step_sources), largest first."""
         if self._step_shares is None:
-            n = int(self.dataset["count"])
-            step = self.weights["step"].astype(np.int64)
-            image = self.weights["image_index"].astype(np.int64)
-            flip = self.weights["flip"].astype(bool)
-            contribution = self._row_shares()
-            keys, inverse = np.unique(step * n + image, return_inverse=True)
-            share = np.bincount(inverse, weights=contribution, minlength=len(keys))
-            flip_share = np.bincount(inverse, weights=np.where(flip, contribution, 0.0), minlength=len(keys))
-            position_keys = np.unique(inverse * self._max_positions() + self.weights["position"].astype(np.int64))
-            patches = np.bincount(position_keys // self._max_positions(), minlength=len(keys))
-            key_step, key_image = keys // n, keys % n
+            step = self.shares["step"].astype(np.int64)
             self._step_shares = {}
             for row in self.steps:
-                where = key_step == row.step
-                self._step_shares[row.step] = _ordered(key_image[where], share[where], flip_share[where],
-                                                       patches=patches[where])
+                where = step == row.step  # rows are already ordered by share DESC, image_index
+                self._step_shares[row.step] = Shares(
+                    self.shares["image_index"][where].astype(np.int64), self.shares["share"][where].astype(np.float64),
+                    self.shares["flip_share"][where].astype(np.float64), patches=self.shares["patches"][where])
         return self._step_shares
-
-    def _max_positions(self) -> int:
-        return max([g.num_patches for g in self.geometry.values()] + [1])
 
     def step_shares(self, step: int | None = None) -> Shares:
         """Shares of D(z_t) at `step` (None: the last recorded step)."""
@@ -393,20 +376,9 @@ class SampleProvenance:
         return None if final is None else self.step_shares(final)
 
     def trajectory_shares(self) -> Shares:
-        """Trajectory-aggregated shares (view trajectory_sources), with `steps` counts."""
-        coefficients = self.coefficients()
-        totals: dict[int, list[float]] = {}
-        for step, shares in self.all_step_shares().items():
-            c = coefficients.get(step, 0.0)
-            for image, share, flip in zip(shares.image_index.tolist(), shares.share.tolist(),
-                                          shares.flip_share.tolist()):
-                entry = totals.setdefault(image, [0.0, 0.0, 0])
-                entry[0] += c * share
-                entry[1] += c * flip
-                entry[2] += 1
-        images = np.array(sorted(totals), np.int64)
-        values = np.array([totals[i] for i in images.tolist()], np.float64).reshape(-1, 3)
-        return _ordered(images, values[:, 0], values[:, 1], steps=values[:, 2].astype(np.int64))
+        """Trajectory-aggregated shares (view trajectory_sources: sum over the recorded steps of
+        coefficient x share), with `steps` counts."""
+        return self.shares["trajectory"]
 
     def share_series(self, image_indices) -> dict[int, list[float]]:
         """image -> its share at every recorded step (0 where it kept no weight), steps ascending."""
@@ -489,8 +461,3 @@ class SampleProvenance:
         maps /= np.where(geometry.coverage > 0, geometry.coverage, 1.0)
         return {"image_index": entries // 2, "flip": entries % 2 == 1, "weights": maps.reshape(len(entries), height,
                                                                                                 width)}
-
-
-def resolve(db_path) -> str:
-    """The store path as a cache key."""
-    return str(Path(os.fspath(db_path)).resolve())

@@ -87,9 +87,13 @@ def script_json(value) -> Markup:
 
 
 def _percent(value, digits: int = 1) -> str:
+    """A fraction as a percentage; values too small for `digits` decimals keep two significant figures."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    return f"{100.0 * float(value):.{digits}f}%"
+    pct = 100.0 * float(value)
+    if pct != 0 and abs(pct) < 0.5 * 10 ** -digits:
+        return f"{pct:.2g}%"
+    return f"{pct:.{digits}f}%"
 
 
 def _number(value, digits: int = 3) -> str:
@@ -98,6 +102,8 @@ def _number(value, digits: int = 3) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
+        if abs(value) >= 10 ** digits:
+            return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)
 
@@ -191,7 +197,7 @@ def sample_plots(report: SampleReport) -> dict[str, str | None]:
            "network": None}
     if report.network is not None and report.network.steps:
         steps = report.network.steps
-        out["network"] = _cached_plot("network", [(s.step, s.t, s.mse) for s in steps],
+        out["network"] = _cached_plot("network", [(s.step, s.t, s.mse, s.max_abs_error) for s in steps],
                                       lambda: plots.network_error_plot(steps))
     return out
 
@@ -205,6 +211,7 @@ def _view_data(report: SampleReport) -> dict:
             "step": view.step, "t": view.t, "patch": row.patch if row else None,
             "denoised": view.denoised.data_uri(), "dominant": view.dominant.data_uri(),
             "concentration": view.concentration.data_uri(), "concentration_kind": view.concentration_kind,
+            "concentration_mean": view.concentration_mean,
             "legend": [to_jsonable(item, "none") for item in view.legend],
             "drilldown": view.drilldown.compact(),
         }
