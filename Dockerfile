@@ -5,7 +5,8 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    AUDITOR_DB=/data/provenance.duckdb
+    AUDITOR_DB=/data/provenance.duckdb \
+    PYTHONPATH=/app
 
 # The built-in training data (Debian package, as in .ci/setup).
 RUN apt-get update \

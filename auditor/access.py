@@ -20,8 +20,10 @@ Missing or unknown/revoked key: 401; a key without the scope: 403; both as JSON 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Callable, Iterable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from . import database
@@ -39,6 +42,8 @@ from .recorder import utcnow
 
 if TYPE_CHECKING:
     from .service import ServiceSettings
+
+log = logging.getLogger("auditor.access")
 
 __all__ = ["AccessDenied", "ApiKey", "COOKIE_NAME", "KeyRing", "QUERY_PARAM", "SCOPES", "TOKEN_PREFIX",
            "create_key", "get_settings", "grants", "has_active_keys", "hash_token", "list_keys", "local_mode_message",
@@ -179,34 +184,68 @@ def verify_key(db_path, token: str, timeout: float = database.DEFAULT_TIMEOUT) -
 class KeyRing:
     """The store's keys as the service sees them: re-read at most every `ttl` seconds (so a
     request does not open the file for its key check, and a revocation takes effect within
-    `ttl`); last-use times are written back at most once a minute per key, best effort."""
+    `ttl`); last-use times are written back at most once a minute per key, best effort.
+    `check` answers from memory; the caller refreshes when `stale` (require_scope does)."""
 
     def __init__(self, db_path, timeout: float, required: bool, ttl: float = 1.0, touch_every: float = 60.0):
         self.db_path, self.timeout, self.ttl, self.touch_every = db_path, timeout, ttl, touch_every
         self.required_at_start = required
-        self._lock = threading.Lock()
+        self._reading = threading.Lock()
         self._keys: dict[int, tuple[str, ApiKey]] = {}
         self._loaded = -float("inf")
         self._touched: dict[int, float] = {}
+        self.refresh_wait = 0.05  # seconds a request waits for a refresh of a list already read
 
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._loaded < self.ttl:
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self._loaded >= self.ttl
+
+    def refresh(self) -> None:
+        """Re-read the keys if stale (one reader at a time; the others keep the previous list)."""
+        if not self.stale:
             return
-        with database.connect(self.db_path, read_only=True, timeout=self.timeout, check_schema=True) as conn:
-            rows = conn.execute(f"SELECT {_COLUMNS}, hash FROM api_keys").fetchall()
-        with self._lock:
+        first = self._loaded == -float("inf")
+        if not self._reading.acquire(blocking=first):
+            return
+        try:
+            if not self.stale:
+                return
+            with database.connect(self.db_path, read_only=True, timeout=self.timeout, check_schema=True) as conn:
+                rows = conn.execute(f"SELECT {_COLUMNS}, hash FROM api_keys").fetchall()
             self._keys = {int(r[0]): (r[6], _key(r[:6])) for r in rows}
-            self._loaded = now
+            self._loaded = time.monotonic()
+        finally:
+            self._reading.release()
+
+    async def refresh_async(self) -> None:
+        """Refresh in a worker thread; wait for it at most `refresh_wait` seconds once keys were
+        loaded (a writer holding the store's lock must not hold up requests: they go on with the
+        list read a second ago, and the refresh finishes in the background)."""
+        task = asyncio.ensure_future(run_in_threadpool(self._refresh_logged))
+        if self._loaded == -float("inf"):
+            await task
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.refresh_wait)
+        except asyncio.TimeoutError:
+            pass
+
+    def _refresh_logged(self) -> None:
+        try:
+            self.refresh()
+        except StoreError as exc:
+            if self._loaded == -float("inf"):
+                raise
+            log.warning("could not re-read the API keys (keeping the previous list): %s", exc)
 
     @property
     def required(self) -> bool:
         """Keys are checked if required at start-up or any active key exists now (never switches back off)."""
-        if self.required_at_start:
-            return True
-        self._refresh()
-        if any(key.active for _, key in self._keys.values()):
-            self.required_at_start = True  # once on, stays on for this process
+        if not self.required_at_start:
+            if self._loaded == -float("inf"):
+                self.refresh()
+            if any(key.active for _, key in self._keys.values()):
+                self.required_at_start = True  # once on, stays on for this process
         return self.required_at_start
 
     def check(self, token: str | None, scope: str) -> ApiKey | None:
@@ -219,7 +258,6 @@ class KeyRing:
         key_id = parse_token(token)
         if key_id is None:
             raise AccessDenied(401, "malformed API key (expected pspc_<id>_<secret>)")
-        self._refresh()
         stored = self._keys.get(key_id)
         if stored is None or not hmac.compare_digest(stored[0], hash_token(token)):
             raise AccessDenied(401, "unknown API key")
@@ -229,15 +267,17 @@ class KeyRing:
         if not key.allows(scope):
             raise AccessDenied(403, f"API key {key_id} ({key.name}) has scope {','.join(key.scopes)}; "
                                     f"this needs {scope!r}")
-        self._touch(key_id)
         return key
 
-    def _touch(self, key_id: int) -> None:
-        now = time.monotonic()
-        if now - self._touched.get(key_id, -float("inf")) < self.touch_every:
+    def touch_due(self, key_id: int) -> bool:
+        return time.monotonic() - self._touched.get(key_id, -float("inf")) >= self.touch_every
+
+    def touch(self, key_id: int) -> None:
+        """Record the key's last use (best effort: a busy writer must not fail a read request)."""
+        if not self.touch_due(key_id):
             return
-        self._touched[key_id] = now
-        try:  # best effort: a busy writer must not fail a read request
+        self._touched[key_id] = time.monotonic()
+        try:
             with database.connect(self.db_path, timeout=min(self.timeout, 0.5)) as conn:
                 conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [utcnow(), key_id])
         except (StoreError, OSError):
@@ -247,7 +287,7 @@ class KeyRing:
 # ---------------------------------------------------------------------------------------
 # FastAPI dependencies
 # ---------------------------------------------------------------------------------------
-def get_settings(request: Request) -> "ServiceSettings":
+async def get_settings(request: Request) -> "ServiceSettings":
     """The ServiceSettings the app was built with (request.app.state.settings)."""
     return request.app.state.settings
 
@@ -274,9 +314,15 @@ def require_scope(scope: str, *, browser: bool = False) -> Callable:
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose from {', '.join(SCOPES)}")
 
-    def dependency(request: Request) -> ApiKey | None:
+    async def dependency(request: Request) -> ApiKey | None:
+        # async, with the store reads (at most once a second) in a worker thread: most
+        # requests are checked from memory without leaving the event loop
         ring: KeyRing = request.app.state.keys
+        if ring.stale:
+            await ring.refresh_async()
         key = ring.check(_token(request, browser), scope)
+        if key is not None and ring.touch_due(key.id):
+            await run_in_threadpool(ring.touch, key.id)
         request.state.api_key = key
         return key
 

@@ -196,6 +196,7 @@ class _ConfigGate:
         self._queue: dict[str, list] = {}  # file -> waiting tickets (configuration, object())
         self._kept: dict[str, dict] = {}  # file -> {"path", "idle", "conn", "last"} (keep_open)
         self._monitor: threading.Thread | None = None
+        self._stopping = False
 
     def enter(self, path: Path, key, timeout: float):
         name, me = str(path.resolve()), threading.get_ident()
@@ -250,14 +251,29 @@ class _ConfigGate:
         with self._cond:
             self._kept.setdefault(name, {"path": path, "idle": idle, "conn": None, "last": 0.0})["idle"] = idle
             if self._monitor is None:
+                import atexit
+
+                self._stopping = False
                 self._monitor = threading.Thread(target=self._watch, name="duckdb-keep-open", daemon=True)
                 self._monitor.start()
+                atexit.register(self._stop)
+
+    def _stop(self) -> None:
+        """At exit: close the kept connections and end the monitor while the interpreter still
+        runs (a daemon thread stopped inside DuckDB at shutdown aborts the process)."""
+        with self._cond:
+            self._stopping = True
+            for name, kept in self._kept.items():
+                if kept["conn"] is not None:
+                    self._release(name, kept)
+        if self._monitor is not None:
+            self._monitor.join(timeout=2)
 
     def anchor(self, path: Path, key) -> None:
         """After a plain read-only connection opened: keep one more open while the file is kept."""
         name = str(path.resolve())
         kept = self._kept.get(name)
-        if kept is None or key != _READ_ONLY:
+        if kept is None or key != _READ_ONLY or self._stopping:
             return
         kept["last"] = time.monotonic()
         if kept["conn"] is not None:
@@ -284,7 +300,7 @@ class _ConfigGate:
             self._cond.notify_all()
 
     def _watch(self) -> None:
-        while True:
+        while not self._stopping:
             time.sleep(0.005)
             with self._cond:
                 for name, kept in self._kept.items():

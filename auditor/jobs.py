@@ -23,6 +23,7 @@ from the request.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -125,6 +126,18 @@ def _pid_running_job(pid: int | None) -> bool:
     return True
 
 
+def _lower_priority(pid: int, niceness: int) -> None:
+    """Run the job `niceness` steps nicer than the service, so that serving reports keeps the
+    CPU when both want it. Set right after the start, before the job creates its threads
+    (torch, numba), which inherit it."""
+    if niceness <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + niceness))
+    except (OSError, AttributeError):  # not permitted, or not a POSIX system: run at the same priority
+        pass
+
+
 def _log_tail(path: str | os.PathLike | None, max_bytes: int = 4000) -> str:
     if not path:
         return ""
@@ -138,6 +151,19 @@ def _log_tail(path: str | os.PathLike | None, max_bytes: int = 4000) -> str:
         return ""
     # tqdm redraws its bar with carriage returns: keep the last state of each line
     return "\n".join(line.split("\r")[-1] for line in text.splitlines())
+
+
+_STOPPING = threading.Event()  # set at interpreter exit: watchers end (jobs go on; `recover` adopts them)
+
+
+def _stop_watchers() -> None:
+    _STOPPING.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("job-") and thread is not threading.current_thread():
+            thread.join(timeout=2)
+
+
+atexit.register(_stop_watchers)
 
 
 class JobRunner:
@@ -247,6 +273,7 @@ class JobRunner:
             self._write("UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
                         [f"could not start the job: {exc}", utcnow(), job_id])
             return
+        _lower_priority(proc.pid, int(getattr(self.settings, "job_niceness", 0)))
         self._procs[job_id] = proc
         self._write("UPDATE jobs SET status = 'running', pid = ?, log_path = ?, started_at = ? WHERE id = ?",
                     [proc.pid, str(log_path), utcnow(), job_id])
@@ -284,6 +311,8 @@ class JobRunner:
     def _watcher(self, job_id: int, pid: int, proc: subprocess.Popen | None) -> None:
         run_id = None
         while True:
+            if _STOPPING.is_set():
+                return
             if proc is not None:
                 try:
                     code = proc.wait(timeout=0.5)

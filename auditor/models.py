@@ -213,3 +213,129 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# Network comparisons and external audits (revision 0006).
+NETWORK_IDS = Sequence("network_ids")
+COMPARISON_IDS = Sequence("comparison_ids")
+# runs.kind: 'pspc' (PSPC sampling), 'network-explained' (a network's PF-ODE trajectory with
+# PSPC's posterior weights on each of its states as attribution), 'samples-only' (a
+# denoiser without posterior weights: final images only), 'external-audit' (an image from
+# outside, attributed by inversion + replay or directly at chosen noise levels).
+RUN_KINDS = ("pspc", "network-explained", "samples-only", "external-audit")
+
+# Three columns of `runs`, added to the mapped class here so that the revision lives in one
+# block. They are nullable in the file: DuckDB cannot add a NOT NULL column to a table that
+# others reference (samples, steps); kind always gets its default 'pspc'.
+Run.kind = mapped_column(String, nullable=True, default="pspc", server_default="pspc")  # one of RUN_KINDS
+Run.network_id = mapped_column(BigInteger, nullable=True)  # networks.id (network-explained runs, audits)
+Run.details = mapped_column(JSON, nullable=True)  # kind-specific record: comparison, audit method and input
+
+
+class Network(Base):
+    """A denoiser network a comparison or audit used, identified by what it computes."""
+
+    __tablename__ = "networks"
+    id: Mapped[int] = mapped_column(BigInteger, NETWORK_IDS, primary_key=True, server_default=NETWORK_IDS.next_value())
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of (sha256, shape, conversion)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the checkpoint file, or of an in-memory module's tensors
+    name: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String)  # checkpoint, torchscript, edm-pickle, module, vp-epsilon
+    source: Mapped[str | None] = mapped_column(String)  # file path (None: an in-memory module)
+    channels: Mapped[int] = mapped_column(SmallInteger)
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict] = mapped_column(JSON)  # NetworkDenoiser.describe(): loader record, config, training
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Comparison(Base):
+    """Network vs denoisers from shared initial noise: links its runs, holds its settings."""
+
+    __tablename__ = "comparisons"
+    id: Mapped[int] = mapped_column(BigInteger, COMPARISON_IDS, primary_key=True,
+                                    server_default=COMPARISON_IDS.next_value())
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    network_id: Mapped[int] = mapped_column(ForeignKey("networks.id"))
+    status: Mapped[str] = mapped_column(String)  # one of RUN_STATUSES
+    seed: Mapped[int] = mapped_column(BigInteger)  # sample i of every run starts from noise seed + i
+    num_samples: Mapped[int] = mapped_column(Integer)
+    sampler: Mapped[dict] = mapped_column(JSON)  # SamplerConfig fields and the time steps
+    config: Mapped[dict] = mapped_column(JSON)  # denoisers, explainer, top-k, mass, descriptor, thresholds
+    versions: Mapped[dict] = mapped_column(JSON)
+    command: Mapped[list | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ComparisonRun(Base):
+    """A run of a comparison and its role: 'network' or the denoiser's kind."""
+
+    __tablename__ = "comparison_runs"
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+
+
+class StepAgreement(Base):
+    """At a step of a network-explained (or audit replay) run: the network's D(z_t) and how
+    far PSPC's D(z_t) (steps.denoised, which the stored weights compose) is from it."""
+
+    __tablename__ = "step_agreement"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    t: Mapped[float] = mapped_column(Double)
+    network_denoised: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [C, H, W]
+    mse: Mapped[float] = mapped_column(Double)  # mean over pixels of (network - PSPC)^2
+    max_abs_error: Mapped[float] = mapped_column(Double)
+
+
+class DescriptorRecord(Base):
+    """An image descriptor that scored similarities (auditor.descriptors): model, preprocessing."""
+
+    __tablename__ = "descriptors"
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)  # Descriptor.fingerprint
+    name: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String)  # sscd, pixel-correlation
+    dimension: Mapped[int] = mapped_column(Integer)
+    preprocessing: Mapped[dict] = mapped_column(JSON)
+    record: Mapped[dict] = mapped_column(JSON)  # Descriptor.describe(): checkpoint sha256, versions, ...
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class SimilarityScore(Base):
+    """Descriptor similarity of sample i of run A and sample i of run B (same initial noise; Fig. 9)."""
+
+    __tablename__ = "similarity_scores"
+    run_a: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    run_b: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    descriptor_fingerprint: Mapped[str] = mapped_column(ForeignKey("descriptors.fingerprint"), primary_key=True)
+    comparison_id: Mapped[int | None] = mapped_column(BigInteger)
+    descriptor: Mapped[str] = mapped_column(String)  # its name (what a reader sees)
+    preprocessing: Mapped[dict] = mapped_column(JSON)
+    score: Mapped[float] = mapped_column(Double)  # cosine similarity of the descriptors
+    thresholds: Mapped[list] = mapped_column(JSON)
+    flag: Mapped[float | None] = mapped_column(Double)  # highest threshold reached, None if none
+    flagged: Mapped[bool] = mapped_column(Boolean)  # score >= the lowest threshold
+
+
+class CopyMatch(Base):
+    """One of the k nearest training images of a stored sample, by descriptor."""
+
+    __tablename__ = "copy_matches"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    descriptor_fingerprint: Mapped[str] = mapped_column(ForeignKey("descriptors.fingerprint"), primary_key=True)
+    rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # 0 = nearest
+    image_index: Mapped[int] = mapped_column(Integer)  # training_images.image_index
+    flip: Mapped[bool] = mapped_column(Boolean)  # matched the mirrored image
+    score: Mapped[float] = mapped_column(Double)
+    descriptor: Mapped[str] = mapped_column(String)
+    preprocessing: Mapped[dict] = mapped_column(JSON)
+    thresholds: Mapped[list] = mapped_column(JSON)
+    flag: Mapped[float | None] = mapped_column(Double)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    search: Mapped[dict] = mapped_column(JSON)  # faiss index kind, exactness, entries

@@ -16,7 +16,6 @@ sampling job running in another process can write between requests.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -61,10 +60,12 @@ class ServiceSettings:
     sql_row_cap: int = 1000
     sql_time_limit_s: float = 5.0
     max_upload_bytes: int = 10 * 2**20
+    cache_bytes: int = 256 * 2**20  # responses about complete runs kept in memory (they never change)
     jobs_dir: Path | None = None  # job logs; default: <store folder>/<store name>.jobs/
     keys_required: bool | None = None
     max_running_jobs: int = 1  # sampling jobs at a time (each uses every CPU core it can)
     job_lock_timeout: float = 120.0  # a job's writer waits this long for the lock (readers may be busy)
+    job_niceness: int = 10  # jobs run this much nicer than the service (serving keeps the CPU first)
     python: str | None = None  # interpreter for job subprocesses (default: this one)
 
     def __post_init__(self):
@@ -75,6 +76,8 @@ class ServiceSettings:
         for name in ("sql_row_cap", "max_upload_bytes", "max_running_jobs"):
             if int(getattr(self, name)) < 1:
                 raise StoreError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.cache_bytes) < 0:
+            raise StoreError(f"cache_bytes must be >= 0 (0: no cache), got {self.cache_bytes}")
         for name in ("lock_timeout", "sql_time_limit_s", "job_lock_timeout"):
             if not float(getattr(self, name)) > 0:
                 raise StoreError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -221,11 +224,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     failed here, before the first request.
     """
     from . import jobs
-    from .routers import api_router
-    import importlib.util  # TEMPORARY until reports' pages router exists
-
-    pages_router = (importlib.import_module("auditor.routers.pages").router
-                    if importlib.util.find_spec("auditor.routers.pages") else None)
+    from .routers import ResponseCache, api_router
+    from .routers.pages import router as pages_router
 
     database.require_current(settings.db_path, settings.lock_timeout)
     database.keep_open(settings.db_path)  # released whenever a writer (a job) waits for the lock
@@ -236,15 +236,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.settings = settings
     app.state.keys = KeyRing(settings.db_path, settings.lock_timeout, bool(settings.keys_required))
     app.state.jobs = jobs.JobRunner(settings)
+    app.state.cache = ResponseCache(settings.cache_bytes)
     app.state.jobs.recover()
     _install_error_handlers(app)
     app.include_router(api_router, prefix="/api")
-    if pages_router is not None:
-        app.include_router(pages_router)
+    app.include_router(pages_router)
     app.add_middleware(RememberKey)
     app.add_middleware(BodyLimit, limit=int(settings.max_upload_bytes))
     if not settings.keys_required:
-        log.warning(local_mode_message(settings.db_path))
+        log.info(local_mode_message(settings.db_path))
     return app
 
 

@@ -7,17 +7,22 @@ nothing is checked.
 
 from __future__ import annotations
 
+import hashlib
 import io
-from typing import Generic, TypeVar
+import threading
+from collections import OrderedDict
+from typing import Callable, Generic, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from ..access import require_scope
 
-__all__ = ["ErrorBody", "Page", "Pagination", "api_router", "page", "png_response"]
+__all__ = ["ErrorBody", "Page", "Pagination", "ResponseCache", "api_router", "cached_response", "json_body", "page",
+           "png_response"]
 
 T = TypeVar("T")
 MAX_LIMIT = 1000
@@ -63,7 +68,7 @@ def page(request: Request, items: list, total: int, pagination: Pagination) -> d
                          if offset > 0 else None)}
 
 
-def png_response(image_uint8: np.ndarray, scale: int = 1, *, cache: bool = True) -> Response:
+def png_bytes(image_uint8: np.ndarray, scale: int = 1) -> bytes:
     """A uint8 [C, H, W] image (C = 1 or 3) as PNG, enlarged `scale` times by pixel repetition."""
     from PIL import Image
 
@@ -73,8 +78,13 @@ def png_response(image_uint8: np.ndarray, scale: int = 1, *, cache: bool = True)
     pil = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
     buffer = io.BytesIO()
     pil.save(buffer, format="PNG")
-    headers = {"Cache-Control": "private, max-age=3600"} if cache else {"Cache-Control": "no-store"}
-    return Response(buffer.getvalue(), media_type="image/png", headers=headers)
+    return buffer.getvalue()
+
+
+def png_response(image_uint8: np.ndarray, scale: int = 1) -> Response:
+    """png_bytes as a response (for images that never change, e.g. training images)."""
+    return Response(png_bytes(image_uint8, scale), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
 
 
 class Health(BaseModel):
@@ -92,6 +102,105 @@ def health(request: Request):
     revision = database.require_current(settings.db_path, settings.lock_timeout)
     return {"status": "ok", "schema_revision": revision, "keys_required": request.app.state.keys.required,
             "version": request.app.version}
+
+
+class ResponseCache:
+    """Responses about FINISHED runs, kept in memory (least recently used first out, at most
+    `max_bytes`): a complete run's stored data never changes, so its sources, maps and
+    report are computed once. Concurrent requests for the same missing entry wait for the
+    one computing it. Runs still being written (or failed, which may be resumed) are never
+    cached."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._computing: dict = {}
+        self._complete: set[int] = set()
+        self.hits = self.misses = 0
+
+    def run_is_final(self, settings, run_id: int) -> bool:
+        if run_id in self._complete:
+            return True
+        from .. import database
+
+        with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", [int(run_id)]).fetchone()
+        if row is not None and row[0] == "complete":
+            self._complete.add(int(run_id))
+            return True
+        return False
+
+    def peek(self, key) -> tuple[bytes, str] | None:
+        """The cached entry, or None (never waits: safe on the event loop)."""
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return self._entries[key]
+        return None
+
+    def get_or_compute(self, key, compute: Callable[[], tuple[bytes, str]]) -> tuple[bytes, str]:
+        while True:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return self._entries[key]
+                waiting = self._computing.get(key)
+                if waiting is None:
+                    self._computing[key] = threading.Event()
+                    self.misses += 1
+                    break
+            waiting.wait()  # someone else computes it (or fails: then try ourselves)
+        try:
+            value = compute()
+            with self._lock:
+                size = len(value[0])
+                if size <= self.max_bytes // 4:
+                    self._entries[key] = value
+                    self._size += size
+                    while self._size > self.max_bytes:
+                        _, (old, _) = self._entries.popitem(last=False)
+                        self._size -= len(old)
+            return value
+        finally:
+            with self._lock:
+                self._computing.pop(key).set()
+
+
+async def cached_response(request: Request, run_id: int, compute: Callable[[], tuple[bytes, str]]) -> Response:
+    """`compute()` -> (body, media type), from the cache when run `run_id` is complete; with an
+    ETag (If-None-Match answers 304). A cache hit is answered on the event loop; reading the
+    store and computing run in a worker thread."""
+    settings = request.app.state.settings
+    cache: ResponseCache = request.app.state.cache
+    final = run_id in cache._complete or await run_in_threadpool(cache.run_is_final, settings, run_id)
+    if final:
+        key = (request.url.path, tuple(sorted(request.query_params.multi_items())))
+        found = cache.peek(key)
+        body, media_type = found if found is not None else await run_in_threadpool(cache.get_or_compute, key,
+                                                                                   compute)
+        headers = {"Cache-Control": "private, max-age=3600"}
+    else:
+        body, media_type = await run_in_threadpool(compute)
+        headers = {"Cache-Control": "no-cache"}
+    headers["ETag"] = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def json_body(model: type[BaseModel] | None, data) -> tuple[bytes, str]:
+    """A response body as FastAPI would write it (validated by `model` when given)."""
+    import json
+
+    from fastapi.encoders import jsonable_encoder
+
+    if model is not None:
+        return model.model_validate(data).model_dump_json().encode(), "application/json"
+    return json.dumps(jsonable_encoder(data), separators=(",", ":")).encode(), "application/json"
 
 
 def _build() -> APIRouter:

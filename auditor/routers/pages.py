@@ -39,6 +39,9 @@ def _links(request: Request) -> render.Links:
 
 
 def _error_page(request: Request, status: int, message: str, headers: dict | None = None) -> HTMLResponse:
+    settings = getattr(request.app.state, "settings", None)
+    if settings is not None:  # the store's path on the server is none of the reader's business
+        message = message.replace(f"{settings.db_path}: ", "").replace(str(settings.db_path), "the store")
     return HTMLResponse(render.render_error(status, message, _links(request)), status_code=status, headers=headers)
 
 
@@ -158,6 +161,6 @@ def training_image_page(request: Request, dataset_id: int, image_index: int, pag
 def sql_page(request: Request, sql: str | None = Query(None, max_length=100_000), settings=Depends(get_settings)):
     built = context.build_sql_page(settings.db_path, sql, max_rows=settings.sql_row_cap,
                                    query_timeout=settings.sql_time_limit_s, timeout=settings.lock_timeout)
-    status = 400 if built.error else 200
+    status = (403 if built.refused else 400) if built.error else 200
     return HTMLResponse(render.render_page(built, _links(request)), status_code=status,
                         headers={"Cache-Control": "no-store"})

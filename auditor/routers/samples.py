@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from .. import attribution, database
 from ..access import get_settings
 from ..database import NotFoundError
-from . import Page, Pagination, page, png_response
+from . import Page, Pagination, cached_response, json_body, page, png_bytes
 
 router = APIRouter(tags=["samples"])
 
@@ -196,7 +195,7 @@ def _dataset_of(settings, run_id: int) -> int:
 
 @router.get("/runs/{run_id}/samples/{sample_index}/sources", response_model=SourcesPage,
             summary="Training images a sample was built from, largest share first")
-def sample_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
+async def sample_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                    step: int | None = Query(None, ge=0, description="D(z_t) at this step instead of the final image"),
                    top: int = Query(10, ge=1, le=MAX_TOP, description="sources per page"),
                    offset: int = Query(0, ge=0),
@@ -205,50 +204,57 @@ def sample_sources(request: Request, run_id: int = RunId, sample_index: int = Sa
                    settings=Depends(get_settings)):
     if trajectory and step is not None:
         raise ValueError("give either step or trajectory=true, not both")
-    kwargs = dict(top=offset + top, patches=patches, timeout=settings.lock_timeout)
-    if trajectory:
-        rows = attribution.trajectory_sources(settings.db_path, run_id, sample_index, **kwargs)
-        what = "trajectory"
-    else:
-        rows = attribution.sample_sources(settings.db_path, run_id, sample_index, step=step, **kwargs)
-        what = "final image" if step is None else f"D(z_t) at step {step}"
-    rows = rows[offset:]
-    total = _count_sources(settings, run_id, sample_index, step, trajectory)
-    dataset_id = _dataset_of(settings, run_id)
-    items = []
-    for r in rows:
-        uses = [dict(zip(("step", "position", "top", "left", "height", "width", "weight"), p)) for p in r["patches"]]
-        items.append({**{k: v for k, v in r.items() if k not in ("patches", "steps")}, "patches": uses,
-                      "links": _training_links(request, dataset_id, r["image_index"])})
-    pagination = Pagination(limit=top, offset=offset)
-    return {**page(request, items, total, pagination), "run_id": run_id, "sample_index": sample_index,
-            "what": what, "step": step}
+
+    def compute():
+        kwargs = dict(top=offset + top, patches=patches, timeout=settings.lock_timeout)
+        if trajectory:
+            rows = attribution.trajectory_sources(settings.db_path, run_id, sample_index, **kwargs)
+            what = "trajectory"
+        else:
+            rows = attribution.sample_sources(settings.db_path, run_id, sample_index, step=step, **kwargs)
+            what = "final image" if step is None else f"D(z_t) at step {step}"
+        total = _count_sources(settings, run_id, sample_index, step, trajectory)
+        dataset_id = _dataset_of(settings, run_id)
+        items = []
+        for r in rows[offset:]:
+            uses = [dict(zip(("step", "position", "top", "left", "height", "width", "weight"), p))
+                    for p in r["patches"]]
+            items.append({**{k: v for k, v in r.items() if k not in ("patches", "steps")}, "patches": uses,
+                          "links": _training_links(request, dataset_id, r["image_index"])})
+        return json_body(SourcesPage, {**page(request, items, total, Pagination(limit=top, offset=offset)),
+                                       "run_id": run_id, "sample_index": sample_index, "what": what, "step": step})
+
+    return await cached_response(request, run_id, compute)
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/pixel-sources", response_model=PixelSourcesPage,
             summary="Training images output pixel (y, x) of D(z_t) at a step is composed from")
-def pixel_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
+async def pixel_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                   step: int = Query(ge=0), y: int = Query(ge=0), x: int = Query(ge=0),
                   top: int = Query(10, ge=1, le=MAX_TOP), offset: int = Query(0, ge=0),
                   settings=Depends(get_settings)):
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        dataset_id, num_samples, _, _, h, w = _run_row(conn, settings.db_path, run_id)
-        _check_index(settings.db_path, run_id, sample_index, num_samples)
-        if y >= h or x >= w:
-            raise ValueError(f"pixel (y={y}, x={x}) is outside the {h}x{w} image")
-        total = conn.execute("SELECT count(DISTINCT image_index) FROM pixel_weights WHERE run_id = ? AND "
-                             "sample_index = ? AND step = ? AND y = ? AND x = ?",
-                             [run_id, sample_index, step, y, x]).fetchone()[0]
-    rows = attribution.pixel_sources(settings.db_path, run_id, sample_index, step, y, x, top=offset + top,
-                                     timeout=settings.lock_timeout)[offset:]
-    items = [{**r, "links": _training_links(request, dataset_id, r["image_index"])} for r in rows]
-    return {**page(request, items, total, Pagination(limit=top, offset=offset)), "run_id": run_id,
-            "sample_index": sample_index, "step": step, "y": y, "x": x}
+    def compute():
+        with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+            dataset_id, num_samples, _, _, h, w = _run_row(conn, settings.db_path, run_id)
+            _check_index(settings.db_path, run_id, sample_index, num_samples)
+            if y >= h or x >= w:
+                raise ValueError(f"pixel (y={y}, x={x}) is outside the {h}x{w} image")
+            total = conn.execute("SELECT count(DISTINCT image_index) FROM pixel_weights WHERE run_id = ? AND "
+                                 "sample_index = ? AND step = ? AND y = ? AND x = ?",
+                                 [run_id, sample_index, step, y, x]).fetchone()[0]
+        rows = attribution.pixel_sources(settings.db_path, run_id, sample_index, step, y, x, top=offset + top,
+                                         timeout=settings.lock_timeout)[offset:]
+        items = [{**r, "links": _training_links(request, dataset_id, r["image_index"])} for r in rows]
+        return json_body(PixelSourcesPage, {**page(request, items, total, Pagination(limit=top, offset=offset)),
+                                            "run_id": run_id, "sample_index": sample_index, "step": step,
+                                            "y": y, "x": x})
+
+    return await cached_response(request, run_id, compute)
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/image.png", summary="The sample as PNG",
             responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
-def sample_image(run_id: int = RunId, sample_index: int = SampleIndex,
+async def sample_image(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                  step: int | None = Query(None, ge=0, description="a step's image instead of the final one"),
                  what: Literal["denoised", "z"] = Query("denoised", description="at a step: D(z_t) or z_t"),
                  scale: int = Query(1, ge=1, le=MAX_SCALE, description="enlarge by pixel repetition"),
@@ -257,26 +263,29 @@ def sample_image(run_id: int = RunId, sample_index: int = SampleIndex,
 
     from ..recorder import from_blob
 
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        _, num_samples, status, c, h, w = _run_row(conn, settings.db_path, run_id)
-        _check_index(settings.db_path, run_id, sample_index, num_samples)
-        if step is None:
-            blob = conn.execute("SELECT final_image FROM samples WHERE run_id = ? AND sample_index = ?",
-                                [run_id, sample_index]).fetchone()[0]
-            if blob is None:
-                raise NotFoundError(f"run {run_id} ({status}) has no final image for sample {sample_index} yet")
-        else:
-            row = conn.execute(f"SELECT {'z' if what == 'z' else 'denoised'} FROM steps WHERE run_id = ? AND "
-                               "sample_index = ? AND step = ?", [run_id, sample_index, step]).fetchone()
-            if row is None:
-                raise NotFoundError(f"run {run_id} sample {sample_index} has no recorded step {step}")
-            blob = row[0]
-    return png_response(to_uint8(from_blob(blob, (c, h, w))).numpy(), scale)
+    def compute():
+        with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+            _, num_samples, status, c, h, w = _run_row(conn, settings.db_path, run_id)
+            _check_index(settings.db_path, run_id, sample_index, num_samples)
+            if step is None:
+                blob = conn.execute("SELECT final_image FROM samples WHERE run_id = ? AND sample_index = ?",
+                                    [run_id, sample_index]).fetchone()[0]
+                if blob is None:
+                    raise NotFoundError(f"run {run_id} ({status}) has no final image for sample {sample_index} yet")
+            else:
+                row = conn.execute(f"SELECT {'z' if what == 'z' else 'denoised'} FROM steps WHERE run_id = ? AND "
+                                   "sample_index = ? AND step = ?", [run_id, sample_index, step]).fetchone()
+                if row is None:
+                    raise NotFoundError(f"run {run_id} sample {sample_index} has no recorded step {step}")
+                blob = row[0]
+        return png_bytes(to_uint8(from_blob(blob, (c, h, w))).numpy(), scale), "image/png"
+
+    return await cached_response(request, run_id, compute)
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/attribution-map.png", summary="Attribution map as PNG",
             responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
-def attribution_map(run_id: int = RunId, sample_index: int = SampleIndex,
+async def attribution_map(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                     step: int | None = Query(None, ge=0, description="D(z_t) at this step (default: the last step, "
                                                                          "whose D is the final image)"),
                     kind: Literal["dominant", "concentration"] = Query(
@@ -288,18 +297,18 @@ def attribution_map(run_id: int = RunId, sample_index: int = SampleIndex,
                                             "yellow = concentrated)"),
                     scale: int = Query(8, ge=1, le=MAX_SCALE, description="enlarge by pixel repetition"),
                     settings=Depends(get_settings)):
-    from fastapi.responses import Response
-
     from reports.maps import attribution_map_png
 
-    png = attribution_map_png(settings.db_path, run_id, sample_index, step, kind=kind, scale=scale,
-                              concentration=concentration, timeout=settings.lock_timeout)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-cache"})
+    def compute():
+        return attribution_map_png(settings.db_path, run_id, sample_index, step, kind=kind, scale=scale,
+                                   concentration=concentration, timeout=settings.lock_timeout), "image/png"
+
+    return await cached_response(request, run_id, compute)
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/report", response_model=dict[str, Any],
             summary="The sample report's data: exactly what the HTML report page shows")
-def sample_report(run_id: int = RunId, sample_index: int = SampleIndex,
+async def sample_report(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                   step: int | None = Query(None, ge=0, description="the step whose maps and drill-down are shown "
                                                                        "(default: the final step)"),
                   top: int = Query(10, ge=1, le=100, description="top sources listed"),
@@ -311,6 +320,9 @@ def sample_report(run_id: int = RunId, sample_index: int = SampleIndex,
                   settings=Depends(get_settings)):
     from reports.context import build_sample_report
 
-    report = build_sample_report(settings.db_path, run_id, sample_index, step=step, top=top, step_top=step_top,
-                                 concentration=concentration, timeout=settings.lock_timeout)
-    return report.to_json(images)
+    def compute():
+        report = build_sample_report(settings.db_path, run_id, sample_index, step=step, top=top, step_top=step_top,
+                                     concentration=concentration, timeout=settings.lock_timeout)
+        return json_body(None, report.to_json(images))
+
+    return await cached_response(request, run_id, compute)

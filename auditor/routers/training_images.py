@@ -75,7 +75,7 @@ def _image(request: Request, dataset_id: int, row: dict) -> dict:
             "links": {"self": str(request.url_for("get_training_image", **params)),
                       "usage": str(request.url_for("training_image_usage", **params)),
                       "image": str(request.url_for("training_image_png", **params)),
-                      "page": f"/datasets/{dataset_id}/training-images/{row['image_index']}"}}
+                      "page": f"/datasets/{dataset_id}/images/{row['image_index']}"}}
 
 
 @router.get("/datasets", response_model=Page[DatasetInfo], summary="Training sets in the store")

@@ -25,7 +25,8 @@ def store(recorded_random, tmp_path) -> Path:
 
 def client_for(store: Path, **settings) -> TestClient:
     app = create_app(ServiceSettings(db_path=store, **settings))
-    app.state.keys.ttl = 0.0  # re-read keys on every request (the service's default is 1 s)
+    app.state.keys.ttl = 0.0  # re-read keys on every request (the service's default is 1 s) ...
+    app.state.keys.refresh_wait = 30.0  # ... and wait for it (the service waits 50 ms at most)
     return TestClient(app)
 
 
@@ -170,3 +171,18 @@ def test_keys_cli_create_list_revoke(store, capsys):
     assert main(["keys", "revoke", "7", "--db", str(store)]) == 2
     assert "no API key 7" in capsys.readouterr().err
     assert main(["keys", "create", "x", "--scope", "admin", "--db", str(store)]) == 2
+
+
+def test_html_pages_take_the_key_once_as_a_query_parameter_then_from_the_cookie(store):
+    _, token = access.create_key(store, "browser")
+    client = client_for(store)
+    refused = client.get("/")
+    assert refused.status_code == 401 and refused.headers["content-type"].startswith("text/html")
+    first = client.get("/", params={"key": token})
+    assert first.status_code == 200 and first.headers["content-type"].startswith("text/html")
+    cookie = first.headers["set-cookie"]
+    assert cookie.startswith(f"{access.COOKIE_NAME}={token}") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert client.get("/runs/1").status_code == 200  # the client keeps the cookie
+    assert client.get("/api/runs").status_code == 401  # the API takes keys from headers only
+    client.cookies.clear()
+    assert client.get("/", params={"key": "pspc_9_" + "x" * 43}).headers.get("set-cookie") is None

@@ -235,7 +235,7 @@ def test_sample_report_json_is_the_page_context(client, recorded_fashion):
     library = attribution.sample_sources(recorded_fashion.db, run_id, 1, top=4)
     assert [s["image_index"] for s in report["sources"]] == [s["image_index"] for s in library]
     assert len(report["timeline"]) == 18 and report["record"]["run_id"] == run_id
-    bare = client.get(f"/api/runs/{run_id}/samples/1/report", params={"images": "none"}).json()
+    bare = client.get(f"/api/runs/{run_id}/samples/1/report", params={"images": "none", "top": 4}).json()
     assert bare["image"] is None
     assert [s["image_index"] for s in bare["sources"]] == [s["image_index"] for s in library]
     assert_error(client.get(f"/api/runs/{run_id}/samples/1/report", params={"step": 99}), 404)
@@ -423,3 +423,80 @@ def test_openapi_documents_every_endpoint(client):
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path":
                     assert parameter["schema"]["type"] == "integer", (path, parameter["name"])
+
+
+# ---------------------------------------------------------------------------------------
+# Serving and deployment
+# ---------------------------------------------------------------------------------------
+def test_auditor_serve_prints_the_url_and_the_key_mode(store, tmp_path):
+    import socket
+
+    import httpx
+
+    path = tmp_path / "served.duckdb"
+    shutil.copy(store, path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "auditor.cli", "--db", str(path), "serve", "--port", str(port)],
+                              cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        first = [server.stdout.readline() for _ in range(3)]
+        assert first[0].startswith(f"auditor service on http://127.0.0.1:{port}/")
+        assert "LOCAL SINGLE-USER MODE" in "".join(first)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.1)
+        assert health.json()["status"] == "ok" and health.json()["keys_required"] is False
+        assert httpx.get(f"http://127.0.0.1:{port}/api/runs/1").json()["id"] == 1
+    finally:
+        server.send_signal(subprocess.signal.SIGINT)
+        server.wait(timeout=20)
+
+
+def _compose() -> list[str] | None:
+    """`docker compose` (v2 plugin) or `docker-compose` (v1), whichever this machine has."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_docker_compose_file_validates():
+    compose = _compose()
+    if compose is None:
+        pytest.skip("no docker compose client on this machine")
+    result = subprocess.run([*compose, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "/data" in result.stdout and "8000" in result.stdout and "AUDITOR_DB" in result.stdout
+
+
+def test_responses_about_complete_runs_are_cached_with_etags(store, tmp_path):
+    app = create_app(ServiceSettings(db_path=store))
+    client = TestClient(app)
+    url = "/api/runs/1/samples/0/sources?top=4&step=6"
+    first = client.get(url)
+    assert first.headers["cache-control"].startswith("private") and first.headers["etag"]
+    again = client.get(url)
+    assert again.content == first.content and app.state.cache.hits >= 1
+    assert client.get(url, headers={"If-None-Match": first.headers["etag"]}).status_code == 304
+    # the same answer as computed afresh by another service instance without a cache
+    fresh = TestClient(create_app(ServiceSettings(db_path=store, cache_bytes=0))).get(url)
+    assert fresh.json() == first.json()
+    # a run still being written is never cached
+    path = tmp_path / "running.duckdb"
+    shutil.copy(store, path)
+    with database.connect(path) as conn:
+        conn.execute("UPDATE runs SET status = 'running' WHERE id = 1")
+    running = TestClient(create_app(ServiceSettings(db_path=path)))
+    response = running.get(url)
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-cache"
+    assert running.app.state.cache.misses == 0

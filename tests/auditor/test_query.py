@@ -16,8 +16,9 @@ from tests.auditor.test_migrations import fill_tiny_store
 @pytest.fixture
 def store(tmp_path):
     path = tmp_path / "store.duckdb"
+    database.upgrade(path, "0001")
+    fill_tiny_store(path)  # plain SQL rows at revision 0001; the upgrade derives step_shares from them
     database.upgrade(path)
-    fill_tiny_store(path)
     return path
 
 
