@@ -256,12 +256,17 @@ class ProvenanceRecorder:
             _insert(conn, "patch_weights", weight_rows)
             _insert(conn, "patch_stats", stat_rows)
             _insert(conn, "step_shares", share_rows)
+            self._write_extras(conn, step)
             if last:
                 self._complete(conn, final, started)
         self._patch_sets.update(new_ids)  # only once committed
         self.rows_written += steps.num_rows + weight_rows.num_rows + stat_rows.num_rows + share_rows.num_rows
         self.steps_written.append(step)
         self.step_seconds.append(time.perf_counter() - started)
+
+    def _write_extras(self, conn, step: int) -> None:
+        """Rows that belong in this step's transaction besides the attribution (subclasses:
+        the network's output at the step, auditor.comparison)."""
 
     def _register(self, conn, info: _PatchSetInfo) -> int:
         """The patch set's id in the store, inserting it (with positions and pixels) if new."""

@@ -31,7 +31,7 @@ from . import database, datasets, models
 from .database import NotFoundError, StoreError
 from .recorder import ProvenanceRecorder, from_blob, utcnow
 
-__all__ = ["RECORDABLE_KINDS", "record_sampling_run", "resume_run", "run_summaries", "versions"]
+__all__ = ["RECORDABLE_KINDS", "create_run", "record_sampling_run", "resume_run", "run_summaries", "versions"]
 
 RECORDABLE_KINDS = ("pspc-square", "pspc-flex", "empirical")  # the denoisers that give posterior weights
 
@@ -98,7 +98,7 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, denoiser_kind: st
                         sampler: str = "euler", seed: int = 0, top_k: int = 16, mass: float = 0.99,
                         command: list[str] | None = None, progress: Callable[[int], None] | None = None,
                         device: str | torch.device = "cpu", timeout: float = database.DEFAULT_TIMEOUT,
-                        callback=None) -> int:
+                        callback=None, run_options: dict | None = None) -> int:
     """Sample `num_samples` images with PSPC and record every step; returns the run id.
 
     The training set is ingested first if the store does not hold it (idempotent by
@@ -106,6 +106,7 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, denoiser_kind: st
     (KeyboardInterrupt included) the run is marked 'failed' with the error and the
     exception re-raised; it can then be resumed with `resume_run`.
     `callback(step, t, z, D, weights)`, if given, runs after each step is recorded.
+    `run_options` go to `create_run` (a comparison links its PSPC runs this way).
     """
     _check_kind(denoiser_kind)
     if num_samples < 1 or steps < 1:
@@ -115,15 +116,9 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, denoiser_kind: st
     database.require_current(db_path, timeout)
     dataset_id, _ = datasets.ingest(db_path, training_set)
     denoiser = build_denoiser(denoiser_kind, training_set, patch_size=patch_size).to(device)
-    with database.session(db_path, timeout=timeout) as s:
-        run = models.Run(dataset_id=dataset_id, status="running", denoiser=denoiser.describe(),
-                         sampler=_sampler_record(config), seed=seed, num_samples=num_samples, top_k=top_k,
-                         mass_threshold=mass, versions=versions(), command=list(command) if command else None,
-                         writer=_writer(), created_at=utcnow())
-        s.add(run)
-        s.flush()
-        run_id = int(run.id)
-        s.add_all([models.Sample(run_id=run_id, sample_index=i, seed=seed + i) for i in range(num_samples)])
+    run_id = create_run(db_path, dataset_id, denoiser=denoiser.describe(), sampler=_sampler_record(config), seed=seed,
+                        num_samples=num_samples, top_k=top_k, mass=mass, command=command, timeout=timeout,
+                        **(run_options or {}))
     started = time.perf_counter()
     try:
         recorder = ProvenanceRecorder(db_path, run_id, len(training_set), config.time_steps().tolist(),
@@ -133,6 +128,29 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, denoiser_kind: st
     except BaseException as exc:
         _mark_failed(db_path, run_id, exc, timeout)
         raise
+    return run_id
+
+
+def create_run(db_path, dataset_id: int, *, denoiser: dict, sampler: dict, seed: int, num_samples: int, top_k: int,
+               mass: float, command: list[str] | None = None, kind: str = "pspc", network_id: int | None = None,
+               details: dict | None = None, comparison: tuple[int, str] | None = None,
+               timeout: float = database.DEFAULT_TIMEOUT) -> int:
+    """Insert a run as 'running' (its configuration, versions, writer host and pid) with one
+    samples row per sample (seed + i), in one transaction; returns the run id. kind: one of
+    models.RUN_KINDS; comparison: (comparison id, role) links the run to a comparison."""
+    if kind not in models.RUN_KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; one of {', '.join(models.RUN_KINDS)}")
+    with database.session(db_path, timeout=timeout) as s:
+        run = models.Run(dataset_id=dataset_id, status="running", denoiser=denoiser, sampler=sampler, seed=seed,
+                         num_samples=num_samples, top_k=top_k, mass_threshold=mass, versions=versions(),
+                         command=list(command) if command else None, writer=_writer(), created_at=utcnow(),
+                         kind=kind, network_id=network_id, details=details)
+        s.add(run)
+        s.flush()
+        run_id = int(run.id)
+        s.add_all([models.Sample(run_id=run_id, sample_index=i, seed=seed + i) for i in range(num_samples)])
+        if comparison is not None:
+            s.add(models.ComparisonRun(comparison_id=int(comparison[0]), role=str(comparison[1]), run_id=run_id))
     return run_id
 
 
@@ -149,12 +167,12 @@ def _chain(recorder, callback):
 
 def _load_run(conn, db_path, run_id: int) -> dict:
     row = conn.execute("SELECT r.id, r.status, r.dataset_id, r.denoiser, r.sampler, r.seed, r.num_samples, r.top_k, "
-                       "r.mass_threshold, d.fingerprint, d.channels, d.height, d.width, r.writer "
+                       "r.mass_threshold, d.fingerprint, d.channels, d.height, d.width, r.writer, r.kind "
                        "FROM runs r JOIN datasets d ON d.id = r.dataset_id WHERE r.id = ?", [int(run_id)]).fetchone()
     if row is None:
         raise NotFoundError(f"{db_path}: no run {run_id}")
     keys = ("id", "status", "dataset_id", "denoiser", "sampler", "seed", "num_samples", "top_k", "mass_threshold",
-            "fingerprint", "channels", "height", "width", "writer")
+            "fingerprint", "channels", "height", "width", "writer", "kind")
     run = dict(zip(keys, row))
     run["denoiser"], run["sampler"] = _json(run["denoiser"]), _json(run["sampler"])
     return run
@@ -212,6 +230,9 @@ def resume_run(db_path, run_id: int, training_set: TrainingSet, *, progress: Cal
         run = _load_run(conn, db_path, run_id)
     if run["status"] == "complete":
         raise StoreError(f"{db_path}: run {run_id} is already complete; nothing to resume")
+    if (run["kind"] or "pspc") != "pspc":
+        raise StoreError(f"{db_path}: run {run_id} is a {run['kind']} run; only PSPC sampling runs can be resumed "
+                         f"(run the comparison or audit again)")
     writer = _json(run["writer"]) or {}
     if (run["status"] == "running" and writer.get("host") == socket.gethostname()
             and _pid_alive(int(writer.get("pid", -1)))):
@@ -282,8 +303,9 @@ def _pid_alive(pid: int) -> bool:
 
 def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
     """One dict per run (newest first): id, dataset_id, dataset (name), status, denoiser
-    (kind), samples, steps (recorded / planned), created_at, finished_at, seconds, error.
-    A 'running' run whose writer pid is gone on this host shows as
+    (kind), samples, steps (recorded / planned), created_at, finished_at, seconds, error,
+    kind (pspc, network-explained, samples-only, external-audit). A 'running' run whose
+    writer pid is gone on this host shows as
     "running (writer pid N gone)". Unknown dataset_id -> NotFoundError."""
     database.require_current(db_path, timeout)
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
@@ -292,7 +314,8 @@ def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = da
             raise NotFoundError(f"{db_path}: no dataset {dataset_id}")
         rows = conn.execute("""
             SELECT r.id, r.dataset_id, d.name, r.status, r.denoiser, r.num_samples, r.sampler,
-                   coalesce(s.steps, 0), r.created_at, r.finished_at, r.timings, r.writer, r.error
+                   coalesce(s.steps, 0), r.created_at, r.finished_at, r.timings, r.writer, r.error,
+                   coalesce(r.kind, 'pspc')
             FROM runs r JOIN datasets d ON d.id = r.dataset_id
             LEFT JOIN (SELECT run_id, count(DISTINCT step) AS steps FROM steps GROUP BY run_id) s ON s.run_id = r.id
             WHERE ? IS NULL OR r.dataset_id = ?
@@ -300,7 +323,7 @@ def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = da
     host = socket.gethostname()
     out = []
     for (run_id, ds_id, ds_name, status, denoiser, num_samples, sampler, steps, created, finished, timings, writer,
-         error) in rows:
+         error, kind) in rows:
         denoiser, sampler, timings, writer = _json(denoiser), _json(sampler), _json(timings), _json(writer)
         shown = status
         if status == "running" and writer and writer.get("host") == host and not _pid_alive(int(writer["pid"])):
@@ -310,5 +333,6 @@ def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = da
             seconds = (finished - created).total_seconds()
         out.append({"id": run_id, "dataset_id": ds_id, "dataset": ds_name, "status": shown, "denoiser": denoiser.get("kind"),
                     "samples": num_samples, "steps": steps, "planned_steps": sampler.get("num_steps"),
-                    "created_at": created, "finished_at": finished, "seconds": seconds, "error": error})
+                    "created_at": created, "finished_at": finished, "seconds": seconds, "error": error,
+                    "kind": kind})
     return out
