@@ -9,6 +9,7 @@
   auditor sql "QUERY"           read-only SQL (table, CSV or JSON output)
   auditor serve                 the report service (HTML pages and JSON API) on 127.0.0.1:8000
   auditor keys create|list|revoke   API keys of the service (stored hashed)
+  auditor train-network         train the project's small EDM U-Net (pspc.training) on a training set
 
 The store is one DuckDB file: --db PATH, else $AUDITOR_DB, else ./provenance.duckdb. Bad
 input ends with `auditor: error: ...` and exit status 2, without a traceback (set
@@ -29,6 +30,7 @@ from .database import StoreError
 PROG = "auditor"
 EXIT_USAGE = 2
 RECORDABLE_KINDS = ("pspc-square", "pspc-flex", "empirical")  # denoisers with posterior weights
+DEFAULT_NETWORK = "checkpoints/fmnist-unet.pt"  # what `auditor train-network` writes for Fashion-MNIST
 SAMPLE_DEFAULTS = {"num": 16, "steps": 18, "sampler": "euler", "seed": 0, "top_k": 16, "mass": 0.99,
                    "denoiser": "pspc-square", "patch_size": None}
 
@@ -139,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--jobs-dir", metavar="DIR", help="job logs (default: beside the store, STORE.jobs/)")
     serve.add_argument("--max-running-jobs", type=int, default=1, metavar="N", help="(default: %(default)s)")
 
+    quickstart = commands.add_parser(
+        "quickstart", parents=[store], help="the Quick start: ingest, record a small run, serve its report",
+        description="Bring the store to the README's Quick start state (schema upgraded, Fashion-MNIST ingested "
+                    "with x-flips, a complete PSPC-Square run recorded unless one with these settings exists), "
+                    "then serve the report service and print the URL of the first sample's report.")
+    quickstart.add_argument("--data", default="fashion-mnist", metavar="SPEC", help="(default: %(default)s)")
+    quickstart.add_argument("--num", type=int, default=8, help="samples to record (default: %(default)s)")
+    quickstart.add_argument("--steps", type=int, default=18, help="(default: %(default)s)")
+    quickstart.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    quickstart.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    quickstart.add_argument("--no-serve", action="store_true", help="prepare the store and print the URL only")
+
     keys = commands.add_parser("keys", parents=[store], help="API keys of the report service",
                                description="Keys are shown once, at creation; the store keeps only their sha256. "
                                            "Scopes: read (every GET), submit (POST /api/jobs; implies read).")
@@ -158,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "NAME.state.pt (resume state), at every checkpoint and at the end. Every draw of iteration k "
                     "is seeded by (seed, k): --resume continues exactly where the run stopped.")
     train.add_argument("--out", type=Path, metavar="PATH.pt", help="checkpoint (default: checkpoints/DATA-unet.pt)")
-    train.add_argument("--iterations", type=int, default=4000, help="total iterations (default: %(default)s)")
-    train.add_argument("--batch", type=int, default=64, help="(default: %(default)s)")
+    train.add_argument("--iterations", type=int, default=3000, help="total iterations (default: %(default)s)")
+    train.add_argument("--batch", type=int, default=32, help="(default: %(default)s)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     train.add_argument("--channels", type=int, metavar="C", help="model width: C, 2C, 2C per level (default: 16)")
@@ -172,7 +186,75 @@ def build_parser() -> argparse.ArgumentParser:
                        help="samples in the preview grid at each checkpoint, 0 for none (default: %(default)s)")
     train.add_argument("--resume", action="store_true", help="continue from --out's state file up to --iterations")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    train.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads for torch (default: torch's choice; 1 is far faster on a busy machine)")
+    _comparison_parsers(commands, store, data)
     return parser
+
+
+def _comparison_parsers(commands, store, data) -> None:
+    """`auditor compare` and `auditor audit IMAGE` (auditor.comparison, auditor.audit)."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--no-xflip", action="store_true", help="without the mirrored training images")
+    shared.add_argument("--steps", type=int, default=18, help="sampling steps (default: %(default)s)")
+    shared.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    shared.add_argument("--top-k", type=int, default=16, metavar="K",
+                        help="kept weights per sample and patch (default: %(default)s)")
+    shared.add_argument("--mass", type=float, default=0.99, metavar="M",
+                        help="stop keeping weights once they hold mass M, in (0, 1] (default: %(default)s)")
+    shared.add_argument("--explainer", choices=RECORDABLE_KINDS, default="pspc-square",
+                        help="the PSPC denoiser whose posterior weights attribute the network's states "
+                             "(default: %(default)s)")
+    shared.add_argument("--patch-size", type=int, metavar="S",
+                        help="pspc-square: fixed s x s patches (default: the paper's s(t) schedule)")
+    shared.add_argument("--descriptor", metavar="SPEC",
+                        help="copy-detection descriptor: sscd, sscd:PATH, an official SSCD name, pixel-correlation[:N] "
+                             "(default: $PSPC_SSCD_CHECKPOINT when set, else pixel-correlation, which is not SSCD)")
+    shared.add_argument("--thresholds", default="0.5,0.6", metavar="T1,T2",
+                        help="copy thresholds on the descriptor similarity (default: %(default)s)")
+    shared.add_argument("--copy-k", type=int, default=5, metavar="K",
+                        help="nearest training images stored per image, 0 to skip copy detection "
+                             "(default: %(default)s)")
+    shared.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    shared.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads of torch and of the PSPC kernels (default: all cores; 1 is far faster on a "
+                             "busy machine)")
+
+    compare = commands.add_parser(
+        "compare", parents=[store, data, shared], help="network vs PSPC from shared noise, network samples explained",
+        description="Sample with a network and with PSPC (and --denoisers) from the same initial noise. At every "
+                    "network step PSPC's posterior on the network's own z_t is recorded as the network sample's "
+                    "attribution, with the network-vs-PSPC MSE at that step as its confidence. Then the "
+                    "descriptor similarity of every pair of samples from the same noise and the nearest training "
+                    "images of every sample are stored. Prints the run ids and the per-step agreement table.")
+    compare.add_argument("--network", type=Path, default=Path(DEFAULT_NETWORK), metavar="PATH",
+                         help="project checkpoint, TorchScript net(z, sigma) or EDM .pkl (default: %(default)s)")
+    compare.add_argument("--num", type=int, default=16, metavar="N", help="samples (default: %(default)s)")
+    compare.add_argument("--sampler", choices=("euler", "heun"), default="euler", help="(default: %(default)s)")
+    compare.add_argument("--denoisers", default="pspc-square", metavar="KINDS",
+                         help="comma-separated denoisers sampled from the same noise: pspc-square, pspc-flex, "
+                              "empirical (recorded with attribution), gaussian, cfdm (final images only) "
+                              "(default: %(default)s)")
+
+    audit = commands.add_parser(
+        "audit", parents=[store, data, shared], help="attribute an external image to training images",
+        description="With a network: invert the image along the network's deterministic PF-ODE (t_min up to "
+                    "t_max), replay it forward and record PSPC's attribution at every step, with the "
+                    "network-vs-PSPC agreement and the reconstruction error. With --no-network: PSPC's "
+                    "attribution of x + t eps at --noise-levels. The image must have the training set's size and "
+                    "channels. The nearest training images by descriptor are stored too.")
+    audit.add_argument("image", type=Path, metavar="IMAGE", help="a PNG/JPEG/BMP/WebP image or a .npy array")
+    way = audit.add_mutually_exclusive_group()
+    way.add_argument("--network", type=Path, default=Path(DEFAULT_NETWORK), metavar="PATH",
+                     help="invert and replay with this network (default: %(default)s)")
+    way.add_argument("--no-network", action="store_true",
+                     help="attribute the image's patches directly at --noise-levels, without a network")
+    audit.add_argument("--sampler", choices=("euler", "heun"), default="heun",
+                       help="inversion and replay integrator (default: %(default)s, second order)")
+    audit.add_argument("--noise-levels", default="3,1,0.3,0.05", metavar="T1,T2,...",
+                       help="--no-network: noise levels t of x + t eps (default: %(default)s)")
+    audit.add_argument("--draws", type=int, default=1, metavar="N",
+                       help="--no-network: noise draws per level, one sample each (default: %(default)s)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,6 +503,29 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    from tqdm import tqdm
+
+    from .quickstart import prepare
+
+    for option in ("num", "steps"):
+        _positive(getattr(args, option), f"--{option}")
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must be in 1..65535, got {args.port}")
+    path = _db(args)
+    with tqdm(total=args.steps, desc="sampling", unit="step", file=sys.stderr, disable=None) as bar:
+        run = prepare(path, data=args.data, num_samples=args.num, steps=args.steps, progress=bar.update,
+                      timeout=args.lock_timeout)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"sample report: http://{host}:{args.port}{run.report_path(0)}", flush=True)
+    if args.no_serve:
+        return 0
+    for name, value in (("require_keys", False), ("sql_row_cap", 1000), ("sql_time_limit", 5.0),
+                        ("max_upload_mb", 10.0), ("jobs_dir", None), ("max_running_jobs", 1)):
+        setattr(args, name, value)
+    return cmd_serve(args)
+
+
 def cmd_keys(args) -> int:
     from . import access
 
@@ -451,11 +556,15 @@ def cmd_train_network(args, argv: list[str]) -> int:
     from pspc.training import TrainingConfig, train
     from tqdm import tqdm
 
-    for option in ("iterations", "batch", "lr", "channels", "blocks"):
+    for option in ("iterations", "batch", "lr", "channels", "blocks", "threads"):
         _positive(getattr(args, option), f"--{option}")
     if args.checkpoint_minutes < 0 or args.preview < 0:
         raise CLIError("--checkpoint-minutes and --preview must be >= 0")
     device = _device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     data = _load(args.data, args.limit)
     out = args.out or Path("checkpoints") / f"{data.name}-unet.pt"
     network = None
@@ -488,6 +597,175 @@ def cmd_train_network(args, argv: list[str]) -> int:
     return 0
 
 
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"{option} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise CLIError(f"{option} needs at least one number")
+    return values
+
+
+def _comparison_setup(args, network_path: Path | None, what: str, check_data=None):
+    """Shared checks and loading of compare / audit, cheapest first: (store path, training set, device,
+    network, descriptor, thresholds). check_data(training set) runs before the network is loaded."""
+    import warnings
+
+    from pspc.cli import _device
+
+    from .descriptors import FallbackDescriptorWarning, load_descriptor
+
+    for option in ("steps", "top_k", "patch_size", "threads"):
+        _positive(getattr(args, option), f"--{option.replace('_', '-')}")
+    if args.threads:
+        import numba
+        import torch
+
+        # both: numba's OpenMP kernels reset the OpenMP thread count that torch reads
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    if not 0 < args.mass <= 1:
+        raise CLIError(f"--mass must be in (0, 1], got {args.mass}")
+    if args.copy_k < 0:
+        raise CLIError(f"--copy-k must be >= 0, got {args.copy_k}")
+    if args.patch_size is not None and args.explainer != "pspc-square":
+        raise CLIError(f"--patch-size applies to --explainer pspc-square, not {args.explainer}")
+    thresholds = _numbers(args.thresholds, "--thresholds")
+    path = _db(args)
+    database.require_current(path, timeout=args.lock_timeout)
+    device = _device(args.device)
+    if network_path is not None and not network_path.is_file():
+        hint = " or --no-network to attribute the image directly" if what == "audit" else ""
+        raise CLIError(f"{network_path}: no network file; train one with `auditor train-network`, or pass "
+                       f"--network PATH{hint}")
+    data = _load(args.data, args.limit).with_xflip(not args.no_xflip)
+    if check_data is not None:
+        check_data(data)
+    network = None
+    if network_path is not None:
+        from pspc.networks import load_network
+
+        network = load_network(network_path, data, device=device)
+    descriptor = None
+    if args.copy_k or what == "compare":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FallbackDescriptorWarning)
+            descriptor = load_descriptor(args.descriptor, device=device)
+        for warning in caught:
+            print(f"{PROG}: note: {warning.message}", file=sys.stderr)
+    return path, data, device, network, descriptor, thresholds
+
+
+def _print_agreement(rows: list[dict]) -> None:
+    _print_table(["step", "t", "MSE net vs PSPC", "max MSE", "max |error|", "captured mass"],
+                 [[r["step"], f"{r['t']:.4g}", f"{r['mse']:.5f}", f"{r['max_mse']:.5f}", f"{r['max_abs_error']:.4f}",
+                   "" if r["mass"] is None else f"{r['mass']:.3f}"] for r in rows])
+
+
+def _print_copies(path, run_ids: dict, timeout: float) -> None:
+    """The nearest training image of every stored image, by descriptor."""
+    with database.connect(path, read_only=True, timeout=timeout) as conn:
+        rows = conn.execute(f"""
+            SELECT m.run_id, m.sample_index, i.image_id, m.flip, m.score, m.flag, m.descriptor
+            FROM copy_matches m JOIN runs r ON r.id = m.run_id
+            JOIN training_images i ON i.dataset_id = r.dataset_id AND i.image_index = m.image_index
+            WHERE m.rank = 0 AND m.run_id IN ({", ".join("?" * len(run_ids))})
+            ORDER BY m.run_id, m.sample_index""", list(run_ids.values())).fetchall()
+    if not rows:
+        return
+    role = {v: k for k, v in run_ids.items()}
+    print(f"nearest training image by descriptor {rows[0][6]}:")
+    _print_table(["run", "role", "sample", "training image", "mirrored", "score", "flag"],
+                 [[r, role[r], s, image, "yes" if flip else "", f"{score:.4f}", f">= {flag:g}" if flag else ""]
+                  for r, s, image, flip, score, flag, _ in rows])
+
+
+def cmd_compare(args, argv: list[str]) -> int:
+    from tqdm import tqdm
+
+    from . import comparison
+
+    _positive(args.num, "--num")
+    kinds = [k.strip() for k in args.denoisers.split(",") if k.strip()]
+    if not kinds:
+        raise CLIError("--denoisers needs at least one denoiser")
+    path, data, device, network, descriptor, thresholds = _comparison_setup(args, args.network, "compare")
+    total = args.steps * (1 + len(kinds))
+    with tqdm(total=total, desc="comparing", unit="step", file=sys.stderr, disable=None) as bar:
+        result = comparison.record_comparison(
+            path, data, network, num_samples=args.num, steps=args.steps, seed=args.seed, sampler=args.sampler,
+            top_k=args.top_k, mass=args.mass, denoisers=kinds, explainer=args.explainer, patch_size=args.patch_size,
+            descriptor=descriptor, thresholds=thresholds, copy_k=args.copy_k, command=[PROG, *argv],
+            progress=bar.update, device=device, timeout=args.lock_timeout)
+    print(f"comparison {result.comparison_id}: network {network.name} (network {result.network_id}) vs "
+          f"{', '.join(kinds)}; {args.num} samples x {args.steps} {args.sampler} steps from shared noise "
+          f"(seed {args.seed}) in {path}")
+    kinds_of = {comparison.NETWORK_ROLE: "network-explained", **{k: "pspc" for k in RECORDABLE_KINDS}}
+    _print_table(["role", "run", "kind"], [[role, run_id, kinds_of.get(role, "samples-only")]
+                                           for role, run_id in result.run_ids.items()])
+    print(f"per-step agreement of run {result.network_run_id}: PSPC ({args.explainer}) on the network's z_t vs the "
+          f"network's D(z_t), mean over samples:")
+    _print_agreement(result.agreement)
+    matrix = result.similarity
+    print(f"similarity of samples from the same noise (descriptor {matrix.descriptor['name']}, preprocessing "
+          f"{matrix.descriptor['preprocessing']['name']}; thresholds "
+          f"{', '.join(f'{t:g}' for t in matrix.thresholds)}):")
+    names = matrix.names
+    _print_table(["pair", "mean", "std", *[f">= {t:g}" for t in matrix.thresholds]],
+                 [[f"{names[i]} vs {names[j]}", f"{matrix.mean[i, j]:.4f}", f"{matrix.std[i, j]:.4f}",
+                   *[f"{matrix.fraction_above(t)[i, j]:.0%}" for t in matrix.thresholds]]
+                  for i in range(len(names)) for j in range(i + 1, len(names))])
+    _print_copies(path, result.run_ids, args.lock_timeout)
+    print(f"see the network sample's sources with `auditor show {result.network_run_id}/0`")
+    return 0
+
+
+def cmd_audit(args, argv: list[str]) -> int:
+    from tqdm import tqdm
+
+    from . import audit
+    from .attribution import sample_sources
+
+    levels = _numbers(args.noise_levels, "--noise-levels")
+    _positive(args.draws, "--draws")
+    network_path = None if args.no_network else args.network
+    if network_path is not None and args.steps < 2:
+        raise CLIError(f"--steps must be >= 2 to invert the PF-ODE, got {args.steps}")
+    if not args.image.exists():
+        raise CLIError(f"{args.image}: no such file")
+    path, data, device, network, descriptor, thresholds = _comparison_setup(
+        args, network_path, "audit", check_data=lambda data: audit.load_audit_image(args.image, data.image_shape))
+    total = (2 * args.steps - 1) if network is not None else len(levels)
+    with tqdm(total=total, desc="auditing", unit="step", file=sys.stderr, disable=None) as bar:
+        result = audit.record_audit(
+            path, data, args.image, network=network, steps=args.steps, sampler=args.sampler, seed=args.seed,
+            noise_levels=levels, draws=args.draws, top_k=args.top_k, mass=args.mass, explainer=args.explainer,
+            patch_size=args.patch_size, descriptor=descriptor, copy_k=args.copy_k, thresholds=thresholds,
+            command=[PROG, *argv], progress=bar.update, device=device, timeout=args.lock_timeout)
+    details = result.details
+    print(f"run {result.run_id}: audit of {args.image} (sha256 {details['input'].get('sha256', '')[:12]}) in {path}")
+    if result.method == "inversion":
+        inv, rec = details["inversion"], details["reconstruction"]
+        print(f"method: inversion with network {network.name}: PF-ODE inverted from t = {inv['from_t']:g} to "
+              f"{inv['to_t']:g} ({inv['steps']} {inv['sampler']} steps; inverted noise std {inv['latent_std']:.3f} "
+              f"x t_max), replayed with attribution")
+        print(f"reconstruction: MSE {rec['mse']:.3g}, max |error| {rec['max_abs_error']:.3g} (replay end point vs "
+              f"the image)")
+        _print_agreement(result.agreement)
+    else:
+        print(f"method: direct (no network): PSPC attribution of x + t eps at t = "
+              f"{', '.join(f'{t:g}' for t in details['noise_levels'])} ({details['draws']} draw(s), seed {args.seed})")
+    rows = sample_sources(path, result.run_id, 0, top=5, timeout=args.lock_timeout)
+    print("top training sources (last step, sample 0):")
+    _print_table(["share", "mirrored", "index", "image id", "label", "owner", "license"],
+                 [[_share(r.get("share")), _share(r.get("flip_share")), r.get("image_index"), r.get("image_id"),
+                   r.get("label_name") or r.get("label"), r.get("owner"), r.get("license")] for r in rows])
+    _print_copies(path, {"audited image": result.run_id}, args.lock_timeout)
+    print(f"see every step with `auditor show {result.run_id}/0 --step N`")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
@@ -515,8 +793,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "keys":
             return cmd_keys(args)
+        if args.command == "quickstart":
+            return cmd_quickstart(args)
         if args.command == "train-network":
             return cmd_train_network(args, argv)
+        if args.command == "compare":
+            return cmd_compare(args, argv)
+        if args.command == "audit":
+            return cmd_audit(args, argv)
         return cmd_sql(args)
     except (ValueError, OSError) as exc:  # StoreError, TrainingSetError, CLIError, ... are ValueErrors
         if os.environ.get("AUDITOR_DEBUG"):

@@ -270,14 +270,26 @@ DENOISER_KINDS = ("pspc-square", "pspc-flex", "empirical", "gaussian", "cfdm")
 
 def build_denoiser(kind: str, training_set: TrainingSet, *, patch_size: int | None = None,
                    rank: int | None = None, cfdm_sigma: float = 0.1, cfdm_draws: int = 8,
-                   seed: int = 0, **options) -> Denoiser:
+                   seed: int = 0, schedule=None, **options) -> Denoiser:
     """The denoiser named `kind` over `training_set`, with the paper's defaults.
 
     pspc-square: patch_size fixed, or the default s(t) schedule when None.
     pspc-flex: isotropic stand-in sensitivity (see pspc.sensitivity) and the paper's lambda(t).
+    schedule: a schedule file (pspc.tuning) giving s(t) for pspc-square or lambda(t) for pspc-flex.
     """
     from .sensitivity import isotropic_sensitivity
 
+    if schedule is not None:
+        if kind not in ("pspc-square", "pspc-flex"):
+            raise ValueError(f"a schedule file applies to pspc-square and pspc-flex, not {kind}")
+        if patch_size is not None:
+            raise ValueError("give either a fixed patch size or a schedule file, not both")
+        _, height, width = training_set.image_shape
+        loaded = Schedule.load(schedule, "patch_size" if kind == "pspc-square" else "lambda", (height, width))
+        if kind == "pspc-square":
+            patch_size = loaded
+        else:
+            options["lambdas"] = loaded
     if kind == "pspc-square":
         return pspc_square(training_set, patch_size, **options)
     if kind == "pspc-flex":

@@ -23,8 +23,9 @@ import json
 import math
 import os
 import pickle
+import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -549,6 +550,35 @@ def check_network(net: nn.Module, image_shape: tuple[int, int, int], where: str)
         raise NetworkError(f"{where}: the network returns NaN or infinite values")
 
 
+def _open_source(source, kind: str, device) -> tuple[nn.Module, str, str, tuple | None, dict]:
+    """(module, kind, where, image shape if the network records one, provenance) for a path or module."""
+    if isinstance(source, nn.Module):
+        where = type(source).__name__
+        if isinstance(source, EDMPrecond):
+            return source, "checkpoint" if kind == "auto" else kind, where, source.config.image_shape, \
+                {"config": json.loads(source.config.to_json())}
+        return source, "module" if kind == "auto" else kind, where, None, {}
+    path = Path(source)
+    detected = detect_kind(path)
+    record = {"path": str(path.resolve()), "sha256": _sha256(path), "file": detected}
+    if kind == "vp-epsilon":
+        if detected == "checkpoint":
+            raise NetworkError(f"{path}: a {CHECKPOINT_FORMAT} checkpoint is an x-predictor; drop kind='vp-epsilon'")
+        model = _load_torchscript(path, device) if detected == "torchscript" else _load_edm_pickle(path)[0]
+        return model, kind, str(path), None, record
+    if kind not in ("auto", detected):
+        raise NetworkError(f"{path}: is a {detected} file, not {kind}")
+    if detected == "torchscript":
+        return _load_torchscript(path, device), detected, str(path), None, record
+    if detected == "edm-pickle":
+        net, shape, info = _load_edm_pickle(path)
+        return net, detected, str(path), shape, {**record, **info}
+    net, trained = load_checkpoint(path)
+    record["config"] = json.loads(net.config.to_json())
+    record["training"] = {k: trained[k] for k in ("command", "iterations", "final_loss", "dataset") if k in trained}
+    return net, detected, str(path), net.config.image_shape, record
+
+
 def load_network(source, training_set: TrainingSet | None = None, *, image_shape=None, kind: str = "auto",
                  alphas_cumprod=None, timestep: str = "nearest", device="cpu", name: str | None = None,
                  check: bool = True) -> NetworkDenoiser:
@@ -556,45 +586,16 @@ def load_network(source, training_set: TrainingSet | None = None, *, image_shape
 
     source: a path (project checkpoint, TorchScript file with net(z, sigma), EDM .pkl
     snapshot whose ['ema'] is used) or an nn.Module with net(z, sigma). kind="vp-epsilon"
-    wraps an epsilon-prediction VP model eps(x_s, step) (TorchScript file or module) with
-    `VPEpsilonNetwork(alphas_cumprod, timestep)`. The image shape comes from the network when
-    it records one, else from the training set or `image_shape`; when both are known they
-    must agree, and the network is probed once on that shape (check=False skips the probe).
+    wraps an epsilon-prediction VP model eps(x_s, step) (TorchScript file, EDM-style pickle
+    or module) with `VPEpsilonNetwork(alphas_cumprod, timestep)`. The image shape comes from
+    the network when it records one, else from the training set or `image_shape`; when
+    several are known they must agree, and the network is probed once on that shape
+    (check=False skips the probe). describe() of the result records the source (path,
+    sha256, kind, config, how it was trained).
     """
     if kind not in NETWORK_KINDS:
         raise NetworkError(f"unknown network kind {kind!r}; choose one of {', '.join(NETWORK_KINDS)}")
-    record: dict = {}
-    net_shape = None
-    if isinstance(source, nn.Module):
-        where = name or type(source).__name__
-        net, detected = source, ("module" if kind in ("auto", "module") else kind)
-        if isinstance(source, EDMPrecond):
-            net_shape = source.config.image_shape
-            record["config"] = json.loads(source.config.to_json())
-    else:
-        path = Path(source)
-        where = str(path)
-        detected = detect_kind(path)
-        record.update(path=str(path.resolve()), sha256=_sha256(path))
-        if kind == "vp-epsilon":
-            if detected == "checkpoint":
-                raise NetworkError(f"{path}: a {CHECKPOINT_FORMAT} checkpoint is an x-predictor; drop kind='vp-epsilon'")
-            net = _load_torchscript(path, device) if detected == "torchscript" else _load_edm_pickle(path)[0]
-        elif kind not in ("auto", detected):
-            raise NetworkError(f"{path}: is a {detected} file, not {kind}")
-        elif detected == "checkpoint":
-            net, trained = load_checkpoint(path)
-            net_shape = net.config.image_shape
-            record["config"] = json.loads(net.config.to_json())
-            record["training"] = {k: trained.get(k) for k in ("command", "iterations", "final_loss", "dataset")
-                                  if k in trained}
-        elif detected == "torchscript":
-            net = _load_torchscript(path, device)
-        else:
-            net, net_shape, info = _load_edm_pickle(path)
-            record.update(info)
-        if kind != "vp-epsilon":
-            kind = detected
+    net, kind, where, net_shape, record = _open_source(source, kind, device)
     if kind == "vp-epsilon":
         if alphas_cumprod is None:
             raise NetworkError(f"{where}: kind='vp-epsilon' needs the model's alphas_cumprod schedule "
@@ -602,8 +603,6 @@ def load_network(source, training_set: TrainingSet | None = None, *, image_shape
         net = VPEpsilonNetwork(net, alphas_cumprod, timestep)
         record.update(conversion="D = z - sigma * eps(z / sqrt(1 + sigma^2), s(sigma)) (Eq. 13)",
                       timestep=timestep, schedule_steps=int(net.log_sigmas.numel()))
-    elif isinstance(source, nn.Module):
-        kind = detected
 
     data_shape = tuple(training_set.image_shape) if training_set is not None else None
     given = tuple(int(v) for v in image_shape) if image_shape is not None else None
@@ -614,8 +613,8 @@ def load_network(source, training_set: TrainingSet | None = None, *, image_shape
                                    f"{what} has {_shape_text(other)}")
     if data_shape is not None and given is not None and data_shape != given:
         raise NetworkError(f"image_shape {given} disagrees with the training set ({_shape_text(data_shape)})")
-    shape = net_shape or data_shape or given
-    if shape is None:
+    shape = tuple(net_shape or data_shape or given or ())
+    if not shape:
         raise NetworkError(f"{where}: the network does not record its image shape; pass the training set "
                            f"or image_shape")
     net = net.to(device).eval()
@@ -632,7 +631,8 @@ def export_torchscript(net: nn.Module, path: str | os.PathLike, image_shape=None
     sigma = torch.tensor([0.5, 2.0])
     was_training = net.training
     net.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks are constant at a fixed shape
         traced = torch.jit.trace(net, (z, sigma), check_trace=False)
     net.train(was_training)
     path = Path(path)

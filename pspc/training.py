@@ -31,7 +31,7 @@ import torch
 
 from .denoisers import NetworkDenoiser
 from .images import save_grid
-from .networks import (EDMPrecond, NetworkConfig, NetworkError, load_checkpoint, read_checkpoint, save_network)
+from .networks import EDMPrecond, NetworkConfig, NetworkError, read_checkpoint, save_network
 from .samplers import SamplerConfig, initial_noise, sample
 from .training_set import TrainingSet
 
@@ -72,8 +72,8 @@ class EDMLoss:
 class TrainingConfig:
     """Optimisation settings; the defaults are the ones the committed Fashion-MNIST checkpoint used."""
 
-    iterations: int = 4000
-    batch_size: int = 64
+    iterations: int = 3000
+    batch_size: int = 32
     lr: float = 1e-3
     lr_warmup: int = 200  # iterations of linear warm-up
     beta1: float = 0.9
@@ -190,8 +190,11 @@ def sample_network(net, num: int = 64, seed: int = 0, steps: int = 18, method: s
                    image_shape=None) -> torch.Tensor:
     """num samples [num, C, H, W] (clipped to [-1, 1]) from the network with the PF-ODE sampler
     on the EDM schedule; sample i starts from the noise seeded with seed + i (as `pspc sample`)."""
-    shape = tuple(image_shape or net.config.image_shape)
-    denoiser = net if isinstance(net, NetworkDenoiser) else NetworkDenoiser(net, shape)
+    if isinstance(net, NetworkDenoiser):  # e.g. from pspc.networks.load_network
+        denoiser = net
+    else:
+        denoiser = NetworkDenoiser(net, tuple(image_shape or net.config.image_shape))
+    shape = denoiser.image_shape
     was_training = denoiser.net.training
     denoiser.net.eval()
     try:
@@ -219,6 +222,26 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def _own_version() -> str:
+    """pspc-auditor's installed version, else the source tree's (pyproject.toml and git commit)."""
+    installed = _version("pspc-auditor")
+    if installed != "not installed":
+        return installed
+    root = Path(__file__).resolve().parent.parent
+    try:
+        import subprocess
+        import tomllib
+
+        version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{version} (source tree{', commit ' + commit if commit else ''}{', modified' if dirty else ''})"
+    except Exception:  # noqa: BLE001 - a missing version must not stop training
+        return "unknown"
+
+
 def environment(device: torch.device) -> dict:
     """Where a result was computed: device, threads, platform and package versions."""
     return {
@@ -227,7 +250,7 @@ def environment(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "versions": {"python": platform.python_version(), "pspc-auditor": _version("pspc-auditor"),
+        "versions": {"python": platform.python_version(), "pspc-auditor": _own_version(),
                      "torch": torch.__version__, "numpy": np.__version__},
     }
 
@@ -396,6 +419,10 @@ def _record(training_set, network, config, net, history, recent, segments, wall_
         "dataset": training_set.describe(),
         "checkpoint": {"path": str(out), "weights": "ema", "dtype": "float16" if half else "float32",
                        "state": str(state_path_for(out))},
+        "preview": None if not config.preview_samples else {
+            "path": str(out.with_suffix(".png")), "samples": 64 if final else config.preview_samples,
+            "sampler": "heun", "steps": 18, "schedule": "EDM (t_max 80, t_min 0.002, rho 7)",
+            "seeds": f"0..{(64 if final else config.preview_samples) - 1} (pspc.samplers.initial_noise)"},
         **environment(device),
         "written_at": _now(),
     }
@@ -436,8 +463,3 @@ def _restore(state_path: Path, net, ema, optimizer, training_set, network, confi
     ema.to(device)
     return (int(progress["iteration"]), progress["history"], progress.get("recent", []), progress["segments"],
             float(progress["wall_before"]) + float(progress["segments"][-1].get("wall_seconds", 0)))
-
-
-def load_trained(path: str | os.PathLike) -> tuple[EDMPrecond, dict]:
-    """(EMA network, training record) from a checkpoint written by `train`."""
-    return load_checkpoint(path)

@@ -20,3 +20,17 @@ def test_prepare_records_once_then_reuses(tmp_path):
     assert "run 1: complete, reused" in lines
     other = quickstart.prepare(db, data=str(data), num_samples=2, steps=4, log=lines.append)
     assert not other.reused and other.run_id != first.run_id
+
+
+def test_cli_quickstart_without_serving(tmp_path, capsys):
+    from auditor import cli
+
+    data = tmp_path / "images.npy"
+    np.save(data, np.random.default_rng(1).integers(0, 256, (20, 8, 8), dtype=np.uint8))
+    db = tmp_path / "store.duckdb"
+    argv = ["--db", str(db), "quickstart", "--data", str(data), "--num", "1", "--steps", "2", "--no-serve",
+            "--port", "8123"]
+    assert cli.main(argv) == 0
+    assert "sample report: http://127.0.0.1:8123/runs/1/samples/0" in capsys.readouterr().out
+    assert cli.main(argv[:-2] + ["--port", "0"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
