@@ -66,6 +66,8 @@ def _run_options() -> argparse.ArgumentParser:
     group.add_argument("--patch-size", type=int, metavar="S",
                        help="pspc-square: fixed s x s patches (default: the paper's s(t) schedule)")
     group.add_argument("--rank", type=int, metavar="R", help="gaussian: keep the top R eigenpairs (default: all)")
+    group.add_argument("--schedule", type=Path, metavar="FILE",
+                       help="pspc-square / pspc-flex: s(t) or lambda(t) from a schedule file (bench/fidelity.py --tune)")
     group.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     group.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     group.add_argument("--out", type=Path, metavar="DIR", help="output directory (default: out/<command>-<timestamp>)")
@@ -141,7 +143,7 @@ def _make_denoiser(args, data: TrainingSet, device: torch.device):
     _positive(args.patch_size, "--patch-size")
     _positive(args.rank, "--rank")
     denoiser = build_denoiser(args.denoiser, data.with_xflip(args.xflip), patch_size=args.patch_size,
-                              rank=args.rank, seed=args.seed)
+                              rank=args.rank, seed=args.seed, schedule=args.schedule)
     return denoiser.to(device)
 
 

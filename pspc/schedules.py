@@ -6,8 +6,11 @@ what it used and a user can supply a re-tuned one.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -79,6 +82,143 @@ class Schedule:
 
     def describe(self) -> dict:
         return {"name": self.name, "times": list(self.times), "values": list(self.values), "interpolation": self.interpolation}
+
+    def save(self, path: str | os.PathLike, quantity: str = "patch_size", resolution: tuple[int, int] | None = None,
+             record: dict | None = None) -> Path:
+        """Write the schedule as a schedule file (see `write_schedule_file`), rows in sampling order."""
+        if quantity not in SCHEDULE_QUANTITIES:
+            raise ScheduleError(f"unknown schedule quantity {quantity!r}; choose one of {', '.join(SCHEDULE_QUANTITIES)}")
+        steps = [{"t": t, quantity: v} for t, v in sorted(zip(self.times, self.values), reverse=True)]
+        return write_schedule_file(path, steps, name=self.name, interpolation=self.interpolation,
+                                   resolution=resolution, record=record)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, quantity: str = "patch_size",
+             resolution: tuple[int, int] | None = None) -> "Schedule":
+        """One quantity ("patch_size" or "lambda") of a schedule file, checked against the
+        training images' resolution (H, W) when given."""
+        if quantity not in SCHEDULE_QUANTITIES:
+            raise ScheduleError(f"unknown schedule quantity {quantity!r}; choose one of {', '.join(SCHEDULE_QUANTITIES)}")
+        content = read_schedule_file(path, resolution)
+        if quantity not in content["steps"][0]:
+            raise ScheduleError(f"{path}: the schedule file has no {quantity!r} column "
+                                f"(it has {', '.join(q for q in SCHEDULE_QUANTITIES if q in content['steps'][0])})")
+        return cls(tuple(row["t"] for row in content["steps"]), tuple(row[quantity] for row in content["steps"]),
+                   content["interpolation"], name=content["name"])
+
+
+# ---------------------------------------------------------------------------------------
+# Schedule files: JSON, one row per sampling step (t decreasing), e.g. from pspc.tuning
+# ---------------------------------------------------------------------------------------
+SCHEDULE_FORMAT = "pspc-schedule"
+SCHEDULE_VERSION = 1
+SCHEDULE_QUANTITIES = ("patch_size", "lambda")
+
+
+class ScheduleError(ValueError):
+    """A schedule file that cannot be used: names the file and the problem."""
+
+
+def _check_steps(steps, resolution, where: str) -> list[dict]:
+    if not isinstance(steps, list) or not steps:
+        raise ScheduleError(f"{where}: 'steps' must be a non-empty list of rows")
+    present = [q for q in SCHEDULE_QUANTITIES if isinstance(steps[0], dict) and q in steps[0]]
+    if not present:
+        raise ScheduleError(f"{where}: step 0 has none of {', '.join(SCHEDULE_QUANTITIES)}")
+    side = min(resolution) if resolution else None
+    rows, previous = [], math.inf
+    for i, row in enumerate(steps):
+        if not isinstance(row, dict):
+            raise ScheduleError(f"{where}: step {i} is not an object")
+        t = row.get("t")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise ScheduleError(f"{where}: step {i} needs a finite noise level t > 0, got {t!r}")
+        if not t < previous:
+            raise ScheduleError(f"{where}: t must decrease from step to step (sampling order); "
+                                f"step {i} has t={t} after t={previous}")
+        previous = t
+        missing = [q for q in present if q not in row]
+        extra = [q for q in SCHEDULE_QUANTITIES if q in row and q not in present]
+        if missing or extra:
+            raise ScheduleError(f"{where}: step {i} must give the same quantities as step 0 ({', '.join(present)})")
+        if "patch_size" in row:
+            s = row["patch_size"]
+            if isinstance(s, bool) or not isinstance(s, int) or s < 1 or (side is not None and s > side):
+                raise ScheduleError(f"{where}: step {i} has patch_size {s!r}; it must be an integer in "
+                                    f"[1, {side if side is not None else 'the image side'}]")
+        if "lambda" in row:
+            lam = row["lambda"]
+            if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 < lam <= 1:
+                raise ScheduleError(f"{where}: step {i} has lambda {lam!r}; it must be in (0, 1]")
+        rows.append(row)
+    return rows
+
+
+def _check_resolution(value, where: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        raise ScheduleError(f"{where}: resolution must be [H, W] (positive integers), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def write_schedule_file(path: str | os.PathLike, steps: list[dict], *, name: str = "custom",
+                        interpolation: str = "nearest", resolution: tuple[int, int] | None = None,
+                        record: dict | None = None) -> Path:
+    """Write {format, version, name, interpolation, resolution, steps, record} as JSON.
+
+    steps: rows {"t", "patch_size" and/or "lambda", anything else (e.g. "errors")}, t
+    decreasing. patch_size needs the resolution (H, W) it was chosen for. The file is
+    written to a temporary name and renamed, so a failure never leaves half a file."""
+    path = Path(path)
+    resolution = _check_resolution(None if resolution is None else list(resolution), str(path))
+    rows = _check_steps(list(steps), resolution, str(path))
+    if "patch_size" in rows[0] and resolution is None:
+        raise ScheduleError(f"{path}: a patch_size schedule must record the resolution it was chosen for")
+    Schedule(tuple(r["t"] for r in rows), tuple(r[next(q for q in SCHEDULE_QUANTITIES if q in r)] for r in rows),
+             interpolation, name)  # same checks as loading
+    content = {"format": SCHEDULE_FORMAT, "version": SCHEDULE_VERSION, "name": name, "interpolation": interpolation,
+               "resolution": list(resolution) if resolution else None, "steps": rows, "record": record or {}}
+    text = json.dumps(content, indent=1, sort_keys=False, allow_nan=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def read_schedule_file(path: str | os.PathLike, resolution: tuple[int, int] | None = None) -> dict:
+    """Read and check a schedule file; with `resolution` (H, W), refuse one chosen for other images."""
+    where = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ScheduleError(f"{where}: no such schedule file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScheduleError(f"{where}: cannot read the schedule file ({exc})") from None
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ScheduleError(f"{where}: not a JSON schedule file ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(content, dict) or content.get("format") != SCHEDULE_FORMAT:
+        raise ScheduleError(f"{where}: not a {SCHEDULE_FORMAT} file (no \"format\": \"{SCHEDULE_FORMAT}\")")
+    version = content.get("version")
+    if not isinstance(version, int) or version > SCHEDULE_VERSION or version < 1:
+        raise ScheduleError(f"{where}: schedule file version {version!r}; this version of pspc reads "
+                            f"version {SCHEDULE_VERSION} (written by a newer pspc?)")
+    stored = _check_resolution(content.get("resolution"), where)
+    if resolution is not None and stored is not None and tuple(resolution) != stored:
+        raise ScheduleError(f"{where}: the schedule was chosen for {stored[0]}x{stored[1]} images, "
+                            f"the training set is {resolution[0]}x{resolution[1]}")
+    steps = _check_steps(content.get("steps"), stored, where)
+    if "patch_size" in steps[0] and stored is None:
+        raise ScheduleError(f"{where}: a patch_size schedule must record its resolution")
+    interpolation = content.get("interpolation", "nearest")
+    if interpolation not in ("nearest", "log-linear-odd"):
+        raise ScheduleError(f"{where}: unknown interpolation {interpolation!r}")
+    name = content.get("name", Path(path).stem)
+    return {**content, "name": str(name), "interpolation": interpolation, "resolution": stored, "steps": steps}
 
 
 # Official CIFAR-10 lists over the 18 EDM steps (high t to low), from the paper's code release.
