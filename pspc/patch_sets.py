@@ -247,9 +247,13 @@ class MaskPatches(PatchSet):
 
 def flex_masks(sensitivity: torch.Tensor, lam: float) -> torch.Tensor:
     """Eq. 12: for each output pixel, the smallest set of input pixels, taken in descending
-    order of sensitivity G, whose G covers a fraction lam of the total. lam >= 1 is the
-    whole image. sensitivity: [H, W, H, W] (output pixel, input pixel), non-negative.
-    Returns bool masks [H*W, H, W], mask k for output pixel k (row-major)."""
+    order of sensitivity G, whose G covers a fraction lam of the total, plus the output pixel
+    itself. lam >= 1 is the whole image. sensitivity: [H, W, H, W] (output pixel, input
+    pixel), non-negative. Returns bool masks [H*W, H, W], mask k for output pixel k (row-major).
+
+    A network's G usually peaks at the output pixel, but not always (a flat background pixel
+    of a trained U-Net can depend more on its neighbours); forcing the pixel into its own mask
+    keeps every pixel covered, so Eq. 11 can compose all of them."""
     if sensitivity.ndim != 4 or sensitivity.shape[:2] != sensitivity.shape[2:]:
         raise PatchSetError(f"sensitivity must be [H, W, H, W], got {tuple(sensitivity.shape)}")
     if not math.isfinite(lam) or lam <= 0:
@@ -267,6 +271,8 @@ def flex_masks(sensitivity: torch.Tensor, lam: float) -> torch.Tensor:
     take[:, 0] = True  # at least the most sensitive pixel
     masks = torch.zeros_like(take)
     masks.scatter_(1, order, take)
+    own = torch.arange(h * w)
+    masks[own, own] = True
     return masks.view(h * w, h, w)
 
 

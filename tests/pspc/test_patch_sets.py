@@ -77,8 +77,15 @@ def test_flex_masks_follow_eq_12():
                 count += 1
             expected = torch.zeros(16, dtype=torch.bool)
             expected[order[:count]] = True
+            expected[k] = True  # the output pixel is always in its own mask
             assert torch.equal(masks[k].flatten(), expected)
     assert flex_masks(sensitivity, 1.0).all()
+    # G peaking away from the output pixel (here: every output looks only at pixel 0) still
+    # gives a patch set covering every pixel
+    shifted = torch.zeros(4, 4, 4, 4, dtype=torch.float64)
+    shifted[:, :, 0, 0] = 1.0
+    masks = flex_masks(shifted, 0.3)
+    assert masks.sum(0).min() >= 1 and MaskPatches(masks).num_patches == 16
     with pytest.raises(PatchSetError, match="lambda"):
         flex_masks(sensitivity, 0.0)
     with pytest.raises(PatchSetError, match="non-negative"):
