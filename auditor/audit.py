@@ -38,15 +38,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pspc.denoisers import NetworkDenoiser, build_denoiser
+from pspc.denoisers import NetworkDenoiser
 from pspc.loaders import IMAGE_SUFFIXES
 from pspc.posterior_weights import WeightRequest
 from pspc.samplers import SamplerConfig, _denoise, initial_noise
 from pspc.training_set import TrainingSet, TrainingSetError
 
 from . import database, datasets
-from .comparison import (ExplainedRecorder, agreement_table, load_comparison_network, record_copy_matches,
-                         record_explained_run, register_network)
+from .comparison import (ExplainedRecorder, agreement_table, build_pspc, load_comparison_network,
+                         record_copy_matches, record_explained_run, register_network, schedule_kinds)
 from .copy_detection import DEFAULT_THRESHOLDS, check_thresholds
 from .descriptors import Descriptor, load_descriptor
 from .runs import RECORDABLE_KINDS, _advance, _json, _mark_failed, create_run
@@ -205,7 +205,8 @@ def _check_levels(noise_levels: Sequence[float]) -> list[float]:
 def record_audit(db_path, training_set: TrainingSet, image, *, network=None, steps: int = 18,
                  sampler: str = "heun", seed: int = 0, noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS,
                  draws: int = 1, top_k: int = 16, mass: float = 0.99, explainer: str = "pspc-square",
-                 patch_size: int | None = None, descriptor: Descriptor | str | None = None, copy_k: int = 5,
+                 patch_size: int | None = None, schedule=None, sensitivity_draws: int = 4,
+                 descriptor: Descriptor | str | None = None, copy_k: int = 5,
                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS, command: list[str] | None = None,
                  progress: Callable[[int], None] | None = None, device: str | torch.device = "cpu",
                  timeout: float = database.DEFAULT_TIMEOUT) -> AuditResult:
@@ -213,7 +214,8 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, ste
     training set; see the module docstring. network given (NetworkDenoiser, module or file):
     inversion with `steps` / `sampler`, then the replay recorded; network None: direct
     attribution at `noise_levels` with `draws` noise draws. copy_k = 0 skips copy detection.
-    Everything is checked before anything is written."""
+    schedule / sensitivity_draws: see auditor.comparison.build_pspc (with a network,
+    pspc-flex takes its masks from it). Everything is checked before anything is written."""
     if explainer not in RECORDABLE_KINDS:
         raise ValueError(f"the attributing denoiser must give posterior weights ({', '.join(RECORDABLE_KINDS)}), "
                          f"got {explainer!r}")
@@ -238,6 +240,8 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, ste
         levels = _check_levels(noise_levels)
         if draws < 1:
             raise ValueError(f"draws must be >= 1, got {draws}")
+    if schedule is not None and explainer not in schedule_kinds(schedule, training_set):
+        raise ValueError(f"{schedule}: the schedule file has no schedule for the explainer {explainer}")
     database.require_current(db_path, timeout)
     if copy_k:
         descriptor = load_descriptor(descriptor, device=device)
@@ -265,13 +269,14 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, ste
 
         run_id = record_explained_run(
             db_path, training_set, network, network_id, z_t, config, explainer_kind=explainer, patch_size=patch_size,
-            seed=seed, top_k=top_k, mass=mass, kind="external-audit", details=details, final=x_batch,
+            schedule=schedule, sensitivity_draws=sensitivity_draws, seed=seed, top_k=top_k, mass=mass, kind="external-audit", details=details, final=x_batch,
             complete_details=reconstruction, command=command, progress=progress, timeout=timeout)
         agreement = agreement_table(db_path, run_id, timeout=timeout)
     else:
         network_id = None
         run_id = _record_direct(db_path, training_set, dataset_id, x, levels, draws=draws, seed=seed, request=request,
-                                explainer=explainer, patch_size=patch_size, source=source, command=command,
+                                explainer=explainer, patch_size=patch_size, schedule=schedule, source=source,
+                                command=command,
                                 progress=progress, device=device, timeout=timeout)
         agreement = []
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
@@ -284,10 +289,10 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, ste
 
 
 def _record_direct(db_path, training_set: TrainingSet, dataset_id: int, x: torch.Tensor, levels: list[float], *,
-                   draws: int, seed: int, request: WeightRequest, explainer: str, patch_size: int | None,
+                   draws: int, seed: int, request: WeightRequest, explainer: str, patch_size: int | None, schedule,
                    source: dict, command, progress, device, timeout: float) -> int:
     """PSPC's posterior on x + t eps at each level (descending), one recorded step per level."""
-    denoiser = build_denoiser(explainer, training_set, patch_size=patch_size).to(device)
+    denoiser = build_pspc(explainer, training_set, patch_size=patch_size, schedule=schedule).to(device)
     times = levels + [0.0]
     sampler = {"method": "direct", "noise_levels": levels, "time_steps": times, "num_steps": len(levels),
                "draws": draws}

@@ -207,6 +207,12 @@ def _comparison_parsers(commands, store, data) -> None:
                              "(default: %(default)s)")
     shared.add_argument("--patch-size", type=int, metavar="S",
                         help="pspc-square: fixed s x s patches (default: the paper's s(t) schedule)")
+    shared.add_argument("--schedule", type=Path, metavar="FILE",
+                        help="a tuned schedule file (bench/fidelity.py --tune): s(t) for pspc-square, lambda(t) for "
+                             "pspc-flex (default: the paper's schedules)")
+    shared.add_argument("--sensitivity-draws", type=int, default=4, metavar="N",
+                        help="pspc-flex with a network: forward-process draws per noise level for the network's "
+                             "gradient sensitivity (Eq. 8) its masks come from (default: %(default)s)")
     shared.add_argument("--descriptor", metavar="SPEC",
                         help="copy-detection descriptor: sscd, sscd:PATH, an official SSCD name, pixel-correlation[:N] "
                              "(default: $PSPC_SSCD_CHECKPOINT when set, else pixel-correlation, which is not SSCD)")
@@ -631,6 +637,8 @@ def _comparison_setup(args, network_path: Path | None, what: str, check_data=Non
         raise CLIError(f"--copy-k must be >= 0, got {args.copy_k}")
     if args.patch_size is not None and args.explainer != "pspc-square":
         raise CLIError(f"--patch-size applies to --explainer pspc-square, not {args.explainer}")
+    if args.sensitivity_draws < 1:
+        raise CLIError(f"--sensitivity-draws must be >= 1, got {args.sensitivity_draws}")
     thresholds = _numbers(args.thresholds, "--thresholds")
     path = _db(args)
     database.require_current(path, timeout=args.lock_timeout)
@@ -696,6 +704,7 @@ def cmd_compare(args, argv: list[str]) -> int:
         result = comparison.record_comparison(
             path, data, network, num_samples=args.num, steps=args.steps, seed=args.seed, sampler=args.sampler,
             top_k=args.top_k, mass=args.mass, denoisers=kinds, explainer=args.explainer, patch_size=args.patch_size,
+            schedule=args.schedule, sensitivity_draws=args.sensitivity_draws,
             descriptor=descriptor, thresholds=thresholds, copy_k=args.copy_k, command=[PROG, *argv],
             progress=bar.update, device=device, timeout=args.lock_timeout)
     print(f"comparison {result.comparison_id}: network {network.name} (network {result.network_id}) vs "
@@ -741,7 +750,8 @@ def cmd_audit(args, argv: list[str]) -> int:
         result = audit.record_audit(
             path, data, args.image, network=network, steps=args.steps, sampler=args.sampler, seed=args.seed,
             noise_levels=levels, draws=args.draws, top_k=args.top_k, mass=args.mass, explainer=args.explainer,
-            patch_size=args.patch_size, descriptor=descriptor, copy_k=args.copy_k, thresholds=thresholds,
+            patch_size=args.patch_size, schedule=args.schedule, sensitivity_draws=args.sensitivity_draws,
+            descriptor=descriptor, copy_k=args.copy_k, thresholds=thresholds,
             command=[PROG, *argv], progress=bar.update, device=device, timeout=args.lock_timeout)
     details = result.details
     print(f"run {result.run_id}: audit of {args.image} (sha256 {details['input'].get('sha256', '')[:12]}) in {path}")

@@ -35,9 +35,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pspc.denoisers import DENOISER_KINDS, NetworkDenoiser, build_denoiser
+from pspc.denoisers import DENOISER_KINDS, Denoiser, NetworkDenoiser, build_denoiser
+from pspc.fidelity import SensitivityMaps, network_flex
 from pspc.posterior_weights import WeightRequest
 from pspc.samplers import SamplerConfig, _denoise, initial_noise, sample
+from pspc.schedules import Schedule, read_schedule_file
 from pspc.training_set import TrainingSet
 
 from . import database, datasets, models
@@ -48,7 +50,8 @@ from .recorder import ProvenanceRecorder, _blobs, _insert, from_blob, utcnow
 from .runs import (RECORDABLE_KINDS, _advance, _error_text, _json, _mark_failed, _sampler_record, create_run,
                    record_sampling_run, versions)
 
-__all__ = ["ComparisonResult", "ExplainedRecorder", "agreement_table", "comparison_summary", "explain_trajectory",
+__all__ = ["ComparisonResult", "ExplainedRecorder", "agreement_table", "build_pspc", "comparison_summary",
+           "explain_trajectory", "schedule_kinds",
            "load_comparison_network", "network_fingerprint", "record_comparison", "record_copy_matches",
            "record_explained_run", "record_similarities", "register_descriptor", "register_network",
            "run_final_images", "sample_counterpart"]
@@ -112,6 +115,43 @@ def register_network(db_path, network: NetworkDenoiser, *, timeout: float = data
 # ---------------------------------------------------------------------------------------
 # Network-explained runs
 # ---------------------------------------------------------------------------------------
+SCHEDULED_QUANTITY = {"pspc-square": "patch_size", "pspc-flex": "lambda"}
+
+
+def schedule_kinds(schedule, training_set: TrainingSet) -> set[str]:
+    """The PSPC kinds a schedule file gives a schedule for (its patch_size and lambda
+    columns), after checking the file against the training set's resolution."""
+    if schedule is None:
+        return set()
+    steps = read_schedule_file(schedule, tuple(training_set.image_shape[1:]))["steps"]
+    return {kind for kind, quantity in SCHEDULED_QUANTITY.items() if quantity in steps[0]}
+
+
+def build_pspc(kind: str, training_set: TrainingSet, network: NetworkDenoiser | None = None, *,
+               patch_size: int | None = None, schedule=None, sensitivity_draws: int = 4, seed: int = 0) -> Denoiser:
+    """A recordable PSPC denoiser (pspc-square, pspc-flex, empirical) for a comparison or an audit.
+
+    schedule: a schedule file (pspc.tuning, e.g. bench/fidelity.py --tune): s(t) for
+    pspc-square, lambda(t) for pspc-flex. pspc-flex with a network takes its masks from the
+    network's own gradient sensitivity (Eq. 8: mean over `sensitivity_draws` forward-process
+    draws from the training set, computed once per noise level where lambda(t) < 1), as the
+    paper does; without a network, the isotropic stand-in of pspc.sensitivity."""
+    if kind not in RECORDABLE_KINDS:
+        raise ValueError(f"a recorded denoiser must give posterior weights ({', '.join(RECORDABLE_KINDS)}), got {kind!r}")
+    if schedule is not None and kind == "empirical":
+        raise ValueError("a schedule file applies to pspc-square and pspc-flex, not empirical")
+    if kind == "pspc-flex" and network is not None:
+        if patch_size is not None:
+            raise ValueError("--patch-size applies to pspc-square, not pspc-flex")
+        if sensitivity_draws < 1:
+            raise ValueError(f"sensitivity_draws must be >= 1, got {sensitivity_draws}")
+        _, height, width = training_set.image_shape
+        lambdas = Schedule.load(schedule, "lambda", (height, width)) if schedule is not None else None
+        sensitivity = SensitivityMaps(network, training_set, sensitivity_draws, seed)
+        return network_flex(training_set, sensitivity, lambdas)
+    return build_denoiser(kind, training_set, patch_size=patch_size, schedule=schedule)
+
+
 class ExplainedRecorder(ProvenanceRecorder):
     """A ProvenanceRecorder that also writes, in each step's transaction, the network's
     D(z_t) and its distance to PSPC's (step_agreement), staged with `stage` before the step
@@ -186,8 +226,8 @@ def explain_trajectory(network: NetworkDenoiser, explainer, z: torch.Tensor, con
 
 def record_explained_run(db_path, training_set: TrainingSet, network: NetworkDenoiser, network_id: int,
                          z: torch.Tensor, config: SamplerConfig, *, explainer_kind: str = "pspc-square",
-                         patch_size: int | None = None, seed: int, top_k: int, mass: float, kind: str,
-                         details: dict | None = None, comparison: tuple[int, str] | None = None,
+                         patch_size: int | None = None, schedule=None, sensitivity_draws: int = 4, seed: int,
+                         top_k: int, mass: float, kind: str, details: dict | None = None, comparison: tuple[int, str] | None = None,
                          final: torch.Tensor | None = None,
                          complete_details: Callable[[torch.Tensor], dict] | None = None,
                          command: list[str] | None = None, progress: Callable[[int], None] | None = None,
@@ -195,13 +235,12 @@ def record_explained_run(db_path, training_set: TrainingSet, network: NetworkDen
     """Record the network's trajectory from z (batch row i = sample i) with PSPC attribution
     at every step (kind 'network-explained', or 'external-audit' for a replay); returns the
     run id. Same lifecycle as a PSPC run: 'running', one transaction per step, the last one
-    completes it; any exception marks it 'failed' and is re-raised."""
-    if explainer_kind not in RECORDABLE_KINDS:
-        raise ValueError(f"the explaining denoiser must give posterior weights ({', '.join(RECORDABLE_KINDS)}), "
-                         f"got {explainer_kind!r}")
+    completes it; any exception marks it 'failed' and is re-raised. The explainer is
+    `build_pspc(explainer_kind, ...)`: pspc-flex takes its masks from this network."""
     request = WeightRequest(top_k=top_k, mass=mass)
+    explainer = build_pspc(explainer_kind, training_set, network, patch_size=patch_size, schedule=schedule,
+                           sensitivity_draws=sensitivity_draws, seed=seed).to(network.device)
     dataset_id, _ = datasets.ingest(db_path, training_set, timeout=timeout)
-    explainer = build_denoiser(explainer_kind, training_set, patch_size=patch_size).to(network.device)
     run_id = create_run(db_path, dataset_id, denoiser=explainer.describe(), sampler=_sampler_record(config),
                         seed=seed, num_samples=z.shape[0], top_k=top_k, mass=mass, command=command, kind=kind,
                         network_id=network_id, details=details, comparison=comparison, timeout=timeout)
@@ -413,7 +452,8 @@ def _set_comparison_status(db_path, comparison_id: int, status: str, timeout: fl
 def record_comparison(db_path, training_set: TrainingSet, network, *, num_samples: int = 16, steps: int = 18,
                       seed: int = 0, sampler: str = "euler", top_k: int = 16, mass: float = 0.99,
                       denoisers: Sequence[str] = ("pspc-square",), explainer: str = "pspc-square",
-                      patch_size: int | None = None, descriptor: Descriptor | str | None = None,
+                      patch_size: int | None = None, schedule=None, sensitivity_draws: int = 4,
+                      descriptor: Descriptor | str | None = None,
                       thresholds: Sequence[float] = DEFAULT_THRESHOLDS, copy_k: int = 5,
                       command: list[str] | None = None, progress: Callable[[int], None] | None = None,
                       device: str | torch.device = "cpu",
@@ -422,6 +462,8 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, num_sample
     docstring. network: a NetworkDenoiser, an nn.Module with net(z, sigma) or a network file
     (pspc.networks.load_network). explainer (and patch_size): the PSPC denoiser whose
     posterior on the network's z_t is recorded as the network sample's attribution.
+    schedule (a tuned schedule file) and sensitivity_draws go to `build_pspc` for the
+    explainer and the PSPC runs: pspc-flex takes its masks from the network's Eq. 8 maps.
     descriptor: an auditor.descriptors spec or Descriptor (None: SSCD when configured, else
     the pixel-correlation fallback); copy_k = 0 skips copy detection. progress(1) after
     every sampling step of every run. Everything is validated before anything is written."""
@@ -443,7 +485,13 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, num_sample
     descriptor = load_descriptor(descriptor, device=device)
     dataset_id, _ = datasets.ingest(db_path, training_set, timeout=timeout)
     network_id = register_network(db_path, network, timeout=timeout)
-    settings = {"denoisers": kinds, "explainer": {"kind": explainer, "patch_size": patch_size}, "top_k": top_k,
+    scheduled = schedule_kinds(schedule, training_set)  # a bad file fails before anything is written
+    if schedule is not None and explainer not in scheduled:
+        raise ValueError(f"{schedule}: the schedule file has no {SCHEDULED_QUANTITY.get(explainer, 'column')!r} "
+                         f"for the explainer {explainer}")
+    settings = {"denoisers": kinds, "explainer": {"kind": explainer, "patch_size": patch_size},
+                "schedule": str(schedule) if schedule is not None else None, "sensitivity_draws": sensitivity_draws,
+                "top_k": top_k,
                 "mass": mass, "descriptor": descriptor.describe(), "thresholds": list(thresholds), "copy_k": copy_k,
                 "xflip": training_set.xflip}
     with database.session(db_path, timeout=timeout) as s:
@@ -463,13 +511,17 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, num_sample
                            "compose; the network's D(z_t) is in step_agreement; the final image is the network's"}
         network_run = record_explained_run(
             db_path, training_set, network, network_id, z, config, explainer_kind=explainer, patch_size=patch_size,
-            seed=seed, top_k=top_k, mass=mass, kind="network-explained", details=details,
+            schedule=schedule, sensitivity_draws=sensitivity_draws, seed=seed, top_k=top_k, mass=mass,
+            kind="network-explained", details=details,
             comparison=(comparison_id, NETWORK_ROLE), command=command, progress=progress, timeout=timeout)
         run_ids = {NETWORK_ROLE: network_run}
         for kind in kinds:
             if kind in RECORDABLE_KINDS:
+                denoiser = build_pspc(kind, training_set, network, patch_size=patch_size if kind == "pspc-square"
+                                      else None, schedule=schedule if kind in scheduled else None,
+                                      sensitivity_draws=sensitivity_draws, seed=seed)
                 run_ids[kind] = record_sampling_run(
-                    db_path, training_set, denoiser_kind=kind, patch_size=patch_size if kind == "pspc-square" else None,
+                    db_path, training_set, denoiser_kind=kind, denoiser=denoiser,
                     num_samples=num_samples, steps=steps, sampler=sampler, seed=seed, top_k=top_k, mass=mass,
                     command=command, progress=progress, device=device, timeout=timeout,
                     run_options={"comparison": (comparison_id, kind),

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from pspc.denoisers import PSPCDenoiser, build_denoiser
+from pspc.denoisers import Denoiser, PSPCDenoiser, build_denoiser
 from pspc.posterior_weights import WeightRequest
 from pspc.samplers import SamplerConfig, _denoise, initial_noise, sample
 from pspc.training_set import TrainingSet
@@ -98,7 +98,7 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, denoiser_kind: st
                         sampler: str = "euler", seed: int = 0, top_k: int = 16, mass: float = 0.99,
                         command: list[str] | None = None, progress: Callable[[int], None] | None = None,
                         device: str | torch.device = "cpu", timeout: float = database.DEFAULT_TIMEOUT,
-                        callback=None, run_options: dict | None = None) -> int:
+                        callback=None, run_options: dict | None = None, denoiser: Denoiser | None = None) -> int:
     """Sample `num_samples` images with PSPC and record every step; returns the run id.
 
     The training set is ingested first if the store does not hold it (idempotent by
@@ -107,6 +107,8 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, denoiser_kind: st
     exception re-raised; it can then be resumed with `resume_run`.
     `callback(step, t, z, D, weights)`, if given, runs after each step is recorded.
     `run_options` go to `create_run` (a comparison links its PSPC runs this way).
+    `denoiser`: a prebuilt denoiser of kind `denoiser_kind` instead of the kind's defaults
+    (a comparison's network-Flex or tuned schedule; its describe() is stored with the run).
     """
     _check_kind(denoiser_kind)
     if num_samples < 1 or steps < 1:
@@ -115,7 +117,11 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, denoiser_kind: st
     config = SamplerConfig(method=sampler, num_steps=steps)
     database.require_current(db_path, timeout)
     dataset_id, _ = datasets.ingest(db_path, training_set)
-    denoiser = build_denoiser(denoiser_kind, training_set, patch_size=patch_size).to(device)
+    if denoiser is None:
+        denoiser = build_denoiser(denoiser_kind, training_set, patch_size=patch_size)
+    elif denoiser.describe().get("kind") != denoiser_kind:
+        raise ValueError(f"the denoiser given is {denoiser.describe().get('kind')!r}, not {denoiser_kind!r}")
+    denoiser = denoiser.to(device)
     run_id = create_run(db_path, dataset_id, denoiser=denoiser.describe(), sampler=_sampler_record(config), seed=seed,
                         num_samples=num_samples, top_k=top_k, mass=mass, command=command, timeout=timeout,
                         **(run_options or {}))

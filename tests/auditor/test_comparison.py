@@ -23,6 +23,9 @@ from auditor.descriptors import PixelCorrelationDescriptor
 from auditor.recorder import from_blob
 from pspc.denoisers import NetworkDenoiser, build_denoiser
 from pspc.networks import EDMPrecond, NetworkConfig, NetworkError, export_torchscript, save_network
+from pspc.patch_sets import flex_patches
+from pspc.schedules import default_flex_schedule, write_schedule_file
+from pspc.sensitivity import network_sensitivity
 from pspc.samplers import SamplerConfig, initial_noise, sample
 from tests.auditor.conftest import random_set
 from tests.auditor.test_migrations import check_views, fill_tiny_store
@@ -314,6 +317,62 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
+# Tuned schedules and PSPC-Flex from the network's own sensitivity
+# ---------------------------------------------------------------------------------------
+def test_flex_explainer_takes_its_masks_from_the_networks_sensitivity():
+    data, net = random_set(), NetworkDenoiser(tiny_network(), SHAPE)
+    flex = comparison.build_pspc("pspc-flex", data, net, sensitivity_draws=2, seed=3)
+    assert flex.describe()["schedule"]["sensitivity"]["kind"] == "network-eq8"
+    t = 0.5  # lambda(t) < 1: the masks come from G(t) of the network
+    z = data.as_float()[:2] + t * torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(0))
+    g = network_sensitivity(net, data, t, num_samples=2, seed=3)
+    lam = default_flex_schedule()(t)
+    reference = build_denoiser("pspc-square", data, patch_size=3)  # only for its patch_set plumbing
+    reference.patch_set_at = lambda _t: flex_patches(g, lam)
+    expected = reference(z, torch.full((2,), t, dtype=torch.float64))
+    assert torch.allclose(flex(z, torch.full((2,), t, dtype=torch.float64)), expected, atol=1e-6)
+    # without a network: the isotropic stand-in, as `pspc sample --denoiser pspc-flex`
+    assert comparison.build_pspc("pspc-flex", data).describe()["schedule"]["sensitivity"] == "isotropic-fig3"
+    with pytest.raises(ValueError, match="posterior weights"):
+        comparison.build_pspc("gaussian", data, net)
+    with pytest.raises(ValueError, match="sensitivity_draws"):
+        comparison.build_pspc("pspc-flex", data, net, sensitivity_draws=0)
+
+
+def test_comparison_uses_a_tuned_schedule_file(tmp_path):
+    db = tmp_path / "tuned.duckdb"
+    database.upgrade(db)
+    data, net = random_set(), tiny_network()
+    config = SamplerConfig(num_steps=3)
+    times = config.time_steps()[:-1].tolist()
+    schedule = write_schedule_file(tmp_path / "schedule.json", [{"t": t, "patch_size": s} for t, s in zip(times, (8, 5, 3))],
+                                   name="tuned-test", resolution=(8, 8))
+    result = comparison.record_comparison(db, data, net, num_samples=1, steps=3, seed=2, top_k=64, mass=1.0,
+                                          schedule=schedule, descriptor=DESCRIPTOR, copy_k=0)
+    for run_id in (result.network_run_id, result.run_ids["pspc-square"]):
+        (denoiser,), = fetch(db, "SELECT denoiser FROM runs WHERE id = ?", [run_id])
+        assert json.loads(denoiser)["schedule"]["patch_size"]["name"] == "tuned-test"
+        sizes = [json.loads(d)["size"][0] for (d,) in fetch(
+            db, "SELECT p.description FROM steps s JOIN patch_sets p ON p.id = s.patch_set_id "
+                "WHERE s.run_id = ? AND s.sample_index = 0 ORDER BY s.step", [run_id])]
+        assert sizes == [8, 5, 3]
+    (config_json,), = fetch(db, "SELECT config FROM comparisons")
+    assert json.loads(config_json)["schedule"] == str(schedule)
+    # a file without the explainer's column, or for other images, is refused before anything is written
+    empty = tmp_path / "empty.duckdb"
+    database.upgrade(empty)
+    lambdas = write_schedule_file(tmp_path / "lambda.json", [{"t": t, "lambda": 0.5} for t in times])
+    with pytest.raises(ValueError, match="no 'patch_size'"):
+        comparison.record_comparison(empty, data, net, num_samples=1, steps=3, schedule=lambdas,
+                                     descriptor=DESCRIPTOR, copy_k=0)
+    other = write_schedule_file(tmp_path / "other.json", [{"t": t, "patch_size": 3} for t in times], resolution=(28, 28))
+    with pytest.raises(ValueError, match="28x28"):
+        comparison.record_comparison(empty, data, net, num_samples=1, steps=3, schedule=other,
+                                     descriptor=DESCRIPTOR, copy_k=0)
+    assert fetch(empty, "SELECT count(*) FROM runs") == [(0,)]
+
+
+# ---------------------------------------------------------------------------------------
 # Migration 0006
 # ---------------------------------------------------------------------------------------
 NEW_TABLES = {"networks", "comparisons", "comparison_runs", "step_agreement", "descriptors", "similarity_scores",
@@ -332,7 +391,7 @@ def test_upgrade_from_0005_keeps_data_and_down_again(tmp_path):
     data_tables = ("datasets", "training_images", "runs", "samples", "steps", "patch_weights", "patch_pixels",
                    "step_shares")
     before = {t: fetch(db, f"SELECT * FROM {t} ORDER BY ALL") for t in data_tables}
-    assert database.upgrade(db) == ("0005", "0006")
+    assert database.upgrade(db) == ("0005", database.head_revision())
     after = {t: fetch(db, f"SELECT * EXCLUDE (kind, network_id, details) FROM {t} ORDER BY ALL" if t == "runs"
                       else f"SELECT * FROM {t} ORDER BY ALL") for t in data_tables}
     assert after == before
@@ -344,10 +403,10 @@ def test_upgrade_from_0005_keeps_data_and_down_again(tmp_path):
                                  descriptor=DESCRIPTOR, copy_k=1)
     assert fetch(db, "SELECT count(*) FROM step_agreement")[0][0] == 2
     runs_before = fetch(db, "SELECT id, kind FROM runs ORDER BY id")
-    assert database.upgrade(db, "0005") == ("0006", "0005")
+    assert database.upgrade(db, "0005") == (database.head_revision(), "0005")
     assert not NEW_TABLES & tables(db)
     check_views(db, info)
-    assert database.upgrade(db) == ("0005", "0006")  # the kept runs columns are reused
+    assert database.upgrade(db) == ("0005", database.head_revision())  # the kept runs columns are reused
     assert fetch(db, "SELECT id, kind FROM runs ORDER BY id") == runs_before
 
 
@@ -402,4 +461,10 @@ def test_cli_compare_errors(files, capsys, tmp_path):
     code, _, err = run_cli(capsys, "--db", db, "compare", "--network", network, "--data", data, "--denoisers", "magic",
                            "--descriptor", DESCRIPTOR)
     assert code == 2 and "unknown denoiser" in err
+    code, _, err = run_cli(capsys, "--db", db, "compare", "--network", network, "--data", data, "--schedule",
+                           tmp_path / "missing.json", "--descriptor", DESCRIPTOR)
+    assert code == 2 and "missing.json: no such schedule file" in err
+    code, _, err = run_cli(capsys, "--db", db, "compare", "--network", network, "--data", data, "--explainer",
+                           "pspc-flex", "--sensitivity-draws", 0, "--descriptor", DESCRIPTOR)
+    assert code == 2 and "--sensitivity-draws must be >= 1" in err
     assert fetch(db, "SELECT count(*) FROM runs") == [(0,)]
