@@ -10,6 +10,7 @@
   auditor serve                 the report service (HTML pages and JSON API) on 127.0.0.1:8000
   auditor keys create|list|revoke   API keys of the service (stored hashed)
   auditor train-network         train the project's small EDM U-Net (pspc.training) on a training set
+  auditor fidelity run|import|list|show   denoisers against a network (auditor.fidelity), stored
 
 The store is one DuckDB file: --db PATH, else $AUDITOR_DB, else ./provenance.duckdb. Bad
 input ends with `auditor: error: ...` and exit status 2, without a traceback (set
@@ -189,7 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, metavar="N",
                        help="CPU threads for torch (default: torch's choice; 1 is far faster on a busy machine)")
     _comparison_parsers(commands, store, data)
+    _fidelity_parsers(commands, store)
     return parser
+
+
+def _fidelity_parsers(commands, store) -> None:
+    """`auditor fidelity run|import|list|show` (auditor.fidelity; the options of bench/fidelity.py)."""
+    from .fidelity import add_study_options
+
+    fidelity = commands.add_parser(
+        "fidelity", parents=[store], help="how closely training-free denoisers reproduce a network (stored studies)",
+        description="Fidelity studies (paper Figs. 2-4, 7, 9, Appendix B): MSE against a network per noise level and "
+                    "denoiser on the forward and reverse processes, the gradient-concentration table, the samples' "
+                    "similarity to the network's and tuned schedules, stored in the provenance store and shown at "
+                    "/fidelity by `auditor serve`.")
+    actions = fidelity.add_subparsers(dest="fidelity_command", required=True, metavar="ACTION")
+    run = actions.add_parser(
+        "run", parents=[store], help="run a study and store it (the options of bench/fidelity.py)",
+        description="Run the study of bench/fidelity.py (same options; defaults in brackets are the full "
+                    "configuration, --quick the quick one) and store it. Prints the tables as they are computed.")
+    add_study_options(run)
+    run.add_argument("--name", help="the study's label (default: network and training set)")
+    load = actions.add_parser("import", parents=[store], help="store a fidelity.json written by bench/fidelity.py")
+    load.add_argument("file", type=Path, metavar="FILE.json")
+    load.add_argument("--name", help="the study's label (default: the name of the file's --out folder)")
+    actions.add_parser("list", parents=[store], help="stored studies, newest first")
+    show = actions.add_parser("show", parents=[store], help="a stored study's tables and findings")
+    show.add_argument("study_id", type=int, metavar="ID")
 
 
 def _comparison_parsers(commands, store, data) -> None:
@@ -776,6 +803,76 @@ def cmd_audit(args, argv: list[str]) -> int:
     return 0
 
 
+def _print_study(study: dict) -> None:
+    """A stored study's tables (auditor.fidelity.load_study) and findings."""
+    for process, curve in study["curves"].items():
+        names = curve["names"]
+        print(f"{process} process: MSE against the network (mean over {curve['states'] or '?'} states)")
+        _print_table(["t", *names, "closest"],
+                     [[f"{t:.4g}", *(f"{curve['mse'][d][k]:.3e}" for d in range(len(names))),
+                       min(names, key=lambda n: curve["mse"][names.index(n)][k])]
+                      for k, t in enumerate(curve["times"])])
+    concentration = study["concentration"]
+    print("gradient concentration: side of the centred square holding a fraction of G (mean over output pixels)")
+    _print_table(["t", *(f"{round(100 * f)}%" for f in concentration["fractions"])],
+                 [[f"{t:.4g}", *(f"{v:.1f}" for v in concentration["mean_side"][k])]
+                  for k, t in enumerate(concentration["times"])])
+    if study["similarity_to_network"]:
+        print(f"mean similarity to the network's samples (descriptor {study['descriptor']}):")
+        _print_table(["denoiser", "similarity"], [[n, f"{v:.3f}"] for n, v in study["similarity_to_network"].items()])
+    if study["tuned_schedule"]:
+        print("tuned schedule (Appendix B):")
+        _print_table(["step", "t", "s", "lambda"], [[k, f"{row['t']:.4g}", row.get("patch_size"), row.get("lambda")]
+                                                   for k, row in enumerate(study["tuned_schedule"])])
+    print("\n".join(study["findings"]))
+
+
+def cmd_fidelity(args, argv: list[str]) -> int:
+    import json
+
+    from . import fidelity
+
+    path = _db(args)
+    if args.fidelity_command == "list":
+        rows = fidelity.list_studies(path, timeout=args.lock_timeout)
+        if not rows:
+            print("no fidelity studies; run one with `auditor fidelity run` or import one with `auditor fidelity import`")
+            return 0
+        _print_table(["id", "name", "created (UTC)", "network", "sha256", "training set", "fingerprint", "denoisers",
+                      "tuned"],
+                     [[r["id"], r["name"], _when(r["created_at"]), r["network_name"], (r["network_sha256"] or "")[:12],
+                       r["training_set"], r["training_fingerprint"][:12], ", ".join(r["denoisers"]),
+                       "yes" if r["tuned"] else ""] for r in rows])
+        return 0
+    if args.fidelity_command == "show":
+        _print_study(fidelity.load_study(path, args.study_id, timeout=args.lock_timeout))
+        return 0
+    database.require_current(path, timeout=args.lock_timeout)
+    if args.fidelity_command == "import":
+        if not args.file.is_file():
+            raise CLIError(f"{args.file}: no such file")
+        try:
+            result = json.loads(args.file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CLIError(f"{args.file}: not a fidelity.json (invalid JSON: {exc})") from None
+        study_id = fidelity.store_study(path, result, name=args.name, source=str(args.file),
+                                        timeout=args.lock_timeout)
+        print(f"fidelity study {study_id}: imported {args.file} into {path}")
+    else:
+        fidelity.resolve_options(args)
+
+        def log(message: str) -> None:
+            print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+        study = fidelity.run_study(args, command=[PROG, *argv], log=log, show=lambda text: print(text, flush=True))
+        print("\n".join(study.findings))
+        study_id = fidelity.store_study(path, study.result, name=args.name, source="auditor fidelity run",
+                                        timeout=args.lock_timeout)
+        print(f"fidelity study {study_id} stored in {path}")
+    print(f"see it with `auditor fidelity show {study_id}` or at /fidelity/{study_id} (`auditor serve`)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
@@ -811,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compare(args, argv)
         if args.command == "audit":
             return cmd_audit(args, argv)
+        if args.command == "fidelity":
+            return cmd_fidelity(args, argv)
         return cmd_sql(args)
     except (ValueError, OSError) as exc:  # StoreError, TrainingSetError, CLIError, ... are ValueErrors
         if os.environ.get("AUDITOR_DEBUG"):

@@ -339,3 +339,81 @@ class CopyMatch(Base):
     flag: Mapped[float | None] = mapped_column(Double)
     flagged: Mapped[bool] = mapped_column(Boolean)
     search: Mapped[dict] = mapped_column(JSON)  # faiss index kind, exactness, entries
+
+
+# Fidelity studies (revision 0007): denoisers against a network (auditor.fidelity).
+FIDELITY_STUDY_IDS = Sequence("fidelity_study_ids")
+
+
+class FidelityStudy(Base):
+    """A study of how closely training-free denoisers reproduce a network, with its record."""
+
+    __tablename__ = "fidelity_studies"
+    id: Mapped[int] = mapped_column(BigInteger, FIDELITY_STUDY_IDS, primary_key=True,
+                                    server_default=FIDELITY_STUDY_IDS.next_value())
+    name: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    source: Mapped[str | None] = mapped_column(String)  # 'auditor fidelity run', or the imported file
+    network_name: Mapped[str | None] = mapped_column(String)
+    network_sha256: Mapped[str | None] = mapped_column(String(64))  # of the network's file
+    network: Mapped[dict] = mapped_column(JSON)  # NetworkDenoiser.describe()
+    training_fingerprint: Mapped[str] = mapped_column(String(64))
+    test_fingerprint: Mapped[str | None] = mapped_column(String(64))  # the held-out images
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    record: Mapped[dict] = mapped_column(JSON)  # command, configuration, datasets, states, versions, timings
+    findings: Mapped[list] = mapped_column(JSON)  # the verdict on the paper's finding, one line each
+    denoisers: Mapped[dict] = mapped_column(JSON)  # process -> denoiser name -> describe()
+    concentration_record: Mapped[dict] = mapped_column(JSON)  # {"within": {side: [share per t]}, "record"}
+    similarity: Mapped[dict | None] = mapped_column(JSON)  # SimilarityMatrix.to_dict() without per-sample scores
+
+
+class FidelityCurvePoint(Base):
+    """MSE against the network of one denoiser at one noise level of one process (Figs. 4, 7)."""
+
+    __tablename__ = "fidelity_errors"
+    study_id: Mapped[int] = mapped_column(ForeignKey("fidelity_studies.id"), primary_key=True)
+    process: Mapped[str] = mapped_column(String, primary_key=True)  # forward, reverse
+    denoiser: Mapped[str] = mapped_column(String, primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # index of t (reverse: the sampling step)
+    position: Mapped[int] = mapped_column(SmallInteger)  # the denoiser's column in the study
+    t: Mapped[float] = mapped_column(Double)
+    mse: Mapped[float] = mapped_column(Double)  # mean over states of the per-state MSE (mean over pixels)
+    stderr: Mapped[float] = mapped_column(Double)  # standard error of that mean
+    states: Mapped[int | None] = mapped_column(Integer)  # noisy states averaged
+
+
+class FidelityConcentration(Base):
+    """Side of the centred square holding `fraction` of the network's G(t) (Fig. 3)."""
+
+    __tablename__ = "fidelity_concentration"
+    study_id: Mapped[int] = mapped_column(ForeignKey("fidelity_studies.id"), primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # index of t in the table
+    fraction: Mapped[float] = mapped_column(Double, primary_key=True)
+    t: Mapped[float] = mapped_column(Double)
+    mean_side: Mapped[float] = mapped_column(Double)  # mean over output pixels, pixels
+    median_side: Mapped[float] = mapped_column(Double)
+
+
+class FidelitySimilarity(Base):
+    """Mean descriptor similarity of a denoiser's samples to the network's, from shared noise (Fig. 9)."""
+
+    __tablename__ = "fidelity_similarity"
+    study_id: Mapped[int] = mapped_column(ForeignKey("fidelity_studies.id"), primary_key=True)
+    denoiser: Mapped[str] = mapped_column(String, primary_key=True)
+    position: Mapped[int] = mapped_column(SmallInteger)
+    similarity: Mapped[float] = mapped_column(Double)
+    std: Mapped[float | None] = mapped_column(Double)  # over the samples
+    samples: Mapped[int | None] = mapped_column(Integer)
+    descriptor: Mapped[str] = mapped_column(String)  # its name (SSCD, or the named fallback)
+
+
+class FidelityScheduleStep(Base):
+    """A step of a schedule tuned on the network (Appendix B): s(t) and lambda(t)."""
+
+    __tablename__ = "fidelity_schedule"
+    study_id: Mapped[int] = mapped_column(ForeignKey("fidelity_studies.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    t: Mapped[float] = mapped_column(Double)
+    patch_size: Mapped[int | None] = mapped_column(SmallInteger)  # PSPC-Square
+    flex_lambda: Mapped[float | None] = mapped_column(Double)  # PSPC-Flex (LAMBDA is a DuckDB keyword)
+    candidate_errors: Mapped[dict | None] = mapped_column(JSON)  # {"patch_size": {s: MSE}, "lambda": {l: MSE}}

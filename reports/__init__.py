@@ -1,11 +1,12 @@
 """Attribution reports over the provenance store: page contexts, maps, plots and rendering.
 
 - reports.context: one documented dataclass per page (SampleReport, RunPage,
-  TrainingImagePage, IndexPage, SqlPage), built from the store; `to_json()` on each.
+  TrainingImagePage, IndexPage, SqlPage, FidelityListPage, FidelityPage), built from the
+  store; `to_json()` on each.
 - reports.provenance: one sample's rows read in one short transaction, as numpy arrays.
 - reports.maps: dominant-source and concentration maps, nearest enlargement, outlined
   training thumbnails, PNG bytes.
-- reports.plots: matplotlib (Agg) plots of a report's steps.
+- reports.plots: matplotlib (Agg) plots of a report's steps and of fidelity studies.
 - reports.render: Jinja2 templates (reports/templates), the self-contained HTML export,
   JSON and CSV.
 

@@ -1,7 +1,8 @@
 """The report pages' data: one documented dataclass per page, built from the store.
 
 Each page's context is built by one function (`build_sample_report`, `build_run_page`,
-`build_training_image_page`, `build_index_page`, `build_sql_page`); the HTML template
+`build_training_image_page`, `build_index_page`, `build_sql_page`, `build_fidelity_list_page`,
+`build_fidelity_page`); the HTML template
 (`documented_template`) and the JSON (`to_json()`) are two renderings of the same object,
 so `.json` gives exactly what the page shows.
 
@@ -36,8 +37,9 @@ from auditor.example_queries import EXAMPLE_QUERIES
 from . import maps
 from .provenance import ImageMeta, SampleProvenance, Shares, image_metadata, patch_geometry
 
-__all__ = ["CopyMatch", "DatasetInfo", "DrillDown", "GalleryItem", "IndexPage", "NetworkComparison", "NetworkStep",
-           "Pagination", "SimilarityScore", "network_comparison",
+__all__ = ["CopyMatch", "DatasetInfo", "DrillDown", "FidelityListPage", "FidelityPage", "GalleryItem", "IndexPage",
+           "MseRow", "MseTable", "NetworkComparison", "NetworkStep", "Pagination", "SimilarityScore",
+           "build_fidelity_list_page", "build_fidelity_page", "network_comparison",
            "PatchLocation", "Picture", "RunPage", "RunRecord", "SampleReport", "SearchHit", "Source", "SqlPage",
            "StepAttribution", "StepSource", "StepSummary", "StepUse", "TrainingImagePage", "UsageRow",
            "build_index_page", "build_run_page", "build_sample_report", "build_sql_page",
@@ -1276,3 +1278,128 @@ def _is_write(sql: str) -> bool:
     except duckdb.Error:
         return False
     return len(statements) == 1 and statements[0].type not in query.ALLOWED
+
+
+# ---------------------------------------------------------------------------------------
+# Fidelity studies (auditor.fidelity): denoisers against a network
+# ---------------------------------------------------------------------------------------
+@dataclass
+class FidelityListPage(_Context):
+    """The stored fidelity studies (template fidelity_list.html), newest first, paginated;
+    each as auditor.fidelity.list_studies gives it."""
+
+    documented_template: ClassVar[str] = "fidelity_list.html"
+
+    studies: list[dict]
+    pagination: Pagination
+    title: str = "Fidelity studies"
+
+
+def build_fidelity_list_page(db_path, *, page: int = 1, per_page: int = 20,
+                             timeout: float = database.DEFAULT_TIMEOUT) -> FidelityListPage:
+    from auditor.fidelity import list_studies
+
+    studies = list_studies(db_path, timeout=timeout)
+    pagination = Pagination(int(page), int(per_page), len(studies))
+    return FidelityListPage(studies[pagination.offset:pagination.offset + pagination.per_page], pagination)
+
+
+@dataclass
+class MseRow:
+    """One noise level of a process: every denoiser's MSE against the network (and its
+    standard error), the closest denoiser, and whether t lies in the paper's range for its finding."""
+
+    level: int  # reverse process: the sampling step
+    t: float
+    mse: list[float]
+    stderr: list[float]
+    closest: str
+    in_range: bool
+
+
+@dataclass
+class MseTable:
+    """A process's MSE table: rows are noise levels, columns denoisers (Figs. 4, 7)."""
+
+    process: str
+    names: list[str]
+    rows: list[MseRow]
+    states: int | None  # noisy states averaged per level
+    range_means: dict[str, float | None]  # mean MSE per denoiser over the levels in the finding's range
+
+
+@dataclass
+class FidelityPage(_Context):
+    """One fidelity study (template fidelity.html): the network and data it ran on, the MSE
+    table per process with the closest denoiser marked, the gradient-concentration table,
+    the samples' similarity to the network's (with the descriptor's name), the tuned
+    schedule, the findings, and `study` (auditor.fidelity.load_study: every stored number)."""
+
+    documented_template: ClassVar[str] = "fidelity.html"
+
+    study_id: int
+    name: str
+    created_at: datetime | None
+    source: str | None
+    network: dict  # NetworkDenoiser.describe(): name, image shape, loader record (path, sha256, config)
+    training_set: dict  # TrainingSet.describe(): name, source, fingerprint, count, shape, xflip
+    test_set: dict
+    seed: int | None
+    tables: list[MseTable]
+    finding_range: tuple[float, float]
+    similarity: list[dict]  # denoiser, similarity, std (over the samples)
+    descriptor: str | None
+    schedule: list[dict] | None
+    findings: list[str]
+    study: dict = field(repr=False)
+
+    @property
+    def title(self) -> str:
+        return f"Fidelity study {self.study_id}: {self.name}"
+
+    @property
+    def record(self) -> dict:
+        return self.study["record"]
+
+    @property
+    def concentration(self) -> dict:
+        return self.study["concentration"]
+
+    @property
+    def network_sha256(self) -> str | None:
+        return self.study["network_sha256"]
+
+    @property
+    def command_line(self) -> str | None:
+        command = self.record.get("command")
+        return shlex.join(str(a) for a in command) if command else None
+
+
+def _mse_table(curve: dict, finding_range: tuple[float, float]) -> MseTable:
+    names, mse, stderr = curve["names"], curve["mse"], curve["stderr"]
+    rows = []
+    for k, t in enumerate(curve["times"]):
+        column = [mse[d][k] for d in range(len(names))]
+        rows.append(MseRow(k, t, column, [stderr[d][k] for d in range(len(names))],
+                           names[int(np.argmin(column))], finding_range[0] <= t <= finding_range[1]))
+    inside = [row for row in rows if row.in_range]
+    means = {name: float(np.mean([row.mse[d] for row in inside])) if inside else None for d, name in enumerate(names)}
+    return MseTable(curve["process"], names, rows, curve.get("states"), means)
+
+
+def build_fidelity_page(db_path, study_id: int, *, timeout: float = database.DEFAULT_TIMEOUT) -> FidelityPage:
+    """Study `study_id` from the store. NotFoundError for an unknown id."""
+    from auditor.fidelity import FINDING_RANGE, load_study
+
+    study = load_study(db_path, _int(study_id, "fidelity study id"), timeout=timeout)
+    record = study["record"]
+    matrix = study["similarity"] or {}
+    similarity = []
+    for name, value in (study["similarity_to_network"] or {}).items():
+        names, std = matrix.get("names") or [], matrix.get("std") or []
+        spread = std[0][names.index(name)] if name in names and std else None
+        similarity.append({"denoiser": name, "similarity": value, "std": spread})
+    return FidelityPage(study["id"], study["name"], study["created_at"], study["source"], record.get("network") or {},
+                        record.get("training_set") or {}, record.get("test_set") or {}, study["seed"],
+                        [_mse_table(curve, FINDING_RANGE) for curve in study["curves"].values()], FINDING_RANGE,
+                        similarity, study["descriptor"], study["tuned_schedule"], study["findings"], study)

@@ -8,6 +8,15 @@
 - `network_error_plot`: the per-step MSE between the network's and PSPC's denoiser
   outputs (network comparison), when the report has one.
 
+Plots of a fidelity study (auditor.fidelity; the /fidelity pages and bench/fidelity.py):
+- `fidelity_curves_plot`: MSE against the network per noise level t and denoiser, with
+  one standard error shaded and the paper's t range for its finding marked (Figs. 4, 7).
+- `concentration_plot`: side of the centred square holding 50/75/95 % of the network's
+  gradient sensitivity G per t (Fig. 3), with G at the centre pixel per t when given.
+- `similarity_heatmap`: mean descriptor similarity between the denoisers' samples from
+  shared noise (Fig. 9).
+- `samples_plot`: the samples themselves, one row per denoiser, one column per noise.
+
 Each takes plain sequences (the report's dataclasses) and draws on a fresh `Figure` (no
 pyplot global state, so it is safe in a threaded server). The x axis is the sampling step
 (evenly spaced, as sampling proceeds) labelled with its noise level t; linear axes and a
@@ -19,7 +28,8 @@ from __future__ import annotations
 import io
 from typing import Sequence
 
-__all__ = ["FORMATS", "network_error_plot", "source_share_plot", "step_stats_plot"]
+__all__ = ["FORMATS", "concentration_plot", "fidelity_curves_plot", "network_error_plot", "samples_plot",
+           "similarity_heatmap", "source_share_plot", "step_stats_plot"]
 
 FORMATS = ("png", "svg")
 _TEXT = "#1f2933"
@@ -55,9 +65,16 @@ def _finish(figure, axes, steps: Sequence[int], times: Sequence[float], fmt: str
     ax.set_xticks(list(steps)[::every], [_t_label(t) for t in list(times)[::every]])
     ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
     ax.set_xlabel("noise level t at each step (sampling proceeds to the right)", fontsize=8, color=_TEXT)
+    return _save(figure, fmt)
+
+
+def _save(figure, fmt: str, dpi: float | None = None) -> bytes:
+    """The figure as PNG or SVG bytes, without timestamps or software names (same numbers, same bytes)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown plot format {fmt!r}; choose from {', '.join(FORMATS)}")
     buffer = io.BytesIO()
     metadata = {"Software": None} if fmt == "png" else {"Creator": None, "Date": None}
-    figure.savefig(buffer, format=fmt, metadata=metadata, facecolor="white")
+    figure.savefig(buffer, format=fmt, metadata=metadata, facecolor="white", dpi=dpi or "figure")
     return buffer.getvalue()
 
 
@@ -118,3 +135,123 @@ def network_error_plot(steps: Sequence, fmt: str = "png") -> bytes:
     ax.set_ylim(bottom=0)
     _ylabel(ax, "MSE network vs PSPC")
     return _finish(figure, [ax], [s.step for s in rows], [s.t for s in rows], fmt)
+
+
+# ---------------------------------------------------------------------------------------
+# Fidelity studies (auditor.fidelity)
+# ---------------------------------------------------------------------------------------
+FINDING_BAND = (0.3, 3.0)  # the paper's t range for "PSPC is closer to the network" (auditor.fidelity)
+
+
+def fidelity_curves_plot(times: Sequence[float], names: Sequence[str], mse: Sequence[Sequence[float]],
+                         stderr: Sequence[Sequence[float]], title: str = "", fmt: str = "png",
+                         band: tuple[float, float] | None = FINDING_BAND) -> bytes:
+    """MSE against the network per noise level (log-log), one line per denoiser (mse[d][k] at
+    times[k]) with +- one standard error shaded, and `band` (the finding's t range) greyed."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    if not len(times) or not len(names):
+        raise ValueError("no fidelity curve to plot")
+    figure = Figure(figsize=(6.4, 4.4))
+    ax = figure.subplots()
+    t = np.asarray(times, dtype=float)
+    for d, name in enumerate(names):
+        values, error = np.asarray(mse[d], dtype=float), np.asarray(stderr[d], dtype=float)
+        ax.plot(t, values, marker="o", ms=3, label=name)
+        ax.fill_between(t, np.clip(values - error, 1e-12, None), values + error, alpha=0.15)
+    if band is not None:
+        ax.axvspan(*band, color="grey", alpha=0.1, lw=0)
+    ax.set(xscale="log", yscale="log", xlabel="noise level t", ylabel="MSE against the network", title=title)
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, fmt, dpi=120)
+
+
+def concentration_plot(times: Sequence[float], fractions: Sequence[float], mean_side: Sequence[Sequence[float]],
+                       centres: Sequence | None = None, fmt: str = "png") -> bytes:
+    """Side of the centred square holding each fraction of G per t (mean_side[k][j], mean over
+    output pixels); `centres` ([H, W] arrays: G at the centre output pixel, one per t) adds a
+    row of log-scaled maps below."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    if not len(times) or not len(fractions):
+        raise ValueError("no concentration table to plot")
+    sides = np.asarray(mean_side, dtype=float)
+    if centres is None:
+        figure = Figure(figsize=(6.4, 3.8))
+        ax = figure.subplots()
+    else:
+        figure = Figure(figsize=(max(6.4, 2.0 * len(times) + 1), 5.6))
+        grid = figure.add_gridspec(2, len(times), height_ratios=(1.4, 1))
+        ax = figure.add_subplot(grid[0, :])
+    for j, fraction in enumerate(fractions):
+        ax.plot(times, sides[:, j], marker="o", label=f"{round(100 * fraction)}% of G")
+    ax.set(xscale="log", xlabel="noise level t", ylabel="side of the centred square (pixels)",
+           title="Gradient concentration (mean over output pixels)")
+    ax.set_xticks(list(times), [f"{t:g}" for t in times])
+    ax.minorticks_off()
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize=8)
+    for k, (t, centre) in enumerate(zip(times, centres if centres is not None else [])):
+        centre = np.asarray(centre, dtype=float)
+        top = max(float(centre.max()), 1e-30)
+        sub = figure.add_subplot(grid[1, k])
+        sub.imshow(centre, cmap="magma", norm=LogNorm(vmin=top * 1e-4, vmax=top))
+        sub.set_title(f"G(centre, t={t:g}), log", fontsize=8)
+        sub.axis("off")
+    figure.tight_layout()
+    return _save(figure, fmt, dpi=110)
+
+
+def similarity_heatmap(names: Sequence[str], mean: Sequence[Sequence[float]], descriptor: str,
+                       fmt: str = "png") -> bytes:
+    """mean[i][j]: mean similarity of set i's sample to set j's from the same noise, by `descriptor`."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    if not len(names):
+        raise ValueError("no similarity matrix to plot")
+    mean = np.asarray(mean, dtype=float)
+    figure = Figure(figsize=(1.0 * len(names) + 2, 0.9 * len(names) + 1.5))
+    ax = figure.subplots()
+    image = ax.imshow(mean, cmap="viridis", vmin=min(0.0, float(mean.min())), vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if mean[i, j] < 0.6 else "black")
+    ax.set_title(f"mean similarity ({descriptor})", fontsize=9)
+    figure.colorbar(image, ax=ax, fraction=0.046)
+    figure.tight_layout()
+    return _save(figure, fmt, dpi=110)
+
+
+def samples_plot(sets, fmt: str = "png") -> bytes:
+    """Samples from shared initial noise: one row per set (name -> images [B, C, H, W] in
+    [-1, 1]; the first channel is shown), one column per noise."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    names = list(sets)
+    if not names:
+        raise ValueError("no samples to plot")
+    count = len(sets[names[0]])
+    figure = Figure(figsize=(max(0.9 * count + 1.6, 5.0), 0.95 * len(names) + 0.4))
+    axes = figure.subplots(len(names), count, squeeze=False)
+    for r, name in enumerate(names):
+        images = np.asarray(sets[name], dtype=float)
+        for c in range(count):
+            ax = axes[r, c]
+            ax.imshow(np.clip(images[c, 0], -1, 1), cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    figure.suptitle("samples from shared initial noise (one column per noise)", fontsize=8)
+    figure.tight_layout()
+    return _save(figure, fmt, dpi=110)

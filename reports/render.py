@@ -28,10 +28,10 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from . import maps, plots
-from .context import SampleReport, _Context, to_jsonable
+from .context import FidelityPage, SampleReport, _Context, to_jsonable
 
-__all__ = ["CSV_COLUMNS", "Links", "environment", "export_html", "render_error", "render_page", "render_sample",
-           "report_csv", "report_json", "script_json"]
+__all__ = ["CSV_COLUMNS", "Links", "environment", "export_html", "fidelity_plots", "render_error", "render_fidelity",
+           "render_page", "render_sample", "report_csv", "report_json", "script_json"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -72,6 +72,9 @@ class Links:
 
     def training_image(self, dataset_id: int, image_index: int, **params) -> str | None:
         return self._url(f"/datasets/{int(dataset_id)}/images/{int(image_index)}", **params)
+
+    def fidelity(self, study_id: int | None = None, **params) -> str | None:
+        return self._url("/fidelity" if study_id is None else f"/fidelity/{int(study_id)}", **params)
 
     def api(self, path: str) -> str | None:
         return None if self.root is None else f"{self.root}/api/{quote(path.lstrip('/'))}"
@@ -200,6 +203,38 @@ def sample_plots(report: SampleReport) -> dict[str, str | None]:
         out["network"] = _cached_plot("network", [(s.step, s.t, s.mse, s.max_abs_error) for s in steps],
                                       lambda: plots.network_error_plot(steps))
     return out
+
+
+def fidelity_plots(page: FidelityPage) -> dict:
+    """A fidelity study's plots as data: URIs: 'curves' (process -> MSE against the network
+    per t and denoiser), 'concentration' (Fig. 3 line plot) and 'similarity' (the samples'
+    similarity matrix, when the study sampled)."""
+    study = page.study
+    curves = {}
+    for process, curve in study["curves"].items():
+        title = f"{process} process ({curve.get('states') or '?'} states per level)"
+        curves[process] = _cached_plot("fidelity-curves", (title, curve["times"], curve["names"], curve["mse"],
+                                                           curve["stderr"], page.finding_range),
+                                       lambda curve=curve, title=title: plots.fidelity_curves_plot(
+                                           curve["times"], curve["names"], curve["mse"], curve["stderr"], title,
+                                           band=page.finding_range))
+    table = study["concentration"]
+    out = {"curves": curves,
+           "concentration": _cached_plot("concentration", (table["times"], table["fractions"], table["mean_side"]),
+                                         lambda: plots.concentration_plot(table["times"], table["fractions"],
+                                                                          table["mean_side"])),
+           "similarity": None}
+    matrix = study["similarity"]
+    if matrix and matrix.get("names") and matrix.get("mean"):
+        name = (matrix.get("descriptor") or {}).get("name", "descriptor")
+        out["similarity"] = _cached_plot("similarity", (matrix["names"], matrix["mean"], name),
+                                         lambda: plots.similarity_heatmap(matrix["names"], matrix["mean"], name))
+    return out
+
+
+def render_fidelity(page: FidelityPage, links: Links | None = None) -> str:
+    """A fidelity study's page, its plots inline (data: URIs, as the sample report's)."""
+    return render_page(page, links, plots=fidelity_plots(page))
 
 
 def _view_data(report: SampleReport) -> dict:

@@ -204,7 +204,7 @@ def json_body(model: type[BaseModel] | None, data) -> tuple[bytes, str]:
 
 
 def _build() -> APIRouter:
-    from . import jobs, query, runs, samples, training_images
+    from . import fidelity, jobs, query, runs, samples, training_images
 
     router = APIRouter(responses=ERRORS)
     router.add_api_route("/health", health, methods=["GET"], response_model=Health, tags=["service"],
@@ -214,6 +214,7 @@ def _build() -> APIRouter:
     router.include_router(samples.router, dependencies=read)
     router.include_router(training_images.router, dependencies=read)
     router.include_router(query.router, dependencies=read)
+    router.include_router(fidelity.router, dependencies=read)
     router.include_router(jobs.router)  # per route: read to look, submit to submit
     return router
 

@@ -8,6 +8,8 @@
   /runs/{run_id}/samples/{sample_index}/export.csv   its attribution as CSV
   /datasets/{dataset_id}/images/{image_index}        a training image and every use of it
   /sql                                               read-only SQL with the documented example queries
+  /fidelity                                          stored fidelity studies (denoisers against a network)
+  /fidelity/{study_id}                               a study: MSE tables and plots, concentration, similarity
 
 Every route needs the `read` scope (auditor.access; pages also accept ?key= and the cookie).
 Errors are HTML pages here (404 for unknown ids, 400 for bad parameters, 401/403 for keys,
@@ -155,6 +157,20 @@ def training_image_page(request: Request, dataset_id: int, image_index: int, pag
     built = context.build_training_image_page(settings.db_path, dataset_id, image_index, page=page, per_page=per_page,
                                               timeout=settings.lock_timeout)
     return _html(render.render_page(built, _links(request)))
+
+
+@router.get("/fidelity", response_class=HTMLResponse)
+def fidelity_list_page(request: Request, page: int = PAGE,
+                       per_page: int = Query(20, ge=1, le=context.MAX_PER_PAGE), settings=Depends(get_settings)):
+    built = context.build_fidelity_list_page(settings.db_path, page=page, per_page=per_page,
+                                             timeout=settings.lock_timeout)
+    return _html(render.render_page(built, _links(request)))
+
+
+@router.get("/fidelity/{study_id}", response_class=HTMLResponse)
+def fidelity_page(request: Request, study_id: int, settings=Depends(get_settings)):
+    built = context.build_fidelity_page(settings.db_path, study_id, timeout=settings.lock_timeout)
+    return _html(render.render_fidelity(built, _links(request)))
 
 
 @router.get("/sql", response_class=HTMLResponse)
