@@ -551,6 +551,8 @@ def cmd_quickstart(args) -> int:
                       timeout=args.lock_timeout)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"sample report: http://{host}:{args.port}{run.report_path(0)}", flush=True)
+    if run.studies:
+        print(f"network fidelity: http://{host}:{args.port}/fidelity/{run.studies[-1]}", flush=True)
     if args.no_serve:
         return 0
     for name, value in (("require_keys", False), ("sql_row_cap", 1000), ("sql_time_limit", 5.0),

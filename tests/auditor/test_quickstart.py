@@ -34,3 +34,23 @@ def test_cli_quickstart_without_serving(tmp_path, capsys):
     assert "sample report: http://127.0.0.1:8123/runs/1/samples/0" in capsys.readouterr().out
     assert cli.main(argv[:-2] + ["--port", "0"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
+
+
+def test_committed_fidelity_study_is_imported_once(tmp_path):
+    from auditor import fidelity
+
+    db = tmp_path / "store.duckdb"
+    database.upgrade(db)
+    lines = []
+    (study_id,) = quickstart.import_studies(db, quickstart.COMMITTED_STUDIES, log=lines.append)
+    assert lines == [f"fidelity study {study_id}: fidelity-quick.json (imported)"]
+    assert quickstart.import_studies(db, quickstart.COMMITTED_STUDIES, log=lines.append) == (study_id,)
+    assert len(lines) == 1  # the second call found it by the file's sha256
+    study = fidelity.load_study(db, study_id)
+    assert study["network_sha256"] == __import__("hashlib").sha256(
+        (quickstart.REPO / "checkpoints" / "fmnist-unet.pt").read_bytes()).hexdigest()
+    for process in ("forward", "reverse"):
+        names = study["curves"][process]["names"]
+        assert {"empirical", "gaussian", "cfdm", "pspc-square", "pspc-flex"} <= set(names)
+    # a missing file is skipped (a checkout without bench/results)
+    assert quickstart.import_studies(db, [tmp_path / "none.json"]) == ()
