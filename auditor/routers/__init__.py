@@ -132,7 +132,7 @@ class ResponseCache:
             return True
         return False
 
-    def peek(self, key) -> tuple[bytes, str] | None:
+    def peek(self, key) -> tuple[bytes, str, str] | None:
         """The cached entry, or None (never waits: safe on the event loop)."""
         with self._lock:
             if key in self._entries:
@@ -141,7 +141,7 @@ class ResponseCache:
                 return self._entries[key]
         return None
 
-    def get_or_compute(self, key, compute: Callable[[], tuple[bytes, str]]) -> tuple[bytes, str]:
+    def get_or_compute(self, key, compute: Callable[[], tuple]) -> tuple:
         while True:
             with self._lock:
                 if key in self._entries:
@@ -162,7 +162,7 @@ class ResponseCache:
                     self._entries[key] = value
                     self._size += size
                     while self._size > self.max_bytes:
-                        _, (old, _) = self._entries.popitem(last=False)
+                        _, (old, *_) = self._entries.popitem(last=False)
                         self._size -= len(old)
             return value
         finally:
@@ -177,19 +177,22 @@ async def cached_response(request: Request, run_id: int, compute: Callable[[], t
     settings = request.app.state.settings
     cache: ResponseCache = request.app.state.cache
     final = run_id in cache._complete or await run_in_threadpool(cache.run_is_final, settings, run_id)
-    if final:
+    if final:  # cached with its ETag: a hit costs no hashing of the body
         key = (request.url.path, tuple(sorted(request.query_params.multi_items())))
         found = cache.peek(key)
-        body, media_type = found if found is not None else await run_in_threadpool(cache.get_or_compute, key,
-                                                                                   compute)
-        headers = {"Cache-Control": "private, max-age=3600"}
+        body, media_type, etag = found if found is not None else await run_in_threadpool(
+            cache.get_or_compute, key, lambda: _with_etag(*compute()))
+        headers = {"Cache-Control": "private, max-age=3600", "ETag": etag}
     else:
-        body, media_type = await run_in_threadpool(compute)
-        headers = {"Cache-Control": "no-cache"}
-    headers["ETag"] = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+        body, media_type, etag = _with_etag(*await run_in_threadpool(compute))
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
     if request.headers.get("if-none-match") == headers["ETag"]:
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
+
+
+def _with_etag(body: bytes, media_type: str) -> tuple[bytes, str, str]:
+    return body, media_type, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
 
 def json_body(model: type[BaseModel] | None, data) -> tuple[bytes, str]:

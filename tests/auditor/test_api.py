@@ -491,6 +491,13 @@ def test_responses_about_complete_runs_are_cached_with_etags(store, tmp_path):
     # the same answer as computed afresh by another service instance without a cache
     fresh = TestClient(create_app(ServiceSettings(db_path=store, cache_bytes=0))).get(url)
     assert fresh.json() == first.json()
+    assert fresh.headers["etag"] == again.headers["etag"] == first.headers["etag"]  # cached with the entry
+    # a small cache evicts the oldest entries and stays within its bound
+    small = create_app(ServiceSettings(db_path=store, cache_bytes=3 * len(first.content)))
+    small_client = TestClient(small)
+    for top in range(1, 9):
+        assert small_client.get(f"/api/runs/1/samples/0/sources?top={top}&step=6").status_code == 200
+    assert 0 < small.state.cache._size <= small.state.cache.max_bytes and len(small.state.cache._entries) < 8
     # a run still being written is never cached
     path = tmp_path / "running.duckdb"
     shutil.copy(store, path)
