@@ -10,9 +10,12 @@ Two patch structures: windows (`WINDOW`: all patch_h x patch_w windows, distance
 float64 integral image, O(H W) per image whatever the size) and masks (`MASKS`: any set,
 given as CSR lists of pixels per distinct mask, with the multiplicity of each mask).
 
-Weights below exp(-CUTOFF) of the running maximum are skipped (taken as 0): with
-CUTOFF = 60 that changes any sum by at most N e^-60 < 1e-20 relative, below float64
-rounding, and whole blocks of images with no weight at any patch skip the composition.
+Per (query, block) the work on the logits is one flat loop over patches x lanes with no
+branch, which the compiler vectorises: a horizontal max or a test per patch costs more
+than the exp it would save. Weights below exp(-CUTOFF) of the running maximum count as
+at most e^-CUTOFF (pass 1) or 0 (pass 2): with CUTOFF = 60 that changes any sum by at most
+N e^-60 < 1e-20 relative, below float64 rounding; a block with no logit within CUTOFF of
+the maximum at any patch is skipped after one cheap counting loop.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from numba.extending import intrinsic
 
 LANES = 8
 CUTOFF = 60.0
+EQUALIZE = 16  # pass 1: blocks between two equalisations of the lanes' running maxima
 # exp() as plain arithmetic so that the compiler can vectorise it (libm's exp is a scalar
 # call and dominated small-patch runs): exp(v) = 2^k p(r), k = round(v / ln 2),
 # r = v - k ln 2 in [-ln2/2, ln2/2], p the degree-9 Taylor polynomial (relative error
@@ -158,47 +162,70 @@ def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indic
 
     queries [Q, C, H, W] float64; images_t [N_padded / LANES, C, H, W, LANES] float32
     (see block_images; entries >= padded_from are padding). Returns [Q, P] float64.
-    Threads split the image blocks; each block, once in cache, meets every query."""
+    Threads split the image blocks; each block, once in cache, meets every query.
+    Each (query, patch, lane) keeps its own online log-sum-exp (running max m, sum s of
+    exp(logit - m)), so that the update is one branch-free loop over patches x lanes with
+    one exp per logit; every EQUALIZE blocks the lanes of a patch are brought to a common
+    max so that blocks with nothing within CUTOFF of it are recognised and skipped."""
     num_queries, _, height, width = queries.shape
-    run_max = np.full((parts, num_queries, num_patches), -np.inf)
-    run_sum = np.zeros((parts, num_queries, num_patches))
+    run_max = np.full((parts, num_queries, num_patches, LANES), -1e300)
+    run_sum = np.zeros((parts, num_queries, num_patches, LANES))
     blocks = images_t.shape[0]
+    size = num_patches * LANES
     for part in numba.prange(parts):
         integral = np.zeros((height + 1, width + 1, LANES))
         squares = np.zeros((height * width, LANES))
         logits = np.empty((num_patches, LANES))
         row = np.zeros(LANES)
-        exps = np.zeros(LANES)
+        flat = logits.reshape(size)
         for block in range(part, blocks, parts):
             valid = min(LANES, padded_from - block * LANES)
             for q in range(num_queries):
                 _block_logits(queries[q], images_t[block], structure, patch_h, patch_w, indptr, indices,
                               integral, row, squares, scales[q], valid, logits)
-                for p in range(num_patches):
-                    top = _lane_max(logits, p)
-                    current = run_max[part, q, p]
-                    if top < current - CUTOFF:
-                        continue
-                    if top > current:
-                        run_sum[part, q, p] *= math.exp(current - top)
-                        run_max[part, q, p] = top
-                        current = top
-                    for lane in range(LANES):  # branch-free so that it vectorises
-                        v = max(logits[p, lane] - current, -CUTOFF)
-                        exps[lane] = _exp(v) if v > -CUTOFF else 0.0
-                    run_sum[part, q, p] += exps.sum()
+                if (block // parts) % EQUALIZE == 0:
+                    _equalize(logits, run_max[part, q], run_sum[part, q])
+                m = run_max[part, q].reshape(size)
+                s = run_sum[part, q].reshape(size)
+                active = 0
+                for i in range(size):
+                    active += flat[i] > m[i] - CUTOFF
+                if active == 0:
+                    continue
+                for i in range(size):  # s <- s e^(m - l) + 1 if the logit l is a new max, else s + e^(l - m)
+                    v = max(-abs(flat[i] - m[i]), -CUTOFF)
+                    e = _exp(v)
+                    up = flat[i] > m[i]
+                    s[i] = s[i] * e + 1.0 if up else s[i] + e
+                    m[i] = flat[i] if up else m[i]
     out = np.empty((num_queries, num_patches))
     for q in range(num_queries):
         for p in range(num_patches):
             top = -np.inf
             for part in range(parts):
-                top = max(top, run_max[part, q, p])
+                for lane in range(LANES):
+                    if run_sum[part, q, p, lane] > 0.0:
+                        top = max(top, run_max[part, q, p, lane])
             total = 0.0
             for part in range(parts):
-                if run_max[part, q, p] > -np.inf:
-                    total += run_sum[part, q, p] * math.exp(run_max[part, q, p] - top)
+                for lane in range(LANES):
+                    if run_sum[part, q, p, lane] > 0.0:
+                        total += run_sum[part, q, p, lane] * math.exp(run_max[part, q, p, lane] - top)
             out[q, p] = top + math.log(total)
     return out
+
+
+@numba.njit(inline="always")
+def _equalize(logits, run_max, run_sum):
+    """Bring the lanes of every patch to one running max: the lanes' and this block's."""
+    for p in range(run_max.shape[0]):
+        top = _lane_max(logits, p)
+        for lane in range(LANES):
+            top = max(top, run_max[p, lane])
+        for lane in range(LANES):
+            if run_sum[p, lane] > 0.0:
+                run_sum[p, lane] *= math.exp(run_max[p, lane] - top)
+            run_max[p, lane] = top
 
 
 @numba.njit(parallel=True, cache=True)
@@ -213,8 +240,13 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
     num_queries, channels, height, width = queries.shape
     rows, cols = height - patch_h + 1, width - patch_w + 1
     numerator = np.zeros((parts, num_queries, channels, height, width))
-    entropy = np.zeros((parts, num_queries, num_patches))
-    sum_sq = np.zeros((parts, num_queries, num_patches))
+    size = num_patches * LANES
+    norms = np.empty((num_queries, size))  # log_norm repeated per lane
+    for q in range(num_queries):
+        for p in range(num_patches):
+            norms[q, p * LANES:(p + 1) * LANES] = log_norm[q, p]
+    entropy_lanes = np.zeros((parts, num_queries, size))  # -sum w log w and sum w^2 per (patch, lane)
+    sum_sq_lanes = np.zeros((parts, num_queries, size))
     kept = max(top_k, 1)
     top_w = np.zeros((num_queries, parts, num_patches, kept))
     top_i = np.full((num_queries, parts, num_patches, kept), -1, dtype=np.int64)
@@ -224,9 +256,9 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
         integral = np.zeros((height + 1, width + 1, LANES))
         squares = np.zeros((height * width, LANES))
         logits = np.empty((num_patches, LANES))
+        flat = logits.reshape(size)
         grid = np.zeros((rows + 1, cols + 1, LANES))  # integral image of the weights
         row = np.zeros(LANES)
-        exps = np.zeros(LANES)
         for block in range(part, blocks, parts):
             start = block * LANES
             valid = min(LANES, padded_from - start)
@@ -234,36 +266,33 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
             for q in range(num_queries):
                 _block_logits(queries[q], images, structure, patch_h, patch_w, indptr, indices,
                               integral, row, squares, scales[q], valid, logits)
-                # weights in place of the logits; most blocks carry no weight at small t
-                has_weight = False
-                for p in range(num_patches):
-                    if _lane_max(logits, p) - log_norm[q, p] <= -CUTOFF:
-                        logits[p, :] = 0.0
-                        continue
-                    has_weight = True
-                    plogp, sum_w2 = 0.0, 0.0
-                    for lane in range(LANES):  # branch-free so that it vectorises
-                        v = max(logits[p, lane] - log_norm[q, p], -CUTOFF)
-                        w = _exp(v) if v > -CUTOFF else 0.0
-                        logits[p, lane] = w
-                        exps[lane] = v
-                    for lane in range(LANES):
-                        plogp += logits[p, lane] * exps[lane]
-                        sum_w2 += logits[p, lane] * logits[p, lane]
-                    entropy[part, q, p] -= plogp
-                    sum_sq[part, q, p] += sum_w2
-                    if top_k > 0:
+                norm, plogp, squared = norms[q], entropy_lanes[part, q], sum_sq_lanes[part, q]
+                # weights in place of the logits, in one branch-free loop over patches x lanes;
+                # most blocks carry no weight at small t
+                active = 0
+                for i in range(size):
+                    active += flat[i] - norm[i] > -CUTOFF
+                if active == 0:
+                    continue
+                for i in range(size):
+                    v = max(flat[i] - norm[i], -CUTOFF)
+                    w = _exp(v) if v > -CUTOFF else 0.0
+                    flat[i] = w
+                    plogp[i] -= w * v
+                    squared[i] += w * w
+                if top_k > 0:
+                    for p in range(num_patches):
                         for lane in range(LANES):
                             if logits[p, lane] > floor[part, q, p]:
                                 _insert(top_w[q, part, p], top_i[q, part, p], logits[p, lane], start + lane)
                                 floor[part, q, p] = top_w[q, part, p, kept - 1]
-                if not has_weight:
-                    continue
                 if structure == WINDOW:
                     _spread_windows(logits, grid, row, images, patch_h, patch_w, rows, cols, numerator[part, q])
                 else:
                     _spread_masks(logits, images, pixel_indptr, pixel_masks, pixel_counts, row, numerator[part, q])
-    return (numerator.sum(axis=0), entropy.sum(axis=0), sum_sq.sum(axis=0), top_w, top_i)
+    entropy = entropy_lanes.sum(axis=0).reshape(num_queries, num_patches, LANES).sum(axis=2)
+    sum_sq = sum_sq_lanes.sum(axis=0).reshape(num_queries, num_patches, LANES).sum(axis=2)
+    return numerator.sum(axis=0), entropy, sum_sq, top_w, top_i
 
 
 @numba.njit(inline="always")

@@ -50,6 +50,29 @@ def test_square_matches_reference_on_fashion_mnist(fashion_slice, size):
     assert torch.allclose(out.double(), expected, atol=1e-5, rtol=0)
 
 
+def test_fused_kernels_stream_many_blocks_with_late_maxima():
+    """Enough entries for the kernels' per-lane running maxima to be equalised several
+    times (every EQUALIZE blocks), for whole blocks to be skipped at small t, and for the
+    best entries to come last in the stream (the maxima keep rising)."""
+    count = 2 * fused_kernels.LANES * fused_kernels.EQUALIZE * 2 + 13  # > 2 equalisations per thread
+    training_set = random_training_set(count=count, height=6, width=6, xflip=True, seed=3)
+    entries = entries_of(training_set.images, True)
+    t = torch.tensor([0.02, 0.3, 3.0])
+    generator = torch.Generator().manual_seed(4)
+    z = (entries[[count - 1, count - 2, 2 * count - 1]] + 0.02 * torch.randn(3, 1, 6, 6, generator=generator)).float()
+    denoiser = pspc_square(training_set, 3)
+    out, ((_, weights),) = denoiser.posterior(z, t, WeightRequest(top_k=4, mass=1.0))
+    masks = square_patches(6, 6, 3).masks()
+    expected = reference_pspc(z, t, entries, lambda _: masks)
+    assert torch.allclose(out.double(), expected, atol=1e-5, rtol=0)
+    for b in range(len(t)):
+        full = reference_weights(z[b], float(t[b]), entries, masks)
+        entropy = -(full * full.clamp(min=1e-300).log()).sum(1)
+        assert torch.allclose(weights.entropy[b].double(), entropy, atol=1e-5)
+        assert torch.allclose(weights.ess[b].double(), 1 / full.square().sum(1), rtol=1e-5)
+        assert torch.allclose(weights.weight[b].double(), full.topk(4, dim=1).values, atol=1e-6)
+
+
 def test_scheduled_patch_size_mixes_noise_levels_in_one_batch():
     training_set = random_training_set(count=8, height=8, width=8, xflip=True)
     schedule = Schedule((0.1, 1.0, 10.0), (3, 5, 8))
