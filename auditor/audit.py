@@ -48,8 +48,9 @@ from . import database, datasets
 from .comparison import (ExplainedRecorder, agreement_table, build_pspc, load_comparison_network,
                          record_copy_matches, record_explained_run, register_network, schedule_kinds)
 from .copy_detection import DEFAULT_THRESHOLDS, check_thresholds
+from .database import json_value
 from .descriptors import Descriptor, load_descriptor
-from .runs import RECORDABLE_KINDS, _advance, _json, _mark_failed, create_run
+from .runs import RECORDABLE_KINDS, _advance, _mark_failed, create_run
 
 __all__ = ["DEFAULT_NOISE_LEVELS", "AuditInputError", "AuditResult", "invert", "load_audit_image", "record_audit"]
 
@@ -280,7 +281,7 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, ste
                                 progress=progress, device=device, timeout=timeout)
         agreement = []
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
-        details = _json(conn.execute("SELECT details FROM runs WHERE id = ?", [run_id]).fetchone()[0])
+        details = json_value(conn.execute("SELECT details FROM runs WHERE id = ?", [run_id]).fetchone()[0])
     copies = None
     if copy_k:
         copies = record_copy_matches(db_path, [run_id], training_set, descriptor, k=copy_k, thresholds=thresholds,

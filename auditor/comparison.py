@@ -44,10 +44,10 @@ from pspc.training_set import TrainingSet
 
 from . import database, datasets, models
 from .copy_detection import DEFAULT_THRESHOLDS, CopyDetectionIndex, check_thresholds, flag, similarity_matrix
-from .database import NotFoundError, StoreError
+from .database import NotFoundError, StoreError, json_value
 from .descriptors import Descriptor, load_descriptor
 from .recorder import ProvenanceRecorder, _blobs, _insert, from_blob, utcnow
-from .runs import (RECORDABLE_KINDS, _advance, _error_text, _json, _mark_failed, _sampler_record, create_run,
+from .runs import (RECORDABLE_KINDS, _advance, _error_text, _mark_failed, _sampler_record, create_run,
                    record_sampling_run, versions)
 
 __all__ = ["ComparisonResult", "ExplainedRecorder", "agreement_table", "build_pspc", "comparison_summary",
@@ -579,7 +579,7 @@ def comparison_summary(db_path, comparison_id: int, *, timeout: float = database
         keys = ("id", "dataset_id", "network_id", "status", "seed", "num_samples", "sampler", "config", "created_at",
                 "finished_at", "error")
         summary = dict(zip(keys, row))
-        summary["sampler"], summary["config"] = _json(summary["sampler"]), _json(summary["config"])
+        summary["sampler"], summary["config"] = json_value(summary["sampler"]), json_value(summary["config"])
         net = conn.execute("SELECT id, name, kind, sha256, source FROM networks WHERE id = ?",
                            [summary["network_id"]]).fetchone()
         summary["network"] = dict(zip(("id", "name", "kind", "sha256", "source"), net))
@@ -605,7 +605,7 @@ def comparison_summary(db_path, comparison_id: int, *, timeout: float = database
                 WHERE m.run_id IN ({", ".join("?" * len(run_ids))}) AND m.rank = 0
                 ORDER BY m.run_id, m.sample_index""", run_ids).fetchall()]
     for pair in summary["similarity"]:
-        pair["thresholds"] = _json(pair["thresholds"])
+        pair["thresholds"] = json_value(pair["thresholds"])
     return summary
 
 
@@ -652,10 +652,10 @@ def sample_counterpart(db_path, run_id: int, sample_index: int, *,
     return {
         "comparison_id": int(comparison_id), "role": role, "counterpart_run_id": int(other_run),
         "counterpart_role": other_role, "network_run_id": int(network_run),
-        "network": {**dict(zip(("id", "name", "kind", "sha256", "source"), net[:5])), "record": _json(net[5])},
+        "network": {**dict(zip(("id", "name", "kind", "sha256", "source"), net[:5])), "record": json_value(net[5])},
         "image": from_blob(image[0], info["shape"]) if image and image[0] is not None else None,
-        "similarity": [{"score": s, "descriptor": d, "descriptor_fingerprint": f, "preprocessing": _json(p),
-                        "thresholds": _json(th), "flag": fl, "flagged": fd, "descriptor_record": _json(rec)}
+        "similarity": [{"score": s, "descriptor": d, "descriptor_fingerprint": f, "preprocessing": json_value(p),
+                        "thresholds": json_value(th), "flag": fl, "flagged": fd, "descriptor_record": json_value(rec)}
                        for s, d, f, p, th, fl, fd, rec in scores],
         "steps": [{"step": s, "t": t, "mse": m, "max_abs_error": e} for s, t, m, e in steps],
     }

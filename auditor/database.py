@@ -16,6 +16,7 @@ programmatically from the repository's ``migrations/`` folder).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import threading
@@ -83,6 +84,11 @@ class AlembicDuckDBImpl(DefaultImpl):
 # ---------------------------------------------------------------------------------------
 # Paths and opening
 # ---------------------------------------------------------------------------------------
+def json_value(value):
+    """A JSON column's value: raw duckdb connections return the text, SQLAlchemy the parsed value."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def resolve_db_path(path: str | os.PathLike | None = None) -> Path:
     """The store's path: the given one (the --db flag), else $AUDITOR_DB, else ./provenance.duckdb."""
     if path is not None and os.fspath(path) != "":

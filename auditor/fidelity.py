@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import database, models
-from .database import NotFoundError
+from .database import NotFoundError, json_value
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -645,9 +645,6 @@ def store_study(target, result: dict, *, name: str | None = None, source: str | 
         return _insert(session, checked, name, source)
 
 
-def _loads(value):
-    return json.loads(value) if isinstance(value, str) else value
-
 
 _STUDY_COLUMNS = ("id", "name", "created_at", "source", "network_name", "network_sha256", "training_fingerprint",
                   "test_fingerprint", "seed")
@@ -674,7 +671,7 @@ def load_study(db_path, study_id: int, *, timeout: float = database.DEFAULT_TIME
         schedule = conn.execute("SELECT t, patch_size, flex_lambda, candidate_errors FROM fidelity_schedule "
                                 "WHERE study_id = ? ORDER BY step", [study_id]).fetchall()
     study = dict(zip(_STUDY_COLUMNS, row[:len(_STUDY_COLUMNS)]))
-    record, findings, denoisers, concentration_record, matrix = (_loads(v) for v in row[len(_STUDY_COLUMNS):])
+    record, findings, denoisers, concentration_record, matrix = (json_value(v) for v in row[len(_STUDY_COLUMNS):])
 
     curves = {}
     for process in denoisers:  # the stored order of the processes
@@ -698,7 +695,7 @@ def load_study(db_path, study_id: int, *, timeout: float = database.DEFAULT_TIME
                 step["patch_size"] = int(size)
             if lam is not None:
                 step["lambda"] = lam
-            step["errors"] = _loads(candidates) if candidates is not None else {}
+            step["errors"] = json_value(candidates) if candidates is not None else {}
             tuned.append(step)
     return {**study, "record": record, "curves": curves,
             "concentration": {"times": [t for _, t in times], "fractions": fractions,

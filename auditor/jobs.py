@@ -24,7 +24,6 @@ from the request.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import signal
@@ -40,7 +39,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import database
-from .database import NotFoundError, StoreError
+from .database import NotFoundError, StoreError, json_value
 from .recorder import utcnow
 
 __all__ = ["JOB_STATUSES", "JobRunner", "MAX_SAMPLES", "MAX_STEPS", "MAX_TOP_K", "SampleJobRequest",
@@ -94,13 +93,10 @@ def job_command(request: SampleJobRequest, db_path, lock_timeout: float, python:
     return argv
 
 
-def _json(value):
-    return json.loads(value) if isinstance(value, str) else value
-
 
 def _row(values) -> dict:
     job = dict(zip(_COLUMNS, values))
-    job["request"] = _json(job["request"])
+    job["request"] = json_value(job["request"])
     return job
 
 

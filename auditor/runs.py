@@ -28,7 +28,7 @@ from pspc.samplers import SamplerConfig, _denoise, initial_noise, sample
 from pspc.training_set import TrainingSet
 
 from . import database, datasets, models
-from .database import NotFoundError, StoreError
+from .database import NotFoundError, StoreError, json_value
 from .recorder import ProvenanceRecorder, from_blob, utcnow
 
 __all__ = ["RECORDABLE_KINDS", "create_run", "record_sampling_run", "resume_run", "run_summaries", "versions"]
@@ -59,10 +59,6 @@ def versions() -> dict:
 def _writer() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
-
-def _json(value):
-    """JSON column values come back as text from raw duckdb connections."""
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _error_text(exc: BaseException) -> str:
@@ -180,7 +176,7 @@ def _load_run(conn, db_path, run_id: int) -> dict:
     keys = ("id", "status", "dataset_id", "denoiser", "sampler", "seed", "num_samples", "top_k", "mass_threshold",
             "fingerprint", "channels", "height", "width", "writer", "kind")
     run = dict(zip(keys, row))
-    run["denoiser"], run["sampler"] = _json(run["denoiser"]), _json(run["sampler"])
+    run["denoiser"], run["sampler"] = json_value(run["denoiser"]), json_value(run["sampler"])
     return run
 
 
@@ -239,7 +235,7 @@ def resume_run(db_path, run_id: int, training_set: TrainingSet, *, progress: Cal
     if (run["kind"] or "pspc") != "pspc":
         raise StoreError(f"{db_path}: run {run_id} is a {run['kind']} run; only PSPC sampling runs can be resumed "
                          f"(run the comparison or audit again)")
-    writer = _json(run["writer"]) or {}
+    writer = json_value(run["writer"]) or {}
     if (run["status"] == "running" and writer.get("host") == socket.gethostname()
             and _pid_alive(int(writer.get("pid", -1)))):
         raise StoreError(f"{db_path}: run {run_id} is still being written by process {writer['pid']} on this host; "
@@ -330,7 +326,7 @@ def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = da
     out = []
     for (run_id, ds_id, ds_name, status, denoiser, num_samples, sampler, steps, created, finished, timings, writer,
          error, kind) in rows:
-        denoiser, sampler, timings, writer = _json(denoiser), _json(sampler), _json(timings), _json(writer)
+        denoiser, sampler, timings, writer = (json_value(v) for v in (denoiser, sampler, timings, writer))
         shown = status
         if status == "running" and writer and writer.get("host") == host and not _pid_alive(int(writer["pid"])):
             shown = f"running (writer pid {writer['pid']} gone)"

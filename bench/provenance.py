@@ -152,7 +152,7 @@ def main() -> None:
                                       top_k=args.top_k, mass=args.mass)
     recorded = time.perf_counter() - begin
     with database.connect(db, read_only=True) as conn:
-        timings = runs._json(conn.execute("SELECT timings FROM runs WHERE id = ?", [run_id]).fetchone()[0])
+        timings = database.json_value(conn.execute("SELECT timings FROM runs WHERE id = ?", [run_id]).fetchone()[0])
     rows = count_rows(db)
     written = sum(rows.values())
     per_sample = (checkpointed_size(db) - empty_size) / args.samples

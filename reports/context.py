@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from auditor import database, datasets, query, runs
-from auditor.database import NotFoundError, StoreError
+from auditor.database import NotFoundError, StoreError, json_value
 from auditor.example_queries import EXAMPLE_QUERIES
 
 from . import maps
@@ -784,7 +784,7 @@ def build_sample_report(db_path, run_id: int, sample_index: int, *, step: int | 
         meta = data.images.get(int(image_index))
         copy_matches.append(CopyMatch(
             int(rank), int(image_index), meta.image_id if meta else str(image_index), bool(flip), float(score),
-            descriptor, [float(t) for t in (_loads(thresholds) or [])], None if flag is None else float(flag),
+            descriptor, [float(t) for t in (json_value(thresholds) or [])], None if flag is None else float(flag),
             bool(flagged), training_thumbnail(data.dataset["fingerprint"], meta, TINY_SIZE, bool(flip))))
     report = SampleReport(
         int(data.run["id"]), data.sample_index, data.seed, data.run["status"], data.complete, image, data.shape,
@@ -886,7 +886,7 @@ def build_run_page(db_path, run_id: int, *, page: int = 1, per_page: int = 24,
             raise NotFoundError(f"{db_path}: no run {run_id}")
         run = dict(zip(SampleProvenance._RUN, row[:len(SampleProvenance._RUN)]))
         for key in ("denoiser", "sampler", "versions", "command", "writer", "timings", "details"):
-            run[key] = _loads(run[key])
+            run[key] = json_value(run[key])
         dataset = dict(zip(SampleProvenance._DATASET, row[len(SampleProvenance._RUN):]))
         pagination.total = int(run["num_samples"])
         samples = conn.execute("SELECT sample_index, seed, final_image FROM samples WHERE run_id = ? "
@@ -922,12 +922,6 @@ def build_run_page(db_path, run_id: int, *, page: int = 1, per_page: int = 24,
         items.append(item)
     steps_recorded = max(step_counts.values(), default=0)
     return RunPage(_record(run, dataset, None), steps_recorded, items, pagination)
-
-
-def _loads(value):
-    import json
-
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _int(value, what: str) -> int:
@@ -1072,7 +1066,7 @@ def build_training_image_page(db_path, dataset_id: int, image_index: int, *, pag
         values = usage["pixel_map"] / usage["pixel_map"].max()
         usage_map = Picture.of_rgb(_usage_overlay(pixels, values), MAIN_SIZE // 2 * 2,
                                    "share of final images taken from each pixel of the training image")
-    extra = _loads(irow[7])
+    extra = json_value(irow[7])
     return TrainingImagePage(info, image_index, irow[0], irow[1], irow[2], irow[3], irow[4], irow[5], irow[6], extra,
                              thumbnail, usage_map, usage["final_total"], len(usage["order"]), usage["steps_using"],
                              usages, pagination, locations)

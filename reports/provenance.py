@@ -21,7 +21,6 @@ is cached per process.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -29,16 +28,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from auditor import database
-from auditor.database import NotFoundError
+from auditor.database import NotFoundError, json_value
 
 __all__ = ["ImageMeta", "PatchGeometry", "SampleProvenance", "Shares", "StepRow", "image_metadata",
            "patch_geometry"]
 
 META_COLUMNS = ("image_id", "label", "label_name", "source_uri", "owner", "license")
 
-
-def _json(value):
-    return json.loads(value) if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)
@@ -159,7 +155,7 @@ def patch_geometry(conn, patch_set_ids) -> dict[int, PatchGeometry]:
         p = positions["position"].astype(np.int64)
         top[p], left[p] = positions["top"], positions["left"]
         box_h[p], box_w[p] = positions["height"], positions["width"]
-        geometry = PatchGeometry(int(ps_id), fingerprint, _json(description) or {}, int(height), int(width),
+        geometry = PatchGeometry(int(ps_id), fingerprint, json_value(description) or {}, int(height), int(width),
                                  int(num_patches), top, left, box_h, box_w, position, pixel, coverage, patch_share)
         out[int(ps_id)] = geometry
         with _GEOMETRY_LOCK:
@@ -261,7 +257,7 @@ class SampleProvenance:
             raise NotFoundError(f"{db_path}: no run {run_id}")
         run = dict(zip(cls._RUN, row[:len(cls._RUN)]))
         for key in ("denoiser", "sampler", "versions", "command", "writer", "timings", "details"):
-            run[key] = _json(run[key])
+            run[key] = json_value(run[key])
         dataset = dict(zip(cls._DATASET, row[len(cls._RUN):]))
         if not 0 <= sample_index < run["num_samples"]:
             raise NotFoundError(f"{db_path}: run {run_id} has no sample {sample_index} "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from .. import database, runs
 from ..access import get_settings
-from ..database import NotFoundError
+from ..database import NotFoundError, json_value
 from . import Page, Pagination, page
 
 router = APIRouter(tags=["runs"])
@@ -83,9 +82,6 @@ def list_runs(request: Request, pagination: Pagination = Depends(),
     return page(request, [_summary(request, r) for r in chunk], len(rows), pagination)
 
 
-def _json(value):
-    return json.loads(value) if isinstance(value, str) else value
-
 
 def load_run(settings, run_id: int) -> dict:
     """One run's full record (RunDetail fields without links)."""
@@ -102,9 +98,9 @@ def load_run(settings, run_id: int) -> dict:
         raise NotFoundError(f"{settings.db_path}: no run {run_id}")
     (seed, top_k, mass, denoiser, sampler, versions, command, writer, timings, d_id, fingerprint, name, source, count,
      c, h, w) = row
-    return {**summary, "seed": seed, "top_k": top_k, "mass_threshold": mass, "denoiser_config": _json(denoiser),
-            "sampler_config": _json(sampler), "versions": _json(versions), "command": _json(command),
-            "writer": _json(writer), "timings": _json(timings),
+    return {**summary, "seed": seed, "top_k": top_k, "mass_threshold": mass, "denoiser_config": json_value(denoiser),
+            "sampler_config": json_value(sampler), "versions": json_value(versions), "command": json_value(command),
+            "writer": json_value(writer), "timings": json_value(timings),
             "dataset_record": {"id": d_id, "fingerprint": fingerprint, "name": name, "source": source, "count": count,
                                "shape": [c, h, w]}}
 
