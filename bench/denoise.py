@@ -52,7 +52,7 @@ def measure(config: dict) -> dict:
     import torch
 
     from pspc.denoisers import build_denoiser
-    from pspc.loaders import load_training_set
+    from pspc.data.loaders import load_training_set
     from pspc.schedules import Schedule
 
     begin = time.perf_counter()

@@ -24,8 +24,8 @@ summary.md (the tables and the verdict on the paper's finding) and PNG plots. Wi
 study is also stored in that provenance store (`auditor fidelity list`, the service's
 /fidelity pages); `auditor fidelity import OUT/fidelity.json` stores an earlier run.
 
-The study itself is the library's (auditor.fidelity.run_study, with the options of
-auditor.fidelity.add_study_options, shared with `auditor fidelity run`); the plots are
+The study itself is the library's (auditor.workflows.fidelity.run_study, with the options of
+auditor.workflows.fidelity.add_study_options, shared with `auditor fidelity run`); the plots are
 reports.plots'. This script parses, runs, prints the tables and writes the files.
 
 A full Jacobian of the network costs H x W = 784 backward passes per draw (about 30-100 s
@@ -55,9 +55,10 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from auditor.database import StoreError  # noqa: E402
-from auditor.fidelity import (FINDING_RANGE, Study, StudyError, add_study_options, resolve_options,  # noqa: E402
-                              run_study, store_study)
+from auditor.store.database import StoreError  # noqa: E402
+from auditor.workflows.fidelity import (
+    FINDING_RANGE, Study, StudyError, add_study_options, resolve_options, run_study, store_study
+)
 from reports import plots  # noqa: E402
 
 
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
         resolve_options(args)
         args.out = args.out or REPO / "out" / f"fidelity-{datetime.now():%Y%m%d-%H%M%S}"
         if args.db:
-            from auditor import database
+            from auditor.store import database
 
             database.require_current(args.db)  # before hours of work, not after
         study = run_study(args, out=args.out, command=command, log=_log, show=_show)

@@ -5,7 +5,7 @@
 
 1. Sampling cost. The same PSPC-Square sampling (64 samples x 18 Euler steps, seed 0) three
    ways: plain (no weights asked of the engine), with the posterior weights computed but not
-   stored, and recorded into a fresh store (`auditor.runs.record_sampling_run`). Recording
+   stored, and recorded into a fresh store (`auditor.workflows.sampling.record_sampling_run`). Recording
    overhead = recorded / plain - 1 (the target is under 20 %); the middle row separates what
    the engine spends on the weights from what the store spends on writing them.
 2. Writing. Rows written per second of the recorder's own time (conversion to Arrow plus
@@ -13,8 +13,8 @@
    store holding only the ingested training set, divided by the number of samples.
 3. Queries. The recorded run is replicated under new run ids (INSERT ... SELECT, the same
    rows with another run_id) until patch_weights holds at least --target-rows rows, then
-   every example query of README.md (auditor.example_queries) is timed through
-   `auditor.query.run_query`, the path `auditor sql` takes: open the file read-only (a new
+   every example query of README.md (auditor.store.example_queries) is timed through
+   `auditor.store.query.run_query`, the path `auditor sql` takes: open the file read-only (a new
    DuckDB instance, about 20 ms, with cold buffers), check the schema, run, fetch, close;
    and on a read-only connection kept open (warm buffers, what a long-lived reader sees).
    Median and max over --repeats runs after one warm-up (target: under 50 ms).
@@ -36,12 +36,13 @@ sys.path.insert(0, str(REPO))  # this working tree's packages, not installed one
 
 import torch  # noqa: E402
 
-from auditor import database, datasets, runs  # noqa: E402
-from auditor.example_queries import EXAMPLE_QUERIES  # noqa: E402
-from auditor.query import run_query  # noqa: E402
+from auditor.store import database, datasets
+from auditor.workflows import sampling as runs  # noqa: E402
+from auditor.store.example_queries import EXAMPLE_QUERIES  # noqa: E402
+from auditor.store.query import run_query  # noqa: E402
 from pspc.denoisers import build_denoiser  # noqa: E402
-from pspc.loaders import load_training_set  # noqa: E402
-from pspc.posterior_weights import WeightRequest  # noqa: E402
+from pspc.data.loaders import load_training_set  # noqa: E402
+from pspc.posterior.weights import WeightRequest  # noqa: E402
 from pspc.samplers import SamplerConfig, initial_noise, sample  # noqa: E402
 
 BULK_TABLES = ("samples", "steps", "patch_weights", "patch_stats", "step_shares")

@@ -37,7 +37,7 @@ WRITER = r"""
 import json, sys, time
 from contextlib import contextmanager
 from auditor import database, runs
-from auditor.datasets import stored_training_set
+from auditor.store.datasets import stored_training_set
 
 db, seconds, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 original = database.connect
@@ -80,8 +80,9 @@ def free_port() -> int:
 
 
 def prepare(db: Path, limit: int) -> None:
-    from auditor import database, datasets, runs
-    from pspc.loaders import load_fashion_mnist
+    from auditor.store import database, datasets
+    from auditor.workflows import sampling as runs
+    from pspc.data.loaders import load_fashion_mnist
 
     database.upgrade(db)
     data = load_fashion_mnist("train", limit=limit)
@@ -172,8 +173,8 @@ def main() -> int:
             writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(args.warmup + args.seconds + 2),
                                        str(steps_file)], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
             if not args.writer_same_priority:  # as the service runs its jobs (ServiceSettings.job_niceness)
-                from auditor.jobs import _lower_priority
-                from auditor.service import ServiceSettings
+                from auditor.service.jobs import _lower_priority
+                from auditor.service.app import ServiceSettings
 
                 _lower_priority(writer.pid, ServiceSettings.job_niceness)
             if writer.stdout.readline().strip() != "writing":

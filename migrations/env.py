@@ -1,17 +1,17 @@
 """Alembic environment of the provenance store.
 
-The library runs migrations programmatically (auditor.database.upgrade), passing an open
+The library runs migrations programmatically (auditor.store.database.upgrade), passing an open
 SQLAlchemy connection in config.attributes["connection"]. Run from the command line
 (`alembic -c migrations/alembic.ini upgrade head` with sqlalchemy.url or $AUDITOR_DB), a
-connection is opened here through auditor.database, with the same lock retry.
+connection is opened here through auditor.store.database, with the same lock retry.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from auditor import database  # noqa: F401 - registers AlembicDuckDBImpl for the duckdb dialect
-from auditor.models import Base
+from auditor.store import database  # noqa: F401 - registers AlembicDuckDBImpl for the duckdb dialect
+from auditor.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

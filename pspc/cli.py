@@ -28,13 +28,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .denoisers import DENOISER_KINDS, PSPCDenoiser, build_denoiser
-from .images import save_grid
-from .loaders import load_training_set
-from .posterior_weights import WeightRequest
-from .samplers import SamplerConfig, initial_noise, sample
-from .schedules import default_patch_schedule, edm_time_steps
-from .training_set import TrainingSet
+from pspc.denoisers import DENOISER_KINDS, PSPCDenoiser, build_denoiser
+from pspc.data.images import save_grid
+from pspc.data.loaders import load_training_set
+from pspc.posterior.weights import WeightRequest
+from pspc.samplers import SamplerConfig, initial_noise, sample
+from pspc.schedules import default_patch_schedule, edm_time_steps
+from pspc.data.training_set import TrainingSet
 
 PROG = "pspc"
 EXIT_USAGE = 2

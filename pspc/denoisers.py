@@ -13,12 +13,12 @@ from typing import Callable
 
 import torch
 
-from . import fused_kernels
-from .patch_posterior import DEFAULT_CHUNK_BYTES, patch_posterior
-from .patch_sets import PatchSet, WindowPatches, flex_patches, square_patches
-from .posterior_weights import PosteriorWeights, WeightRequest
-from .schedules import Schedule, default_flex_schedule, default_patch_schedule
-from .training_set import TrainingSet
+from pspc.posterior import fused_kernels
+from pspc.posterior.patch_posterior import DEFAULT_CHUNK_BYTES, patch_posterior
+from pspc.posterior.patch_sets import PatchSet, WindowPatches, flex_patches, square_patches
+from pspc.posterior.weights import PosteriorWeights, WeightRequest
+from pspc.schedules import Schedule, default_flex_schedule, default_patch_schedule
+from pspc.data.training_set import TrainingSet
 
 
 class DenoiserInputError(ValueError):
@@ -246,7 +246,7 @@ class NetworkDenoiser(Denoiser):
         self.net = net
         self.image_shape = tuple(image_shape)
         self.name = name
-        self.record = dict(record or {})  # provenance from pspc.networks.load_network (path, sha256, config)
+        self.record = dict(record or {})  # provenance from pspc.networks.unet.load_network (path, sha256, config)
 
     @property
     def device(self) -> torch.device:
@@ -274,10 +274,10 @@ def build_denoiser(kind: str, training_set: TrainingSet, *, patch_size: int | No
     """The denoiser named `kind` over `training_set`, with the paper's defaults.
 
     pspc-square: patch_size fixed, or the default s(t) schedule when None.
-    pspc-flex: isotropic stand-in sensitivity (see pspc.sensitivity) and the paper's lambda(t).
-    schedule: a schedule file (pspc.tuning) giving s(t) for pspc-square or lambda(t) for pspc-flex.
+    pspc-flex: isotropic stand-in sensitivity (see pspc.posterior.sensitivity) and the paper's lambda(t).
+    schedule: a schedule file (pspc.evaluation.tuning) giving s(t) for pspc-square or lambda(t) for pspc-flex.
     """
-    from .sensitivity import isotropic_sensitivity
+    from pspc.posterior.sensitivity import isotropic_sensitivity
 
     if schedule is not None:
         if kind not in ("pspc-square", "pspc-flex"):

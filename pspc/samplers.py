@@ -12,9 +12,9 @@ from typing import Callable, Protocol
 
 import torch
 
-from .denoisers import Denoiser, PSPCDenoiser
-from .posterior_weights import WeightRequest
-from .schedules import RHO, T_MAX, T_MIN, edm_time_steps
+from pspc.denoisers import Denoiser, PSPCDenoiser
+from pspc.posterior.weights import WeightRequest
+from pspc.schedules import RHO, T_MAX, T_MIN, edm_time_steps
 
 
 class StepCallback(Protocol):

@@ -108,7 +108,7 @@ class Schedule:
 
 
 # ---------------------------------------------------------------------------------------
-# Schedule files: JSON, one row per sampling step (t decreasing), e.g. from pspc.tuning
+# Schedule files: JSON, one row per sampling step (t decreasing), e.g. from pspc.evaluation.tuning
 # ---------------------------------------------------------------------------------------
 SCHEDULE_FORMAT = "pspc-schedule"
 SCHEDULE_VERSION = 1

@@ -3,7 +3,7 @@
 - reports.context: one documented dataclass per page (SampleReport, RunPage,
   TrainingImagePage, IndexPage, SqlPage, FidelityListPage, FidelityPage), built from the
   store; `to_json()` on each.
-- reports.provenance: one sample's rows read in one short transaction, as numpy arrays.
+- auditor.store.provenance: one sample's rows read in one short transaction, as numpy arrays.
 - reports.maps: dominant-source and concentration maps, nearest enlargement, outlined
   training thumbnails, PNG bytes.
 - reports.plots: matplotlib (Agg) plots of a report's steps and of fidelity studies.

@@ -10,8 +10,8 @@ Images are `Picture`s: RGB uint8 arrays already enlarged for display (nearest ne
 no smoothing), PNG-encoded on demand; `to_json(images="data-uri")` inlines them as data:
 URIs, `images="none"` leaves them out (for API clients that fetch the PNG endpoints).
 
-Numbers come from the store exactly as auditor.attribution computes them (see
-reports.provenance; tests/reports/test_context.py compares them). Shares use the KEPT
+Numbers come from the store exactly as auditor.store.attribution computes them (see
+auditor.store.provenance; tests/reports/test_context.py compares them). Shares use the KEPT
 posterior weights, so a step's shares sum to its mean captured mass (at most 1).
 """
 
@@ -30,12 +30,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from auditor import database, datasets, query, runs
-from auditor.database import NotFoundError, StoreError, json_value
-from auditor.example_queries import EXAMPLE_QUERIES
+from auditor.store import database, datasets, query
+from auditor.workflows import sampling as runs
+from auditor.store.database import NotFoundError, StoreError, json_value
+from auditor.store.example_queries import EXAMPLE_QUERIES
 
-from . import maps
-from .provenance import ImageMeta, SampleProvenance, Shares, image_metadata, patch_geometry
+from reports import maps
+from auditor.store.provenance import ImageMeta, SampleProvenance, Shares, image_metadata, patch_geometry
 
 __all__ = ["CopyMatch", "DatasetInfo", "DrillDown", "FidelityListPage", "FidelityPage", "GalleryItem", "IndexPage",
            "MseRow", "MseTable", "NetworkComparison", "NetworkStep", "Pagination", "SimilarityScore",
@@ -459,7 +460,7 @@ class SimilarityScore:
 
 @dataclass
 class NetworkComparison:
-    """The sample's counterpart in a network comparison (auditor.comparison), sampled from the
+    """The sample's counterpart in a network comparison (auditor.workflows.comparison), sampled from the
     same initial noise: for a PSPC sample, the network's sample; for a network-explained
     sample (the network's own, attributed by PSPC on its trajectory), the PSPC sample. With
     the similarity scores of the pair and the network run's per-step agreement between the
@@ -485,7 +486,7 @@ class NetworkComparison:
 
 
 def network_comparison(counterpart: dict | None) -> NetworkComparison | None:
-    """A NetworkComparison from auditor.comparison.sample_counterpart's record (None stays None)."""
+    """A NetworkComparison from auditor.workflows.comparison.sample_counterpart's record (None stays None)."""
     if counterpart is None:
         return None
     image = counterpart.get("image")
@@ -688,7 +689,7 @@ def build_sample_report(db_path, run_id: int, sample_index: int, *, step: int | 
     locations per source; drilldown_top: training images listed per pixel; all_steps: build
     the maps and drill-down of every recorded step (the self-contained export, whose step
     selector works offline); concentration: 'top1' or 'entropy'; network: 'auto' reads the
-    sample's network comparison from the store (auditor.comparison.sample_counterpart), None
+    sample's network comparison from the store (auditor.workflows.comparison.sample_counterpart), None
     leaves the section out, or pass a NetworkComparison.
 
     The store is read in one short read-only transaction; the report of a complete run is
@@ -776,7 +777,7 @@ def build_sample_report(db_path, run_id: int, sample_index: int, *, step: int | 
     image = Picture.of(data.final_image, MAIN_SIZE, f"generated sample {sample_index} of run {run_id}") \
         if data.final_image is not None else None
     if network == "auto":
-        from auditor.comparison import sample_counterpart
+        from auditor.workflows.comparison import sample_counterpart
 
         network = network_comparison(sample_counterpart(db_path, data.run["id"], data.sample_index, timeout=timeout))
     copy_matches = []
@@ -1243,7 +1244,7 @@ def build_sql_page(db_path, sql: str | None = None, *, max_rows: int = 1000, que
                    timeout: float = database.DEFAULT_TIMEOUT) -> SqlPage:
     """Run `sql` (one read-only statement; none: just the form) with at most `max_rows` rows
     and `query_timeout` seconds. A refused or failing statement gives the page with `error`
-    set (the message of auditor.query), never an exception."""
+    set (the message of auditor.store.query), never an exception."""
     examples = [ExampleItem(e.name, e.title, e.sql) for e in EXAMPLE_QUERIES]
     sql = sql if sql and sql.strip() else None
     columns, rows, truncated, error, elapsed, refused = [], [], False, None, None, False
@@ -1264,7 +1265,7 @@ def build_sql_page(db_path, sql: str | None = None, *, max_rows: int = 1000, que
 
 
 def _is_write(sql: str) -> bool:
-    """One well-formed statement of a kind auditor.query refuses (not a syntax error)."""
+    """One well-formed statement of a kind auditor.store.query refuses (not a syntax error)."""
     import duckdb
 
     try:
@@ -1275,12 +1276,12 @@ def _is_write(sql: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Fidelity studies (auditor.fidelity): denoisers against a network
+# Fidelity studies (auditor.workflows.fidelity): denoisers against a network
 # ---------------------------------------------------------------------------------------
 @dataclass
 class FidelityListPage(_Context):
     """The stored fidelity studies (template fidelity_list.html), newest first, paginated;
-    each as auditor.fidelity.list_studies gives it."""
+    each as auditor.workflows.fidelity.list_studies gives it."""
 
     documented_template: ClassVar[str] = "fidelity_list.html"
 
@@ -1291,7 +1292,7 @@ class FidelityListPage(_Context):
 
 def build_fidelity_list_page(db_path, *, page: int = 1, per_page: int = 20,
                              timeout: float = database.DEFAULT_TIMEOUT) -> FidelityListPage:
-    from auditor.fidelity import list_studies
+    from auditor.workflows.fidelity import list_studies
 
     studies = list_studies(db_path, timeout=timeout)
     pagination = Pagination(int(page), int(per_page), len(studies))
@@ -1327,7 +1328,7 @@ class FidelityPage(_Context):
     """One fidelity study (template fidelity.html): the network and data it ran on, the MSE
     table per process with the closest denoiser marked, the gradient-concentration table,
     the samples' similarity to the network's (with the descriptor's name), the tuned
-    schedule, the findings, and `study` (auditor.fidelity.load_study: every stored number)."""
+    schedule, the findings, and `study` (auditor.workflows.fidelity.load_study: every stored number)."""
 
     documented_template: ClassVar[str] = "fidelity.html"
 
@@ -1383,7 +1384,7 @@ def _mse_table(curve: dict, finding_range: tuple[float, float]) -> MseTable:
 
 def build_fidelity_page(db_path, study_id: int, *, timeout: float = database.DEFAULT_TIMEOUT) -> FidelityPage:
     """Study `study_id` from the store. NotFoundError for an unknown id."""
-    from auditor.fidelity import FINDING_RANGE, load_study
+    from auditor.workflows.fidelity import FINDING_RANGE, load_study
 
     study = load_study(db_path, _int(study_id, "fidelity study id"), timeout=timeout)
     record = study["record"]

@@ -9,9 +9,9 @@
 - `enlarge`: nearest-neighbour enlargement (no smoothing: a pixel stays a square).
 - `outlined_thumbnail`: a training image enlarged with the patch boxes it gave outlined;
   boxes are in the ORIGINAL image's coordinates (the store keeps the mirrored box for a
-  mirrored entry, see auditor.recorder), mirrored ones drawn dashed.
+  mirrored entry, see auditor.store.recorder), mirrored ones drawn dashed.
 
-Inputs follow `auditor.attribution.pixel_attribution`: {"image_index" [E], "flip" [E],
+Inputs follow `auditor.store.attribution.pixel_attribution`: {"image_index" [E], "flip" [E],
 "weights" [E, H, W]} as torch tensors or numpy arrays. The store-level helpers at the end
 (`attribution_map`, `attribution_map_png`, `thumbnail_png`) are what the service's PNG
 endpoints call.
@@ -62,7 +62,7 @@ def _numpy(value) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 def image_rgb(image) -> np.ndarray:
     """An image as RGB uint8 [H, W, 3]: float [C, H, W] in [-1, 1] (the store's format;
-    rounded and clipped as pspc.training_set.to_uint8), or uint8 [C, H, W] (training
+    rounded and clipped as pspc.data.training_set.to_uint8), or uint8 [C, H, W] (training
     pixels). C = 1 is replicated to grey; C = 3 is taken as RGB."""
     array = _numpy(image)
     if array.ndim != 3 or array.shape[0] not in (1, 3):
@@ -311,9 +311,9 @@ def attribution_map(db_path: str | os.PathLike, run_id: int, sample_index: int, 
     each labelled with the image id; kind 'concentration': per-pixel `concentration`
     ('top1' or 'entropy'), no legend. NotFoundError for an unknown run, sample or step;
     ValueError for a bad kind or top."""
-    from auditor import database
+    from auditor.store import database
 
-    from .provenance import SampleProvenance
+    from auditor.store.provenance import SampleProvenance
 
     if kind not in MAP_KINDS:
         raise ValueError(f"unknown map kind {kind!r}; choose from {', '.join(MAP_KINDS)}")
@@ -348,8 +348,8 @@ def attribution_map_png(db_path: str | os.PathLike, run_id: int, sample_index: i
 
 def thumbnail_png(db_path: str | os.PathLike, dataset_id: int, image_index: int, *, scale: int = 4,
                   boxes: Iterable[Box | tuple] = (), timeout: float | None = None) -> bytes:
-    """A stored training image (auditor.datasets.training_pixels) enlarged, with `boxes` outlined, as PNG."""
-    from auditor import database, datasets
+    """A stored training image (auditor.store.datasets.training_pixels) enlarged, with `boxes` outlined, as PNG."""
+    from auditor.store import database, datasets
 
     timeout = database.DEFAULT_TIMEOUT if timeout is None else timeout
     pixels = datasets.training_pixels(db_path, dataset_id, [image_index], timeout=timeout)[0]

@@ -8,7 +8,7 @@
 - `network_error_plot`: the per-step MSE between the network's and PSPC's denoiser
   outputs (network comparison), when the report has one.
 
-Plots of a fidelity study (auditor.fidelity; the /fidelity pages and bench/fidelity.py):
+Plots of a fidelity study (auditor.workflows.fidelity; the /fidelity pages and bench/fidelity.py):
 - `fidelity_curves_plot`: MSE against the network per noise level t and denoiser, with
   one standard error shaded and the paper's t range for its finding marked (Figs. 4, 7).
 - `concentration_plot`: side of the centred square holding 50/75/95 % of the network's
@@ -138,9 +138,9 @@ def network_error_plot(steps: Sequence, fmt: str = "png") -> bytes:
 
 
 # ---------------------------------------------------------------------------------------
-# Fidelity studies (auditor.fidelity)
+# Fidelity studies (auditor.workflows.fidelity)
 # ---------------------------------------------------------------------------------------
-FINDING_BAND = (0.3, 3.0)  # the paper's t range for "PSPC is closer to the network" (auditor.fidelity)
+FINDING_BAND = (0.3, 3.0)  # the paper's t range for "PSPC is closer to the network" (auditor.workflows.fidelity)
 
 
 def fidelity_curves_plot(times: Sequence[float], names: Sequence[str], mse: Sequence[Sequence[float]],

@@ -27,8 +27,8 @@ from urllib.parse import quote, urlencode
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from . import maps, plots
-from .context import FidelityPage, SampleReport, _Context, to_jsonable
+from reports import maps, plots
+from reports.context import FidelityPage, SampleReport, _Context, to_jsonable
 
 __all__ = ["CSV_COLUMNS", "Links", "environment", "export_html", "fidelity_plots", "render_error", "render_fidelity",
            "render_page", "render_sample", "report_csv", "report_json", "script_json"]

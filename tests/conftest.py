@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from pspc.loaders import load_fashion_mnist
-from pspc.training_set import TrainingSet
+from pspc.data.loaders import load_fashion_mnist
+from pspc.data.training_set import TrainingSet
 
 FASHION_MNIST_ROOT = os.environ.get("PSPC_FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 

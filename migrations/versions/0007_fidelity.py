@@ -1,4 +1,4 @@
-"""Fidelity studies: how closely training-free denoisers reproduce a network (auditor.fidelity).
+"""Fidelity studies: how closely training-free denoisers reproduce a network (auditor.workflows.fidelity).
 
 - fidelity_studies (id, name, created_at, source, network_name, network_sha256, network,
   training_fingerprint, test_fingerprint, seed, record, findings, denoisers,

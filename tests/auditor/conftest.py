@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor import database, runs
-from pspc.loaders import load_fashion_mnist
-from pspc.training_set import TrainingSet
+from auditor.store import database
+from auditor.workflows import sampling as runs
+from pspc.data.loaders import load_fashion_mnist
+from pspc.data.training_set import TrainingSet
 from tests.conftest import FASHION_MNIST_ROOT, random_training_set
 
 

@@ -1,4 +1,4 @@
-"""API keys (auditor.access): hashed storage, scopes, and the service's checks (401 / 403 / 200)."""
+"""API keys (auditor.service.auth): hashed storage, scopes, and the service's checks (401 / 403 / 200)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from auditor import access, database
+from auditor.service import auth as access
+from auditor.store import database
 from auditor.cli import main
-from auditor.database import NotFoundError, StoreError
-from auditor.service import ServiceSettings, create_app
+from auditor.store.database import NotFoundError, StoreError
+from auditor.service.app import ServiceSettings, create_app
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""The report service's JSON API (auditor.service, auditor/routers/) on a small recorded store.
+"""The report service's JSON API (auditor.service.app, auditor/routers/) on a small recorded store.
 
-Every endpoint and every error status, checked against the library (auditor.attribution) and
+Every endpoint and every error status, checked against the library (auditor.store.attribution) and
 against what the engine computed while sampling (the `recorded_fashion` fixture).
 """
 
@@ -19,10 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from auditor import attribution, database
-from auditor.recorder import from_blob
-from auditor.service import ServiceSettings, create_app
-from pspc.training_set import to_uint8
+from auditor.store import attribution, database
+from auditor.store.recorder import from_blob
+from auditor.service.app import ServiceSettings, create_app
+from pspc.data.training_set import to_uint8
 from tests.auditor.conftest import engine_shares
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor import attribution, database
-from auditor.database import NotFoundError
-from auditor.example_queries import EXAMPLE_QUERIES, example_query
+from auditor.store import attribution, database
+from auditor.store.database import NotFoundError
+from auditor.store.example_queries import EXAMPLE_QUERIES, example_query
 
-from .conftest import FASHION_OPTIONS, engine_shares
+from tests.auditor.conftest import FASHION_OPTIONS, engine_shares
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Auditing external images (auditor.audit): input checks, the PF-ODE inversion and its
+"""Auditing external images (auditor.workflows.audit): input checks, the PF-ODE inversion and its
 replay, the direct path without a network, and `auditor audit`.
 
 Data: 12 random 8x8 images with x-flips; network: tests.auditor.test_comparison.TinyDenoiser.
@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from auditor import attribution, database
-from auditor.audit import AuditInputError, invert, load_audit_image, record_audit
-from auditor.recorder import from_blob
+from auditor.store import attribution, database
+from auditor.workflows.audit import AuditInputError, invert, load_audit_image, record_audit
+from auditor.store.recorder import from_blob
 from pspc.denoisers import NetworkDenoiser, build_denoiser
-from pspc.networks import export_torchscript
+from pspc.networks.unet import export_torchscript
 from pspc.samplers import SamplerConfig, initial_noise, sample
 from tests.auditor.conftest import random_set
 from tests.auditor.test_comparison import SHAPE, fetch, one_torch_thread, run_cli, tiny_network  # noqa: F401

@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from auditor import cli, database
+from auditor import cli
+from auditor.store import database
 from tests.auditor.test_database import LockHolder
 
 
@@ -122,8 +123,8 @@ def test_ingest_sample_runs_show_sql(tmp_path, capsys, data_file):
 
 
 def test_resume_a_failed_run(tmp_path, capsys, data_file):
-    from auditor import runs
-    from pspc.loaders import load_training_set
+    from auditor.workflows import sampling as runs
+    from pspc.data.loaders import load_training_set
 
     db = tmp_path / "p.duckdb"
     database.upgrade(db)

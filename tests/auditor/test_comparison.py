@@ -1,4 +1,4 @@
-"""Network comparisons (auditor.comparison): shared noise, the network-explained run, per-step
+"""Network comparisons (auditor.workflows.comparison): shared noise, the network-explained run, per-step
 agreement, similarity scores and copy matches, against slow references written here; the
 0006 migration from 0005 with data kept; `auditor compare`.
 
@@ -18,14 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from auditor import attribution, cli, comparison, database, runs
-from auditor.descriptors import PixelCorrelationDescriptor
-from auditor.recorder import from_blob
+from auditor.store import attribution, database
+from auditor import cli
+from auditor.workflows import comparison, sampling as runs
+from auditor.similarity.descriptors import PixelCorrelationDescriptor
+from auditor.store.recorder import from_blob
 from pspc.denoisers import NetworkDenoiser, build_denoiser
-from pspc.networks import EDMPrecond, NetworkConfig, NetworkError, export_torchscript, save_network
-from pspc.patch_sets import flex_patches
+from pspc.networks.unet import EDMPrecond, NetworkConfig, NetworkError, export_torchscript, save_network
+from pspc.posterior.patch_sets import flex_patches
 from pspc.schedules import default_flex_schedule, write_schedule_file
-from pspc.sensitivity import network_sensitivity
+from pspc.posterior.sensitivity import network_sensitivity
 from pspc.samplers import SamplerConfig, initial_noise, sample
 from tests.auditor.conftest import random_set
 from tests.auditor.test_migrations import check_views, fill_tiny_store

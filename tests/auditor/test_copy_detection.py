@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from auditor.copy_detection import (
-    DEFAULT_THRESHOLDS,
-    EXACT_MAX_ENTRIES,
-    CopyDetectionError,
-    CopyDetectionIndex,
-    SimilarityMatrix,
-    check_thresholds,
-    choose_index,
-    flag,
-    similarity_matrix,
+from auditor.similarity.copy_detection import (
+    DEFAULT_THRESHOLDS, EXACT_MAX_ENTRIES, CopyDetectionError, CopyDetectionIndex, SimilarityMatrix,
+    check_thresholds, choose_index, flag, similarity_matrix
 )
-from auditor.descriptors import PixelCorrelationDescriptor, SSCDDescriptor
-from pspc.training_set import TrainingSet
+from auditor.similarity.descriptors import PixelCorrelationDescriptor, SSCDDescriptor
+from pspc.data.training_set import TrainingSet
 from tests.auditor.test_descriptors import TinySSCD, save_script
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]

@@ -1,4 +1,4 @@
-"""auditor.database: path resolution, short transactions, the ORM session, and the lock held by
+"""auditor.store.database: path resolution, short transactions, the ORM session, and the lock held by
 another process (LockedError after the timeout, success once it is released)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from auditor import database
-from auditor.models import Dataset
+from auditor.store import database
+from auditor.store.schema import Dataset
 
 HOLDER = """
 import sys, duckdb

@@ -1,4 +1,4 @@
-"""auditor.datasets: ingest is bulk, idempotent by fingerprint and keeps the metadata."""
+"""auditor.store.datasets: ingest is bulk, idempotent by fingerprint and keeps the metadata."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from auditor import database, datasets
-from pspc.training_set import TrainingSet
+from auditor.store import database, datasets
+from pspc.data.training_set import TrainingSet
 from tests.conftest import random_training_set
 
 

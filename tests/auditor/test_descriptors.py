@@ -19,19 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from auditor import descriptors
-from auditor.descriptors import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    OFFICIAL_SSCD_CHECKPOINTS,
-    DescriptorError,
-    FallbackDescriptorWarning,
-    PixelCorrelationDescriptor,
-    Preprocessing,
-    SSCDDescriptor,
-    load_descriptor,
+from auditor.similarity import descriptors
+from auditor.similarity.descriptors import (
+    IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_SSCD_CHECKPOINTS, DescriptorError, FallbackDescriptorWarning,
+    PixelCorrelationDescriptor, Preprocessing, SSCDDescriptor, load_descriptor
 )
-from pspc.training_set import to_uint8
+from pspc.data.training_set import to_uint8
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")]

@@ -1,4 +1,4 @@
-"""Fidelity studies in the store (auditor.fidelity, revision 0007) and `auditor fidelity run|import|list|show`.
+"""Fidelity studies in the store (auditor.workflows.fidelity, revision 0007) and `auditor fidelity run|import|list|show`.
 
 `study_result()` builds a fidelity.json-shaped result from the library's own classes with
 random numbers (no network: fast); it is shared with tests/reports/test_fidelity.py. The end
@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from auditor import cli, database, fidelity
-from pspc.fidelity import ConcentrationTable, FidelityCurves
-from pspc.tuning import TunedSchedule
+from auditor import cli
+from auditor.store import database
+from auditor.workflows import fidelity
+from pspc.evaluation.fidelity import ConcentrationTable, FidelityCurves
+from pspc.evaluation.tuning import TunedSchedule
 from tests.conftest import FASHION_MNIST_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -297,7 +299,7 @@ def tiny_network(tmp_path_factory) -> Path:
     """An untrained 28x28 EDM network (random weights, no attention: fast on a CPU)."""
     if not os.path.isdir(FASHION_MNIST_ROOT):
         pytest.skip("Fashion-MNIST not installed: apt-get install -y dataset-fashion-mnist")
-    from pspc.networks import NetworkConfig, save_network
+    from pspc.networks.unet import NetworkConfig, save_network
     from tests.pspc.test_networks import tiny_net
 
     config = NetworkConfig(image_channels=1, resolution=(28, 28), model_channels=8, channel_mult=(1, 2),

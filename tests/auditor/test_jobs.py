@@ -1,4 +1,4 @@
-"""Sampling jobs (auditor.jobs, POST /api/jobs): validation, a real subprocess run to completion,
+"""Sampling jobs (auditor.service.jobs, POST /api/jobs): validation, a real subprocess run to completion,
 queueing, cancellation and recovery after a service restart."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from auditor import database, datasets
-from auditor.jobs import SampleJobRequest, job_command
-from auditor.recorder import utcnow
-from auditor.service import ServiceSettings, create_app
+from auditor.store import database, datasets
+from auditor.service.jobs import SampleJobRequest, job_command
+from auditor.store.recorder import utcnow
+from auditor.service.app import ServiceSettings, create_app
 from tests.auditor.conftest import fashion_mnist
 
 JOB_TIMEOUT = 240  # seconds: a 1-sample, 3-step run on 200 images (most of it is importing torch)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from auditor import database
+from auditor.store import database
 
 
 def window_pixels(height: int, width: int, size: int) -> list[tuple[int, int, int]]:
@@ -111,7 +111,7 @@ def test_upgrade_from_missing_file_reaches_head(tmp_path):
 
 
 def test_head_revision_matches_the_models(tmp_path):
-    from auditor.models import Base
+    from auditor.store.schema import Base
 
     migrated, created = tmp_path / "migrated.duckdb", tmp_path / "created.duckdb"
     database.upgrade(migrated)

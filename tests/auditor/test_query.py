@@ -1,4 +1,4 @@
-"""auditor.query: only one read-only statement runs; the formats; errors change nothing."""
+"""auditor.store.query: only one read-only statement runs; the formats; errors change nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from auditor import database, query
+from auditor.store import database, query
 from tests.auditor.test_migrations import fill_tiny_store
 
 

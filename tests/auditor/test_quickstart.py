@@ -1,8 +1,9 @@
-"""auditor.quickstart: the Quick start's store preparation is complete and idempotent."""
+"""auditor.workflows.quickstart: the Quick start's store preparation is complete and idempotent."""
 
 import numpy as np
 
-from auditor import database, quickstart
+from auditor.store import database
+from auditor.workflows import quickstart
 
 
 def test_prepare_records_once_then_reuses(tmp_path):
@@ -37,7 +38,7 @@ def test_cli_quickstart_without_serving(tmp_path, capsys):
 
 
 def test_committed_fidelity_study_is_imported_once(tmp_path):
-    from auditor import fidelity
+    from auditor.workflows import fidelity
 
     db = tmp_path / "store.duckdb"
     database.upgrade(db)

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from auditor import attribution, database
-from auditor.recorder import from_blob, patch_set_fingerprint
+from auditor.store import attribution, database
+from auditor.store.recorder import from_blob, patch_set_fingerprint
 from pspc.denoisers import build_denoiser
 from pspc.samplers import SamplerConfig, initial_noise, sample
 
-from .conftest import RANDOM_OPTIONS, random_set, record
+from tests.auditor.conftest import RANDOM_OPTIONS, random_set, record
 
 
 def _fetch(db, sql, params=()):
@@ -115,7 +115,7 @@ def test_final_images_equal_unrecorded_sampling(recorded_random):
 
 
 def test_recorder_needs_weights(empty_db):
-    from auditor import runs
+    from auditor.workflows import sampling as runs
 
     with pytest.raises(ValueError, match="only PSPC denoisers"):
         runs.record_sampling_run(empty_db, random_set(), denoiser_kind="gaussian", num_samples=1, steps=2)

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor import database, runs
-from auditor.database import NotFoundError, StoreError
-from auditor.recorder import from_blob
+from auditor.store import database
+from auditor.workflows import sampling as runs
+from auditor.store.database import NotFoundError, StoreError
+from auditor.store.recorder import from_blob
 
-from .conftest import random_set
+from tests.auditor.conftest import random_set
 
 REPO = Path(__file__).resolve().parents[2]
 OPTIONS = dict(num_samples=2, steps=5, seed=7, patch_size=3, top_k=4, mass=0.95)
@@ -58,7 +59,7 @@ def test_exception_mid_run_marks_failed(empty_db, exc):
 
 def test_failing_last_step_never_complete(empty_db, monkeypatch):
     """The last step's transaction fails (after its inserts): nothing of it stays, the run is failed."""
-    from auditor import recorder
+    from auditor.store import recorder
 
     def broken(self, conn, final, started):
         raise Boom("cannot complete")

@@ -18,9 +18,9 @@ from PIL import Image
 
 from pspc.cli import main
 from pspc.denoisers import build_denoiser
-from pspc.images import save_grid
-from pspc.loaders import load_training_set
-from pspc.training_set import to_uint8
+from pspc.data.images import save_grid
+from pspc.data.loaders import load_training_set
+from pspc.data.training_set import to_uint8
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(not REAL_FASHION_MNIST.is_dir(),
@@ -225,7 +225,7 @@ def test_fashion_mnist_denoise_and_sample(tmp_path):
     assert samples.shape == (2, 1, 28, 28) and np.abs(samples).max() <= 1 and samples.std() > 0.1
 
 
-# -- pspc.images ----------------------------------------------------------------------
+# -- pspc.data.images ----------------------------------------------------------------------
 def test_save_grid(tmp_path):
     images = torch.linspace(-1, 1, 5 * 3 * 2 * 2).view(5, 3, 2, 2)
     path = save_grid(images, tmp_path / "g.png", columns=2, scale=3, padding=2)

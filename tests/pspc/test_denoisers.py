@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from pspc.denoisers import (CFDMDenoiser, DenoiserInputError, EmpiricalDenoiser, GaussianDenoiser,
-                            NetworkDenoiser, build_denoiser, pspc_square)
+from pspc.denoisers import (
+    CFDMDenoiser, DenoiserInputError, EmpiricalDenoiser, GaussianDenoiser, NetworkDenoiser, build_denoiser,
+    pspc_square
+)
 from tests.conftest import noisy, random_training_set
 from tests.pspc.reference import entries_of
 

@@ -14,14 +14,17 @@ import numpy as np
 import pytest
 import torch
 
-from pspc.denoisers import EmpiricalDenoiser, GaussianDenoiser, NetworkDenoiser, build_denoiser, pspc_flex, pspc_square
-from pspc.fidelity import (FidelityCurves, FidelityError, SensitivityMaps, compare_denoisers, concentration_sides,
-                           concentration_table, denoiser_errors, forward_process_states, mass_within, network_flex,
-                           reverse_process_states)
+from pspc.denoisers import (
+    EmpiricalDenoiser, GaussianDenoiser, NetworkDenoiser, build_denoiser, pspc_flex, pspc_square
+)
+from pspc.evaluation.fidelity import (
+    FidelityCurves, FidelityError, SensitivityMaps, compare_denoisers, concentration_sides, concentration_table,
+    denoiser_errors, forward_process_states, mass_within, network_flex, reverse_process_states
+)
 from pspc.samplers import SamplerConfig, initial_noise
 from pspc.schedules import Schedule
-from pspc.sensitivity import network_sensitivity
-from pspc.tuning import candidate_sizes, merge_levels, tune_schedule, tuning_states
+from pspc.posterior.sensitivity import network_sensitivity
+from pspc.evaluation.tuning import candidate_sizes, merge_levels, tune_schedule, tuning_states
 from tests.conftest import random_training_set
 
 KINDS = ("empirical", "gaussian", "cfdm", "pspc-square", "pspc-flex")

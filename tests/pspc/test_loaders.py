@@ -17,17 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pspc.loaders import (
-    FASHION_MNIST_CLASSES,
-    load_array,
-    load_cifar10,
-    load_edm_zip,
-    load_fashion_mnist,
-    load_idx,
-    load_image_folder,
-    load_training_set,
+from pspc.data.loaders import (
+    FASHION_MNIST_CLASSES, load_array, load_cifar10, load_edm_zip, load_fashion_mnist, load_idx, load_image_folder,
+    load_training_set
 )
-from pspc.training_set import TrainingSet, TrainingSetError
+from pspc.data.training_set import TrainingSet, TrainingSetError
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 RNG = np.random.default_rng(0)

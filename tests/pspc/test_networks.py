@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from pspc.denoisers import NetworkDenoiser
-from pspc.networks import (EDMPrecond, NetworkConfig, NetworkError, VPEpsilonNetwork, detect_kind,
-                           edm_preconditioning, export_torchscript, load_checkpoint, load_network, save_network)
+from pspc.networks.unet import (
+    EDMPrecond, NetworkConfig, NetworkError, VPEpsilonNetwork, detect_kind, edm_preconditioning,
+    export_torchscript, load_checkpoint, load_network, save_network
+)
 from pspc.samplers import SamplerConfig, initial_noise, sample
 from tests.conftest import random_training_set
 

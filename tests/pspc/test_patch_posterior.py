@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from pspc import fused_kernels
+from pspc.posterior import fused_kernels
 from pspc.denoisers import EmpiricalDenoiser, pspc_flex, pspc_square
-from pspc.patch_posterior import patch_posterior
-from pspc.patch_sets import MaskPatches, flex_masks, square_patches
-from pspc.posterior_weights import WeightRequest
+from pspc.posterior.patch_posterior import patch_posterior
+from pspc.posterior.patch_sets import MaskPatches, flex_masks, square_patches
+from pspc.posterior.weights import WeightRequest
 from pspc.schedules import Schedule, default_flex_schedule
-from pspc.sensitivity import isotropic_sensitivity
+from pspc.posterior.sensitivity import isotropic_sensitivity
 from tests.conftest import noisy, random_training_set
 from tests.pspc.reference import entries_of, reference_pspc, reference_weights
 

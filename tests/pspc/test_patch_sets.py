@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pspc.patch_sets import MaskPatches, PatchSetError, WindowPatches, flex_masks, square_patches
-from pspc.sensitivity import isotropic_sensitivity, isotropic_width, network_sensitivity
+from pspc.posterior.patch_sets import MaskPatches, PatchSetError, WindowPatches, flex_masks, square_patches
+from pspc.posterior.sensitivity import isotropic_sensitivity, isotropic_width, network_sensitivity
 from tests.conftest import random_training_set
 
 

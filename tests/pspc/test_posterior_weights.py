@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from pspc.denoisers import pspc_flex, pspc_square
-from pspc.posterior_weights import WeightRequest
+from pspc.posterior.weights import WeightRequest
 from pspc.schedules import Schedule
-from pspc.sensitivity import isotropic_sensitivity
+from pspc.posterior.sensitivity import isotropic_sensitivity
 from tests.conftest import noisy
 
 

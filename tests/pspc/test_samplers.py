@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pspc.denoisers import NetworkDenoiser, pspc_square
-from pspc.posterior_weights import WeightRequest
+from pspc.posterior.weights import WeightRequest
 from pspc.samplers import SamplerConfig, initial_noise, sample
 from tests.conftest import random_training_set
 

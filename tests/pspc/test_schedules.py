@@ -4,8 +4,10 @@ import math
 
 import pytest
 
-from pspc.schedules import (CIFAR10_FLEX_LAMBDAS, CIFAR10_PATCH_SIZES, Schedule, default_flex_schedule,
-                            default_patch_schedule, edm_time_steps)
+from pspc.schedules import (
+    CIFAR10_FLEX_LAMBDAS, CIFAR10_PATCH_SIZES, Schedule, default_flex_schedule, default_patch_schedule,
+    edm_time_steps
+)
 
 
 def test_edm_time_steps_follow_the_formula():
@@ -56,7 +58,7 @@ def test_schedules_reject_bad_input():
     assert record["name"] == "cifar10-scaled-to-28" and len(record["values"]) == 18
 
 
-# -- schedule files (pspc.tuning writes them; Schedule.load reads them) ----------------------
+# -- schedule files (pspc.evaluation.tuning writes them; Schedule.load reads them) ----------------------
 def _tuned_file(path, steps=None, **overrides):
     import json
 
@@ -74,10 +76,10 @@ def _tuned_file(path, steps=None, **overrides):
 def test_schedule_file_round_trip(tmp_path):
     import torch
 
-    from pspc.fidelity import forward_process_states
+    from pspc.evaluation.fidelity import forward_process_states
     from pspc.denoisers import EmpiricalDenoiser, NetworkDenoiser
     from pspc.schedules import read_schedule_file
-    from pspc.tuning import tune_schedule
+    from pspc.evaluation.tuning import tune_schedule
     from tests.conftest import random_training_set
 
     # Schedule.save / Schedule.load
@@ -89,7 +91,7 @@ def test_schedule_file_round_trip(tmp_path):
     lambdas = default_flex_schedule()
     assert Schedule.load(lambdas.save(tmp_path / "lambda.json", "lambda"), "lambda") == lambdas
 
-    # A tuned schedule (pspc.tuning) written with every candidate's error, loaded by the engine
+    # A tuned schedule (pspc.evaluation.tuning) written with every candidate's error, loaded by the engine
     data = random_training_set(8, 1, 6, 6, seed=1)
 
     class Net(torch.nn.Module):

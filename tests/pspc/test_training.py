@@ -9,10 +9,12 @@ import torch
 from PIL import Image
 
 from auditor.cli import main as auditor_main
-from pspc.networks import EDMPrecond, NetworkConfig, load_checkpoint, load_network
-from pspc.training import (BatchSampler, EDMLoss, TrainingConfig, TrainingError, evaluation_loss, sample_network,
-                           save_samples, state_path_for, train, training_batch)
-from pspc.training_set import TrainingSet
+from pspc.networks.unet import EDMPrecond, NetworkConfig, load_checkpoint, load_network
+from pspc.networks.training import (
+    BatchSampler, EDMLoss, TrainingConfig, TrainingError, evaluation_loss, sample_network, save_samples,
+    state_path_for, train, training_batch
+)
+from pspc.data.training_set import TrainingSet
 from tests.conftest import random_training_set
 
 TINY = NetworkConfig(image_channels=1, resolution=(8, 8), model_channels=8, channel_mult=(1, 2),

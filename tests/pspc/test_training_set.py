@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pspc.training_set import TrainingSet, TrainingSetError, to_uint8
+from pspc.data.training_set import TrainingSet, TrainingSetError, to_uint8
 from tests.conftest import random_training_set
 
 

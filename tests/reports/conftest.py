@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from auditor import database, runs
-from pspc.training_set import TrainingSet
+from auditor.store import database
+from auditor.workflows import sampling as runs
+from pspc.data.training_set import TrainingSet
 from tests.auditor.conftest import fashion_mnist, record
 
 HOSTILE_ID = '<script>alert("id")</script>'
@@ -87,10 +88,10 @@ class ComparisonStore:
 
 @pytest.fixture(scope="session")
 def comparison_store(tmp_path_factory) -> ComparisonStore:
-    """A network comparison (auditor.comparison) on the hostile set: network-explained run and a
+    """A network comparison (auditor.workflows.comparison) on the hostile set: network-explained run and a
     PSPC-Square run from the same noise, similarity and copy matches by the pixel-correlation
     descriptor (2 samples, 4 steps of 3x3 patches)."""
-    from auditor import comparison
+    from auditor.workflows import comparison
 
     db = tmp_path_factory.mktemp("reports-comparison") / "provenance.duckdb"
     database.upgrade(db)

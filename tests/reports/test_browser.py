@@ -3,7 +3,7 @@
 Starts `auditor serve` (a subprocess, as in production) on a free port over a copy of the
 small Fashion-MNIST store, loads a sample report, and checks what a person would see: the
 attribution maps, the source thumbnails and the timeline are in the rendered DOM, pointing
-at a pixel lists the training images auditor.attribution.pixel_sources gives for it, the
+at a pixel lists the training images auditor.store.attribution.pixel_sources gives for it, the
 step selector works, and the page logs no console error, throws nothing and fails no
 request. The exported single file is then opened from disk and must make no request at all.
 Screenshots are kept under $PSPC_TEST_ARTIFACTS (else the test's temporary folder).
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from auditor import attribution
+from auditor.store import attribution
 
-from .conftest import artifacts_dir
+from tests.reports.conftest import artifacts_dir
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)

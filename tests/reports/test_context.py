@@ -1,4 +1,4 @@
-"""The report contexts say exactly what auditor.attribution (the SQL views) says on a recorded store."""
+"""The report contexts say exactly what auditor.store.attribution (the SQL views) says on a recorded store."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from auditor import attribution, database, runs
-from auditor.database import NotFoundError
+from auditor.store import attribution, database
+from auditor.workflows import sampling as runs
+from auditor.store.database import NotFoundError
 from reports import context
-from reports.provenance import SampleProvenance
+from auditor.store.provenance import SampleProvenance
 
 ABS = 1e-12
 
@@ -219,7 +220,7 @@ def test_usage_map_sums_to_the_final_shares(random_store):
     """The usage map spreads each final share over the training pixels it came from: its sum
     is the image's total share of final images (before normalising for display)."""
     from reports.context import _usage
-    from reports.provenance import patch_geometry
+    from auditor.store.provenance import patch_geometry
 
     with database.connect(random_store.db, read_only=True) as conn:
         rows = conn.execute("""
@@ -276,7 +277,7 @@ def test_sql_page_runs_read_only_queries_and_reports_errors(fashion_store):
 
 
 def test_network_section_comes_from_the_comparison(comparison_store):
-    from auditor.comparison import sample_counterpart
+    from auditor.workflows.comparison import sample_counterpart
 
     db = comparison_store.db
     pspc = context.build_sample_report(db, comparison_store.pspc_run, 1)

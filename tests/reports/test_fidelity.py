@@ -10,9 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
-from auditor import database, fidelity
-from auditor.access import create_key
-from auditor.service import ServiceSettings, create_app
+from auditor.store import database
+from auditor.workflows import fidelity
+from auditor.service.auth import create_key
+from auditor.service.app import ServiceSettings, create_app
 from reports import plots
 from tests.auditor.test_fidelity import study_result
 from tests.reports.test_pages import assert_page

@@ -1,4 +1,4 @@
-"""Attribution maps against slow per-pixel reference loops over auditor.attribution.pixel_attribution."""
+"""Attribution maps against slow per-pixel reference loops over auditor.store.attribution.pixel_attribution."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auditor import attribution, database
+from auditor.store import attribution, database
 from reports import maps
 
 
@@ -132,7 +132,7 @@ def test_nearest_enlargement_is_exact():
 
 
 def test_image_rgb_rounds_like_to_uint8_and_replicates_grey():
-    from pspc.training_set import to_uint8
+    from pspc.data.training_set import to_uint8
     import torch
 
     image = torch.linspace(-1.2, 1.2, 12).reshape(1, 3, 4)

@@ -1,4 +1,4 @@
-"""The HTML pages through the service app (auditor.service.create_app + auditor/routers/pages.py)."""
+"""The HTML pages through the service app (auditor.service.app.create_app + auditor/routers/pages.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from auditor.access import COOKIE_NAME, create_key
-from auditor.service import ServiceSettings, create_app
+from auditor.service.auth import COOKIE_NAME, create_key
+from auditor.service.app import ServiceSettings, create_app
 
 
 def _copy(store, tmp_path_factory, name: str) -> Path:

@@ -15,7 +15,7 @@ from PIL import Image
 from reports import context, plots, render
 from reports.context import NetworkComparison, NetworkStep, Picture, SimilarityScore
 
-from .conftest import HOSTILE_ID
+from tests.reports.conftest import HOSTILE_ID
 
 
 class _Collector(html.parser.HTMLParser):

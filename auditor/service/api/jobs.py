@@ -1,0 +1,87 @@
+"""Jobs: submit PSPC sampling to run in the background, then poll its status and progress."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from auditor.service.auth import require_scope
+from auditor.service.jobs import JOB_STATUSES, SampleJobRequest
+from auditor.service.api import Page, Pagination, page
+
+router = APIRouter(tags=["jobs"])
+read = [Depends(require_scope("read"))]
+submit = [Depends(require_scope("submit"))]
+JobId = Path(ge=1, description="job id")
+
+
+class JobProgress(BaseModel):
+    steps_recorded: int = Field(description="sampling steps stored so far (all samples of a step at once)")
+    steps_planned: int | None = None
+    run_status: str | None = Field(None, description="status of the job's run, once it exists")
+
+
+class JobStatus(BaseModel):
+    id: int
+    kind: str
+    status: str = Field(description="queued, running, complete or failed")
+    request: dict[str, Any] = Field(description="the validated request")
+    run_id: int | None = Field(None, description="the run the job records, once created")
+    pid: int | None = None
+    created_at: datetime = Field(description="UTC")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = Field(None, description="why it failed: exit status and the last lines of its log")
+    progress: JobProgress
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+def _status(request: Request, job: dict, with_progress: bool = True) -> dict:
+    runner = request.app.state.jobs
+    progress = runner.progress(job) if with_progress else {"steps_recorded": 0, "steps_planned": None}
+    links = {"self": str(request.url_for("get_job", job_id=job["id"])),
+             "log": str(request.url_for("job_log", job_id=job["id"]))}
+    if job["run_id"] is not None:
+        links["run"] = str(request.url_for("get_run", run_id=job["run_id"]))
+        links["page"] = f"/runs/{job['run_id']}"
+        if job["status"] == "complete":
+            links["first_report"] = str(request.url_for("sample_report", run_id=job["run_id"], sample_index=0))
+    return {**{k: v for k, v in job.items() if k != "log_path"}, "progress": progress, "links": links}
+
+
+@router.post("/jobs", response_model=JobStatus, status_code=202, dependencies=submit,
+             summary="Submit PSPC sampling on a stored dataset (runs in the background; needs scope submit)")
+def submit_job(request: Request, response: Response, body: SampleJobRequest = Body()):
+    job = request.app.state.jobs.submit(body)
+    response.headers["Location"] = str(request.url_for("get_job", job_id=job["id"]))
+    return _status(request, job)
+
+
+@router.get("/jobs", response_model=Page[JobStatus], dependencies=read, summary="Jobs, newest first")
+def list_jobs(request: Request, pagination: Pagination = Depends(),
+              status: str | None = Query(None, description=f"only jobs with this status ({', '.join(JOB_STATUSES)})")):
+    jobs, total = request.app.state.jobs.list(status=status, limit=pagination.limit, offset=pagination.offset)
+    return page(request, [_status(request, j, with_progress=j["status"] == "running") for j in jobs], total,
+                pagination)
+
+
+@router.get("/jobs/{job_id}", response_model=JobStatus, dependencies=read, summary="A job's status and progress")
+def get_job(request: Request, job_id: int = JobId):
+    return _status(request, request.app.state.jobs.get(job_id))
+
+
+@router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, dependencies=read,
+            summary="The end of the job's log (the subprocess's output)")
+def job_log(request: Request, job_id: int = JobId,
+            max_bytes: int = Query(4000, ge=1, le=1_000_000, description="at most this many bytes from the end")):
+    return request.app.state.jobs.log_tail(job_id, max_bytes)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobStatus, dependencies=submit,
+             summary="Cancel a queued job or interrupt a running one (its run is marked failed, resumable)")
+def cancel_job(request: Request, job_id: int = JobId):
+    return _status(request, request.app.state.jobs.cancel(job_id))

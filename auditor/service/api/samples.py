@@ -1,0 +1,328 @@
+"""Samples of a run: list, detail (its steps), sources (of the image or of one pixel), images,
+the attribution map and the full sample report."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from auditor.store import attribution, database
+from auditor.service.auth import get_settings
+from auditor.store.database import NotFoundError
+from auditor.service.api import Page, Pagination, cached_response, json_body, page, png_bytes
+
+router = APIRouter(tags=["samples"])
+
+RunId = Path(ge=1, description="run id")
+SampleIndex = Path(ge=0, description="sample index within the run (0-based)")
+MAX_TOP = 1000
+MAX_SCALE = 32
+
+
+class SampleSummary(BaseModel):
+    run_id: int
+    sample_index: int
+    seed: int = Field(description="the seed of this sample's initial noise")
+    complete: bool = Field(description="whether the final image is recorded")
+    steps_recorded: int
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class StepInfo(BaseModel):
+    step: int
+    t: float = Field(description="noise level of z_t (EDM time)")
+    t_next: float
+    patch_set_id: int
+    patch_set: dict = Field(description="the patch set's description (kind, size, ...)")
+    num_patches: int
+    mean_mass: float | None = Field(None, description="mean captured posterior mass of the kept weights")
+    mean_entropy: float | None = Field(None, description="mean entropy (nats) of the full weight vectors")
+    mean_ess: float | None = Field(None, description="mean effective sample size of the full weight vectors")
+
+
+class SampleDetail(SampleSummary):
+    shape: list[int] = Field(description="[C, H, W]")
+    dataset_id: int
+    run_status: str
+    steps: list[StepInfo]
+
+
+class PatchUse(BaseModel):
+    """Where a source was used: patch `position` of `step`, read from the box (top, left, height,
+    width) of the ORIGINAL training image (mirrored box for the flipped copy)."""
+
+    step: int
+    position: int
+    top: int
+    left: int
+    height: int
+    width: int
+    weight: float
+
+
+class Source(BaseModel):
+    image_index: int
+    image_id: str | None = None
+    label: int | None = None
+    label_name: str | None = None
+    source_uri: str | None = None
+    owner: str | None = None
+    license: str | None = None
+    share: float = Field(description="fraction of the image built from this training image (kept weights)")
+    flip_share: float = Field(description="the part of `share` from its mirrored copy")
+    patches: list[PatchUse] = Field(default_factory=list, description="its largest kept weights")
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class SourcesPage(Page[Source]):
+    run_id: int
+    sample_index: int
+    what: str = Field(description="'final image', 'D(z_t) at step N' or 'trajectory'")
+    step: int | None = None
+
+
+class PixelSource(BaseModel):
+    image_index: int
+    image_id: str | None = None
+    label: int | None = None
+    label_name: str | None = None
+    source_uri: str | None = None
+    owner: str | None = None
+    license: str | None = None
+    weight: float = Field(description="weight of this training image in the pixel (sum over its copies)")
+    flip_share: float
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class PixelSourcesPage(Page[PixelSource]):
+    run_id: int
+    sample_index: int
+    step: int
+    y: int
+    x: int
+
+
+def sample_links(request: Request, run_id: int, sample_index: int) -> dict[str, str]:
+    params = {"run_id": run_id, "sample_index": sample_index}
+    return {"self": str(request.url_for("get_sample", **params)),
+            "sources": str(request.url_for("sample_sources", **params)),
+            "report": str(request.url_for("sample_report", **params)),
+            "image": str(request.url_for("sample_image", **params)),
+            "attribution_map": str(request.url_for("attribution_map", **params)),
+            "page": f"/runs/{run_id}/samples/{sample_index}"}
+
+
+def _training_links(request: Request, dataset_id: int, image_index: int) -> dict[str, str]:
+    params = {"dataset_id": dataset_id, "image_index": image_index}
+    return {"training_image": str(request.url_for("get_training_image", **params)),
+            "thumbnail": str(request.url_for("training_image_png", **params))}
+
+
+def _run_row(conn, db_path, run_id: int):
+    row = conn.execute("SELECT r.dataset_id, r.num_samples, r.status, d.channels, d.height, d.width FROM runs r "
+                       "JOIN datasets d ON d.id = r.dataset_id WHERE r.id = ?", [run_id]).fetchone()
+    if row is None:
+        raise NotFoundError(f"{db_path}: no run {run_id}")
+    return row
+
+
+def _check_index(db_path, run_id: int, sample_index: int, num_samples: int) -> None:
+    if sample_index >= num_samples:
+        raise NotFoundError(f"{db_path}: run {run_id} has no sample {sample_index} (samples 0..{num_samples - 1})")
+
+
+@router.get("/runs/{run_id}/samples", response_model=Page[SampleSummary], summary="Samples of a run")
+def list_samples(request: Request, run_id: int = RunId, pagination: Pagination = Depends(),
+                 settings=Depends(get_settings)):
+    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+        _, num_samples, _, _, _, _ = _run_row(conn, settings.db_path, run_id)
+        rows = conn.execute("""
+            SELECT s.sample_index, s.seed, s.final_image IS NOT NULL,
+                   (SELECT count(*) FROM steps st WHERE st.run_id = s.run_id AND st.sample_index = s.sample_index)
+            FROM samples s WHERE s.run_id = ? ORDER BY s.sample_index LIMIT ? OFFSET ?""",
+                            [run_id, pagination.limit, pagination.offset]).fetchall()
+    items = [{"run_id": run_id, "sample_index": i, "seed": seed, "complete": bool(done), "steps_recorded": n,
+              "links": sample_links(request, run_id, i)} for i, seed, done, n in rows]
+    return page(request, items, num_samples, pagination)
+
+
+@router.get("/runs/{run_id}/samples/{sample_index}", response_model=SampleDetail,
+            summary="One sample: seed, status and its recorded steps")
+def get_sample(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
+               settings=Depends(get_settings)):
+    import json
+
+    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+        dataset_id, num_samples, status, c, h, w = _run_row(conn, settings.db_path, run_id)
+        _check_index(settings.db_path, run_id, sample_index, num_samples)
+        seed, done = conn.execute("SELECT seed, final_image IS NOT NULL FROM samples WHERE run_id = ? AND "
+                                  "sample_index = ?", [run_id, sample_index]).fetchone()
+        steps = conn.execute("""
+            SELECT st.step, st.t, st.t_next, st.patch_set_id, ps.description, ps.num_patches,
+                   avg(pst.mass), avg(pst.entropy), avg(pst.ess)
+            FROM steps st JOIN patch_sets ps ON ps.id = st.patch_set_id
+            LEFT JOIN patch_stats pst ON pst.run_id = st.run_id AND pst.sample_index = st.sample_index
+                                      AND pst.step = st.step
+            WHERE st.run_id = ? AND st.sample_index = ?
+            GROUP BY ALL ORDER BY st.step""", [run_id, sample_index]).fetchall()
+    step_items = [{"step": s, "t": t, "t_next": tn, "patch_set_id": ps,
+                   "patch_set": json.loads(d) if isinstance(d, str) else d, "num_patches": k,
+                   "mean_mass": m, "mean_entropy": e, "mean_ess": ess}
+                  for s, t, tn, ps, d, k, m, e, ess in steps]
+    return {"run_id": run_id, "sample_index": sample_index, "seed": seed, "complete": bool(done),
+            "steps_recorded": len(step_items), "shape": [c, h, w], "dataset_id": dataset_id, "run_status": status,
+            "steps": step_items, "links": sample_links(request, run_id, sample_index)}
+
+
+def _count_sources(settings, run_id: int, sample_index: int, step: int | None, trajectory: bool) -> int:
+    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+        if trajectory:
+            sql, params = "FROM trajectory_sources WHERE run_id = ? AND sample_index = ?", [run_id, sample_index]
+        elif step is None:
+            sql, params = "FROM sample_sources WHERE run_id = ? AND sample_index = ?", [run_id, sample_index]
+        else:
+            sql, params = ("FROM step_sources WHERE run_id = ? AND sample_index = ? AND step = ?",
+                           [run_id, sample_index, step])
+        return int(conn.execute("SELECT count(*) " + sql, params).fetchone()[0])
+
+
+def _dataset_of(settings, run_id: int) -> int:
+    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+        return _run_row(conn, settings.db_path, run_id)[0]
+
+
+@router.get("/runs/{run_id}/samples/{sample_index}/sources", response_model=SourcesPage,
+            summary="Training images a sample was built from, largest share first")
+async def sample_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
+                   step: int | None = Query(None, ge=0, description="D(z_t) at this step instead of the final image"),
+                   top: int = Query(10, ge=1, le=MAX_TOP, description="sources per page"),
+                   offset: int = Query(0, ge=0),
+                   patches: int = Query(5, ge=0, le=50, description="largest patch uses listed per source"),
+                   trajectory: bool = Query(False, description="aggregate over the whole trajectory instead"),
+                   settings=Depends(get_settings)):
+    if trajectory and step is not None:
+        raise ValueError("give either step or trajectory=true, not both")
+
+    def compute():
+        kwargs = dict(top=offset + top, patches=patches, timeout=settings.lock_timeout)
+        if trajectory:
+            rows = attribution.trajectory_sources(settings.db_path, run_id, sample_index, **kwargs)
+            what = "trajectory"
+        else:
+            rows = attribution.sample_sources(settings.db_path, run_id, sample_index, step=step, **kwargs)
+            what = "final image" if step is None else f"D(z_t) at step {step}"
+        total = _count_sources(settings, run_id, sample_index, step, trajectory)
+        dataset_id = _dataset_of(settings, run_id)
+        items = []
+        for r in rows[offset:]:
+            uses = [dict(zip(("step", "position", "top", "left", "height", "width", "weight"), p))
+                    for p in r["patches"]]
+            items.append({**{k: v for k, v in r.items() if k not in ("patches", "steps")}, "patches": uses,
+                          "links": _training_links(request, dataset_id, r["image_index"])})
+        return json_body(SourcesPage, {**page(request, items, total, Pagination(limit=top, offset=offset)),
+                                       "run_id": run_id, "sample_index": sample_index, "what": what, "step": step})
+
+    return await cached_response(request, run_id, compute)
+
+
+@router.get("/runs/{run_id}/samples/{sample_index}/pixel-sources", response_model=PixelSourcesPage,
+            summary="Training images output pixel (y, x) of D(z_t) at a step is composed from")
+async def pixel_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
+                  step: int = Query(ge=0), y: int = Query(ge=0), x: int = Query(ge=0),
+                  top: int = Query(10, ge=1, le=MAX_TOP), offset: int = Query(0, ge=0),
+                  settings=Depends(get_settings)):
+    def compute():
+        with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+            dataset_id, num_samples, _, _, h, w = _run_row(conn, settings.db_path, run_id)
+            _check_index(settings.db_path, run_id, sample_index, num_samples)
+            if y >= h or x >= w:
+                raise ValueError(f"pixel (y={y}, x={x}) is outside the {h}x{w} image")
+            total = conn.execute("SELECT count(DISTINCT image_index) FROM pixel_weights WHERE run_id = ? AND "
+                                 "sample_index = ? AND step = ? AND y = ? AND x = ?",
+                                 [run_id, sample_index, step, y, x]).fetchone()[0]
+        rows = attribution.pixel_sources(settings.db_path, run_id, sample_index, step, y, x, top=offset + top,
+                                         timeout=settings.lock_timeout)[offset:]
+        items = [{**r, "links": _training_links(request, dataset_id, r["image_index"])} for r in rows]
+        return json_body(PixelSourcesPage, {**page(request, items, total, Pagination(limit=top, offset=offset)),
+                                            "run_id": run_id, "sample_index": sample_index, "step": step,
+                                            "y": y, "x": x})
+
+    return await cached_response(request, run_id, compute)
+
+
+@router.get("/runs/{run_id}/samples/{sample_index}/image.png", summary="The sample as PNG",
+            responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
+async def sample_image(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
+                 step: int | None = Query(None, ge=0, description="a step's image instead of the final one"),
+                 what: Literal["denoised", "z"] = Query("denoised", description="at a step: D(z_t) or z_t"),
+                 scale: int = Query(1, ge=1, le=MAX_SCALE, description="enlarge by pixel repetition"),
+                 settings=Depends(get_settings)):
+    from pspc.data.training_set import to_uint8
+
+    from auditor.store.recorder import from_blob
+
+    def compute():
+        with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+            _, num_samples, status, c, h, w = _run_row(conn, settings.db_path, run_id)
+            _check_index(settings.db_path, run_id, sample_index, num_samples)
+            if step is None:
+                blob = conn.execute("SELECT final_image FROM samples WHERE run_id = ? AND sample_index = ?",
+                                    [run_id, sample_index]).fetchone()[0]
+                if blob is None:
+                    raise NotFoundError(f"run {run_id} ({status}) has no final image for sample {sample_index} yet")
+            else:
+                row = conn.execute(f"SELECT {'z' if what == 'z' else 'denoised'} FROM steps WHERE run_id = ? AND "
+                                   "sample_index = ? AND step = ?", [run_id, sample_index, step]).fetchone()
+                if row is None:
+                    raise NotFoundError(f"run {run_id} sample {sample_index} has no recorded step {step}")
+                blob = row[0]
+        return png_bytes(to_uint8(from_blob(blob, (c, h, w))).numpy(), scale), "image/png"
+
+    return await cached_response(request, run_id, compute)
+
+
+@router.get("/runs/{run_id}/samples/{sample_index}/attribution-map.png", summary="Attribution map as PNG",
+            responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
+async def attribution_map(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
+                    step: int | None = Query(None, ge=0, description="D(z_t) at this step (default: the last step, "
+                                                                         "whose D is the final image)"),
+                    kind: Literal["dominant", "concentration"] = Query(
+                        "dominant", description="dominant: each pixel coloured by its dominant training image "
+                                                "(legend: the step's top sources in palette order, then grey); "
+                                                "concentration: how concentrated each pixel's attribution is"),
+                    concentration: Literal["top1", "entropy"] = Query(
+                        "top1", description="kind=concentration: top-1 share or normalised entropy (viridis, "
+                                            "yellow = concentrated)"),
+                    scale: int = Query(8, ge=1, le=MAX_SCALE, description="enlarge by pixel repetition"),
+                    settings=Depends(get_settings)):
+    from reports.maps import attribution_map_png
+
+    def compute():
+        return attribution_map_png(settings.db_path, run_id, sample_index, step, kind=kind, scale=scale,
+                                   concentration=concentration, timeout=settings.lock_timeout), "image/png"
+
+    return await cached_response(request, run_id, compute)
+
+
+@router.get("/runs/{run_id}/samples/{sample_index}/report", response_model=dict[str, Any],
+            summary="The sample report's data: exactly what the HTML report page shows")
+async def sample_report(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
+                  step: int | None = Query(None, ge=0, description="the step whose maps and drill-down are shown "
+                                                                       "(default: the final step)"),
+                  top: int = Query(10, ge=1, le=100, description="top sources listed"),
+                  step_top: int = Query(3, ge=0, le=50, description="top sources per timeline step"),
+                  concentration: Literal["top1", "entropy"] = Query("top1"),
+                  images: Literal["data-uri", "none"] = Query(
+                      "data-uri", description="images inline as PNG data URIs, or left out (fetch them from the "
+                                              "image and attribution-map endpoints)"),
+                  settings=Depends(get_settings)):
+    from reports.context import build_sample_report
+
+    def compute():
+        report = build_sample_report(settings.db_path, run_id, sample_index, step=step, top=top, step_top=step_top,
+                                     concentration=concentration, timeout=settings.lock_timeout)
+        return json_body(None, report.to_json(images))
+
+    return await cached_response(request, run_id, compute)

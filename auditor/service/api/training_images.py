@@ -1,0 +1,188 @@
+"""Datasets and their training images, and the rights holder's view: every generated sample
+(and, optionally, every sampling step) that used a given training image, and how much."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from auditor.store import attribution, database, datasets
+from auditor.service.auth import get_settings
+from auditor.store.database import NotFoundError
+from auditor.service.api import Page, Pagination, page, png_response
+
+router = APIRouter(tags=["training images"])
+
+DatasetId = Path(ge=1, description="dataset id")
+ImageIndex = Path(ge=0, description="index of the training image in its dataset (0-based)")
+_META = ("image_index", "image_id", "sha256", "label", "label_name", "source_uri", "owner", "license", "extra")
+
+
+class DatasetInfo(BaseModel):
+    id: int
+    fingerprint: str = Field(description="sha256 over the images' shape and bytes")
+    name: str
+    source: str
+    count: int
+    shape: list[int] = Field(description="[C, H, W]")
+    created_at: datetime | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainingImage(BaseModel):
+    dataset_id: int
+    image_index: int
+    image_id: str
+    sha256: str = Field(description="sha256 of the image's bytes (shape-prefixed)")
+    label: int | None = None
+    label_name: str | None = None
+    source_uri: str | None = None
+    owner: str | None = None
+    license: str | None = None
+    extra: dict[str, Any] | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class Usage(BaseModel):
+    run_id: int
+    sample_index: int
+    step: int
+    share: float = Field(description="fraction of the output built from this training image")
+    flip_share: float = Field(description="the part of `share` from its mirrored copy")
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class UsagePage(Page[Usage]):
+    training_image: TrainingImage
+    all_steps: bool = Field(description="every recorded step (true) or only the final images (false)")
+
+
+def _dataset(request: Request, row: dict) -> dict:
+    return {**{k: row[k] for k in ("id", "fingerprint", "name", "source", "count", "created_at")},
+            "shape": [row["channels"], row["height"], row["width"]],
+            "links": {"self": str(request.url_for("get_dataset", dataset_id=row["id"])),
+                      "training_images": str(request.url_for("list_training_images", dataset_id=row["id"]))}}
+
+
+def _image(request: Request, dataset_id: int, row: dict) -> dict:
+    params = {"dataset_id": dataset_id, "image_index": row["image_index"]}
+    extra = row.get("extra")
+    return {**row, "dataset_id": dataset_id, "extra": json.loads(extra) if isinstance(extra, str) else extra,
+            "links": {"self": str(request.url_for("get_training_image", **params)),
+                      "usage": str(request.url_for("training_image_usage", **params)),
+                      "image": str(request.url_for("training_image_png", **params)),
+                      "page": f"/datasets/{dataset_id}/images/{row['image_index']}"}}
+
+
+@router.get("/datasets", response_model=Page[DatasetInfo], summary="Training sets in the store")
+def list_datasets(request: Request, pagination: Pagination = Depends(), settings=Depends(get_settings)):
+    rows = datasets.list_datasets(settings.db_path, timeout=settings.lock_timeout)
+    chunk = rows[pagination.offset:pagination.offset + pagination.limit]
+    return page(request, [_dataset(request, r) for r in chunk], len(rows), pagination)
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetInfo, summary="One training set")
+def get_dataset(request: Request, dataset_id: int = DatasetId, settings=Depends(get_settings)):
+    return _dataset(request, datasets.find_dataset(settings.db_path, dataset_id, timeout=settings.lock_timeout))
+
+
+@router.get("/datasets/{dataset_id}/training-images", response_model=Page[TrainingImage],
+            summary="Training images of a dataset; search by id, source URI, owner or label")
+def list_training_images(request: Request, dataset_id: int = DatasetId, pagination: Pagination = Depends(),
+                         image_id: str | None = Query(None, max_length=500, description="exact image id"),
+                         source_uri: str | None = Query(None, max_length=2000,
+                                                        description="part of the source URI (case-insensitive)"),
+                         owner: str | None = Query(None, max_length=500, description="part of the owner's name"),
+                         label: int | None = Query(None, description="class label"),
+                         settings=Depends(get_settings)):
+    where, params = ["dataset_id = ?"], [dataset_id]
+    if image_id is not None:
+        where.append("image_id = ?")
+        params.append(image_id)
+    if source_uri is not None:
+        where.append("contains(lower(source_uri), lower(?))")
+        params.append(source_uri)
+    if owner is not None:
+        where.append("contains(lower(owner), lower(?))")
+        params.append(owner)
+    if label is not None:
+        where.append("label = ?")
+        params.append(label)
+    sql = " AND ".join(where)
+    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+        if conn.execute("SELECT 1 FROM datasets WHERE id = ?", [dataset_id]).fetchone() is None:
+            raise NotFoundError(f"{settings.db_path}: no dataset {dataset_id}")
+        total = conn.execute(f"SELECT count(*) FROM training_images WHERE {sql}", params).fetchone()[0]
+        rows = conn.execute(f"SELECT {', '.join(_META)} FROM training_images WHERE {sql} ORDER BY image_index "
+                            "LIMIT ? OFFSET ?", [*params, pagination.limit, pagination.offset]).fetchall()
+    items = [_image(request, dataset_id, dict(zip(_META, r))) for r in rows]
+    return page(request, items, total, pagination)
+
+
+def load_training_image(settings, dataset_id: int, image_index: int) -> dict:
+    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+        row = conn.execute(f"SELECT {', '.join(_META)} FROM training_images WHERE dataset_id = ? AND image_index = ?",
+                           [dataset_id, image_index]).fetchone()
+        if row is None:
+            known = conn.execute("SELECT count FROM datasets WHERE id = ?", [dataset_id]).fetchone()
+            if known is None:
+                raise NotFoundError(f"{settings.db_path}: no dataset {dataset_id}")
+            raise NotFoundError(f"{settings.db_path}: dataset {dataset_id} has no training image index {image_index} "
+                                f"(indices 0..{known[0] - 1})")
+    return dict(zip(_META, row))
+
+
+@router.get("/datasets/{dataset_id}/training-images/{image_index}", response_model=TrainingImage,
+            summary="One training image's metadata")
+def get_training_image(request: Request, dataset_id: int = DatasetId, image_index: int = ImageIndex,
+                       settings=Depends(get_settings)):
+    return _image(request, dataset_id, load_training_image(settings, dataset_id, image_index))
+
+
+@router.get("/datasets/{dataset_id}/training-images/{image_index}/usage", response_model=UsagePage,
+            summary="Reverse lookup: the samples (or steps) built from this training image, largest share first")
+def training_image_usage(request: Request, dataset_id: int = DatasetId, image_index: int = ImageIndex,
+                         pagination: Pagination = Depends(),
+                         all_steps: bool = Query(False, description="every recorded step, not only final images"),
+                         min_share: float = Query(0.0, ge=0.0, le=1.0, description="only shares above this"),
+                         settings=Depends(get_settings)):
+    image = load_training_image(settings, dataset_id, image_index)
+    rows = attribution.image_usage(settings.db_path, dataset_id, image["image_id"], min_share=min_share,
+                                   all_steps=all_steps, timeout=settings.lock_timeout)
+    chunk = rows[pagination.offset:pagination.offset + pagination.limit]
+    items = [{**r, "links": {
+        "sample": str(request.url_for("get_sample", run_id=r["run_id"], sample_index=r["sample_index"])),
+        "report": str(request.url_for("sample_report", run_id=r["run_id"], sample_index=r["sample_index"])),
+        "page": f"/runs/{r['run_id']}/samples/{r['sample_index']}"}} for r in chunk]
+    return {**page(request, items, len(rows), pagination), "training_image": _image(request, dataset_id, image),
+            "all_steps": all_steps}
+
+
+@router.get("/datasets/{dataset_id}/usage", response_model=UsagePage,
+            summary="Reverse lookup by training image id (as `usage` above)")
+def training_image_usage_by_id(request: Request, dataset_id: int = DatasetId,
+                               image_id: str = Query(max_length=500, description="the training image's id"),
+                               pagination: Pagination = Depends(), all_steps: bool = Query(False),
+                               min_share: float = Query(0.0, ge=0.0, le=1.0), settings=Depends(get_settings)):
+    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
+        if conn.execute("SELECT 1 FROM datasets WHERE id = ?", [dataset_id]).fetchone() is None:
+            raise NotFoundError(f"{settings.db_path}: no dataset {dataset_id}")
+        row = conn.execute("SELECT image_index FROM training_images WHERE dataset_id = ? AND image_id = ?",
+                           [dataset_id, image_id]).fetchone()
+    if row is None:
+        raise NotFoundError(f"{settings.db_path}: dataset {dataset_id} has no training image {image_id!r}")
+    return training_image_usage(request, dataset_id, int(row[0]), pagination, all_steps, min_share, settings)
+
+
+@router.get("/datasets/{dataset_id}/training-images/{image_index}/image.png", summary="The training image as PNG",
+            responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
+def training_image_png(dataset_id: int = DatasetId, image_index: int = ImageIndex,
+                       scale: int = Query(1, ge=1, le=32, description="enlarge by pixel repetition"),
+                       flip: bool = Query(False, description="the mirrored copy"),
+                       settings=Depends(get_settings)):
+    pixels = datasets.training_pixels(settings.db_path, dataset_id, [image_index], timeout=settings.lock_timeout)[0]
+    return png_response(pixels[:, :, ::-1] if flip else pixels, scale)

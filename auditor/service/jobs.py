@@ -1,0 +1,405 @@
+"""Sampling jobs submitted to the report service, run as subprocesses.
+
+A job is a row in `jobs` (status queued -> running -> complete | failed) and, once started,
+a subprocess ``python -m auditor.cli sample --dataset ID ...`` that records the run exactly
+as the command line would (so the run's stored `command` reproduces it), with stdout and
+stderr in its own log file under the service's jobs folder. The writer is therefore another
+process: DuckDB lets one process write the file, and the service keeps reading between the
+job's short per-step transactions.
+
+The service learns the job's run id from the store: `auditor sample` records its writer's
+host and pid in `runs.writer`, and the subprocess's pid is the job's. A watcher thread per
+job sets run_id as soon as the run exists, waits for the exit, and sets complete (exit 0 and
+the run complete) or failed (with the last lines of the log). At most
+`max_running_jobs` run at once; the others wait as 'queued'. Jobs survive a service restart:
+`JobRunner.recover` adopts those whose subprocess still runs and marks failed those whose
+pid is gone (their run, if any, can be continued with `auditor sample --resume`).
+
+Requests are validated with Pydantic (bounds on samples, steps, top-k; mass in (0, 1]; the
+dataset must exist in the store and hold its pixels; a fixed patch size must fit the image);
+the subprocess reads the training images from the store itself (`--dataset`), never a path
+from the request.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from auditor.store import database
+from auditor.store.database import NotFoundError, StoreError, json_value
+from auditor.store.recorder import utcnow
+
+__all__ = ["JOB_STATUSES", "JobRunner", "MAX_SAMPLES", "MAX_STEPS", "MAX_TOP_K", "SampleJobRequest",
+           "job_command"]
+
+JOB_STATUSES = ("queued", "running", "complete", "failed")
+MAX_SAMPLES = 64
+MAX_STEPS = 256
+MAX_TOP_K = 1024
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_RUN_LINE = re.compile(r"^run (\d+): ", re.MULTILINE)
+_COLUMNS = ("id", "kind", "status", "request", "run_id", "pid", "log_path", "created_at", "started_at",
+            "finished_at", "error")
+
+
+class SampleJobRequest(BaseModel):
+    """PSPC sampling on a dataset held in the store, every step recorded (as `auditor sample`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["sample"] = "sample"
+    dataset_id: int = Field(ge=1, description="a dataset in the store (GET /api/datasets); its stored pixels are used")
+    num_samples: int = Field(4, ge=1, le=MAX_SAMPLES, description="samples to generate (sample i uses seed + i)")
+    steps: int = Field(18, ge=1, le=MAX_STEPS, description="sampling steps on the EDM schedule")
+    sampler: Literal["euler", "heun"] = "euler"
+    denoiser: Literal["pspc-square", "pspc-flex", "empirical"] = "pspc-square"
+    patch_size: int | None = Field(None, ge=1, description="pspc-square only: fixed s x s patches instead of s(t)")
+    seed: int = Field(0, ge=0, le=2**53)
+    top_k: int = Field(16, ge=1, le=MAX_TOP_K, description="kept posterior weights per sample and patch")
+    mass: float = Field(0.99, gt=0, le=1, description="stop keeping weights once they hold this mass")
+    xflip: bool = Field(True, description="include the mirrored training images")
+
+    @model_validator(mode="after")
+    def _patch_size_needs_square(self):
+        if self.patch_size is not None and self.denoiser != "pspc-square":
+            raise ValueError(f"patch_size applies to denoiser pspc-square, not {self.denoiser}")
+        return self
+
+
+def job_command(request: SampleJobRequest, db_path, lock_timeout: float, python: str | None = None) -> list[str]:
+    """The subprocess's argv: `auditor sample` on the stored dataset, with every option spelled out."""
+    argv = [python or sys.executable, "-m", "auditor.cli", "--db", str(Path(db_path).resolve()),
+            "--lock-timeout", f"{lock_timeout:g}", "sample", "--dataset", str(request.dataset_id),
+            "--num", str(request.num_samples), "--steps", str(request.steps), "--sampler", request.sampler,
+            "--denoiser", request.denoiser, "--seed", str(request.seed), "--top-k", str(request.top_k),
+            "--mass", repr(float(request.mass))]
+    if request.patch_size is not None:
+        argv += ["--patch-size", str(request.patch_size)]
+    if not request.xflip:
+        argv.append("--no-xflip")
+    return argv
+
+
+
+def _row(values) -> dict:
+    job = dict(zip(_COLUMNS, values))
+    job["request"] = json_value(job["request"])
+    return job
+
+
+def _pid_running_job(pid: int | None) -> bool:
+    """Whether `pid` is alive on this host and is an `auditor.cli sample` process (not a reused pid)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, not ours to signal
+        pass
+    cmdline = Path(f"/proc/{int(pid)}/cmdline")
+    if cmdline.exists():
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            return False
+        if not text:  # a zombie: exited, not yet reaped
+            return False
+        return b"auditor.cli" in text and b"sample" in text
+    return True
+
+
+def _lower_priority(pid: int, niceness: int) -> None:
+    """Run the job `niceness` steps nicer than the service, so that serving reports keeps the
+    CPU when both want it. Set right after the start, before the job creates its threads
+    (torch, numba), which inherit it."""
+    if niceness <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + niceness))
+    except (OSError, AttributeError):  # not permitted, or not a POSIX system: run at the same priority
+        pass
+
+
+def _log_tail(path: str | os.PathLike | None, max_bytes: int = 4000) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    # tqdm redraws its bar with carriage returns: keep the last state of each line
+    return "\n".join(line.split("\r")[-1] for line in text.splitlines())
+
+
+_STOPPING = threading.Event()  # set at interpreter exit: watchers end (jobs go on; `recover` adopts them)
+
+
+def _stop_watchers() -> None:
+    _STOPPING.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("job-") and thread is not threading.current_thread():
+            thread.join(timeout=2)
+
+
+atexit.register(_stop_watchers)
+
+
+class JobRunner:
+    """Starts, watches and reports the service's jobs (one instance per app)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.db_path = Path(settings.db_path)
+        self.timeout = settings.lock_timeout
+        self._lock = threading.RLock()
+        self._procs: dict[int, subprocess.Popen] = {}
+        self._watchers: dict[int, threading.Thread] = {}
+        self._cancelled: set[int] = set()
+
+    # -- store access ------------------------------------------------------------------
+    def _write(self, sql: str, params: list):
+        with database.connect(self.db_path, timeout=self.timeout) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def get(self, job_id: int) -> dict:
+        """The job row as a dict; NotFoundError for an unknown id."""
+        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
+            row = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", [int(job_id)]).fetchone()
+        if row is None:
+            raise NotFoundError(f"{self.db_path}: no job {job_id}")
+        return _row(row)
+
+    def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
+        """Jobs, newest first, and how many there are in all (for pagination)."""
+        if status is not None and status not in JOB_STATUSES:
+            raise StoreError(f"unknown job status {status!r}; choose from {', '.join(JOB_STATUSES)}")
+        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
+            total = conn.execute("SELECT count(*) FROM jobs WHERE ? IS NULL OR status = ?", [status, status]).fetchone()[0]
+            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE ? IS NULL OR status = ? "
+                                "ORDER BY id DESC LIMIT ? OFFSET ?", [status, status, int(limit), int(offset)]).fetchall()
+        return [_row(r) for r in rows], int(total)
+
+    def progress(self, job: dict) -> dict:
+        """Steps recorded so far (all samples of a step are committed together) of the job's run."""
+        planned = job["request"].get("steps")
+        out = {"steps_recorded": 0, "steps_planned": planned, "run_status": None}
+        if job.get("run_id") is None:
+            return out
+        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
+            row = conn.execute("SELECT r.status, CAST(json_extract(r.sampler, '$.num_steps') AS INTEGER), "
+                               "(SELECT count(DISTINCT step) FROM steps s WHERE s.run_id = r.id) "
+                               "FROM runs r WHERE r.id = ?", [int(job["run_id"])]).fetchone()
+        if row is not None:
+            out.update(run_status=row[0], steps_planned=row[1] or planned, steps_recorded=int(row[2]))
+        return out
+
+    def log_tail(self, job_id: int, max_bytes: int = 4000) -> str:
+        return _log_tail(self.get(job_id)["log_path"], max_bytes)
+
+    # -- submitting --------------------------------------------------------------------
+    def submit(self, request: SampleJobRequest) -> dict:
+        """Validate against the store, insert the job (queued) and start it if a slot is free."""
+        from auditor.store.datasets import find_dataset
+
+        dataset = find_dataset(self.db_path, int(request.dataset_id), timeout=self.timeout)
+        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
+            missing = conn.execute("SELECT count(*) FROM training_images WHERE dataset_id = ? AND pixels IS NULL",
+                                   [int(request.dataset_id)]).fetchone()[0]
+        if missing:
+            raise StoreError(f"dataset {request.dataset_id} has no stored pixels for {missing} images (ingested "
+                             "before schema revision 0003); run `auditor ingest` on the same data again")
+        if request.patch_size is not None and request.patch_size > min(dataset["height"], dataset["width"]):
+            raise StoreError(f"patch_size {request.patch_size} does not fit the {dataset['height']}x{dataset['width']} "
+                             f"images of dataset {request.dataset_id}")
+        rows = self._write("INSERT INTO jobs (kind, status, request, created_at) VALUES (?, 'queued', ?, ?) "
+                           "RETURNING id", [request.kind, request.model_dump_json(), utcnow()])
+        job_id = int(rows[0][0])
+        self._start_queued()
+        return self.get(job_id)
+
+    def _running_count(self) -> int:
+        with self._lock:
+            return sum(1 for p in self._procs.values() if p is None or p.poll() is None)
+
+    def _start_queued(self) -> None:
+        """Start the oldest queued jobs while fewer than max_running_jobs run."""
+        with self._lock:
+            while self._running_count() < int(self.settings.max_running_jobs):
+                with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
+                    row = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE status = 'queued' "
+                                       "ORDER BY id LIMIT 1").fetchone()
+                if row is None:
+                    return
+                self._start(_row(row))
+
+    def _start(self, job: dict) -> None:
+        job_id = int(job["id"])
+        request = SampleJobRequest.model_validate(job["request"])
+        jobs_dir = Path(self.settings.jobs_dir)
+        log_path = jobs_dir / f"job-{job_id}.log"
+        argv = job_command(request, self.db_path, self.settings.job_lock_timeout, self.settings.python)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        try:
+            jobs_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "wb") as log:
+                log.write(("$ " + " ".join(argv[1:]) + "\n").encode())
+                log.flush()
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=env, cwd=str(REPO_ROOT), start_new_session=True)
+        except OSError as exc:
+            self._write("UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                        [f"could not start the job: {exc}", utcnow(), job_id])
+            return
+        _lower_priority(proc.pid, int(getattr(self.settings, "job_niceness", 0)))
+        self._procs[job_id] = proc
+        self._write("UPDATE jobs SET status = 'running', pid = ?, log_path = ?, started_at = ? WHERE id = ?",
+                    [proc.pid, str(log_path), utcnow(), job_id])
+        self._watch(job_id, proc.pid, proc)
+
+    def _watch(self, job_id: int, pid: int, proc: subprocess.Popen | None) -> None:
+        watcher = threading.Thread(target=self._watcher, args=(job_id, pid, proc), name=f"job-{job_id}", daemon=True)
+        self._watchers[job_id] = watcher
+        watcher.start()
+
+    # -- watching ----------------------------------------------------------------------
+    def _find_run(self, job: dict) -> int | None:
+        """The run the job's subprocess created: writer pid = the job's pid, created after the job started."""
+        if job.get("pid") is None or job.get("started_at") is None:
+            return None
+        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
+            row = conn.execute("SELECT id FROM runs WHERE CAST(json_extract(writer, '$.pid') AS BIGINT) = ? "
+                               "AND json_extract_string(writer, '$.host') = ? AND created_at >= ? ORDER BY id DESC "
+                               "LIMIT 1", [int(job["pid"]), socket.gethostname(),
+                                           job["started_at"] - timedelta(seconds=1)]).fetchone()
+        return None if row is None else int(row[0])
+
+    def _remember_run(self, job_id: int) -> int | None:
+        try:
+            job = self.get(job_id)
+            if job["run_id"] is not None:
+                return job["run_id"]
+            run_id = self._find_run(job)
+            if run_id is not None:
+                self._write("UPDATE jobs SET run_id = ? WHERE id = ? AND run_id IS NULL", [run_id, job_id])
+            return run_id
+        except StoreError:  # the store is busy: try again at the next poll
+            return None
+
+    def _watcher(self, job_id: int, pid: int, proc: subprocess.Popen | None) -> None:
+        run_id = None
+        while True:
+            if _STOPPING.is_set():
+                return
+            if proc is not None:
+                try:
+                    code = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+            else:  # adopted after a restart: not our child, poll the pid
+                if not _pid_running_job(pid):
+                    code = None
+                    break
+                time.sleep(0.5)
+            if run_id is None:
+                run_id = self._remember_run(job_id)
+        self._finish(job_id, code)
+        with self._lock:
+            self._procs.pop(job_id, None)
+            self._watchers.pop(job_id, None)
+        try:
+            self._start_queued()
+        except StoreError:
+            pass
+
+    def _finish(self, job_id: int, code: int | None) -> None:
+        """Record the outcome: complete when the subprocess exited 0 and its run is complete."""
+        for attempt in range(20):  # the store may be busy; the outcome must not be lost
+            try:
+                run_id = self._remember_run(job_id)
+                job = self.get(job_id)
+                tail = _log_tail(job["log_path"])
+                if run_id is None:
+                    match = _RUN_LINE.findall(tail)
+                    run_id = int(match[-1]) if match else None
+                run_status = self.progress({**job, "run_id": run_id})["run_status"]
+                if code == 0 and run_status == "complete":
+                    status, error = "complete", None
+                else:
+                    status = "failed"
+                    lines = [line for line in tail.splitlines() if line.strip()]
+                    why = "cancelled" if job_id in self._cancelled else (
+                        f"exit status {code}" if code is not None else "the subprocess is gone")
+                    error = f"{why}; run {run_id}: {run_status or 'not created'}"
+                    if lines:
+                        error += "\n" + "\n".join(lines[-5:])
+                self._write("UPDATE jobs SET status = ?, error = ?, run_id = coalesce(run_id, ?), finished_at = ? "
+                            "WHERE id = ?", [status, error, run_id, utcnow(), job_id])
+                return
+            except StoreError:
+                time.sleep(min(0.1 * 2 ** attempt, 5.0))
+
+    # -- restart and cancel ------------------------------------------------------------
+    def recover(self) -> None:
+        """At service start: adopt running jobs whose subprocess still runs, fail those whose pid is gone,
+        and start queued jobs."""
+        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
+            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE status = 'running'").fetchall()
+        for job in map(_row, rows):
+            if job["id"] in self._procs:
+                continue
+            if _pid_running_job(job["pid"]):
+                with self._lock:
+                    self._procs[job["id"]] = None  # counts as running
+                self._watch(job["id"], job["pid"], None)
+                continue
+            run_id = job["run_id"] if job["run_id"] is not None else self._find_run(job)
+            hint = (f"; continue its run with `auditor sample --dataset {job['request'].get('dataset_id')} "
+                    f"--resume {run_id}`" if run_id is not None else "")
+            self._write("UPDATE jobs SET status = 'failed', run_id = coalesce(run_id, ?), finished_at = ?, error = ? "
+                        "WHERE id = ? AND status = 'running'",
+                        [run_id, utcnow(), f"the service stopped while the job ran (pid {job['pid']} is gone){hint}",
+                         job["id"]])
+        self._start_queued()
+
+    def cancel(self, job_id: int) -> dict:
+        """Cancel a queued job, or interrupt a running one (its run is marked failed and can be resumed)."""
+        job = self.get(job_id)
+        if job["status"] == "queued":
+            self._write("UPDATE jobs SET status = 'failed', error = 'cancelled before it started', finished_at = ? "
+                        "WHERE id = ? AND status = 'queued'", [utcnow(), int(job_id)])
+        elif job["status"] == "running":
+            self._cancelled.add(int(job_id))
+            if _pid_running_job(job["pid"]):
+                os.kill(int(job["pid"]), signal.SIGINT)  # the CLI marks the run failed and exits
+        else:
+            raise StoreError(f"job {job_id} is already {job['status']}")
+        return self.get(job_id)
+
+    def wait(self, job_id: int, timeout: float) -> dict:
+        """Block until the job is complete or failed (for tests and scripts); returns the row."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job["status"] in ("complete", "failed") or time.monotonic() > deadline:
+                return job
+            time.sleep(0.1)

@@ -1,0 +1,194 @@
+"""Read-only SQL on the provenance store (`auditor sql`) and its output formats.
+
+The statement is parsed with DuckDB's own parser before anything runs: exactly one SELECT
+(including WITH ... SELECT, VALUES, FROM-first, DESCRIBE, SHOW, SUMMARIZE) or EXPLAIN
+statement is accepted; anything else is refused with a clear error. It then runs on a
+read-only connection with external access disabled (no reading or writing other files), so
+even a statement the check missed could not change the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import threading
+from datetime import date, datetime, time as dtime, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+import duckdb
+
+from auditor.store import database
+from auditor.store.database import StoreError
+
+__all__ = ["FORMATS", "QueryResult", "check_read_only", "format_csv", "format_json", "format_result", "format_table",
+           "run_query"]
+
+FORMATS = ("table", "csv", "json")
+ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+class QueryResult(tuple):
+    """(columns, rows); `.truncated` is True when more than max_rows rows matched."""
+
+    def __new__(cls, columns: list[str], rows: list[tuple], truncated: bool = False):
+        result = super().__new__(cls, (columns, rows))
+        result.truncated = truncated
+        return result
+
+    @property
+    def columns(self) -> list[str]:
+        return self[0]
+
+    @property
+    def rows(self) -> list[tuple]:
+        return self[1]
+
+
+def check_read_only(sql: str) -> duckdb.Statement:
+    """The single read-only statement in `sql`; StoreError for anything else (nothing is run)."""
+    if not sql or not sql.strip():
+        raise StoreError("auditor sql: empty query")
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise StoreError(f"auditor sql: {exc}") from None
+    if not statements:
+        raise StoreError("auditor sql: empty query")
+    if len(statements) > 1:
+        raise StoreError(f"auditor sql runs one statement at a time; got {len(statements)}")
+    statement = statements[0]
+    if statement.type not in ALLOWED:
+        kind = statement.type.name.replace("_", " ")
+        hint = " (use SELECT * FROM pragma_...() instead)" if statement.type == duckdb.StatementType.PRAGMA else ""
+        raise StoreError(f"auditor sql is read-only: {kind} statements are not allowed; "
+                         f"use SELECT, WITH ... SELECT, EXPLAIN, DESCRIBE or SHOW{hint}")
+    return statement
+
+
+def run_query(db_path: str | os.PathLike, sql: str, *, max_rows: int = 10000,
+              timeout: float = database.DEFAULT_TIMEOUT, query_timeout: float | None = None) -> QueryResult:
+    """Run one read-only statement; returns (columns, rows) with at most max_rows rows.
+
+    `timeout`: seconds to wait for another process's lock on the file; `query_timeout`:
+    interrupt the query after that many seconds (None: no limit). Errors are StoreErrors
+    carrying DuckDB's message.
+    """
+    if max_rows is not None and max_rows < 0:
+        raise StoreError(f"max_rows must be >= 0, got {max_rows}")
+    check_read_only(sql)
+    with database.connect(db_path, read_only=True, timeout=timeout, config={"enable_external_access": False},
+                          check_schema=True) as conn:
+        timer = threading.Timer(query_timeout, conn.interrupt) if query_timeout else None
+        if timer is not None:
+            timer.start()
+        try:
+            cursor = conn.execute(sql)
+            columns = [d[0] for d in (cursor.description or [])]
+            if max_rows is None:
+                rows, truncated = cursor.fetchall(), False
+            else:
+                rows = cursor.fetchmany(max_rows + 1)
+                truncated = len(rows) > max_rows
+                rows = rows[:max_rows]
+        except duckdb.InterruptException:
+            raise StoreError(f"auditor sql: query interrupted after {query_timeout:g} s") from None
+        except duckdb.Error as exc:
+            raise StoreError(f"auditor sql: {exc}") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+    return QueryResult(columns, [tuple(r) for r in rows], truncated)
+
+
+# ---------------------------------------------------------------------------------------
+# Output formats
+# ---------------------------------------------------------------------------------------
+def _text(value) -> str:
+    """A cell as text (table and CSV)."""
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(bytes(value))} bytes>"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, (datetime, date, dtime)):
+        return value.isoformat()
+    if isinstance(value, (list, dict, tuple)):
+        return json.dumps(_jsonable(value), separators=(",", ":"))
+    return str(value)
+
+
+def _jsonable(value):
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(bytes(value))} bytes>"
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (datetime, date, dtime)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def format_table(columns: list[str], rows: list[tuple], *, truncated: bool = False, null: str = "NULL") -> str:
+    """An aligned text table with a header rule and a row count (numbers right-aligned)."""
+    cells = [[null if v is None else _table_cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [bool(rows) and all(isinstance(r[i], (int, float, Decimal)) and not isinstance(r[i], bool)
+                                  for r in rows if r[i] is not None) for i in range(len(columns))]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    out = [line(columns), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    count = f"({len(rows)} row{'s' if len(rows) != 1 else ''}"
+    count += ", truncated: raise --max-rows to see more)" if truncated else ")"
+    out.append(count)
+    return "\n".join(out) + "\n"
+
+
+def _table_cell(value) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.6g}"
+    return _text(value).replace("\n", "\\n")
+
+
+def format_csv(columns: list[str], rows: list[tuple]) -> str:
+    """RFC 4180 CSV with a header row (NULL as an empty field, blobs as <N bytes>)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_text(v) for v in row])
+    return buffer.getvalue()
+
+
+def format_json(columns: list[str], rows: list[tuple]) -> str:
+    """A JSON list of objects, one per row (blobs as "<N bytes>", NaN as null, times ISO 8601)."""
+    return json.dumps([{c: _jsonable(v) for c, v in zip(columns, row)} for row in rows], indent=2) + "\n"
+
+
+def format_result(result: QueryResult | tuple, fmt: str = "table") -> str:
+    columns, rows = result
+    if fmt == "table":
+        return format_table(columns, rows, truncated=getattr(result, "truncated", False))
+    if fmt == "csv":
+        return format_csv(columns, rows)
+    if fmt == "json":
+        return format_json(columns, rows)
+    raise StoreError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")

@@ -1,0 +1,321 @@
+"""Auditing an image from outside the store: which training images is it composed of?
+
+Two ways; the run (runs.kind 'external-audit') records which in runs.details['method']:
+
+- 'inversion' (with a network): the image x is taken as the state of the network's
+  deterministic PF-ODE at t_min and integrated backwards, the sampler's own steps in
+  reverse (Euler or Heun), up to t_max: z_T is the noise the network would turn into x.
+  The trajectory is then replayed forward from z_T with the network exactly as a
+  network-explained run (auditor.workflows.comparison): at every step PSPC's posterior on the
+  replay's z_t is recorded as attribution, with the network's D(z_t) and the MSE between
+  the two (step_agreement). details['reconstruction'] compares the replay's end point with
+  x: a large error means the ODE was not inverted faithfully (too few steps, Euler), and
+  the attribution then describes a nearby image. Heun is the default (second order).
+- 'direct' (no network): PSPC's posterior on z = x + t eps at chosen noise levels (t
+  descending; eps of draw i seeded with seed + i, the same eps at every level), one
+  recorded step per level. t_next is the next lower level (0 after the last), so the
+  views read the levels as a trajectory: sample_sources is the attribution at the lowest
+  level, trajectory_sources weights level k by 1 - t_{k+1} / t_k.
+
+Either way every sample's final image is the audited image itself, and copy detection
+(auditor.similarity.copy_detection) stores its nearest training images in copy_matches.
+
+Input: a PNG / JPEG / BMP / WebP file (decoded by pspc.data.loaders' image helpers: 8-bit
+gray or RGB, alpha composited onto black) or a .npy array ([H, W], [C, H, W] or
+[H, W, C]; uint8 pixels, or floats in the diffusion range [-1, 1]). It must have the
+training set's size and channels: patches are compared position by position, so nothing
+is resized. An RGB picture whose three channels are equal counts as grayscale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pspc.denoisers import NetworkDenoiser
+from pspc.data.loaders import IMAGE_SUFFIXES
+from pspc.posterior.weights import WeightRequest
+from pspc.samplers import SamplerConfig, _denoise, initial_noise
+from pspc.data.training_set import TrainingSet, TrainingSetError
+
+from auditor.store import database, datasets
+from auditor.workflows.comparison import (
+    ExplainedRecorder, agreement_table, build_pspc, load_comparison_network, record_copy_matches,
+    record_explained_run, register_network, schedule_kinds
+)
+from auditor.similarity.copy_detection import DEFAULT_THRESHOLDS, check_thresholds
+from auditor.store.database import json_value
+from auditor.similarity.descriptors import Descriptor, load_descriptor
+from auditor.workflows.sampling import RECORDABLE_KINDS, _advance, _mark_failed, create_run
+
+__all__ = ["DEFAULT_NOISE_LEVELS", "AuditInputError", "AuditResult", "invert", "load_audit_image", "record_audit"]
+
+DEFAULT_NOISE_LEVELS = (3.0, 1.0, 0.3, 0.05)  # the paper's range 0.3-3, and near-clean patches
+FLOAT_RANGE_LIMIT = 2.0  # float inputs beyond +-2 are another range (0-255), not overshoot
+
+
+class AuditInputError(ValueError):
+    """An image that cannot be audited: names the file and the problem."""
+
+
+# ---------------------------------------------------------------------------------------
+# Input
+# ---------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_picture(path: Path) -> tuple[torch.Tensor, dict]:
+    from pspc.data.loaders import _decode_images
+
+    try:
+        pixels = _decode_images([(path.name, str(path), lambda: open(path, "rb"))], size=None, resize="error",
+                                channels=None)[0]
+    except TrainingSetError as exc:
+        raise AuditInputError(str(exc)) from None
+    return torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0), {"dtype": "uint8"}
+
+
+def _read_array(path: Path) -> tuple[torch.Tensor, dict]:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError, ...
+        raise AuditInputError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise AuditInputError(f"{path}: holds several arrays (.npz); save the one image as .npy")
+    shape = array.shape
+    if array.ndim == 4 and shape[0] == 1:
+        array = array[0]
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3:
+        if array.shape[0] not in (1, 3) and array.shape[-1] in (1, 3):  # [H, W, C]
+            array = np.moveaxis(array, -1, 0)
+        elif array.shape[0] not in (1, 3):
+            raise AuditInputError(f"{path}: array of shape {shape} has no channel axis of size 1 or 3 "
+                                  f"([C, H, W] or [H, W, C])")
+    else:
+        raise AuditInputError(f"{path}: expected one image [H, W], [C, H, W] or [H, W, C], got shape {shape}")
+    if array.dtype == np.uint8:
+        return torch.from_numpy(array.astype(np.float32) / 127.5 - 1.0), {"dtype": "uint8"}
+    if not np.issubdtype(array.dtype, np.floating):
+        raise AuditInputError(f"{path}: array dtype {array.dtype}; expected uint8 pixels (0..255) or floats in "
+                              f"the diffusion range [-1, 1]")
+    values = array.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise AuditInputError(f"{path}: the array holds NaN or infinite values ({int((~np.isfinite(values)).sum())} "
+                              f"of {values.size})")
+    low, high = float(values.min()), float(values.max())
+    if low < -FLOAT_RANGE_LIMIT or high > FLOAT_RANGE_LIMIT:
+        raise AuditInputError(f"{path}: float values in [{low:.4g}, {high:.4g}]; floats must be in the diffusion "
+                              f"range [-1, 1] (save 0..255 pixels as uint8)")
+    return torch.from_numpy(values.astype(np.float32)), {"dtype": str(array.dtype)}
+
+
+def load_audit_image(path, image_shape: Sequence[int]) -> tuple[torch.Tensor, dict]:
+    """The image at `path` as float32 [C, H, W] in [-1, 1], checked against `image_shape`,
+    and a record of the input (path, sha256, format, dtype, shape). AuditInputError names
+    the file and the problem (missing, corrupt, wrong size or channels, NaN, wrong range)."""
+    path = Path(path)
+    if not path.exists():
+        raise AuditInputError(f"{path}: no such file")
+    if not path.is_file():
+        raise AuditInputError(f"{path}: not a regular file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        image, info = _read_array(path)
+    elif suffix in IMAGE_SUFFIXES:
+        image, info = _read_picture(path)
+    else:
+        raise AuditInputError(f"{path}: unsupported file type {suffix or '(none)'!r}; give a "
+                              f"{', '.join(s.lstrip('.').upper() for s in IMAGE_SUFFIXES)} image or a .npy array")
+    c, h, w = (int(v) for v in image_shape)
+    decoded = tuple(image.shape)
+    if image.shape[0] == 3 and c == 1:
+        if not (torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])):
+            raise AuditInputError(f"{path}: a colour image (3 channels); the training set is grayscale (1 channel). "
+                                  f"Convert it to grayscale first")
+        image, info["converted"] = image[:1], "RGB with equal channels taken as grayscale"
+    if image.shape[0] != c:
+        raise AuditInputError(f"{path}: {image.shape[0]} channel(s), the training set's images have {c}")
+    if tuple(image.shape[1:]) != (h, w):
+        raise AuditInputError(f"{path}: the image is {image.shape[1]}x{image.shape[2]} (HxW), the training set's "
+                              f"images are {h}x{w}; resize or crop it first (patches are compared position by "
+                              f"position, so nothing is resized here)")
+    info.update(path=str(path.resolve()), sha256=_sha256(path), format=suffix.lstrip("."), decoded_shape=list(decoded),
+                shape=list(image.shape))
+    return image.contiguous(), info
+
+
+# ---------------------------------------------------------------------------------------
+# Inversion
+# ---------------------------------------------------------------------------------------
+def invert(network: NetworkDenoiser, x: torch.Tensor, config: SamplerConfig,
+           progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """The PF-ODE run backwards with the network: x [B, C, H, W] as the state at t_min =
+    t_{n-1}, integrated up to t_0 = t_max through the sampler's time steps in reverse, with
+    the sampler's own update (Euler, or Heun's trapezoidal correction). Returns z at t_max."""
+    times = config.time_steps().tolist()
+    z = x.to(network.device)
+    for i in range(len(times) - 2, 0, -1):
+        t, t_next = times[i], times[i - 1]  # t < t_next: upwards
+        t_batch = torch.full((z.shape[0],), t, dtype=torch.float64, device=z.device)
+        z = _advance(network, config, z, network(z, t_batch), t, t_next)
+        if progress is not None:
+            progress(1)
+    return z
+
+
+# ---------------------------------------------------------------------------------------
+# The audit
+# ---------------------------------------------------------------------------------------
+@dataclass
+class AuditResult:
+    """What record_audit wrote."""
+
+    run_id: int
+    method: str  # 'inversion' or 'direct'
+    network_id: int | None
+    details: dict
+    agreement: list[dict] = field(default_factory=list)  # per step (inversion only)
+    copies: object | None = None  # copy_detection.CopyDetectionResult of the image
+
+
+def _check_levels(noise_levels: Sequence[float]) -> list[float]:
+    try:
+        levels = [float(t) for t in noise_levels]
+    except (TypeError, ValueError):
+        raise ValueError(f"noise levels must be numbers, got {noise_levels!r}") from None
+    if not levels:
+        raise ValueError("give at least one noise level")
+    if not all(math.isfinite(t) and t > 0 for t in levels):
+        raise ValueError(f"noise levels must be finite and > 0, got {levels}")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"noise levels repeat: {levels}")
+    return sorted(levels, reverse=True)
+
+
+def record_audit(db_path, training_set: TrainingSet, image, *, network=None, steps: int = 18,
+                 sampler: str = "heun", seed: int = 0, noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS,
+                 draws: int = 1, top_k: int = 16, mass: float = 0.99, explainer: str = "pspc-square",
+                 patch_size: int | None = None, schedule=None, sensitivity_draws: int = 4,
+                 descriptor: Descriptor | str | None = None, copy_k: int = 5,
+                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, command: list[str] | None = None,
+                 progress: Callable[[int], None] | None = None, device: str | torch.device = "cpu",
+                 timeout: float = database.DEFAULT_TIMEOUT) -> AuditResult:
+    """Audit `image` (a file path, or a float tensor [C, H, W] in [-1, 1]) against the
+    training set; see the module docstring. network given (NetworkDenoiser, module or file):
+    inversion with `steps` / `sampler`, then the replay recorded; network None: direct
+    attribution at `noise_levels` with `draws` noise draws. copy_k = 0 skips copy detection.
+    schedule / sensitivity_draws: see auditor.workflows.comparison.build_pspc (with a network,
+    pspc-flex takes its masks from it). Everything is checked before anything is written."""
+    if explainer not in RECORDABLE_KINDS:
+        raise ValueError(f"the attributing denoiser must give posterior weights ({', '.join(RECORDABLE_KINDS)}), "
+                         f"got {explainer!r}")
+    request = WeightRequest(top_k=top_k, mass=mass)
+    thresholds = check_thresholds(thresholds)
+    if copy_k < 0:
+        raise ValueError(f"copy_k must be >= 0, got {copy_k}")
+    if isinstance(image, torch.Tensor):
+        x = image.detach().to(torch.float32).cpu()
+        if tuple(x.shape) != tuple(training_set.image_shape) or not torch.isfinite(x).all():
+            raise AuditInputError(f"the image tensor must be finite, of shape {tuple(training_set.image_shape)}; "
+                                  f"got {tuple(x.shape)}")
+        source = {"path": None, "format": "tensor", "shape": list(x.shape)}
+    else:
+        x, source = load_audit_image(image, training_set.image_shape)
+    if network is not None:
+        if steps < 2:
+            raise ValueError(f"inversion needs steps >= 2 (t_max down to t_min), got {steps}")
+        config = SamplerConfig(method=sampler, num_steps=steps)
+        network = load_comparison_network(network, training_set, device)
+    else:
+        levels = _check_levels(noise_levels)
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
+    if schedule is not None and explainer not in schedule_kinds(schedule, training_set):
+        raise ValueError(f"{schedule}: the schedule file has no schedule for the explainer {explainer}")
+    database.require_current(db_path, timeout)
+    if copy_k:
+        descriptor = load_descriptor(descriptor, device=device)
+    dataset_id, _ = datasets.ingest(db_path, training_set, timeout=timeout)
+
+    if network is not None:
+        network_id = register_network(db_path, network, timeout=timeout)
+        x_batch = x[None].to(network.device)
+        z_t = invert(network, x_batch, config, progress)
+        if not torch.isfinite(z_t).all():
+            raise ValueError("the inversion diverged (NaN or infinite values): try more steps or Heun")
+        details = {"method": "inversion", "input": source, "network": {"id": network_id, "name": network.name},
+                   "inversion": {"sampler": sampler, "steps": steps - 1, "from_t": config.time_steps()[-2].item(),
+                                 "to_t": config.t_max,
+                                 "latent_mean": float(z_t.mean() / config.t_max),
+                                 "latent_std": float(z_t.std() / config.t_max)},
+                   "note": "latent_std near 1 means the inverted noise looks like the Gaussian the sampler starts "
+                           "from; steps.denoised is PSPC's D(z_t) on the replay, the network's is in step_agreement"}
+
+        def reconstruction(network_final: torch.Tensor) -> dict:
+            diff = network_final.detach().cpu().to(torch.float64) - x_batch.cpu().to(torch.float64)
+            return {"reconstruction": {"mse": float(diff.square().mean()), "max_abs_error": float(diff.abs().max()),
+                                       "what": "the replay's end point (the network's D at the last step) vs the "
+                                               "audited image"}}
+
+        run_id = record_explained_run(
+            db_path, training_set, network, network_id, z_t, config, explainer_kind=explainer, patch_size=patch_size,
+            schedule=schedule, sensitivity_draws=sensitivity_draws, seed=seed, top_k=top_k, mass=mass, kind="external-audit", details=details, final=x_batch,
+            complete_details=reconstruction, command=command, progress=progress, timeout=timeout)
+        agreement = agreement_table(db_path, run_id, timeout=timeout)
+    else:
+        network_id = None
+        run_id = _record_direct(db_path, training_set, dataset_id, x, levels, draws=draws, seed=seed, request=request,
+                                explainer=explainer, patch_size=patch_size, schedule=schedule, source=source,
+                                command=command,
+                                progress=progress, device=device, timeout=timeout)
+        agreement = []
+    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+        details = json_value(conn.execute("SELECT details FROM runs WHERE id = ?", [run_id]).fetchone()[0])
+    copies = None
+    if copy_k:
+        copies = record_copy_matches(db_path, [run_id], training_set, descriptor, k=copy_k, thresholds=thresholds,
+                                     timeout=timeout)[run_id]
+    return AuditResult(run_id, details["method"], network_id, details, agreement, copies)
+
+
+def _record_direct(db_path, training_set: TrainingSet, dataset_id: int, x: torch.Tensor, levels: list[float], *,
+                   draws: int, seed: int, request: WeightRequest, explainer: str, patch_size: int | None, schedule,
+                   source: dict, command, progress, device, timeout: float) -> int:
+    """PSPC's posterior on x + t eps at each level (descending), one recorded step per level."""
+    denoiser = build_pspc(explainer, training_set, patch_size=patch_size, schedule=schedule).to(device)
+    times = levels + [0.0]
+    sampler = {"method": "direct", "noise_levels": levels, "time_steps": times, "num_steps": len(levels),
+               "draws": draws}
+    details = {"method": "direct", "input": source, "noise_levels": levels, "draws": draws,
+               "note": "z = x + t eps at each level, eps of draw i seeded with seed + i; t_next is the next lower "
+                       "level, so sample_sources is the attribution at the lowest level"}
+    run_id = create_run(db_path, dataset_id, denoiser=denoiser.describe(), sampler=sampler, seed=seed,
+                        num_samples=draws, top_k=request.top_k, mass=request.mass, command=command,
+                        kind="external-audit", details=details, timeout=timeout)
+    try:
+        x_batch = x[None].expand(draws, -1, -1, -1).to(device)
+        eps = initial_noise(draws, training_set.image_shape, seed, 1.0, device)
+        recorder = ExplainedRecorder(db_path, run_id, len(training_set), times, timeout=timeout, final=x_batch)
+        for step, t in enumerate(levels):
+            z = x_batch + t * eps
+            denoised, weights = _denoise(denoiser, z, t, request)
+            recorder(step, t, z, denoised, weights)
+            if progress is not None:
+                progress(1)
+    except BaseException as exc:
+        _mark_failed(db_path, run_id, exc, timeout)
+        raise
+    return run_id

@@ -1,0 +1,103 @@
+"""The main job on the built-in default: a store with Fashion-MNIST and one recorded run.
+
+`prepare` brings a store to the state the README's Quick start promises: schema at head,
+Fashion-MNIST ingested, and a complete PSPC run to look at. It is idempotent: a store that
+already holds a complete run recorded with the same settings on the same data is reused,
+so running the Quick start twice serves at once instead of sampling again.
+
+It also imports the fidelity study committed with the project's network
+(bench/results/fidelity-quick.json, from `bench/fidelity.py --quick --tune`), once, so the
+service's /fidelity pages show how closely PSPC reproduces the network without a
+half-hour run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pspc.data.loaders import load_training_set
+
+from auditor.store import database, datasets
+from auditor.workflows import fidelity, sampling as runs
+
+__all__ = ["COMMITTED_STUDIES", "QuickstartRun", "import_studies", "prepare"]
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTED_STUDIES = (REPO / "bench" / "results" / "fidelity-quick.json",)
+
+
+@dataclass(frozen=True)
+class QuickstartRun:
+    run_id: int
+    dataset_id: int
+    reused: bool  # True when an earlier complete run was found
+    studies: tuple[int, ...] = ()  # fidelity studies in the store that came from committed results
+
+    def report_path(self, sample_index: int = 0) -> str:
+        """The sample report's path in the service."""
+        return f"/runs/{self.run_id}/samples/{sample_index}"
+
+
+def _existing_run(db_path, dataset_id: int, num_samples: int, steps: int, seed: int, timeout: float) -> int | None:
+    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
+        rows = conn.execute("SELECT id, sampler FROM runs WHERE dataset_id = ? AND status = 'complete' "
+                            "AND num_samples = ? AND seed = ? ORDER BY id DESC", [dataset_id, num_samples,
+                                                                                  seed]).fetchall()
+    for run_id, sampler in rows:
+        sampler = json.loads(sampler) if isinstance(sampler, str) else sampler
+        if sampler.get("num_steps") == steps:
+            return int(run_id)
+    return None
+
+
+def import_studies(db_path, paths: Sequence[Path], *, log: Callable[[str], None] = print,
+                   timeout: float = database.DEFAULT_TIMEOUT) -> tuple[int, ...]:
+    """Store each fidelity.json in `paths` unless a study from that file (by its sha256, kept
+    in fidelity_studies.source) is there already; returns the studies' ids. Missing files are
+    skipped (a source checkout without bench/results)."""
+    import hashlib
+
+    ids = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        content = path.read_bytes()
+        source = f"{path.name} sha256:{hashlib.sha256(content).hexdigest()}"
+        with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
+            found = conn.execute("SELECT id FROM fidelity_studies WHERE source = ?", [source]).fetchone()
+        if found:
+            ids.append(int(found[0]))
+            continue
+        study_id = fidelity.store_study(db_path, json.loads(content), name=path.stem, source=source, timeout=timeout)
+        log(f"fidelity study {study_id}: {path.name} (imported)")
+        ids.append(study_id)
+    return tuple(ids)
+
+
+def prepare(db_path, *, data: str = "fashion-mnist", num_samples: int = 8, steps: int = 18, seed: int = 0,
+            studies: Sequence[Path] = COMMITTED_STUDIES, progress: Callable[[int], None] | None = None,
+            log: Callable[[str], None] = print, timeout: float = database.DEFAULT_TIMEOUT) -> QuickstartRun:
+    """Upgrade the store, import the committed fidelity `studies`, ingest `data` (with
+    x-flips), and record a PSPC-Square run unless a complete one with these settings exists;
+    returns the run to show."""
+    before, after = database.upgrade(db_path, timeout=timeout)
+    if before != after:
+        log(f"{db_path}: schema {before or 'empty'} -> {after}")
+    study_ids = import_studies(db_path, studies, log=log, timeout=timeout)
+    training_set = load_training_set(data).with_xflip()
+    dataset_id, created = datasets.ingest(db_path, training_set, timeout=timeout)
+    log(f"dataset {dataset_id}: {training_set.name}, {len(training_set)} images + x-flips"
+        f"{' (ingested)' if created else ''}")
+    existing = _existing_run(db_path, dataset_id, num_samples, steps, seed, timeout)
+    if existing is not None:
+        log(f"run {existing}: complete, reused")
+        return QuickstartRun(existing, dataset_id, True, study_ids)
+    log(f"recording {num_samples} PSPC-Square samples x {steps} steps (every step's posterior weights)")
+    run_id = runs.record_sampling_run(db_path, training_set, num_samples=num_samples, steps=steps, seed=seed,
+                                      progress=progress, timeout=timeout,
+                                      command=["auditor", "quickstart", f"--num={num_samples}", f"--steps={steps}"])
+    return QuickstartRun(run_id, dataset_id, False, study_ids)

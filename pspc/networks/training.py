@@ -1,0 +1,465 @@
+"""Training the project's EDM-preconditioned U-Net (Karras et al. 2022), on a CPU if need be.
+
+EDM loss (`EDMLoss`): sigma ~ lognormal(P_mean = -1.2, P_std = 1.2), y = x (optionally
+x-flipped), loss = lambda(sigma) ||D(y + sigma n, sigma) - y||^2 with
+lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, averaged over pixels.
+Adam with a linear learning-rate warm-up and an exponential moving average of the weights
+(EDM's half-life in images, ramped up with the number of images seen); the EMA weights are
+the ones saved for use.
+
+Every random draw of iteration k (batch, flips, sigma, noise) comes from a generator seeded
+by (seed, k), so training resumed from a checkpoint continues exactly as an uninterrupted
+run would. `train` returns (and writes beside the checkpoint) a record with the command,
+configurations, dataset fingerprint, wall time, final loss, loss curve and versions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pspc.denoisers import NetworkDenoiser
+from pspc.data.images import save_grid
+from pspc.networks.unet import EDMPrecond, NetworkConfig, NetworkError, read_checkpoint, save_network
+from pspc.samplers import SamplerConfig, initial_noise, sample
+from pspc.data.training_set import TrainingSet
+
+STATE_SUFFIX = ".state.pt"
+
+
+class TrainingError(ValueError):
+    """Bad training request (parameters, data that does not fit, unusable resume state)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Loss (EDM, Sec. 5 / Table 1)
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EDMLoss:
+    """lambda(sigma) ||D(y + sigma n, sigma) - y||^2 with ln(sigma) ~ N(P_mean, P_std^2)."""
+
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    sigma_data: float = 0.5
+
+    def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        return (sigma.square() + self.sigma_data**2) / (sigma * self.sigma_data).square()
+
+    def sample_sigma(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        return (torch.randn(count, generator=generator) * self.P_std + self.P_mean).exp()
+
+    def __call__(self, net, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss [B] (mean over pixels) for clean y, noise levels sigma and unit noise."""
+        D_yn = net(y + sigma[:, None, None, None] * noise, sigma)
+        return (self.weight(sigma)[:, None, None, None] * (D_yn - y).square()).flatten(1).mean(1)
+
+
+# ---------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation settings; the defaults are the ones the committed Fashion-MNIST checkpoint used."""
+
+    iterations: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_warmup: int = 200  # iterations of linear warm-up
+    beta1: float = 0.9
+    beta2: float = 0.999
+    ema_halflife_images: float = 500_000  # EDM's ema_halflife_kimg = 500
+    ema_rampup_ratio: float | None = 0.1  # half-life <= ratio * images seen (EDM: 0.05)
+    xflip: bool = True  # train on mirrored images too, as PSPC's data set with x-flips
+    seed: int = 0
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    checkpoint_every: int = 0  # iterations between checkpoints (0: only at the end and by time)
+    checkpoint_seconds: float = 300.0  # also checkpoint after this many seconds (0: off)
+    eval_samples: int = 256  # fixed (image, sigma, noise) draws for the evaluation loss
+    preview_samples: int = 36  # samples drawn for the preview grid at each checkpoint (0: none)
+
+    def __post_init__(self):
+        problems = []
+        for name in ("iterations", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "ema_halflife_images"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be > 0, got {value}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            problems.append(f"Adam betas must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.ema_rampup_ratio is not None and not self.ema_rampup_ratio > 0:
+            problems.append(f"ema_rampup_ratio must be > 0 or None, got {self.ema_rampup_ratio}")
+        if not self.P_std > 0:
+            problems.append(f"P_std must be > 0, got {self.P_std}")
+        for name in ("lr_warmup", "checkpoint_every", "checkpoint_seconds", "eval_samples", "preview_samples"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if problems:
+            raise TrainingError("bad training config: " + "; ".join(problems))
+
+    def lr_at(self, iteration: int) -> float:
+        return self.lr * min(1.0, (iteration + 1) / self.lr_warmup) if self.lr_warmup else self.lr
+
+    def ema_beta(self, images_seen: int) -> float:
+        """EDM's EMA decay per iteration: half-life in images, ramped up with images seen."""
+        halflife = self.ema_halflife_images
+        if self.ema_rampup_ratio is not None:
+            halflife = min(halflife, images_seen * self.ema_rampup_ratio)
+        return 0.5 ** (self.batch_size / max(halflife, 1e-8))
+
+
+# ---------------------------------------------------------------------------------------
+# Seeded randomness: iteration k draws only from generators seeded by (seed, stream, k)
+# ---------------------------------------------------------------------------------------
+def _generator(seed: int, stream: int, index: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, stream, index]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+class BatchSampler:
+    """Epochs over the training set in seeded random order; batch k = positions [kB, (k+1)B)."""
+
+    def __init__(self, count: int, batch_size: int, seed: int):
+        self.count, self.batch_size, self.seed = count, batch_size, seed
+        self._epoch, self._order = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, torch.randperm(self.count, generator=_generator(self.seed, 0, epoch))
+        return self._order
+
+    def indices(self, iteration: int) -> torch.Tensor:
+        start = iteration * self.batch_size
+        out = []
+        for position in range(start, start + self.batch_size):
+            epoch, offset = divmod(position, self.count)
+            out.append(int(self._permutation(epoch)[offset]))
+        return torch.tensor(out)
+
+
+def training_batch(images: torch.Tensor, sampler: BatchSampler, loss: EDMLoss, iteration: int, seed: int,
+                   xflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, sigma, noise) of iteration `iteration`: clean images in [-1, 1] (mirrored at random
+    when xflip), noise levels and unit noise, all from seeded generators."""
+    generator = _generator(seed, 1, iteration)
+    y = images[sampler.indices(iteration)].float() / 127.5 - 1
+    if xflip:
+        flip = torch.rand(y.shape[0], generator=generator) < 0.5
+        y = torch.where(flip[:, None, None, None], y.flip(-1), y)
+    sigma = loss.sample_sigma(y.shape[0], generator)
+    noise = torch.randn(y.shape, generator=generator)
+    return y, sigma, noise
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation and samples
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluation_loss(net, training_set: TrainingSet, loss: EDMLoss, count: int = 256, seed: int = 12345,
+                    batch_size: int = 128) -> float:
+    """The EDM loss on `count` fixed draws (image, sigma, noise) from the training set: the same
+    draws every time, so checkpoints (and runs) are comparable without training-batch noise."""
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(training_set), (count,), generator=generator)
+    sigma = loss.sample_sigma(count, generator)
+    noise = torch.randn((count, *training_set.image_shape), generator=generator)
+    device = next(net.parameters()).device
+    total = 0.0
+    for start in range(0, count, batch_size):
+        part = slice(start, start + batch_size)
+        y = training_set.images[picks[part]].float() / 127.5 - 1
+        total += float(loss(net, y.to(device), sigma[part].to(device), noise[part].to(device)).sum())
+    return total / count
+
+
+@torch.no_grad()
+def sample_network(net, num: int = 64, seed: int = 0, steps: int = 18, method: str = "heun",
+                   image_shape=None) -> torch.Tensor:
+    """num samples [num, C, H, W] (clipped to [-1, 1]) from the network with the PF-ODE sampler
+    on the EDM schedule; sample i starts from the noise seeded with seed + i (as `pspc sample`)."""
+    if isinstance(net, NetworkDenoiser):  # e.g. from pspc.networks.unet.load_network
+        denoiser = net
+    else:
+        denoiser = NetworkDenoiser(net, tuple(image_shape or net.config.image_shape))
+    shape = denoiser.image_shape
+    was_training = denoiser.net.training
+    denoiser.net.eval()
+    try:
+        z = initial_noise(num, shape, seed, device=denoiser.device)
+        out = sample(denoiser, z, SamplerConfig(method=method, num_steps=steps))
+    finally:
+        denoiser.net.train(was_training)
+    return out.clamp(-1, 1).cpu()
+
+
+def save_samples(net, path, num: int = 64, seed: int = 0, steps: int = 18, method: str = "heun") -> str:
+    """Sample with `sample_network` and write the PNG grid (`pspc.data.images.save_grid`)."""
+    return save_grid(sample_network(net, num, seed, steps, method), path)
+
+
+# ---------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _own_version() -> str:
+    """pspc-auditor's installed version, else the source tree's (pyproject.toml and git commit)."""
+    installed = _version("pspc-auditor")
+    if installed != "not installed":
+        return installed
+    root = Path(__file__).resolve().parents[2]
+    try:
+        import subprocess
+        import tomllib
+
+        version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{version} (source tree{', commit ' + commit if commit else ''}{', modified' if dirty else ''})"
+    except Exception:  # noqa: BLE001 - a missing version must not stop training
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    """Where a result was computed: device, threads, platform and package versions."""
+    return {
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "versions": {"python": platform.python_version(), "pspc-auditor": _own_version(),
+                     "torch": torch.__version__, "numpy": np.__version__},
+    }
+
+
+def state_path_for(checkpoint: str | os.PathLike) -> Path:
+    """Where the resume state of a checkpoint lives: NAME.pt -> NAME.state.pt."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + STATE_SUFFIX)
+
+
+def record_path_for(checkpoint: str | os.PathLike) -> Path:
+    return Path(checkpoint).with_suffix(".json")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------
+ProgressCallback = Callable[[int, int, float], None]
+
+
+def _check_data(training_set: TrainingSet, network: NetworkConfig) -> None:
+    if tuple(training_set.image_shape) != network.image_shape:
+        c, h, w = training_set.image_shape
+        raise TrainingError(f"the training set has {c} channel(s) at {h}x{w}, the network config "
+                            f"{network.image_channels} at {network.resolution[0]}x{network.resolution[1]}")
+
+
+def train(training_set: TrainingSet, out: str | os.PathLike, network: NetworkConfig | None = None,
+          config: TrainingConfig = TrainingConfig(), *, resume: bool = False, device="cpu",
+          command: list[str] | None = None, half: bool = False, progress: ProgressCallback | None = None,
+          log: Callable[[str], None] | None = None) -> dict:
+    """Train the EDM-preconditioned U-Net on `training_set` and save it to `out`.
+
+    Writes `out` (EMA weights + config + record; float16 weights with half=True),
+    `out`.json (the record), `NAME.state.pt` (weights, EMA, optimizer and progress, for
+    resume=True) and, when config.preview_samples > 0, `NAME.png` (a sample grid) at every
+    checkpoint and at the end. resume=True continues from the state file to
+    config.iterations; the network config, data and seeds must match the saved run.
+    progress(iteration, total, loss) is called after every iteration. Returns the record.
+    """
+    device = torch.device(device)
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise TrainingError(f"the checkpoint path must end in .pt, got {out}")
+    state_path = state_path_for(out)
+    if network is None and resume and state_path.exists():
+        network = saved_network_config(state_path)
+    network = network or NetworkConfig(image_channels=training_set.channels, resolution=training_set.resolution)
+    _check_data(training_set, network)
+    loss_fn = EDMLoss(config.P_mean, config.P_std, network.sigma_data)
+    say = log or (lambda message: None)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the initial weights follow the seed too
+        net = EDMPrecond(network).to(device).train()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8)
+    start, history, recent, segments, wall_before = 0, [], [], [], 0.0
+    if resume:
+        start, history, recent, segments, wall_before = _restore(state_path, net, ema, optimizer, training_set, network,
+                                                         config, device)
+        say(f"resuming {state_path} at iteration {start}")
+        if start >= config.iterations:
+            raise TrainingError(f"{state_path}: already trained {start} iterations; raise iterations above that "
+                                f"to continue")
+    elif state_path.exists() or out.exists():
+        raise TrainingError(f"{out} (or its state {state_path.name}) already exists: pass resume to continue it, "
+                            f"or choose another output path")
+
+    sampler = BatchSampler(len(training_set), config.batch_size, config.seed)
+    images = training_set.images
+    segment = {"started_at": _now(), "from_iteration": start}
+    began = time.perf_counter()
+    last_save, last_save_iteration = began, start
+    record: dict = {}
+
+    def checkpoint(iteration: int, final: bool) -> dict:
+        nonlocal record
+        segment.update(to_iteration=iteration, wall_seconds=round(time.perf_counter() - began, 1))
+        eval_loss = evaluation_loss(ema, training_set, loss_fn, config.eval_samples) if config.eval_samples else None
+        record = _record(training_set, network, config, net, history, recent, segments + [segment], wall_before,
+                         iteration, eval_loss, command, device, out, half, final)
+        save_network(state_path, net, record=record, extra={
+            "ema": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "progress": json.dumps({"iteration": iteration, "history": history, "recent": recent,
+                                    "segments": segments + [segment],
+                                    "wall_before": wall_before, "training": asdict(config), "dataset":
+                                    training_set.fingerprint})})
+        save_network(out, ema, half=half, record=record)
+        record_path_for(out).write_text(json.dumps(record, indent=2) + "\n")
+        if config.preview_samples:
+            save_samples(ema, out.with_suffix(".png"), num=config.preview_samples if not final else 64)
+        say(f"checkpoint at iteration {iteration}: train loss {record['final_loss']}, eval loss {eval_loss}")
+        return record
+
+    window: list[float] = []
+    for iteration in range(start, config.iterations):
+        y, sigma, noise = training_batch(images, sampler, loss_fn, iteration, config.seed, config.xflip)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(iteration)
+        if network.dropout > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(_generator(config.seed, 2, iteration).initial_seed()))
+                loss = loss_fn(net, y.to(device), sigma.to(device), noise.to(device)).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+        else:
+            loss = loss_fn(net, y.to(device), sigma.to(device), noise.to(device)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        for p in net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        optimizer.step()
+        beta = config.ema_beta((iteration + 1) * config.batch_size)
+        with torch.no_grad():
+            for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+                p_ema.lerp_(p_net.detach(), 1 - beta)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(f"loss became {value} at iteration {iteration}; lower the learning rate (lr={config.lr})")
+        window.append(value)
+        recent = (recent + [value])[-100:]
+        done = iteration + 1
+        if len(window) == min(100, config.iterations) or done == config.iterations:
+            history.append([done, round(sum(window) / len(window), 6)])
+            window = []
+        if progress is not None:
+            progress(done, config.iterations, value)
+        due = (config.checkpoint_every and done - last_save_iteration >= config.checkpoint_every) or \
+              (config.checkpoint_seconds and time.perf_counter() - last_save >= config.checkpoint_seconds)
+        if due and done < config.iterations:
+            checkpoint(done, final=False)
+            last_save, last_save_iteration = time.perf_counter(), done
+    if window:
+        history.append([config.iterations, round(sum(window) / len(window), 6)])
+    return checkpoint(config.iterations, final=True)
+
+
+def _record(training_set, network, config, net, history, recent, segments, wall_before, iteration, eval_loss,
+             command, device, out, half, final) -> dict:
+    return {
+        "what": "pspc EDM-preconditioned U-Net (pspc.networks.unet.EDMPrecond), EMA weights",
+        "command": command,
+        "complete": final,
+        "iterations": iteration,
+        "images_seen": iteration * config.batch_size,
+        "epochs": round(iteration * config.batch_size / len(training_set), 3),
+        "final_loss": round(sum(recent) / len(recent), 6) if recent else None,
+        "final_loss_definition": "mean EDM-weighted training loss per pixel over the last <= 100 iterations",
+        "eval_loss": None if eval_loss is None else round(eval_loss, 6),
+        "eval_loss_definition": f"EDM loss of the EMA weights on {config.eval_samples} fixed (image, sigma, noise) "
+                                f"draws from the training set (seed 12345)",
+        "loss_curve": history,
+        "wall_seconds": round(wall_before + sum(s.get("wall_seconds", 0) for s in segments[-1:]), 1),
+        "segments": segments,
+        "network": json.loads(network.to_json()),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "training": asdict(config),
+        "loss": {"kind": "EDM", "P_mean": config.P_mean, "P_std": config.P_std, "sigma_data": network.sigma_data},
+        "dataset": training_set.describe(),
+        "checkpoint": {"path": str(out), "weights": "ema", "dtype": "float16" if half else "float32",
+                       "state": str(state_path_for(out))},
+        "preview": None if not config.preview_samples else {
+            "path": str(out.with_suffix(".png")), "samples": 64 if final else config.preview_samples,
+            "sampler": "heun", "steps": 18, "schedule": "EDM (t_max 80, t_min 0.002, rho 7)",
+            "seeds": f"0..{(64 if final else config.preview_samples) - 1} (pspc.samplers.initial_noise)"},
+        **environment(device),
+        "written_at": _now(),
+    }
+
+
+def saved_network_config(state_path: str | os.PathLike) -> NetworkConfig:
+    """The network config stored in a checkpoint or training state."""
+    try:
+        return NetworkConfig.from_dict(json.loads(read_checkpoint(state_path)["config"]))
+    except (KeyError, ValueError) as exc:
+        raise TrainingError(f"{state_path}: unreadable network config ({exc})") from None
+
+
+def _restore(state_path: Path, net, ema, optimizer, training_set, network, config, device):
+    if not state_path.exists():
+        raise TrainingError(f"nothing to resume: {state_path} does not exist")
+    try:
+        payload = read_checkpoint(state_path)
+        progress = json.loads(payload["progress"])
+        saved_network = NetworkConfig.from_dict(json.loads(payload["config"]))
+    except (NetworkError, KeyError, ValueError) as exc:
+        raise TrainingError(f"{state_path}: not a usable training state ({exc})") from None
+    if saved_network != network:
+        raise TrainingError(f"{state_path}: saved with network {saved_network}, asked for {network}")
+    if progress.get("dataset") != training_set.fingerprint:
+        raise TrainingError(f"{state_path}: trained on data with fingerprint {progress.get('dataset')}, "
+                            f"given {training_set.fingerprint} (pass the same data and limit)")
+    saved = progress.get("training", {})
+    changed = [k for k in ("batch_size", "seed", "xflip", "P_mean", "P_std", "lr", "lr_warmup", "ema_halflife_images",
+                           "ema_rampup_ratio", "beta1", "beta2") if k in saved and saved[k] != getattr(config, k)]
+    if changed:
+        raise TrainingError(f"{state_path}: resuming needs the same {', '.join(changed)} as the saved run "
+                            f"({', '.join(f'{k}={saved[k]}' for k in changed)})")
+    net.load_state_dict(payload["weights"])
+    ema.load_state_dict(payload["ema"])
+    optimizer.load_state_dict(payload["optimizer"])
+    net.to(device)
+    ema.to(device)
+    return (int(progress["iteration"]), progress["history"], progress.get("recent", []), progress["segments"],
+            float(progress["wall_before"]) + float(progress["segments"][-1].get("wall_seconds", 0)))

@@ -1,0 +1,216 @@
+"""The PSPC computation (Eq. 9-11), all patch positions at once, streamed over the data.
+
+For a batch of queries z_b with per-sample noise levels t_b and a patch set {M_k}:
+  logit[b, k, i] = -||M_k (z_b - x_i)||^2 / (2 t_b^2)              (Eq. 9)
+  w[b, k, :]     = softmax_i logit[b, k, :]                         (Eq. 10)
+  D(z_b)[q]      = sum_k M_k[q] sum_i w[b,k,i] x_i[q] / sum_k M_k[q] (Eq. 11)
+Training images are streamed in chunks: pass 1 accumulates an online log-sum-exp per
+(sample, patch); pass 2 recomputes the logits, normalises them exactly and composes the
+output as sum_i spread(w[b, :, i]) * x_i (O(H W) per image, whatever the patch size).
+The running max is per sample and per patch, never across the batch. x-flip entries are
+handled without copying the data: the flipped query is compared to the original images
+under the mirrored masks.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+from pspc.posterior import fused_kernels
+from pspc.posterior.patch_sets import PatchSet, WindowPatches
+from pspc.posterior.weights import PosteriorWeights, WeightRequest
+
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+def _chunk_size(num_queries: int, height: int, width: int, num_patches: int, channels: int, chunk_bytes: int) -> int:
+    """Training images per chunk so that the largest temporaries stay under chunk_bytes."""
+    per_image = num_queries * 8 * (3 * height * width + 3 * num_patches + channels * height * width)
+    return max(1, chunk_bytes // per_image)
+
+
+def _logits(queries: torch.Tensor, images: torch.Tensor, patch_sums, scale: torch.Tensor) -> torch.Tensor:
+    """[Q, n, K] float64 logits of every query against every image in the chunk."""
+    squared = (queries[:, None] - images[None]).square().sum(2)  # [Q, n, H, W]
+    return patch_sums(squared) * scale[:, None, None]
+
+
+def patch_posterior(
+    z: torch.Tensor,
+    t: torch.Tensor,
+    data: torch.Tensor,
+    patch_set: PatchSet,
+    xflip: bool = False,
+    request: WeightRequest | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    images_t=None,
+) -> tuple[torch.Tensor, PosteriorWeights | None]:
+    """PSPC denoiser output for z [B, C, H, W] at per-sample t [B] (> 0), over training
+    images data [N, C, H, W] in [-1, 1] (same device). Returns (x_hat, weights or None).
+
+    images_t (fused_kernels.block_images(data), CPU only) enables the fused kernels;
+    without it, on other devices, or when dense weights are requested, the torch path runs."""
+    if images_t is not None and z.device.type == "cpu" and not (request and request.full):
+        return _fused_posterior_cpu(z, t, data.shape[0], images_t, patch_set, xflip, request)
+    batch, channels, height, width = z.shape
+    num_images = data.shape[0]
+    patch_set = patch_set.to(z.device)
+    halves = [(z, patch_set.patch_sums, patch_set.spread)]
+    if xflip:
+        halves.append((z.flip(-1), patch_set.flipped_patch_sums, patch_set.flipped_spread))
+    scale = -0.5 / t.to(torch.float64).square()  # [B]
+    num_patches = patch_set.num_patches
+    chunk = _chunk_size(batch * (2 if request else 1), height, width, num_patches, channels, chunk_bytes)
+    starts = range(0, num_images, chunk)
+
+    # Pass 1: online log-sum-exp over all entries, per (sample, patch).
+    run_max = torch.full((batch, num_patches), -torch.inf, dtype=torch.float64, device=z.device)
+    run_sum = torch.zeros_like(run_max)
+    for queries, sums, _ in halves:
+        for start in starts:
+            logits = _logits(queries, data[start : start + chunk], sums, scale)
+            new_max = torch.maximum(run_max, logits.amax(1))
+            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(1)
+            run_max = new_max
+    log_normaliser = run_max + run_sum.log()  # [B, K]
+
+    # Pass 2: exact weights, composition, and (optionally) what the attribution keeps.
+    numerators = []
+    tracker = _WeightTracker(request, batch, num_patches, num_images * len(halves), z.device) if request else None
+    for half, (queries, sums, spread) in enumerate(halves):
+        numerator = torch.zeros(batch, channels, height, width, dtype=torch.float64, device=z.device)
+        for start in starts:
+            images = data[start : start + chunk]
+            log_w = _logits(queries, images, sums, scale) - log_normaliser[:, None]  # [B, n, K]
+            weights = log_w.exp()
+            numerator += torch.einsum("bnhw,nchw->bchw", spread(weights), images.to(torch.float64))
+            if tracker:
+                tracker.add(weights, log_w, offset=half * num_images + start)
+        numerators.append(numerator)
+    numerator = numerators[0] + (numerators[1].flip(-1) if xflip else 0)
+    x_hat = (numerator / patch_set.coverage(z.device)).to(z.dtype)
+    return x_hat, (tracker.result(patch_set, t, num_images) if tracker else None)
+
+
+class _WeightTracker:
+    """Accumulates entropy, ESS, the running top-k and (optionally) the dense weights."""
+
+    def __init__(self, request: WeightRequest, batch: int, num_patches: int, num_entries: int, device):
+        self.request = request
+        self.k = min(request.top_k, num_entries)
+        self.entropy = torch.zeros(batch, num_patches, dtype=torch.float64, device=device)
+        self.sum_sq = torch.zeros_like(self.entropy)
+        self.top_w = torch.zeros(batch, num_patches, 0, dtype=torch.float64, device=device)
+        self.top_i = torch.zeros(batch, num_patches, 0, dtype=torch.long, device=device)
+        self.full = torch.zeros(batch, num_patches, num_entries, dtype=torch.float64, device=device) if request.full else None
+
+    def add(self, weights: torch.Tensor, log_w: torch.Tensor, offset: int):
+        """weights, log_w: [B, n, K] for entries offset .. offset + n - 1."""
+        self.entropy -= torch.where(weights > 0, weights * log_w, 0).sum(1)
+        self.sum_sq += weights.square().sum(1)
+        w = weights.transpose(1, 2)  # [B, K, n]
+        if self.full is not None:
+            self.full[:, :, offset : offset + w.shape[2]] = w
+        k = min(self.k, w.shape[2])
+        chunk_w, chunk_i = w.topk(k, dim=2)
+        merged_w = torch.cat([self.top_w, chunk_w], 2)
+        merged_i = torch.cat([self.top_i, chunk_i + offset], 2)
+        self.top_w, order = merged_w.topk(min(self.k, merged_w.shape[2]), dim=2)
+        self.top_i = merged_i.gather(2, order)
+
+    def result(self, patch_set: PatchSet, t: torch.Tensor, num_images: int) -> PosteriorWeights:
+        return _finish(self.request, patch_set, t, num_images, self.top_w, self.top_i,
+                       self.entropy, self.sum_sq, self.full)
+
+
+def _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq, full=None) -> PosteriorWeights:
+    """Apply the mass threshold to the exact top-k (descending) and package the result.
+    Entries are kept until `mass` is captured; the entry that crosses it stays."""
+    before = top_w.cumsum(2) - top_w
+    keep = (before < request.mass) & (top_w > 0) & (top_i >= 0)
+    weight = torch.where(keep, top_w, 0)
+    return PosteriorWeights(
+        patch_set=patch_set,
+        t=t.detach().cpu(),
+        num_images=num_images,
+        entry=torch.where(keep, top_i, -1).cpu(),
+        weight=weight.float().cpu(),
+        mass=weight.sum(2).float().cpu(),
+        entropy=entropy.float().cpu(),
+        ess=(1 / sum_sq).float().cpu(),
+        full=full.cpu() if full is not None else None,
+    )
+
+
+_NO_INDEX = np.zeros(1, dtype=np.int64)
+_NO_COUNT = np.zeros(1, dtype=np.float64)
+
+
+def _fused_halves(patch_set: PatchSet, xflip: bool) -> list[dict]:
+    """Kernel arguments per half (original queries, then flipped ones), and `to_global`:
+    index into the half's own patch list for each of the set's K patches.
+
+    Windows: flipped queries use the same windows, whose mirror is window mirror(k).
+    Masks: each half uses its own (mirrored) distinct masks; identical masks are computed once."""
+    halves = []
+    for flipped in ([False, True] if xflip else [False]):
+        if isinstance(patch_set, WindowPatches):
+            structure = {"structure": fused_kernels.WINDOW, "patch_h": patch_set.patch_h, "patch_w": patch_set.patch_w,
+                         "indptr": _NO_INDEX, "indices": _NO_INDEX, "num_patches": patch_set.num_patches,
+                         "pixel_indptr": _NO_INDEX, "pixel_masks": _NO_INDEX, "pixel_counts": _NO_COUNT}
+            to_global = patch_set._mirror if flipped else torch.arange(patch_set.num_patches)
+        else:
+            csr = patch_set.fused_structure(flipped)
+            structure = {"structure": fused_kernels.MASKS, "patch_h": 1, "patch_w": 1,
+                         **{k: v for k, v in csr.items() if k != "unique_of"}}
+            to_global = csr["unique_of"]
+        halves.append({"flipped": flipped, "kernel": structure, "to_global": to_global})
+    return halves
+
+
+def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip, request):
+    """The fused-kernel path (fused_kernels): same result as the torch path, CPU only.
+
+    Each half runs in its own frame (flipped queries against mirrored masks); per-patch
+    quantities are mapped to the set's K patches with `to_global`."""
+    batch = z.shape[0]
+    scales = (-0.5 / t.to(torch.float64).square()).cpu().numpy()
+    parts = numba.get_num_threads()
+    halves = _fused_halves(patch_set, xflip)
+    for half in halves:
+        queries = z.flip(-1) if half["flipped"] else z
+        half["args"] = (queries.to(torch.float64).contiguous().numpy(), images_t)
+        k = half["kernel"]
+        own = fused_kernels.log_normaliser(*half["args"], k["structure"], k["patch_h"], k["patch_w"], k["indptr"],
+                                           k["indices"], k["num_patches"], scales, parts, num_images)
+        half["log_norm"] = torch.from_numpy(own)[:, half["to_global"]]
+    log_norm = halves[0]["log_norm"]
+    for half in halves[1:]:
+        log_norm = torch.logaddexp(log_norm, half["log_norm"])
+
+    top_k = request.top_k if request else 0
+    x_hat = torch.zeros(z.shape, dtype=torch.float64)
+    entropy = torch.zeros(batch, patch_set.num_patches, dtype=torch.float64)
+    sum_sq, top_w, top_i = torch.zeros_like(entropy), [], []
+    for offset, half in enumerate(halves):
+        k = half["kernel"]
+        own_log_norm = torch.empty(batch, k["num_patches"], dtype=torch.float64)
+        own_log_norm[:, half["to_global"]] = log_norm  # every own patch is some global one
+        numerator, half_entropy, half_sum_sq, half_top_w, half_top_i = (torch.from_numpy(a) for a in fused_kernels.compose(
+            *half["args"], k["structure"], k["patch_h"], k["patch_w"], k["indptr"], k["indices"], k["num_patches"],
+            k["pixel_indptr"], k["pixel_masks"], k["pixel_counts"], scales, own_log_norm.numpy(), parts, top_k,
+            num_images))
+        x_hat += numerator.flip(-1) if half["flipped"] else numerator
+        entropy += half_entropy[:, half["to_global"]]
+        sum_sq += half_sum_sq[:, half["to_global"]]
+        # [Q, parts, P_own, k] -> [Q, K, parts * k]; flipped entries are numbered N..2N-1.
+        index = half_top_i[:, :, half["to_global"]].permute(0, 2, 1, 3).flatten(2)
+        top_w.append(half_top_w[:, :, half["to_global"]].permute(0, 2, 1, 3).flatten(2))
+        top_i.append(torch.where(index >= 0, index + offset * num_images, -1))
+    x_hat = (x_hat / patch_set.coverage()).to(z.dtype)
+    if request is None:
+        return x_hat, None
+    top_w, order = torch.cat(top_w, 2).topk(min(request.top_k, sum(w.shape[2] for w in top_w)), dim=2)
+    return x_hat, _finish(request, patch_set, t, num_images, top_w, torch.cat(top_i, 2).gather(2, order), entropy, sum_sq)
