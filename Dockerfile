@@ -5,15 +5,14 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    AUDITOR_DB=/data/provenance.duckdb \
-    PYTHONPATH=/app
+    AUDITOR_DB=/data/provenance.duckdb
 
 # The built-in training data (Debian package, as in .ci/setup).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/*
 
-WORKDIR /app
+WORKDIR /src
 # torch pinned to the CPU build first (an unpinned torch pulls a multi-GB CUDA build).
 RUN pip install torch==2.13.0
 COPY pyproject.toml README.md ./
@@ -21,11 +20,14 @@ COPY pspc ./pspc
 COPY auditor ./auditor
 COPY reports ./reports
 COPY migrations ./migrations
-# Editable: the migrations and report templates are read from /app at run time.
-RUN pip install -e . \
+# A regular install: migrations, templates, the network checkpoint and the committed study
+# are package data, found with importlib.resources; the source folder is removed.
+RUN pip install . \
+    && cd / && rm -rf /src \
     && useradd --create-home --uid 1000 auditor \
     && mkdir -p /data \
-    && chown -R auditor:auditor /data /app
+    && chown -R auditor:auditor /data
+WORKDIR /data
 
 USER auditor
 VOLUME ["/data"]

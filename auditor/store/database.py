@@ -16,6 +16,7 @@ programmatically from the repository's ``migrations/`` folder).
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import os
 import random
@@ -55,7 +56,7 @@ __all__ = [
 DB_ENV = "AUDITOR_DB"
 DEFAULT_DB = "provenance.duckdb"
 DEFAULT_TIMEOUT = 10.0
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS_DIR = Path(str(importlib.resources.files("migrations")))  # packaged: works installed or from source
 
 T = TypeVar("T")
 
