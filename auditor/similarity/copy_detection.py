@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 import torch
 
+from auditor.errors import UserError
 from auditor.similarity.descriptors import Descriptor, DescriptorError
 
 __all__ = [
@@ -55,7 +56,7 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 
 
-class CopyDetectionError(ValueError):
+class CopyDetectionError(UserError):
     """Bad input to copy detection (shapes, thresholds, mismatched descriptors); says which."""
 
 

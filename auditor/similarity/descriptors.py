@@ -28,9 +28,7 @@ import json
 import os
 import platform
 import re
-import tempfile
 import urllib.parse
-import urllib.request
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -40,6 +38,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from auditor.similarity.checkpoints import (
+    CACHE_ENV, OFFICIAL_SSCD_CHECKPOINTS, DescriptorError, OfficialCheckpoint, check_sha256, default_cache_dir, download,
+    is_url, split_pinned_url,
+)
+from pspc.record import file_sha256
 
 __all__ = [
     "CACHE_ENV",
@@ -66,7 +70,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 
-CACHE_ENV = "PSPC_SSCD_CACHE"  # folder for downloaded checkpoints
 CHECKPOINT_ENV = "PSPC_SSCD_CHECKPOINT"  # the checkpoint load_descriptor() uses by default
 SHA256_ENV = "PSPC_SSCD_SHA256"  # its pinned sha256 (required for URLs)
 PREPROCESSING_ENV = "PSPC_SSCD_PREPROCESSING"  # resize-288 (default) or fixed-320
@@ -76,47 +79,8 @@ PREPROCESSING_ENV = "PSPC_SSCD_PREPROCESSING"  # resize-288 (default) or fixed-3
 FLOAT_LIMIT = 10.0
 
 
-class DescriptorError(ValueError):
-    """A descriptor cannot be loaded or computed: names the file or input and the problem."""
-
-
 class FallbackDescriptorWarning(UserWarning):
     """No SSCD checkpoint is configured, so the non-learned pixel-correlation fallback is used."""
-
-
-@dataclass(frozen=True)
-class OfficialCheckpoint:
-    """One of the TorchScript checkpoints the SSCD authors publish."""
-
-    name: str
-    url: str
-    dimension: int
-    trunk: str
-    training: str
-    sha256: str | None = None  # the authors publish no checksums: pin the one of a copy you trust
-
-
-_SSCD_BASE_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection"
-
-
-def _official(name: str, dimension: int, trunk: str, training: str) -> OfficialCheckpoint:
-    return OfficialCheckpoint(name, f"{_SSCD_BASE_URL}/{name}.torchscript.pt", dimension, trunk, training)
-
-
-# From the README of facebookresearch/sscd-copy-detection ("Pretrained models"). The authors
-# recommend sscd_disc_mixup as the default and sscd_disc_large as the more accurate option.
-OFFICIAL_SSCD_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
-    c.name: c
-    for c in (
-        _official("sscd_disc_blur", 512, "ResNet50", "DISC, strong blur"),
-        _official("sscd_disc_advanced", 512, "ResNet50", "DISC, advanced augmentations"),
-        _official("sscd_disc_mixup", 512, "ResNet50", "DISC, advanced augmentations + mixup"),
-        _official("sscd_disc_large", 1024, "ResNeXt101 32x4", "DISC, advanced augmentations + mixup"),
-        _official("sscd_imagenet_blur", 512, "ResNet50", "ImageNet, strong blur"),
-        _official("sscd_imagenet_advanced", 512, "ResNet50", "ImageNet, advanced augmentations"),
-        _official("sscd_imagenet_mixup", 512, "ResNet50", "ImageNet, advanced augmentations + mixup"),
-    )
-}
 
 
 # -- input and preprocessing -------------------------------------------------------------
@@ -321,79 +285,6 @@ class Descriptor(ABC):
 
 # -- SSCD ----------------------------------------------------------------------------------
 
-def default_cache_dir() -> Path:
-    """$PSPC_SSCD_CACHE, else $XDG_CACHE_HOME/pspc-auditor/sscd, else ~/.cache/pspc-auditor/sscd."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "pspc-auditor" / "sscd"
-
-
-def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_sha256(value: str | None, where: str) -> str | None:
-    if value is None:
-        return None
-    value = str(value).strip().lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", value):
-        raise DescriptorError(f"{where}: sha256 must be 64 hex digits, got {value!r}")
-    return value
-
-
-def _open_url(url: str):
-    """Open a URL for reading (a seam the tests replace to prove the cache is used)."""
-    return urllib.request.urlopen(url, timeout=60)
-
-
-def _download(url: str, destination: Path, sha256: str,
-              progress: Callable[[int, int | None], None] | None = None) -> None:
-    """Stream `url` into `destination` atomically, removing it if its sha256 is not `sha256`."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    handle, part = tempfile.mkstemp(prefix=destination.name + ".", suffix=".part", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            try:
-                response = _open_url(url)
-            except (OSError, ValueError) as error:
-                raise DescriptorError(f"cannot download {url}: {error}") from error
-            with response:
-                length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
-                total, done = (int(length) if length else None), 0
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    if progress is not None:
-                        progress(done, total)
-        actual = digest.hexdigest()
-        if actual != sha256:
-            raise DescriptorError(
-                f"sha256 mismatch for {url}: expected {sha256}, got {actual}; the downloaded file was removed")
-        os.replace(part, destination)
-    finally:
-        if os.path.exists(part):
-            os.remove(part)
-
-
-def _split_pinned_url(url: str) -> tuple[str, str | None]:
-    """'https://host/x.pt#sha256=HEX' -> ('https://host/x.pt', 'HEX') (pip's pinning convention)."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.fragment.startswith("sha256="):
-        return urllib.parse.urlunsplit(parsed._replace(fragment="")), parsed.fragment[len("sha256="):]
-    return url, None
-
-
-def _is_url(text: str) -> bool:
-    return urllib.parse.urlsplit(text).scheme in ("http", "https", "file")
-
-
 class SSCDDescriptor(Descriptor):
     """An SSCD TorchScript model (Pizzi et al. 2022) with the authors' recommended preprocessing."""
 
@@ -427,16 +318,16 @@ class SSCDDescriptor(Descriptor):
         is fetched again first). A local file is verified when `sha256` is given, never removed.
         """
         spec = os.fspath(path_or_url)
-        sha256 = _check_sha256(sha256, spec)
+        sha256 = check_sha256(sha256, spec)
         official = OFFICIAL_SSCD_CHECKPOINTS.get(spec)
-        if official is None and _is_url(spec):
-            official = next((c for c in OFFICIAL_SSCD_CHECKPOINTS.values() if c.url == _split_pinned_url(spec)[0]), None)
-        if official is not None and not _is_url(spec):
+        if official is None and is_url(spec):
+            official = next((c for c in OFFICIAL_SSCD_CHECKPOINTS.values() if c.url == split_pinned_url(spec)[0]), None)
+        if official is not None and not is_url(spec):
             url, name, expected_dimension = official.url, official.name, official.dimension
             sha256 = sha256 or official.sha256
-        elif _is_url(spec):
-            url, pinned = _split_pinned_url(spec)
-            pinned = _check_sha256(pinned, spec)
+        elif is_url(spec):
+            url, pinned = split_pinned_url(spec)
+            pinned = check_sha256(pinned, spec)
             if sha256 and pinned and sha256 != pinned:
                 raise DescriptorError(f"{spec}: the sha256 argument {sha256} contradicts the URL's #sha256={pinned}")
             sha256 = sha256 or pinned
@@ -464,7 +355,7 @@ class SSCDDescriptor(Descriptor):
         if cached.is_file() and file_sha256(cached) != sha256:
             cached.unlink()  # corrupted or truncated copy: fetch again
         if not cached.is_file():
-            _download(url, cached, sha256, progress)
+            download(url, cached, sha256, progress)
         return cls(cls._jit_load(cached), name=name, source=url, sha256=sha256, preprocessing=preprocessing,
                    device=device, expected_dimension=expected_dimension, official=official)
 
@@ -602,7 +493,7 @@ def load_descriptor(spec: str | Descriptor | None = None, *, sha256: str | None 
         text = text[len("sscd:"):]
     if not text:
         raise DescriptorError("empty descriptor spec")
-    if text in OFFICIAL_SSCD_CHECKPOINTS or _is_url(text) or Path(text).expanduser().exists():
+    if text in OFFICIAL_SSCD_CHECKPOINTS or is_url(text) or Path(text).expanduser().exists():
         return SSCDDescriptor.load(text, sha256, **sscd_options)
     raise DescriptorError(f"unknown descriptor {spec!r}: expected 'auto', 'sscd', 'sscd:PATH_OR_URL', a TorchScript "
                           f"file, an official SSCD name ({', '.join(OFFICIAL_SSCD_CHECKPOINTS)}) or "

@@ -2,7 +2,7 @@
 
 No weights can be downloaded here, so a tiny TorchScript conv net with SSCD's interface
 (images [B, 3, H, W] -> [B, 512]) goes through the real loading and scoring code, and URLs
-are file:// URLs or a replaced `_open_url`. Preprocessing is checked against a hand-written
+are file:// URLs or a replaced `checkpoints.open_url`. Preprocessing is checked against a hand-written
 PIL reference (float mode 'F', bilinear, which PIL antialiases when downscaling).
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from auditor.similarity import descriptors
+from auditor.similarity import checkpoints, descriptors
 from auditor.similarity.descriptors import (
     IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_SSCD_CHECKPOINTS, DescriptorError, FallbackDescriptorWarning,
     PixelCorrelationDescriptor, Preprocessing, SSCDDescriptor, load_descriptor
@@ -287,7 +287,7 @@ def test_url_download_is_cached_and_verified(tiny_file, tmp_path, monkeypatch):
     def offline(_url):
         raise AssertionError("the cached copy should have been used")
 
-    monkeypatch.setattr(descriptors, "_open_url", offline)
+    monkeypatch.setattr(checkpoints, "open_url", offline)
     again = SSCDDescriptor.load(url, sha256=sha, cache_dir=cache)
     images = random_uint8((2, 3, 12, 12))
     assert torch.equal(again(images), loaded(images))
@@ -299,8 +299,8 @@ def test_corrupted_cache_is_fetched_again(tiny_file, tmp_path, monkeypatch):
     cached = cache / f"{sha[:16]}-{tiny_file.name}"
     cached.write_bytes(cached.read_bytes()[:100])  # truncated download
     calls = []
-    real_open = descriptors._open_url
-    monkeypatch.setattr(descriptors, "_open_url", lambda url: calls.append(url) or real_open(url))
+    real_open = checkpoints.open_url
+    monkeypatch.setattr(checkpoints, "open_url", lambda url: calls.append(url) or real_open(url))
     SSCDDescriptor.load(tiny_file.as_uri(), sha256=sha, cache_dir=cache)
     assert calls == [tiny_file.as_uri()] and sha256_of(cached) == sha
 
@@ -346,7 +346,7 @@ def test_official_checkpoint_table_and_download_by_name(tiny_file, tmp_path, mon
     with pytest.raises(DescriptorError, match="publish no checksums"):
         SSCDDescriptor.load("sscd_disc_mixup", cache_dir=tmp_path)
     served = []
-    monkeypatch.setattr(descriptors, "_open_url", lambda url: served.append(url) or io.BytesIO(tiny_file.read_bytes()))
+    monkeypatch.setattr(checkpoints, "open_url", lambda url: served.append(url) or io.BytesIO(tiny_file.read_bytes()))
     sha = sha256_of(tiny_file)
     descriptor = SSCDDescriptor.load("sscd_disc_mixup", sha256=sha, cache_dir=tmp_path)
     assert served == [mixup.url]
