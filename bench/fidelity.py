@@ -25,7 +25,7 @@ study is also stored in that provenance store (`auditor fidelity list`, the serv
 /fidelity pages); `auditor fidelity import OUT/fidelity.json` stores an earlier run.
 
 The study itself is the library's (auditor.workflows.fidelity.run_study, with the options of
-auditor.workflows.fidelity.add_study_options, shared with `auditor fidelity run`); the plots are
+auditor.cli.fidelity.add_study_options as a StudyOptions, shared with `auditor fidelity run`); the plots are
 reports.plots'. This script parses, runs, prints the tables and writes the files.
 
 A full Jacobian of the network costs H x W = 784 backward passes per draw (about 30-100 s
@@ -55,10 +55,10 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from auditor.store.database import StoreError  # noqa: E402
-from auditor.workflows.fidelity import (
-    FINDING_RANGE, Study, StudyError, add_study_options, resolve_options, run_study, store_study
-)
+from auditor.cli.fidelity import add_study_options, study_options  # noqa: E402
+from auditor.errors import StoreError  # noqa: E402
+from auditor.store.studies import StudyError, store_study  # noqa: E402
+from auditor.workflows.fidelity import FINDING_RANGE, Study, run_study  # noqa: E402
 from reports import plots  # noqa: E402
 
 
@@ -125,13 +125,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = [sys.executable, *sys.argv] if argv is None else ["bench/fidelity.py", *argv]
     try:
-        resolve_options(args)
+        options = study_options(args).resolved()
         args.out = args.out or REPO / "out" / f"fidelity-{datetime.now():%Y%m%d-%H%M%S}"
         if args.db:
             from auditor.store import database
 
             database.require_current(args.db)  # before hours of work, not after
-        study = run_study(args, out=args.out, command=command, log=_log, show=_show)
+        study = run_study(options, out=args.out, command=command, log=_log, show=_show)
     except (StudyError, StoreError) as exc:
         print(f"fidelity: error: {exc}", file=sys.stderr)
         return 2

@@ -36,8 +36,9 @@ sys.path.insert(0, str(REPO))  # this working tree's packages, not installed one
 
 import torch  # noqa: E402
 
-from auditor.store import database, datasets
-from auditor.workflows import sampling as runs  # noqa: E402
+from auditor.store import database, datasets  # noqa: E402
+from auditor.workflows.options import SamplingOptions  # noqa: E402
+from auditor.workflows.sampling import record_sampling_run  # noqa: E402
 from auditor.store.example_queries import EXAMPLE_QUERIES  # noqa: E402
 from auditor.store.query import run_query  # noqa: E402
 from pspc.denoisers import build_denoiser  # noqa: E402
@@ -149,8 +150,8 @@ def main() -> None:
     datasets.ingest(db, data)
     empty_size = checkpointed_size(db)
     begin = time.perf_counter()
-    run_id = runs.record_sampling_run(db, data, num_samples=args.samples, steps=args.steps, seed=args.seed,
-                                      top_k=args.top_k, mass=args.mass)
+    run_id = record_sampling_run(db, data, options=SamplingOptions(num_samples=args.samples, steps=args.steps,
+                                                                   seed=args.seed, top_k=args.top_k, mass=args.mass))
     recorded = time.perf_counter() - begin
     with database.connect(db, read_only=True) as conn:
         timings = database.json_value(conn.execute("SELECT timings FROM runs WHERE id = ?", [run_id]).fetchone()[0])

@@ -36,8 +36,10 @@ sys.path.insert(0, str(REPO))
 WRITER = r"""
 import json, sys, time
 from contextlib import contextmanager
-from auditor import database, runs
+from auditor.store import database
 from auditor.store.datasets import stored_training_set
+from auditor.workflows.options import Runtime, SamplingOptions
+from auditor.workflows.sampling import record_sampling_run
 
 db, seconds, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 original = database.connect
@@ -58,7 +60,8 @@ deadline = time.monotonic() + seconds
 seed = 100
 print("writing", flush=True)
 while time.monotonic() < deadline:
-    runs.record_sampling_run(db, data, num_samples=4, steps=18, seed=seed, timeout=120)
+    record_sampling_run(db, data, options=SamplingOptions(num_samples=4, steps=18, seed=seed),
+                        runtime=Runtime(timeout=120))
     seed += 4
 json.dump(steps, open(out, "w"))
 """
@@ -81,13 +84,14 @@ def free_port() -> int:
 
 def prepare(db: Path, limit: int) -> None:
     from auditor.store import database, datasets
-    from auditor.workflows import sampling as runs
+    from auditor.workflows.options import SamplingOptions
+    from auditor.workflows.sampling import record_sampling_run
     from pspc.data.loaders import load_fashion_mnist
 
     database.upgrade(db)
     data = load_fashion_mnist("train", limit=limit)
     datasets.ingest(db, data)
-    runs.record_sampling_run(db, data.with_xflip(), num_samples=2, steps=18, seed=0)
+    record_sampling_run(db, data.with_xflip(), options=SamplingOptions(num_samples=2, steps=18, seed=0))
 
 
 async def load(base: str, paths: dict[str, str], clients: int, seconds: float, warmup: float) -> dict:

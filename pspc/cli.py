@@ -13,7 +13,6 @@ without a traceback (set PSPC_DEBUG=1 to see one).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -28,19 +27,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pspc.denoisers import DENOISER_KINDS, PSPCDenoiser, build_denoiser
 from pspc.data.images import save_grid
 from pspc.data.loaders import load_training_set
+from pspc.data.training_set import TrainingSet
+from pspc.denoisers import DENOISER_KINDS, PSPCDenoiser, build_denoiser
+from pspc.errors import InputError
 from pspc.posterior.weights import WeightRequest
+from pspc.record import file_sha256, own_version, package_version
 from pspc.samplers import SamplerConfig, initial_noise, sample
 from pspc.schedules import default_patch_schedule, edm_time_steps
-from pspc.data.training_set import TrainingSet
 
 PROG = "pspc"
 EXIT_USAGE = 2
 
 
-class CLIError(ValueError):
+class CLIError(InputError):
     """A problem with the user's request; printed as `pspc: error: ...`."""
 
 
@@ -75,6 +76,7 @@ def _run_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `pspc` argument parser: info, denoise and sample, with shared data and run options."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Training-free PSPC diffusion denoisers: denoise, sample, inspect data.",
         epilog="Run `pspc COMMAND --help` for a command's options. PSPC_DEBUG=1 shows tracebacks.")
@@ -115,7 +117,8 @@ def _positive(value: int | float | None, option: str) -> None:
         raise CLIError(f"{option} must be > 0, got {value}")
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """The torch device named by a --device option (cpu or cuda[:N]), checked to exist here."""
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -162,38 +165,15 @@ def _out_dir(args) -> Path:
     return out
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def _own_version() -> str:
-    """pspc-auditor's installed version, else the one in the source tree's pyproject.toml."""
-    installed = _version("pspc-auditor")
-    if installed != "not installed":
-        return installed
-    try:
-        import tomllib
-
-        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-        return tomllib.loads(pyproject.read_text())["project"]["version"] + " (source tree)"
-    except Exception:  # noqa: BLE001 - a missing version must not stop a run
-        return "unknown"
-
-
 def _environment(device: torch.device) -> dict:
     return {
         "device": str(device),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "versions": {"python": platform.python_version(), "pspc-auditor": _own_version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "numba": _version("numba"), "pillow": _version("pillow"),
-                     "tqdm": _version("tqdm")},
+        "versions": {"python": platform.python_version(), "pspc-auditor": own_version(), "torch": torch.__version__,
+                     "numpy": np.__version__, "numba": package_version("numba"), "pillow": package_version("pillow"),
+                     "tqdm": package_version("tqdm")},
     }
 
 
@@ -220,18 +200,11 @@ def _report(out: Path, files: list[Path]) -> None:
         print(f"  {path}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------
 # pspc info
 # ---------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
+    """`pspc info`: the training set and its default s(t) over the 18 EDM steps."""
     data = _load_data(args)
     c, h, w = data.image_shape
     print(f"name         {data.name}")
@@ -302,6 +275,8 @@ def _weights_arrays(data: TrainingSet, weights) -> dict[str, np.ndarray]:
 
 
 def cmd_denoise(args, argv, started: float) -> int:
+    """`pspc denoise`: D(z, t) once (on noised training images or a given z), optionally with
+    the posterior weights; writes the arrays, a grid and run.json."""
     _positive(args.t, "--t")
     _positive(args.num, "--num")
     _positive(args.weights, "--weights")
@@ -309,7 +284,7 @@ def cmd_denoise(args, argv, started: float) -> int:
         raise CLIError(f"--weight-mass must be in (0, 1], got {args.weight_mass}")
     if args.weights is not None and args.denoiser not in ("pspc-square", "pspc-flex", "empirical"):
         raise CLIError(f"--weights needs a PSPC denoiser (pspc-square, pspc-flex, empirical), not {args.denoiser}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     data = _load_data(args)
     if args.input is not None:
         clean, picks = None, None
@@ -344,7 +319,7 @@ def cmd_denoise(args, argv, started: float) -> int:
     files.append(Path(save_grid(torch.cat([r.float() for r in rows]), out / "grid.png", columns=z.shape[0])))
 
     if args.input is not None:
-        inputs = {"input": str(args.input.resolve()), "input_sha256": _sha256(args.input)}
+        inputs = {"input": str(args.input.resolve()), "input_sha256": file_sha256(args.input)}
     else:
         inputs = {"forward_process": "z = x + t * eps", "picked_indices": picks,
                   "picked_ids": [data.ids[i] for i in picks]}
@@ -367,10 +342,12 @@ def cmd_denoise(args, argv, started: float) -> int:
 # pspc sample
 # ---------------------------------------------------------------------------------------
 def cmd_sample(args, argv, started: float) -> int:
+    """`pspc sample`: PF-ODE samples from `initial_noise` (sample i seeded with seed + i);
+    writes samples.npy, samples.png and run.json."""
     _positive(args.num, "--num")
     _positive(args.steps, "--steps")
     config = SamplerConfig(method=args.sampler, num_steps=args.steps)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     data = _load_data(args)
     denoiser = _make_denoiser(args, data, device)
     out = _out_dir(args)
@@ -419,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "denoise":
             return cmd_denoise(args, argv, started)
         return cmd_sample(args, argv, started)
-    except (ValueError, OSError) as exc:  # TrainingSetError, DenoiserInputError, CLIError, ... are ValueErrors
+    except (ValueError, OSError) as exc:  # pspc.errors.InputError (TrainingSetError, CLIError, ...) is a ValueError
         if os.environ.get("PSPC_DEBUG"):
             raise
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -427,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+_device = resolve_device  # TEMPORARY alias for auditor code being migrated; removed at integration
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from pspc.errors import InputError
 from pspc.posterior import fused_kernels
 from pspc.posterior.patch_posterior import DEFAULT_CHUNK_BYTES, patch_posterior
 from pspc.posterior.patch_sets import PatchSet, WindowPatches, flex_patches, square_patches
@@ -21,7 +22,7 @@ from pspc.schedules import Schedule, default_flex_schedule, default_patch_schedu
 from pspc.data.training_set import TrainingSet
 
 
-class DenoiserInputError(ValueError):
+class DenoiserInputError(InputError):
     """Bad denoiser input: wrong shape, channel count, resolution, NaN, t <= 0."""
 
 
@@ -48,6 +49,8 @@ class Denoiser(torch.nn.Module, ABC):
         return buffers[0].device if buffers else torch.device("cpu")
 
     def check_input(self, z: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, t [B] float64 on z's device): z a finite float batch of the training images'
+        shape, t finite and > 0 (a scalar is broadcast); else DenoiserInputError."""
         if not isinstance(z, torch.Tensor):
             raise DenoiserInputError(f"z must be a tensor, got {type(z).__name__}")
         if z.ndim != 4:
@@ -164,6 +167,27 @@ def pspc_flex(training_set: TrainingSet, sensitivity: Callable[[float], torch.Te
                         {"lambda": lambdas.describe(), "sensitivity": sensitivity_name}, **options)
 
 
+def network_flex(training_set: TrainingSet, sensitivity: Callable[[float], torch.Tensor],
+                 lambdas: Schedule | None = None, **options) -> PSPCDenoiser:
+    """PSPC-Flex with masks from a network's sensitivity maps t -> G(t) (Eq. 8, e.g.
+    `pspc.posterior.sensitivity.SensitivityMaps`) and lambda(t) (Eq. 12; default: the paper's
+    list). Unlike `pspc_flex`, where lambda(t) >= 1 every mask is the whole image, so the
+    whole-image patch set is used and G is not needed there (no Jacobians at high t); the
+    record holds the source's describe()."""
+    lambdas = lambdas or default_flex_schedule()
+    _, height, width = training_set.image_shape
+    whole = WindowPatches(height, width, height, width)
+
+    @functools.lru_cache(maxsize=64)
+    def patch_set(t: float):
+        lam = float(lambdas(t))
+        return whole if lam >= 1 else flex_patches(sensitivity(t), lam)
+
+    describe = getattr(sensitivity, "describe", None)
+    record = {"lambda": lambdas.describe(), "sensitivity": describe() if describe else getattr(sensitivity, "__name__", "custom")}
+    return PSPCDenoiser(training_set, lambda t: patch_set(float(t)), "pspc-flex", record, **options)
+
+
 class EmpiricalDenoiser(PSPCDenoiser):
     """The optimal denoiser of the empirical distribution (Eq. 6-7): one patch, the whole image."""
 
@@ -188,7 +212,7 @@ class GaussianDenoiser(TrainingSetDenoiser):
         eigenvalues, eigenvectors = eigenvalues.flip(0).clamp(min=0), eigenvectors.flip(1)
         if rank is not None:
             if not 1 <= rank <= x.shape[1]:
-                raise ValueError(f"rank must be in [1, {x.shape[1]}], got {rank}")
+                raise InputError(f"rank must be in [1, {x.shape[1]}], got {rank}")
             eigenvalues, eigenvectors = eigenvalues[:rank], eigenvectors[:, :rank]
         self.rank = rank
         self.register_buffer("mean", mean, persistent=False)
@@ -218,7 +242,7 @@ class CFDMDenoiser(Denoiser):
     def __init__(self, training_set: TrainingSet, sigma: float = 0.1, draws: int = 8, seed: int = 0, **options):
         super().__init__()
         if sigma < 0 or draws < 1:
-            raise ValueError(f"need sigma >= 0 and draws >= 1, got sigma={sigma}, draws={draws}")
+            raise InputError(f"need sigma >= 0 and draws >= 1, got sigma={sigma}, draws={draws}")
         self.sigma, self.draws, self.seed = sigma, draws, seed
         self.empirical = EmpiricalDenoiser(training_set, **options)  # holds the data
         self.training_set, self.image_shape = training_set, training_set.image_shape
@@ -246,7 +270,7 @@ class NetworkDenoiser(Denoiser):
         self.net = net
         self.image_shape = tuple(image_shape)
         self.name = name
-        self.record = dict(record or {})  # provenance from pspc.networks.unet.load_network (path, sha256, config)
+        self.record = dict(record or {})  # provenance from pspc.networks.load_network (path, sha256, config)
 
     @property
     def device(self) -> torch.device:
@@ -281,9 +305,9 @@ def build_denoiser(kind: str, training_set: TrainingSet, *, patch_size: int | No
 
     if schedule is not None:
         if kind not in ("pspc-square", "pspc-flex"):
-            raise ValueError(f"a schedule file applies to pspc-square and pspc-flex, not {kind}")
+            raise InputError(f"a schedule file applies to pspc-square and pspc-flex, not {kind}")
         if patch_size is not None:
-            raise ValueError("give either a fixed patch size or a schedule file, not both")
+            raise InputError("give either a fixed patch size or a schedule file, not both")
         _, height, width = training_set.image_shape
         loaded = Schedule.load(schedule, "patch_size" if kind == "pspc-square" else "lambda", (height, width))
         if kind == "pspc-square":
@@ -301,4 +325,4 @@ def build_denoiser(kind: str, training_set: TrainingSet, *, patch_size: int | No
         return GaussianDenoiser(training_set, rank)
     if kind == "cfdm":
         return CFDMDenoiser(training_set, cfdm_sigma, cfdm_draws, seed, **options)
-    raise ValueError(f"unknown denoiser {kind!r}; choose one of {', '.join(DENOISER_KINDS)}")
+    raise InputError(f"unknown denoiser {kind!r}; choose one of {', '.join(DENOISER_KINDS)}")

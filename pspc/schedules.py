@@ -11,27 +11,46 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
+
+from pspc.errors import InputError
 
 T_MAX = 80.0
 T_MIN = 0.002
 RHO = 7.0
 
 
+class ScheduleError(InputError):
+    """A schedule (times, table or schedule file) that cannot be used: names the file, if
+    any, and the problem."""
+
+
 def edm_time_steps(num_steps: int = 18, t_min: float = T_MIN, t_max: float = T_MAX, rho: float = RHO) -> torch.Tensor:
     """EDM sampling times t_0 > ... > t_{n-1}, followed by t_n = 0 (float64, length n + 1).
 
-    t_i = (t_max^(1/rho) + i/(n-1) (t_min^(1/rho) - t_max^(1/rho)))^rho.
+    t_i = (t_max^(1/rho) + i/(n-1) (t_min^(1/rho) - t_max^(1/rho)))^rho (EDM Eq. 5).
     """
     if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        raise ScheduleError(f"num_steps must be >= 1, got {num_steps}")
     if not (0 < t_min <= t_max):
-        raise ValueError(f"need 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
+        raise ScheduleError(f"need 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}")
     i = torch.arange(num_steps, dtype=torch.float64)
     denom = max(num_steps - 1, 1)
     t = (t_max ** (1 / rho) + i / denom * (t_min ** (1 / rho) - t_max ** (1 / rho))) ** rho
     return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+
+
+def check_noise_levels(times: Sequence[float], error: type[InputError] = ScheduleError) -> list[float]:
+    """`times` as floats: at least one, each finite and > 0; otherwise `error` says which."""
+    times = [float(t) for t in times]
+    if not times:
+        raise error("need at least one noise level")
+    bad = [t for t in times if not (math.isfinite(t) and t > 0)]
+    if bad:
+        raise error(f"noise levels must be finite and > 0, got {bad}")
+    return times
 
 
 @dataclass(frozen=True)
@@ -52,11 +71,11 @@ class Schedule:
 
     def __post_init__(self):
         if len(self.times) != len(self.values) or not self.times:
-            raise ValueError("a schedule needs one value per time and at least one row")
+            raise ScheduleError("a schedule needs one value per time and at least one row")
         if any(t <= 0 or not math.isfinite(t) for t in self.times):
-            raise ValueError(f"schedule times must be finite and > 0, got {self.times}")
+            raise ScheduleError(f"schedule times must be finite and > 0, got {self.times}")
         if self.interpolation not in ("nearest", "log-linear-odd"):
-            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+            raise ScheduleError(f"unknown interpolation {self.interpolation!r}")
         order = sorted(range(len(self.times)), key=lambda k: self.times[k])
         object.__setattr__(self, "times", tuple(float(self.times[k]) for k in order))
         object.__setattr__(self, "values", tuple(self.values[k] for k in order))
@@ -64,7 +83,7 @@ class Schedule:
     def __call__(self, t: float) -> float:
         t = float(t)
         if not t > 0:
-            raise ValueError(f"schedules are defined for t > 0, got t={t}")
+            raise ScheduleError(f"schedules are defined for t > 0, got t={t}")
         log_t = math.log(t)
         logs = [math.log(x) for x in self.times]
         if self.interpolation == "nearest":
@@ -113,10 +132,6 @@ class Schedule:
 SCHEDULE_FORMAT = "pspc-schedule"
 SCHEDULE_VERSION = 1
 SCHEDULE_QUANTITIES = ("patch_size", "lambda")
-
-
-class ScheduleError(ValueError):
-    """A schedule file that cannot be used: names the file and the problem."""
 
 
 def _check_steps(steps, resolution, where: str) -> list[dict]:

@@ -12,9 +12,9 @@
   mirrored entry, see auditor.store.recorder), mirrored ones drawn dashed.
 
 Inputs follow `auditor.store.attribution.pixel_attribution`: {"image_index" [E], "flip" [E],
-"weights" [E, H, W]} as torch tensors or numpy arrays. The store-level helpers at the end
+"weights" [E, H, W]} as torch tensors or numpy arrays. The helpers at the end
 (`attribution_map`, `attribution_map_png`, `thumbnail_png`) are what the service's PNG
-endpoints call.
+endpoints call, on data it read from the store (a SampleProvenance, training pixels).
 """
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["CONCENTRATION_KINDS", "DominantMap", "LegendEntry", "MAP_KINDS", "OTHER_COLOUR", "OUTLINE_COLOUR",
-           "PALETTE", "Box", "attribution_map", "attribution_map_png", "colormap", "concentration_map",
-           "concentration_values", "data_uri", "dominant_source_map", "enlarge", "hex_to_rgb", "image_rgb",
-           "outlined_thumbnail", "per_image_weights", "png_bytes", "thumbnail_png"]
+from auditor.errors import UserError
+from auditor.store.read_models.sample import SampleProvenance, per_image_weights
+
+__all__ = ["CONCENTRATION_KINDS", "MAP_KINDS", "OTHER_COLOUR", "OUTLINE_COLOUR", "PALETTE", "attribution_map",
+           "attribution_map_png", "Box", "colormap", "colormap_table", "concentration_map", "concentration_values",
+           "data_uri", "dominant_source_map", "DominantMap", "enlarge", "hex_to_rgb", "image_rgb", "LegendEntry",
+           "map_legend_images", "outlined_thumbnail", "per_image_weights", "png_bytes", "thumbnail_png"]
 
 # Tableau 10 without its grey, plus a near-black: ten colours told apart at a glance.
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
@@ -80,7 +82,7 @@ def enlarge(rgb: np.ndarray, scale: int) -> np.ndarray:
     [y*scale, (y+1)*scale) x [x*scale, (x+1)*scale). No smoothing."""
     scale = int(scale)
     if not 1 <= scale <= MAX_SCALE:
-        raise ValueError(f"scale must be an integer in 1..{MAX_SCALE}, got {scale}")
+        raise UserError(f"scale must be an integer in 1..{MAX_SCALE}, got {scale}")
     rgb = np.asarray(rgb)
     return np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
 
@@ -108,7 +110,7 @@ def colormap(values: np.ndarray, name: str = "viridis", vmin: float = 0.0, vmax:
     """Values [H, W] through a matplotlib colormap (256-entry table) -> RGB uint8 [H, W, 3].
     Values are clipped to [vmin, vmax]; NaN shows as the 'other' grey."""
     values = np.asarray(values, dtype=np.float64)
-    table = _colormap_table(name)
+    table = colormap_table(name)
     span = vmax - vmin if vmax > vmin else 1.0
     scaled = np.clip((np.nan_to_num(values, nan=vmin) - vmin) / span, 0.0, 1.0)
     out = table[np.round(scaled * 255).astype(np.int64)]
@@ -119,7 +121,8 @@ def colormap(values: np.ndarray, name: str = "viridis", vmin: float = 0.0, vmax:
 _TABLES: dict[str, np.ndarray] = {}
 
 
-def _colormap_table(name: str) -> np.ndarray:
+def colormap_table(name: str) -> np.ndarray:
+    """A matplotlib colormap as a 256-entry RGB uint8 table [256, 3] (kept per process)."""
     if name not in _TABLES:
         import matplotlib
 
@@ -132,32 +135,10 @@ def _colormap_table(name: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# Attribution maps
+# Attribution maps (per_image_weights: auditor.store.read_models.sample, where the sample's
+# per-pixel sources are computed from it)
 # ---------------------------------------------------------------------------------------
-def per_image_weights(attribution: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image indices [I] ascending, weights [I, H, W], mirrored part [I, H, W]) from a
-    pixel_attribution dict: each training image's weight per pixel, its mirrored copy's
-    weight included (and also given apart)."""
-    image = _numpy(attribution["image_index"]).astype(np.int64)
-    flip = _numpy(attribution["flip"]).astype(bool)
-    weights = _numpy(attribution["weights"]).astype(np.float64)
-    if weights.ndim != 3 or len(weights) != len(image) or len(flip) != len(image):
-        raise ValueError(f"attribution: expected weights [E, H, W] and E image indices and flips, got "
-                         f"{weights.shape}, {image.shape}, {flip.shape}")
-    if not len(image):
-        empty = np.zeros((0, *weights.shape[1:]), np.float64)
-        return image, empty, empty.copy()
-    order = np.argsort(image, kind="stable")
-    image, flip, weights = image[order], flip[order], weights[order]
-    starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]])
-    per_image = np.add.reduceat(weights, starts, axis=0)
-    mirrored = np.zeros_like(per_image)
-    if flip.any():
-        np.add.at(mirrored, np.searchsorted(image[starts], image[flip]), weights[flip])
-    return image[starts], per_image, mirrored
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LegendEntry:
     """One colour of the dominant-source map: the training image it stands for (None for
     'other'), its share of the image at that step, and the fraction of pixels it dominates."""
@@ -169,7 +150,7 @@ class LegendEntry:
     label: str = ""  # filled by the caller (image id); 'other' for the grey entry
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DominantMap:
     """rgb [H, W, 3] uint8; dominant [H, W]: image index with the largest weight (-1: none
     kept); legend: the palette entries in order, then 'other'."""
@@ -204,10 +185,12 @@ def dominant_source_map(attribution: dict, legend_images: Sequence[int], shares:
         where = dominant == image_index
         rgb[where] = hex_to_rgb(colour)
         covered |= where
-        legend.append(LegendEntry(colour, image_index, None if shares is None else shares.get(image_index),
-                                  float(where.mean()) if where.size else 0.0))
-    legend.append(LegendEntry(OTHER_COLOUR, None, None, float((~covered).mean()) if covered.size else 0.0, "other"))
-    return DominantMap(rgb, dominant.astype(np.int64), legend)
+        legend.append(LegendEntry(colour=colour, image_index=image_index,
+                                  share=None if shares is None else shares.get(image_index),
+                                  pixels=float(where.mean()) if where.size else 0.0))
+    legend.append(LegendEntry(colour=OTHER_COLOUR, image_index=None, share=None,
+                              pixels=float((~covered).mean()) if covered.size else 0.0, label="other"))
+    return DominantMap(rgb=rgb, dominant=dominant.astype(np.int64), legend=legend)
 
 
 def concentration_values(attribution: dict, kind: str = "top1", num_images: int | None = None,
@@ -219,7 +202,7 @@ def concentration_values(attribution: dict, kind: str = "top1", num_images: int 
     divided by log(num_images) (the data set's image count; 0 = one image, 1 = uniform over
     all). Mirrored copies count with their image in both."""
     if kind not in CONCENTRATION_KINDS:
-        raise ValueError(f"unknown concentration kind {kind!r}; choose from {', '.join(CONCENTRATION_KINDS)}")
+        raise UserError(f"unknown concentration kind {kind!r}; choose from {', '.join(CONCENTRATION_KINDS)}")
     images, weights, _ = per_image if per_image is not None else per_image_weights(attribution)
     if not len(images):
         return np.full(_numpy(attribution["weights"]).shape[1:], np.nan)
@@ -230,7 +213,7 @@ def concentration_values(attribution: dict, kind: str = "top1", num_images: int 
             values = p.max(axis=0)
         else:
             if num_images is None or num_images < 2:
-                raise ValueError("entropy needs num_images >= 2 (the data set's image count)")
+                raise UserError("entropy needs num_images >= 2 (the data set's image count)")
             plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
             values = np.clip(-plogp.sum(axis=0) / math.log(num_images), 0.0, 1.0)
     return np.where(total > 0, values, np.nan)
@@ -249,7 +232,7 @@ def concentration_map(attribution: dict, kind: str = "top1", num_images: int | N
 # ---------------------------------------------------------------------------------------
 # Thumbnails with patch locations
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Box:
     """A patch's bounding box in the ORIGINAL training image; flip: it was used mirrored."""
 
@@ -258,6 +241,11 @@ class Box:
     height: int
     width: int
     flip: bool = False
+
+    @classmethod
+    def of(cls, box: "Box | tuple") -> "Box":
+        """A Box, or one from a tuple (top, left, height, width[, flip])."""
+        return box if isinstance(box, Box) else cls(**dict(zip(("top", "left", "height", "width", "flip"), box)))
 
 
 def _border(height: int, width: int, thickness: int) -> np.ndarray:
@@ -285,7 +273,7 @@ def outlined_thumbnail(pixels, boxes: Iterable[Box | tuple], scale: int = 4, col
     height, width = rgb.shape[:2]
     colour_rgb = np.array(hex_to_rgb(colour), np.uint8)
     for box in boxes:
-        box = box if isinstance(box, Box) else Box(*box)
+        box = Box.of(box)
         if box.height < 1 or box.width < 1 or box.top < 0 or box.left < 0 or \
                 (box.top + box.height) * scale > height or (box.left + box.width) * scale > width:
             raise ValueError(f"box {box} is outside the {height // scale}x{width // scale} image")
@@ -299,58 +287,53 @@ def outlined_thumbnail(pixels, boxes: Iterable[Box | tuple], scale: int = 4, col
 
 
 # ---------------------------------------------------------------------------------------
-# Store-level helpers (the service's PNG endpoints)
+# The service's PNG endpoints (on data read from the store)
 # ---------------------------------------------------------------------------------------
-def attribution_map(db_path: str | os.PathLike, run_id: int, sample_index: int, step: int | None = None, *,
-                    kind: str = "dominant", top: int = len(PALETTE), concentration: str = "top1",
-                    timeout: float | None = None) -> tuple[np.ndarray, list[LegendEntry] | None]:
+def map_legend_images(data: SampleProvenance, step: int | None = None, top: int = len(PALETTE)) -> list[int]:
+    """The images a dominant map's legend names: the step's `top` sources (pass them as the
+    sample's `images` to have their ids in the legend)."""
+    return [int(i) for i in data.step_shares(step).image_index[:int(top)]]
+
+
+def attribution_map(data: SampleProvenance, step: int | None = None, *, kind: str = "dominant",
+                    top: int = len(PALETTE),
+                    concentration: str = "top1") -> tuple[np.ndarray, list[LegendEntry] | None]:
     """The attribution map of D(z_t) at `step` (None: the last recorded step, whose D is the
-    final image for a complete run) at native resolution: (rgb [H, W, 3], legend or None).
+    final image for a complete run) of the sample `data` holds, at native resolution:
+    (rgb [H, W, 3], legend or None).
 
     kind 'dominant': legend = the step's `top` sources (largest share first) then 'other',
-    each labelled with the image id; kind 'concentration': per-pixel `concentration`
-    ('top1' or 'entropy'), no legend. NotFoundError for an unknown run, sample or step;
-    ValueError for a bad kind or top."""
-    from auditor.store import database
-
-    from auditor.store.provenance import SampleProvenance
-
+    each labelled with the image id (when `data` fetched it, see map_legend_images, else its
+    index); kind 'concentration': per-pixel `concentration` ('top1' or 'entropy'), no legend.
+    NotFoundError for a step not recorded; ValueError for a bad kind or top."""
     if kind not in MAP_KINDS:
-        raise ValueError(f"unknown map kind {kind!r}; choose from {', '.join(MAP_KINDS)}")
+        raise UserError(f"unknown map kind {kind!r}; choose from {', '.join(MAP_KINDS)}")
     if not 1 <= int(top) <= len(PALETTE):
-        raise ValueError(f"top must be in 1..{len(PALETTE)}, got {top}")
-    timeout = database.DEFAULT_TIMEOUT if timeout is None else timeout
-    data = SampleProvenance.load(db_path, run_id, sample_index, timeout=timeout)
+        raise UserError(f"top must be in 1..{len(PALETTE)}, got {top}")
     step = data.resolve_step(step)
     attribution = data.pixel_attribution(step)
     if kind == "concentration":
         _, rgb = concentration_map(attribution, concentration, data.dataset["count"])
         return rgb, None
     shares = data.step_shares(step)
-    legend_images = [int(i) for i in shares.image_index[:int(top)]]
+    legend_images = map_legend_images(data, step, top)
     dominant = dominant_source_map(attribution, legend_images, dict(zip(shares.image_index.tolist(),
                                                                          shares.share.tolist())))
-    ids = data.image_ids(legend_images, db_path, timeout)
-    legend = [LegendEntry(e.colour, e.image_index, e.share, e.pixels,
-                          "other" if e.image_index is None else ids.get(e.image_index, str(e.image_index)))
+    ids = {i: data.images[i].image_id for i in legend_images if i in data.images}
+    legend = [LegendEntry(colour=e.colour, image_index=e.image_index, share=e.share, pixels=e.pixels,
+                          label="other" if e.image_index is None else ids.get(e.image_index, str(e.image_index)))
               for e in dominant.legend]
     return dominant.rgb, legend
 
 
-def attribution_map_png(db_path: str | os.PathLike, run_id: int, sample_index: int, step: int | None = None, *,
-                        kind: str = "dominant", scale: int = 8, top: int = len(PALETTE),
-                        concentration: str = "top1", timeout: float | None = None) -> bytes:
+def attribution_map_png(data: SampleProvenance, step: int | None = None, *, kind: str = "dominant", scale: int = 8,
+                        top: int = len(PALETTE), concentration: str = "top1") -> bytes:
     """`attribution_map` enlarged `scale` times (nearest) as PNG bytes."""
-    rgb, _ = attribution_map(db_path, run_id, sample_index, step, kind=kind, top=top, concentration=concentration,
-                             timeout=timeout)
+    rgb, _ = attribution_map(data, step, kind=kind, top=top, concentration=concentration)
     return png_bytes(enlarge(rgb, scale))
 
 
-def thumbnail_png(db_path: str | os.PathLike, dataset_id: int, image_index: int, *, scale: int = 4,
-                  boxes: Iterable[Box | tuple] = (), timeout: float | None = None) -> bytes:
-    """A stored training image (auditor.store.datasets.training_pixels) enlarged, with `boxes` outlined, as PNG."""
-    from auditor.store import database, datasets
-
-    timeout = database.DEFAULT_TIMEOUT if timeout is None else timeout
-    pixels = datasets.training_pixels(db_path, dataset_id, [image_index], timeout=timeout)[0]
+def thumbnail_png(pixels, *, scale: int = 4, boxes: Iterable[Box | tuple] = ()) -> bytes:
+    """A training image's pixels (uint8 [C, H, W], e.g. auditor.store.datasets.training_pixels)
+    enlarged, with `boxes` outlined, as PNG."""
     return png_bytes(outlined_thumbnail(pixels, boxes, scale))

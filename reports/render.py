@@ -1,6 +1,6 @@
 """Rendering the report pages: HTML (Jinja2, autoescaped), the self-contained export, JSON and CSV.
 
-Every page is its context dataclass (reports.context) through the template the class names
+Every page is its context dataclass (reports.pages) through the template the class names
 (`documented_template`), with `links` deciding where links go: `Links(root)` for the live
 service, `Links(None)` for the exported single file (no links back to the server: only
 in-page anchors). Images are inline data: URIs everywhere, so a page makes no request
@@ -27,11 +27,14 @@ from urllib.parse import quote, urlencode
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from auditor.errors import UserError
 from reports import maps, plots
-from reports.context import FidelityPage, SampleReport, _Context, to_jsonable
+from reports.pages.common import Context, to_jsonable
+from reports.pages.fidelity import FidelityPage
+from reports.pages.sample import SampleReport
 
 __all__ = ["CSV_COLUMNS", "Links", "environment", "export_html", "fidelity_plots", "render_error", "render_fidelity",
-           "render_page", "render_sample", "report_csv", "report_json", "script_json"]
+           "render_page", "render_sample", "report_csv", "report_json", "sample_plots", "script_json"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -67,7 +70,7 @@ class Links:
 
     def export(self, run_id: int, sample_index: int, fmt: str, **params) -> str | None:
         if fmt not in ("html", "json", "csv"):
-            raise ValueError(f"unknown export format {fmt!r}")
+            raise UserError(f"unknown export format {fmt!r}")
         return self._url(f"/runs/{int(run_id)}/samples/{int(sample_index)}/export.{fmt}", **params)
 
     def training_image(self, dataset_id: int, image_index: int, **params) -> str | None:
@@ -142,7 +145,7 @@ def environment() -> Environment:
     return env
 
 
-def render_page(context: _Context, links: Links | None = None, **extra) -> str:
+def render_page(context: Context, links: Links | None = None, **extra) -> str:
     """A page context through its documented template."""
     template = environment().get_template(context.documented_template)
     return template.render(page=context, links=links or Links(""), generated=_now(), **extra)

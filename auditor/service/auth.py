@@ -1,4 +1,4 @@
-"""API keys of the report service: creation, hashed storage, scopes, and the FastAPI checks.
+"""API keys of the report service: tokens, their hashes, and the FastAPI checks.
 
 A key is the token ``pspc_<id>_<secret>`` (secret: 32 random bytes, URL-safe base64). The
 store keeps only sha256(token) in ``api_keys.hash``, so reading the database does not give
@@ -16,6 +16,9 @@ keys_required=True), every request needs a key:
   browser=True)``), never on /api, so keys do not end up in API clients' URLs and logs.
 
 Missing or unknown/revoked key: 401; a key without the scope: 403; both as JSON errors.
+
+The rows (hash, scopes, revocation, last use) are auditor.store.keys'; this module makes and
+hashes tokens and checks them. `auditor keys` uses create_key, list_keys and revoke_key.
 """
 
 from __future__ import annotations
@@ -24,33 +27,26 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from auditor.store import database
-from auditor.store.database import NotFoundError, StoreError
-from auditor.store.recorder import utcnow
-
-if TYPE_CHECKING:
-    from auditor.service.app import ServiceSettings
+from auditor.errors import StoreError
+from auditor.service.settings import ServiceSettings, local_mode_message
+from auditor.store import database, keys
+from auditor.store.keys import SCOPES, ApiKey, grants, has_active_keys, list_keys, revoke_key
 
 log = logging.getLogger("auditor.service.auth")
 
 __all__ = ["AccessDenied", "ApiKey", "COOKIE_NAME", "KeyRing", "QUERY_PARAM", "SCOPES", "TOKEN_PREFIX",
            "create_key", "get_settings", "grants", "has_active_keys", "hash_token", "list_keys", "local_mode_message",
-           "parse_token",
-           "require_scope", "revoke_key", "verify_key"]
+           "parse_token", "require_scope", "revoke_key", "verify_key"]
 
-SCOPES = ("read", "submit")
 TOKEN_PREFIX = "pspc"
 COOKIE_NAME = "auditor_key"
 QUERY_PARAM = "key"
@@ -66,42 +62,6 @@ class AccessDenied(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class ApiKey:
-    """One stored key, without its secret."""
-
-    id: int
-    name: str
-    scopes: tuple[str, ...]
-    created_at: datetime
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-    def allows(self, scope: str) -> bool:
-        return grants(self.scopes, scope)
-
-
-def grants(scopes: Iterable[str], needed: str) -> bool:
-    """Whether `scopes` cover `needed` (submit implies read)."""
-    scopes = set(scopes)
-    return needed in scopes or (needed == "read" and "submit" in scopes)
-
-
-def _check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
-    scopes = tuple(dict.fromkeys(s.strip() for s in scopes if s.strip()))
-    unknown = [s for s in scopes if s not in SCOPES]
-    if unknown or not scopes:
-        raise StoreError(f"unknown scope(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"choose from {', '.join(SCOPES)} (submit implies read)")
-    if "submit" in scopes:
-        scopes += ("read",)  # submit implies read: stored explicitly, so listings say so
-    return tuple(s for s in SCOPES if s in scopes)
-
-
 def hash_token(token: str) -> str:
     """What the store keeps of a key: sha256 of the whole token, hex."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -114,54 +74,18 @@ def parse_token(token: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------
-# Library: create, list, revoke (used by `auditor keys`)
+# Library: create and verify (list and revoke are auditor.store.keys')
 # ---------------------------------------------------------------------------------------
-_COLUMNS = "id, name, scopes, created_at, revoked_at, last_used_at"
-
-
-def _key(row) -> ApiKey:
-    return ApiKey(int(row[0]), row[1], tuple(s for s in row[2].split(",") if s), row[3], row[4], row[5])
-
-
 def create_key(db_path, name: str, scopes: Iterable[str] = ("read",),
                timeout: float = database.DEFAULT_TIMEOUT) -> tuple[ApiKey, str]:
     """Store a new key; returns (key, token). The token is not stored and cannot be shown again."""
     name = (name or "").strip()
     if not name:
         raise StoreError("an API key needs a name (who or what uses it)")
-    scopes = _check_scopes(scopes)
-    with database.connect(db_path, timeout=timeout, check_schema=True) as conn:
-        key_id = int(conn.execute("SELECT nextval('api_key_ids')").fetchone()[0])
-        token = f"{TOKEN_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        conn.execute("INSERT INTO api_keys (id, name, scopes, hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                     [key_id, name, ",".join(scopes), hash_token(token), utcnow()])
-        row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [key_id]).fetchone()
-    return _key(row), token
-
-
-def list_keys(db_path, include_revoked: bool = True, timeout: float = database.DEFAULT_TIMEOUT) -> list[ApiKey]:
-    """Every key (never its secret), oldest first."""
-    where = "" if include_revoked else " WHERE revoked_at IS NULL"
-    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY id").fetchall()
-    return [_key(r) for r in rows]
-
-
-def revoke_key(db_path, key_id: int, timeout: float = database.DEFAULT_TIMEOUT) -> ApiKey:
-    """Revoke a key (at once: the service re-reads keys within a second). Revoking twice keeps the first time."""
-    with database.connect(db_path, timeout=timeout, check_schema=True) as conn:
-        row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [int(key_id)]).fetchone()
-        if row is None:
-            raise NotFoundError(f"{db_path}: no API key {key_id}")
-        if row[4] is None:
-            conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", [utcnow(), int(key_id)])
-            row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", [int(key_id)]).fetchone()
-    return _key(row)
-
-
-def has_active_keys(db_path, timeout: float = database.DEFAULT_TIMEOUT) -> bool:
-    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
-        return bool(conn.execute("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0])
+    scopes = keys.normalise_scopes(scopes)
+    key_id = keys.next_key_id(db_path, timeout)
+    token = f"{TOKEN_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+    return keys.insert_key(db_path, key_id, name, scopes, hash_token(token), timeout), token
 
 
 def verify_key(db_path, token: str, timeout: float = database.DEFAULT_TIMEOUT) -> ApiKey:
@@ -169,13 +93,12 @@ def verify_key(db_path, token: str, timeout: float = database.DEFAULT_TIMEOUT) -
     key_id = parse_token(token)
     if key_id is None:
         raise AccessDenied(401, "malformed API key (expected pspc_<id>_<secret>)")
-    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
-        row = conn.execute(f"SELECT {_COLUMNS}, hash FROM api_keys WHERE id = ?", [key_id]).fetchone()
-    if row is None or not hmac.compare_digest(row[6], hash_token(token)):
+    found = keys.key_with_hash(db_path, key_id, timeout)
+    if found is None or not hmac.compare_digest(found[1], hash_token(token)):
         raise AccessDenied(401, "unknown API key")
-    if row[4] is not None:
+    if not found[0].active:
         raise AccessDenied(401, f"API key {key_id} was revoked")
-    return _key(row[:6])
+    return found[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,9 +133,7 @@ class KeyRing:
         try:
             if not self.stale:
                 return
-            with database.connect(self.db_path, read_only=True, timeout=self.timeout, check_schema=True) as conn:
-                rows = conn.execute(f"SELECT {_COLUMNS}, hash FROM api_keys").fetchall()
-            self._keys = {int(r[0]): (r[6], _key(r[:6])) for r in rows}
+            self._keys = keys.keys_with_hashes(self.db_path, self.timeout)
             self._loaded = time.monotonic()
         finally:
             self._reading.release()
@@ -278,8 +199,7 @@ class KeyRing:
             return
         self._touched[key_id] = time.monotonic()
         try:
-            with database.connect(self.db_path, timeout=min(self.timeout, 0.5)) as conn:
-                conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [utcnow(), key_id])
+            keys.touch_key(self.db_path, key_id, timeout=min(self.timeout, 0.5))
         except (StoreError, OSError):
             self._touched.pop(key_id, None)
 
@@ -287,7 +207,7 @@ class KeyRing:
 # ---------------------------------------------------------------------------------------
 # FastAPI dependencies
 # ---------------------------------------------------------------------------------------
-async def get_settings(request: Request) -> "ServiceSettings":
+async def get_settings(request: Request) -> ServiceSettings:
     """The ServiceSettings the app was built with (request.app.state.settings)."""
     return request.app.state.settings
 
@@ -328,8 +248,3 @@ def require_scope(scope: str, *, browser: bool = False) -> Callable:
 
     dependency.__name__ = f"require_{scope}" + ("_browser" if browser else "")
     return dependency
-
-
-def local_mode_message(db_path: os.PathLike | str) -> str:
-    return (f"LOCAL SINGLE-USER MODE: {db_path} holds no API key, so every request is allowed without one. "
-            "Create a key with `auditor keys create NAME` to require keys.")

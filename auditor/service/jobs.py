@@ -32,27 +32,24 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from auditor.store import database
-from auditor.store.database import NotFoundError, StoreError, json_value
-from auditor.store.recorder import utcnow
+from auditor.errors import StoreError
+from auditor.store import catalog, datasets
+from auditor.store import jobs as job_rows
+from auditor.store.jobs import JOB_STATUSES
 
 __all__ = ["JOB_STATUSES", "JobRunner", "MAX_SAMPLES", "MAX_STEPS", "MAX_TOP_K", "SampleJobRequest",
-           "job_command"]
+           "job_command", "lower_priority"]
 
-JOB_STATUSES = ("queued", "running", "complete", "failed")
 MAX_SAMPLES = 64
 MAX_STEPS = 256
 MAX_TOP_K = 1024
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _RUN_LINE = re.compile(r"^run (\d+): ", re.MULTILINE)
-_COLUMNS = ("id", "kind", "status", "request", "run_id", "pid", "log_path", "created_at", "started_at",
-            "finished_at", "error")
 
 
 class SampleJobRequest(BaseModel):
@@ -93,13 +90,6 @@ def job_command(request: SampleJobRequest, db_path, lock_timeout: float, python:
     return argv
 
 
-
-def _row(values) -> dict:
-    job = dict(zip(_COLUMNS, values))
-    job["request"] = json_value(job["request"])
-    return job
-
-
 def _pid_running_job(pid: int | None) -> bool:
     """Whether `pid` is alive on this host and is an `auditor.cli sample` process (not a reused pid)."""
     if not pid:
@@ -122,7 +112,7 @@ def _pid_running_job(pid: int | None) -> bool:
     return True
 
 
-def _lower_priority(pid: int, niceness: int) -> None:
+def lower_priority(pid: int, niceness: int) -> None:
     """Run the job `niceness` steps nicer than the service, so that serving reports keeps the
     CPU when both want it. Set right after the start, before the job creates its threads
     (torch, numba), which inherit it."""
@@ -132,6 +122,9 @@ def _lower_priority(pid: int, niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + niceness))
     except (OSError, AttributeError):  # not permitted, or not a POSIX system: run at the same priority
         pass
+
+
+_lower_priority = lower_priority  # the old name (bench/service.py); use lower_priority
 
 
 def _log_tail(path: str | os.PathLike | None, max_bytes: int = 4000) -> str:
@@ -175,27 +168,13 @@ class JobRunner:
         self._cancelled: set[int] = set()
 
     # -- store access ------------------------------------------------------------------
-    def _write(self, sql: str, params: list):
-        with database.connect(self.db_path, timeout=self.timeout) as conn:
-            return conn.execute(sql, params).fetchall()
-
     def get(self, job_id: int) -> dict:
         """The job row as a dict; NotFoundError for an unknown id."""
-        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
-            row = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE id = ?", [int(job_id)]).fetchone()
-        if row is None:
-            raise NotFoundError(f"{self.db_path}: no job {job_id}")
-        return _row(row)
+        return job_rows.get_job(self.db_path, job_id, self.timeout)
 
     def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[dict], int]:
         """Jobs, newest first, and how many there are in all (for pagination)."""
-        if status is not None and status not in JOB_STATUSES:
-            raise StoreError(f"unknown job status {status!r}; choose from {', '.join(JOB_STATUSES)}")
-        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
-            total = conn.execute("SELECT count(*) FROM jobs WHERE ? IS NULL OR status = ?", [status, status]).fetchone()[0]
-            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE ? IS NULL OR status = ? "
-                                "ORDER BY id DESC LIMIT ? OFFSET ?", [status, status, int(limit), int(offset)]).fetchall()
-        return [_row(r) for r in rows], int(total)
+        return job_rows.list_jobs(self.db_path, status=status, limit=limit, offset=offset, timeout=self.timeout)
 
     def progress(self, job: dict) -> dict:
         """Steps recorded so far (all samples of a step are committed together) of the job's run."""
@@ -203,12 +182,10 @@ class JobRunner:
         out = {"steps_recorded": 0, "steps_planned": planned, "run_status": None}
         if job.get("run_id") is None:
             return out
-        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
-            row = conn.execute("SELECT r.status, CAST(json_extract(r.sampler, '$.num_steps') AS INTEGER), "
-                               "(SELECT count(DISTINCT step) FROM steps s WHERE s.run_id = r.id) "
-                               "FROM runs r WHERE r.id = ?", [int(job["run_id"])]).fetchone()
-        if row is not None:
-            out.update(run_status=row[0], steps_planned=row[1] or planned, steps_recorded=int(row[2]))
+        found = job_rows.run_progress(self.db_path, job["run_id"], self.timeout)
+        if found is not None:
+            status, steps_planned, recorded = found
+            out.update(run_status=status, steps_planned=steps_planned or planned, steps_recorded=recorded)
         return out
 
     def log_tail(self, job_id: int, max_bytes: int = 4000) -> str:
@@ -217,21 +194,15 @@ class JobRunner:
     # -- submitting --------------------------------------------------------------------
     def submit(self, request: SampleJobRequest) -> dict:
         """Validate against the store, insert the job (queued) and start it if a slot is free."""
-        from auditor.store.datasets import find_dataset
-
-        dataset = find_dataset(self.db_path, int(request.dataset_id), timeout=self.timeout)
-        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
-            missing = conn.execute("SELECT count(*) FROM training_images WHERE dataset_id = ? AND pixels IS NULL",
-                                   [int(request.dataset_id)]).fetchone()[0]
+        dataset = datasets.find_dataset(self.db_path, int(request.dataset_id), timeout=self.timeout)
+        missing = catalog.images_without_pixels(self.db_path, request.dataset_id, self.timeout)
         if missing:
             raise StoreError(f"dataset {request.dataset_id} has no stored pixels for {missing} images (ingested "
                              "before schema revision 0003); run `auditor ingest` on the same data again")
         if request.patch_size is not None and request.patch_size > min(dataset["height"], dataset["width"]):
             raise StoreError(f"patch_size {request.patch_size} does not fit the {dataset['height']}x{dataset['width']} "
                              f"images of dataset {request.dataset_id}")
-        rows = self._write("INSERT INTO jobs (kind, status, request, created_at) VALUES (?, 'queued', ?, ?) "
-                           "RETURNING id", [request.kind, request.model_dump_json(), utcnow()])
-        job_id = int(rows[0][0])
+        job_id = job_rows.insert_job(self.db_path, request.kind, request.model_dump_json(), self.timeout)
         self._start_queued()
         return self.get(job_id)
 
@@ -243,12 +214,10 @@ class JobRunner:
         """Start the oldest queued jobs while fewer than max_running_jobs run."""
         with self._lock:
             while self._running_count() < int(self.settings.max_running_jobs):
-                with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
-                    row = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE status = 'queued' "
-                                       "ORDER BY id LIMIT 1").fetchone()
-                if row is None:
+                job = job_rows.oldest_queued(self.db_path, self.timeout)
+                if job is None:
                     return
-                self._start(_row(row))
+                self._start(job)
 
     def _start(self, job: dict) -> None:
         job_id = int(job["id"])
@@ -266,13 +235,12 @@ class JobRunner:
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=env, cwd=str(REPO_ROOT), start_new_session=True)
         except OSError as exc:
-            self._write("UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                        [f"could not start the job: {exc}", utcnow(), job_id])
+            job_rows.finish_job(self.db_path, job_id, "failed", f"could not start the job: {exc}",
+                                timeout=self.timeout)
             return
-        _lower_priority(proc.pid, int(getattr(self.settings, "job_niceness", 0)))
+        lower_priority(proc.pid, int(getattr(self.settings, "job_niceness", 0)))
         self._procs[job_id] = proc
-        self._write("UPDATE jobs SET status = 'running', pid = ?, log_path = ?, started_at = ? WHERE id = ?",
-                    [proc.pid, str(log_path), utcnow(), job_id])
+        job_rows.mark_running(self.db_path, job_id, proc.pid, str(log_path), self.timeout)
         self._watch(job_id, proc.pid, proc)
 
     def _watch(self, job_id: int, pid: int, proc: subprocess.Popen | None) -> None:
@@ -285,12 +253,7 @@ class JobRunner:
         """The run the job's subprocess created: writer pid = the job's pid, created after the job started."""
         if job.get("pid") is None or job.get("started_at") is None:
             return None
-        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
-            row = conn.execute("SELECT id FROM runs WHERE CAST(json_extract(writer, '$.pid') AS BIGINT) = ? "
-                               "AND json_extract_string(writer, '$.host') = ? AND created_at >= ? ORDER BY id DESC "
-                               "LIMIT 1", [int(job["pid"]), socket.gethostname(),
-                                           job["started_at"] - timedelta(seconds=1)]).fetchone()
-        return None if row is None else int(row[0])
+        return job_rows.job_run(self.db_path, job["pid"], socket.gethostname(), job["started_at"], self.timeout)
 
     def _remember_run(self, job_id: int) -> int | None:
         try:
@@ -299,7 +262,7 @@ class JobRunner:
                 return job["run_id"]
             run_id = self._find_run(job)
             if run_id is not None:
-                self._write("UPDATE jobs SET run_id = ? WHERE id = ? AND run_id IS NULL", [run_id, job_id])
+                job_rows.set_job_run(self.db_path, job_id, run_id, self.timeout)
             return run_id
         except StoreError:  # the store is busy: try again at the next poll
             return None
@@ -352,8 +315,7 @@ class JobRunner:
                     error = f"{why}; run {run_id}: {run_status or 'not created'}"
                     if lines:
                         error += "\n" + "\n".join(lines[-5:])
-                self._write("UPDATE jobs SET status = ?, error = ?, run_id = coalesce(run_id, ?), finished_at = ? "
-                            "WHERE id = ?", [status, error, run_id, utcnow(), job_id])
+                job_rows.finish_job(self.db_path, job_id, status, error, run_id=run_id, timeout=self.timeout)
                 return
             except StoreError:
                 time.sleep(min(0.1 * 2 ** attempt, 5.0))
@@ -362,9 +324,7 @@ class JobRunner:
     def recover(self) -> None:
         """At service start: adopt running jobs whose subprocess still runs, fail those whose pid is gone,
         and start queued jobs."""
-        with database.connect(self.db_path, read_only=True, timeout=self.timeout) as conn:
-            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM jobs WHERE status = 'running'").fetchall()
-        for job in map(_row, rows):
+        for job in job_rows.running_jobs(self.db_path, self.timeout):
             if job["id"] in self._procs:
                 continue
             if _pid_running_job(job["pid"]):
@@ -375,18 +335,17 @@ class JobRunner:
             run_id = job["run_id"] if job["run_id"] is not None else self._find_run(job)
             hint = (f"; continue its run with `auditor sample --dataset {job['request'].get('dataset_id')} "
                     f"--resume {run_id}`" if run_id is not None else "")
-            self._write("UPDATE jobs SET status = 'failed', run_id = coalesce(run_id, ?), finished_at = ?, error = ? "
-                        "WHERE id = ? AND status = 'running'",
-                        [run_id, utcnow(), f"the service stopped while the job ran (pid {job['pid']} is gone){hint}",
-                         job["id"]])
+            job_rows.finish_job(self.db_path, job["id"], "failed",
+                                f"the service stopped while the job ran (pid {job['pid']} is gone){hint}",
+                                run_id=run_id, only_if="running", timeout=self.timeout)
         self._start_queued()
 
     def cancel(self, job_id: int) -> dict:
         """Cancel a queued job, or interrupt a running one (its run is marked failed and can be resumed)."""
         job = self.get(job_id)
         if job["status"] == "queued":
-            self._write("UPDATE jobs SET status = 'failed', error = 'cancelled before it started', finished_at = ? "
-                        "WHERE id = ? AND status = 'queued'", [utcnow(), int(job_id)])
+            job_rows.finish_job(self.db_path, job_id, "failed", "cancelled before it started", only_if="queued",
+                                timeout=self.timeout)
         elif job["status"] == "running":
             self._cancelled.add(int(job_id))
             if _pid_running_job(job["pid"]):

@@ -1,4 +1,6 @@
-"""The HTML pages of the report service (rendered from reports/): a thin layer over reports.context.
+"""The HTML pages of the report service (rendered from reports/): each route reads its read model
+from the store (auditor.store.read_models), builds the page (reports.pages) and renders it
+(reports.render).
 
   /                                                  runs, datasets, search by training image id or source URI
   /runs/{run_id}                                     a run: gallery of samples, reproducibility record
@@ -11,6 +13,10 @@
   /fidelity                                          stored fidelity studies (denoisers against a network)
   /fidelity/{study_id}                               a study: MSE tables and plots, concentration, similarity
 
+The page contexts (`index_context`, `run_context`, `sample_report`, `training_image_context`,
+`sql_context`, `fidelity_list_context`, `fidelity_context`) are what the routes render and
+what the JSON API's report endpoint serves.
+
 Every route needs the `read` scope (auditor.service.auth; pages also accept ?key= and the cookie).
 Errors are HTML pages here (404 for unknown ids, 400 for bad parameters, 401/403 for keys,
 503 when the store stays locked), where the JSON API answers JSON.
@@ -19,6 +25,7 @@ Errors are HTML pages here (404 for unknown ids, 400 for bad parameters, 401/403
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -26,12 +33,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
-from reports import context, render
-
 from auditor.service.auth import AccessDenied, get_settings, require_scope
-from auditor.store.database import LockedError, NotFoundError, SchemaError, StoreError
+from auditor.store import comparisons, query, studies
+from auditor.errors import AuditorError, NotFoundError, StoreError, outcome
+from auditor.store.database import DEFAULT_TIMEOUT
+from auditor.store.example_queries import EXAMPLE_QUERIES
+from auditor.store.read_models import index as index_data, runs as run_data, sample as sample_data
+from auditor.store.read_models import training_images as training_image_data
+from auditor.store.read_models.common import integer_id
+from auditor.workflows.fidelity import FINDING_RANGE
+from pspc.errors import InputError
+from reports import render
+from reports.pages import fidelity, index, run, sample, training_image
+from reports.pages import sql as sql_pages
+from reports.pages.common import MAX_PER_PAGE, Pagination
+from reports.pages.network import NetworkComparison, network_comparison
 
-__all__ = ["router"]
+__all__ = ["fidelity_context", "fidelity_list_context", "index_context", "router", "run_context", "sample_report",
+           "sql_context", "training_image_context"]
 
 log = logging.getLogger("auditor.pages")
 
@@ -62,15 +81,11 @@ class PageRoute(APIRoute):
                 if exc.status == 401:
                     message += ". In a browser, open the page once with ?key=<your key>."
                 return _error_page(request, exc.status, message, headers)
-            except NotFoundError as exc:
-                return _error_page(request, 404, str(exc))
-            except LockedError as exc:
-                return _error_page(request, 503, str(exc), {"Retry-After": "1"})
-            except SchemaError as exc:
-                fixable = "auditor db upgrade" in str(exc) or "upgrade auditor" in str(exc)
-                return _error_page(request, 409 if fixable else 500, str(exc))
-            except (StoreError, ValueError) as exc:
-                return _error_page(request, 400, str(exc))
+            except (AuditorError, InputError) as exc:  # the one table: user errors get their status
+                result = outcome(exc)
+                if not result.user:
+                    raise
+                return _error_page(request, result.status, str(exc), dict(result.headers) or None)
             except RequestValidationError as exc:
                 parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
                          for e in exc.errors()]
@@ -79,6 +94,105 @@ class PageRoute(APIRoute):
         return route
 
 
+# ---------------------------------------------------------------------------------------
+# Page contexts: read model from the store -> page (reports.pages)
+# ---------------------------------------------------------------------------------------
+def index_context(db_path, *, q: str | None = None, page: int = 1, per_page: int = 20,
+                  timeout: float = DEFAULT_TIMEOUT) -> index.IndexPage:
+    """Runs page `page` (or search hits page `page` when q is given) of `per_page`."""
+    window = Pagination.window(page, per_page)
+    q = index.search_text(q)
+    data = index_data.load_index(db_path, q=q, limit=window.per_page, offset=window.offset, timeout=timeout)
+    return index.build_index_page(runs=data.runs, datasets=data.datasets, q=q, search=data.search, pagination=window)
+
+
+def run_context(db_path, run_id: int, *, page: int = 1, per_page: int = 24,
+                timeout: float = DEFAULT_TIMEOUT) -> run.RunPage:
+    """Run `run_id` with samples page `page` of `per_page`. NotFoundError for an unknown run."""
+    window = Pagination.window(page, per_page)
+    data = run_data.load_run_page(db_path, run_id, limit=window.per_page, offset=window.offset, timeout=timeout)
+    return run.build_run_page(data, pagination=window)
+
+
+def sample_report(db_path, run_id: int, sample_index: int, *, step: int | None = None, top: int = 10,
+                  step_top: int = 3, patches: int = 12, drilldown_top: int = 5, all_steps: bool = False,
+                  concentration: str = "top1", network: NetworkComparison | None | str = "auto",
+                  timeout: float = DEFAULT_TIMEOUT) -> sample.SampleReport:
+    """The report on sample `sample_index` of run `run_id` (options: reports.pages.sample.build_sample_report).
+
+    network: 'auto' reads the sample's network comparison (auditor.store.comparisons.sample_counterpart),
+    None leaves the section out, or pass a NetworkComparison. The store is read in one short
+    read-only transaction; the report of a complete run is kept per process
+    (auditor.store.read_models.sample.build_cached) and shared: treat it as read-only.
+    NotFoundError for an unknown run, sample or step; UserError for bad options."""
+    started = time.perf_counter()
+    options = dict(step=step, top=top, step_top=step_top, patches=patches, drilldown_top=drilldown_top,
+                   all_steps=all_steps, concentration=concentration)
+    sample.check_report_options(**options)
+    if isinstance(network, str) and network != "auto":
+        raise ValueError(f"network must be 'auto', None or a NetworkComparison, got {network!r}")
+
+    def build(data) -> sample.SampleReport:
+        shown = network
+        if isinstance(network, str):  # 'auto'
+            shown = network_comparison(comparisons.sample_counterpart(
+                db_path, data.run["id"], data.sample_index, timeout=timeout))
+        return sample.build_sample_report(data, network=shown, started=started, **options)
+
+    cacheable = network is None or isinstance(network, str)
+    return sample_data.build_cached(db_path, run_id, sample_index, build,
+                                    options=("sample-report", *options.values(), network) if cacheable else None,
+                                    images=lambda data: sample.report_images(data, **options), timeout=timeout)
+
+
+def training_image_context(db_path, dataset_id: int, image_index: int, *, page: int = 1, per_page: int = 20,
+                           locations: int = 8, timeout: float = DEFAULT_TIMEOUT) -> training_image.TrainingImagePage:
+    """Training image `image_index` of dataset `dataset_id` and every use of it, samples page
+    `page` of `per_page` by largest final share. NotFoundError for unknown ids."""
+    window = Pagination.window(page, per_page)
+    data = training_image_data.load_training_image(db_path, dataset_id, image_index, limit=window.per_page,
+                                                   offset=window.offset, timeout=timeout)
+    return training_image.build_training_image_page(data, pagination=window, locations=locations)
+
+
+def sql_context(db_path, sql_text: str | None = None, *, max_rows: int = 1000, query_timeout: float = 5.0,
+                timeout: float = DEFAULT_TIMEOUT) -> sql_pages.SqlPage:
+    """Run `sql_text` (one read-only statement, auditor.store.query.run_query; none: just the form)
+    with at most `max_rows` rows and `query_timeout` seconds. A refused or failing statement
+    gives the page with `error` set (the store's message), never an exception."""
+    statement = sql_pages.sql_text(sql_text)
+    found = dict(columns=(), rows=(), truncated=False, error=None, elapsed_ms=None, refused=False)
+    if statement is not None:
+        started = time.perf_counter()
+        try:
+            result = query.run_query(db_path, statement, max_rows=max_rows, timeout=timeout,
+                                     query_timeout=query_timeout)
+            found.update(columns=result.columns, rows=result.rows, truncated=result.truncated)
+        except NotFoundError:
+            raise
+        except StoreError as exc:
+            found.update(error=str(exc), refused=isinstance(exc, query.WriteRefused))
+        found["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return sql_pages.build_sql_page(sql=statement, examples=EXAMPLE_QUERIES, max_rows=max_rows,
+                                    time_limit_s=query_timeout, **found)
+
+
+def fidelity_list_context(db_path, *, page: int = 1, per_page: int = 20,
+                          timeout: float = DEFAULT_TIMEOUT) -> fidelity.FidelityListPage:
+    """Page `page` of the stored fidelity studies (auditor.store.studies.list_studies), newest first."""
+    window = Pagination.window(page, per_page)
+    return fidelity.build_fidelity_list_page(studies.list_studies(db_path, timeout=timeout), pagination=window)
+
+
+def fidelity_context(db_path, study_id: int, *, timeout: float = DEFAULT_TIMEOUT) -> fidelity.FidelityPage:
+    """Study `study_id` (auditor.store.studies.load_study). NotFoundError for an unknown id."""
+    study = studies.load_study(db_path, integer_id(study_id, "fidelity study id"), timeout=timeout)
+    return fidelity.build_fidelity_page(study, finding_range=FINDING_RANGE)
+
+
+# ---------------------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------------------
 router = APIRouter(route_class=PageRoute, dependencies=[Depends(require_scope("read", browser=True))],
                    include_in_schema=False)
 
@@ -91,24 +205,22 @@ def _html(body: str) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 def index_page(request: Request, q: str | None = Query(None, max_length=1000), page: int = PAGE,
-               per_page: int = Query(20, ge=1, le=context.MAX_PER_PAGE), settings=Depends(get_settings)):
-    built = context.build_index_page(settings.db_path, q=q, page=page, per_page=per_page,
-                                     timeout=settings.lock_timeout)
+               per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
+    built = index_context(settings.db_path, q=q, page=page, per_page=per_page, timeout=settings.lock_timeout)
     return _html(render.render_page(built, _links(request)))
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: int, page: int = PAGE,
-             per_page: int = Query(24, ge=1, le=context.MAX_PER_PAGE), settings=Depends(get_settings)):
-    built = context.build_run_page(settings.db_path, run_id, page=page, per_page=per_page,
-                                   timeout=settings.lock_timeout)
+             per_page: int = Query(24, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
+    built = run_context(settings.db_path, run_id, page=page, per_page=per_page, timeout=settings.lock_timeout)
     return _html(render.render_page(built, _links(request)))
 
 
 def _report(settings, run_id: int, sample_index: int, step: int | None, concentration: str,
-            all_steps: bool = False) -> context.SampleReport:
-    return context.build_sample_report(settings.db_path, run_id, sample_index, step=step, concentration=concentration,
-                                       all_steps=all_steps, timeout=settings.lock_timeout)
+            all_steps: bool = False) -> sample.SampleReport:
+    return sample_report(settings.db_path, run_id, sample_index, step=step, concentration=concentration,
+                         all_steps=all_steps, timeout=settings.lock_timeout)
 
 
 STEP = Query(None, ge=0, le=10**6, description="the step whose attribution maps are shown (default: the final step)")
@@ -153,30 +265,29 @@ def export_csv(run_id: int, sample_index: int, settings=Depends(get_settings)):
 
 @router.get("/datasets/{dataset_id}/images/{image_index}", response_class=HTMLResponse)
 def training_image_page(request: Request, dataset_id: int, image_index: int, page: int = PAGE,
-                        per_page: int = Query(20, ge=1, le=context.MAX_PER_PAGE), settings=Depends(get_settings)):
-    built = context.build_training_image_page(settings.db_path, dataset_id, image_index, page=page, per_page=per_page,
-                                              timeout=settings.lock_timeout)
+                        per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
+    built = training_image_context(settings.db_path, dataset_id, image_index, page=page, per_page=per_page,
+                                   timeout=settings.lock_timeout)
     return _html(render.render_page(built, _links(request)))
 
 
 @router.get("/fidelity", response_class=HTMLResponse)
 def fidelity_list_page(request: Request, page: int = PAGE,
-                       per_page: int = Query(20, ge=1, le=context.MAX_PER_PAGE), settings=Depends(get_settings)):
-    built = context.build_fidelity_list_page(settings.db_path, page=page, per_page=per_page,
-                                             timeout=settings.lock_timeout)
+                       per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
+    built = fidelity_list_context(settings.db_path, page=page, per_page=per_page, timeout=settings.lock_timeout)
     return _html(render.render_page(built, _links(request)))
 
 
 @router.get("/fidelity/{study_id}", response_class=HTMLResponse)
 def fidelity_page(request: Request, study_id: int, settings=Depends(get_settings)):
-    built = context.build_fidelity_page(settings.db_path, study_id, timeout=settings.lock_timeout)
+    built = fidelity_context(settings.db_path, study_id, timeout=settings.lock_timeout)
     return _html(render.render_fidelity(built, _links(request)))
 
 
 @router.get("/sql", response_class=HTMLResponse)
 def sql_page(request: Request, sql: str | None = Query(None, max_length=100_000), settings=Depends(get_settings)):
-    built = context.build_sql_page(settings.db_path, sql, max_rows=settings.sql_row_cap,
-                                   query_timeout=settings.sql_time_limit_s, timeout=settings.lock_timeout)
+    built = sql_context(settings.db_path, sql, max_rows=settings.sql_row_cap, query_timeout=settings.sql_time_limit_s,
+                        timeout=settings.lock_timeout)
     status = (403 if built.refused else 400) if built.error else 200
     return HTMLResponse(render.render_page(built, _links(request)), status_code=status,
                         headers={"Cache-Control": "no-store"})

@@ -18,10 +18,12 @@ from __future__ import annotations
 import torch
 
 from pspc.data.training_set import TrainingSet
+from pspc.posterior.attribution import pixel_weights, trajectory_coefficients
 
+from auditor.errors import NotFoundError, StoreError
 from auditor.store import database
-from auditor.store.database import NotFoundError, StoreError
 from auditor.store.recorder import from_blob
+from auditor.store.runs import check_sample_index, read_run
 
 __all__ = ["image_usage", "pixel_attribution", "pixel_sources", "recompose_step", "sample_sources",
            "step_coefficients", "trajectory_sources"]
@@ -30,17 +32,13 @@ _META = ("image_id", "label", "label_name", "source_uri", "owner", "license")
 
 
 def _check_sample(conn, db_path, run_id: int, sample_index: int, step: int | None = None) -> dict:
-    run = conn.execute("SELECT r.dataset_id, r.num_samples, r.status, d.channels, d.height, d.width, d.fingerprint "
-                       "FROM runs r JOIN datasets d ON d.id = r.dataset_id WHERE r.id = ?", [int(run_id)]).fetchone()
-    if run is None:
-        raise NotFoundError(f"{db_path}: no run {run_id}")
-    dataset_id, num_samples, status, c, h, w, fingerprint = run
-    if not 0 <= int(sample_index) < num_samples:
-        raise NotFoundError(f"{db_path}: run {run_id} has no sample {sample_index} (samples 0..{num_samples - 1})")
-    info = {"dataset_id": dataset_id, "status": status, "shape": (c, h, w), "fingerprint": fingerprint}
+    run, dataset = read_run(conn, db_path, run_id)
+    sample_index = check_sample_index(db_path, run, sample_index)
+    info = {"dataset_id": run["dataset_id"], "status": run["status"],
+            "shape": (dataset["channels"], dataset["height"], dataset["width"]), "fingerprint": dataset["fingerprint"]}
     if step is not None:
         row = conn.execute("SELECT patch_set_id, t, t_next, z, denoised FROM steps WHERE run_id = ? AND sample_index = ? "
-                           "AND step = ?", [int(run_id), int(sample_index), int(step)]).fetchone()
+                           "AND step = ?", [int(run_id), sample_index, int(step)]).fetchone()
         if row is None:
             raise NotFoundError(f"{db_path}: run {run_id} sample {sample_index} has no recorded step {step}")
         info.update(patch_set_id=row[0], t=row[1], t_next=row[2], z=row[3], denoised=row[4])
@@ -130,10 +128,9 @@ def sample_sources(db_path, run_id: int, sample_index: int, *, step: int | None 
 
 def step_coefficients(times: list[tuple[int, float, float]]) -> dict[int, float]:
     """Trajectory weights w_i = a_i / sum_j a_j, a_i = 1 - t_{i+1}/t_i (the fraction of the
-    state step i rewrites under Euler), for rows (step, t, t_next); as view trajectory_sources."""
-    written = {step: 1.0 - t_next / t for step, t, t_next in times}
-    total = sum(written.values())
-    return {step: a / total for step, a in written.items()}
+    state step i rewrites under Euler), for rows (step, t, t_next); as view trajectory_sources
+    (pspc.posterior.attribution.trajectory_coefficients)."""
+    return trajectory_coefficients(times)
 
 
 def trajectory_sources(db_path, run_id: int, sample_index: int, *, top: int = 10, patches: int = 5,
@@ -216,7 +213,6 @@ def _step_data(conn, db_path, run_id, sample_index, step):
 def _maps(info, masks, weights):
     """Dense per-entry pixel weights [E, H, W] for the entries with kept weight, and the entries (image, flip)."""
     _, height, width = info["shape"]
-    coverage = masks.sum(0)  # [H*W]
     position = torch.from_numpy(weights["position"].astype("int64"))
     image = torch.from_numpy(weights["image_index"].astype("int64"))
     flip = torch.from_numpy(weights["flip"].astype(bool))
@@ -225,7 +221,7 @@ def _maps(info, masks, weights):
     w = torch.from_numpy(weights["weight"].astype("float64"))
     sparse = torch.sparse_coo_tensor(torch.stack([inverse, position]), w, (len(entries), masks.shape[0]),
                                      check_invariants=True).coalesce()
-    maps = (sparse @ masks) / coverage  # [E, H*W]
+    maps = pixel_weights(sparse, masks)  # [E, H*W] (Eq. 11)
     return entries // 2, entries % 2 == 1, maps.view(len(entries), height, width)
 
 
@@ -260,5 +256,5 @@ def recompose_step(db_path, run_id: int, sample_index: int, step: int, training_
     dropped = torch.zeros(masks.shape[0], dtype=torch.float64)
     dropped[torch.from_numpy(mass["position"].astype("int64"))] = torch.from_numpy(
         (1.0 - mass["mass"].astype("float64")).clip(min=0))
-    bound = ((dropped @ masks) / masks.sum(0)).view(shape[1:])
+    bound = pixel_weights(dropped, masks).view(shape[1:])
     return recomposed, from_blob(info["denoised"], shape).to(torch.float64), bound

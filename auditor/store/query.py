@@ -21,14 +21,18 @@ from uuid import UUID
 
 import duckdb
 
+from auditor.errors import StoreError
 from auditor.store import database
-from auditor.store.database import StoreError
 
-__all__ = ["FORMATS", "QueryResult", "check_read_only", "format_csv", "format_json", "format_result", "format_table",
-           "run_query"]
+__all__ = ["ALLOWED", "FORMATS", "QueryResult", "WriteRefused", "check_read_only", "format_csv", "format_json",
+           "format_result", "format_table", "jsonable", "run_query"]
 
 FORMATS = ("table", "csv", "json")
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+class WriteRefused(StoreError):
+    """One well-formed statement that is not read-only (INSERT, DROP, ATTACH, COPY, SET, ...)."""
 
 
 class QueryResult(tuple):
@@ -48,38 +52,46 @@ class QueryResult(tuple):
         return self[1]
 
 
-def check_read_only(sql: str) -> duckdb.Statement:
-    """The single read-only statement in `sql`; StoreError for anything else (nothing is run)."""
+def check_read_only(sql: str, interface: str = "auditor sql") -> duckdb.Statement:
+    """THE read-only check: the single read-only statement in `sql`, parsed by DuckDB; nothing is run.
+
+    StoreError for an empty query, malformed SQL or more than one statement (bad input: 400 in
+    the service); WriteRefused (a StoreError) for one well-formed statement of any other kind
+    than SELECT / EXPLAIN (the service answers 403). `interface` names the caller in the
+    messages ("auditor sql", "the SQL endpoint").
+    """
     if not sql or not sql.strip():
-        raise StoreError("auditor sql: empty query")
+        raise StoreError(f"{interface}: empty query")
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise StoreError(f"auditor sql: {exc}") from None
+        raise StoreError(f"{interface}: malformed SQL: {exc}") from None
     if not statements:
-        raise StoreError("auditor sql: empty query")
+        raise StoreError(f"{interface}: empty query")
     if len(statements) > 1:
-        raise StoreError(f"auditor sql runs one statement at a time; got {len(statements)}")
+        raise StoreError(f"{interface} runs one statement at a time; got {len(statements)}")
     statement = statements[0]
     if statement.type not in ALLOWED:
         kind = statement.type.name.replace("_", " ")
         hint = " (use SELECT * FROM pragma_...() instead)" if statement.type == duckdb.StatementType.PRAGMA else ""
-        raise StoreError(f"auditor sql is read-only: {kind} statements are not allowed; "
-                         f"use SELECT, WITH ... SELECT, EXPLAIN, DESCRIBE or SHOW{hint}")
+        raise WriteRefused(f"{interface} is read-only: {kind} statements are not allowed; "
+                           f"use SELECT, WITH ... SELECT, EXPLAIN, DESCRIBE or SHOW{hint}")
     return statement
 
 
 def run_query(db_path: str | os.PathLike, sql: str, *, max_rows: int = 10000,
-              timeout: float = database.DEFAULT_TIMEOUT, query_timeout: float | None = None) -> QueryResult:
-    """Run one read-only statement; returns (columns, rows) with at most max_rows rows.
+              timeout: float = database.DEFAULT_TIMEOUT, query_timeout: float | None = None,
+              interface: str = "auditor sql") -> QueryResult:
+    """Run one read-only statement (check_read_only first); returns (columns, rows) with at most
+    max_rows rows.
 
     `timeout`: seconds to wait for another process's lock on the file; `query_timeout`:
     interrupt the query after that many seconds (None: no limit). Errors are StoreErrors
-    carrying DuckDB's message.
+    carrying DuckDB's message (WriteRefused for a statement that is not read-only).
     """
     if max_rows is not None and max_rows < 0:
         raise StoreError(f"max_rows must be >= 0, got {max_rows}")
-    check_read_only(sql)
+    check_read_only(sql, interface)
     with database.connect(db_path, read_only=True, timeout=timeout, config={"enable_external_access": False},
                           check_schema=True) as conn:
         timer = threading.Timer(query_timeout, conn.interrupt) if query_timeout else None
@@ -95,9 +107,9 @@ def run_query(db_path: str | os.PathLike, sql: str, *, max_rows: int = 10000,
                 truncated = len(rows) > max_rows
                 rows = rows[:max_rows]
         except duckdb.InterruptException:
-            raise StoreError(f"auditor sql: query interrupted after {query_timeout:g} s") from None
+            raise StoreError(f"{interface}: query interrupted after {query_timeout:g} s") from None
         except duckdb.Error as exc:
-            raise StoreError(f"auditor sql: {exc}") from None
+            raise StoreError(f"{interface}: {exc}") from None
         finally:
             if timer is not None:
                 timer.cancel()
@@ -118,11 +130,12 @@ def _text(value) -> str:
     if isinstance(value, (datetime, date, dtime)):
         return value.isoformat()
     if isinstance(value, (list, dict, tuple)):
-        return json.dumps(_jsonable(value), separators=(",", ":"))
+        return json.dumps(jsonable(value), separators=(",", ":"))
     return str(value)
 
 
-def _jsonable(value):
+def jsonable(value):
+    """A cell as JSON: blobs as "<N bytes>", NaN and infinities as null, times ISO 8601, decimals as floats."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -138,9 +151,9 @@ def _jsonable(value):
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return str(value)
 
 
@@ -180,7 +193,7 @@ def format_csv(columns: list[str], rows: list[tuple]) -> str:
 
 def format_json(columns: list[str], rows: list[tuple]) -> str:
     """A JSON list of objects, one per row (blobs as "<N bytes>", NaN as null, times ISO 8601)."""
-    return json.dumps([{c: _jsonable(v) for c, v in zip(columns, row)} for row in rows], indent=2) + "\n"
+    return json.dumps([{c: jsonable(v) for c, v in zip(columns, row)} for row in rows], indent=2) + "\n"
 
 
 def format_result(result: QueryResult | tuple, fmt: str = "table") -> str:

@@ -9,12 +9,16 @@ Arrow tables with vectorised numpy code (no Python loop over rows):
                  image index, flip flag, source box corner in the ORIGINAL image, weight
   patch_stats    one row per (sample, position): captured mass, entropy, ESS
   step_shares    one row per (sample, training image): the share of D(z_t) built from it
+                 (pspc.posterior.attribution: sum over patches of weight x patch share)
 
 and writes them in ONE transaction (`auditor.store.database.connect`: open, insert, commit, close),
 so readers in other processes get the file between steps. A patch set is stored once per
 database (by fingerprint) in the transaction of the first step that uses it. The last
 step's transaction also writes the final images and marks the run complete, so a run is
 complete exactly when all its data is there.
+
+`ExplainedRecorder` records a network's trajectory the same way, with the network's own
+D(z_t) and its distance to PSPC's in step_agreement (auditor.workflows.comparison, audit).
 """
 
 from __future__ import annotations
@@ -23,17 +27,21 @@ import hashlib
 import json
 import time
 from datetime import datetime, timezone
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from pspc.posterior.attribution import contributions, patch_shares, share_totals
 from pspc.posterior.patch_sets import PatchSet
 from pspc.posterior.weights import PosteriorWeights
 
+from auditor.errors import InternalError, StoreError, UserError
 from auditor.store import database
 
-__all__ = ["ProvenanceRecorder", "patch_set_fingerprint", "utcnow", "to_blob", "from_blob"]
+__all__ = ["ExplainedRecorder", "ProvenanceRecorder", "blobs", "from_blob", "insert_table", "patch_set_fingerprint",
+           "to_blob", "utcnow", "write_final_images"]
 
 
 def utcnow() -> datetime:
@@ -51,7 +59,8 @@ def from_blob(blob: bytes, shape) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(tuple(shape)).copy())
 
 
-def _blobs(batch: torch.Tensor) -> pa.Array:
+def blobs(batch: torch.Tensor) -> pa.Array:
+    """A batch [B, C, H, W] as one to_blob per row (an Arrow binary column)."""
     flat = batch.detach().cpu().to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
     flat = flat.reshape(flat.shape[0], -1)
     return pa.array([row.tobytes() for row in flat], type=pa.binary())
@@ -79,9 +88,7 @@ class _PatchSetInfo:
         self.flip_top, self.flip_left, _, _ = self._boxes(masks.flip(-1))
         self.masks = masks
         self.description = patch_set.describe()
-        coverage = masks.sum(0, dtype=torch.float64)  # [H, W] patches covering each pixel
-        # each patch's share of the image: sum over its pixels of 1 / coverage, over H W (Eq. 11)
-        self.patch_share = ((masks / coverage).sum((1, 2)) / (self.height * self.width)).numpy()
+        self.patch_share = patch_shares(masks).numpy()  # each patch's share of the image (Eq. 11)
 
     @staticmethod
     def _boxes(masks: torch.Tensor):
@@ -104,7 +111,8 @@ class _PatchSetInfo:
                          "position": position.astype(np.int32), "y": y.astype(np.int16), "x": x.astype(np.int16)})
 
 
-def _insert(conn, table: str, data: pa.Table) -> None:
+def insert_table(conn, table: str, data: pa.Table) -> None:
+    """INSERT the rows of an Arrow table into `table` (its columns by name), on an open connection."""
     name = f"_arrow_{table}"
     conn.register(name, data)
     try:
@@ -112,6 +120,17 @@ def _insert(conn, table: str, data: pa.Table) -> None:
         conn.execute(f'INSERT INTO {table} ({columns}) SELECT {columns} FROM {name}')
     finally:
         conn.unregister(name)
+
+
+def write_final_images(conn, run_id: int, final: torch.Tensor) -> None:
+    """Set samples.final_image of a run's samples (batch row b = sample_index b), on an open connection."""
+    images = pa.table({"sample_index": np.arange(final.shape[0], dtype=np.int32), "final_image": blobs(final)})
+    conn.register("_arrow_final", images)
+    try:
+        conn.execute("UPDATE samples SET final_image = f.final_image FROM _arrow_final AS f "
+                     "WHERE samples.run_id = ? AND samples.sample_index = f.sample_index", [int(run_id)])
+    finally:
+        conn.unregister("_arrow_final")
 
 
 class ProvenanceRecorder:
@@ -171,7 +190,7 @@ class ProvenanceRecorder:
             "weight": weights.weight.cpu().numpy()[valid].astype(np.float32),
         })
         shares = self._share_table(step, samples[b], position, rows.column("image_index").to_numpy(), flip,
-                                   rows.column("weight").to_numpy().astype(np.float64) * info.patch_share[position])
+                                   contributions(rows.column("weight").to_numpy(), info.patch_share, position))
         batch, num_patches = weights.mass.shape
         stats = pa.table({
             "run_id": np.full(batch * num_patches, self.run_id, np.int64),
@@ -187,12 +206,8 @@ class ProvenanceRecorder:
     def _share_table(self, step: int, sample, position, image, flip, contribution) -> pa.Table:
         """step_shares rows: per (sample, image), the sum of weight x patch share (flip part
         apart) and the number of distinct patch positions that kept the image."""
-        key = sample.astype(np.int64) * self.num_images + image
-        keys, inverse = np.unique(key, return_inverse=True)
-        share = np.bincount(inverse, weights=contribution, minlength=len(keys))
-        flip_share = np.bincount(inverse, weights=np.where(flip, contribution, 0.0), minlength=len(keys))
-        distinct = np.unique(np.stack([inverse, position.astype(np.int64)]), axis=1)[0]
-        patches = np.bincount(distinct, minlength=len(keys))
+        keys, share, flip_share, patches = share_totals(sample.astype(np.int64) * self.num_images + image,
+                                                        contribution, flip, position)
         return pa.table({
             "run_id": np.full(len(keys), self.run_id, np.int64),
             "sample_index": (keys // self.num_images).astype(np.int32),
@@ -207,8 +222,8 @@ class ProvenanceRecorder:
     def __call__(self, step: int, t: float, z: torch.Tensor, denoised: torch.Tensor, weights: list | None) -> None:
         started = time.perf_counter()
         if not weights:
-            raise ValueError("the provenance recorder needs posterior weights: sample a PSPC denoiser "
-                             "with request=WeightRequest(...)")
+            raise UserError("the provenance recorder needs posterior weights: sample a PSPC denoiser "
+                            "with request=WeightRequest(...)")
         step = int(step)
         t_next = self.time_steps[step + 1]
         batch = z.shape[0]
@@ -241,7 +256,7 @@ class ProvenanceRecorder:
                     new_ids[key] = (info, ps_id)
                 patch_set_of[index.cpu().numpy()] = ps_id
             if (patch_set_of < 0).any():
-                raise ValueError(f"step {step}: the posterior weights do not cover every sample of the batch")
+                raise InternalError(f"step {step}: the posterior weights do not cover every sample of the batch")
             steps = pa.table({
                 "run_id": np.full(batch, self.run_id, np.int64),
                 "sample_index": np.arange(batch, dtype=np.int32),
@@ -249,13 +264,13 @@ class ProvenanceRecorder:
                 "t": np.full(batch, float(t)),
                 "t_next": np.full(batch, float(t_next)),
                 "patch_set_id": patch_set_of,
-                "z": _blobs(z),
-                "denoised": _blobs(denoised),
+                "z": blobs(z),
+                "denoised": blobs(denoised),
             })
-            _insert(conn, "steps", steps)
-            _insert(conn, "patch_weights", weight_rows)
-            _insert(conn, "patch_stats", stat_rows)
-            _insert(conn, "step_shares", share_rows)
+            insert_table(conn, "steps", steps)
+            insert_table(conn, "patch_weights", weight_rows)
+            insert_table(conn, "patch_stats", stat_rows)
+            insert_table(conn, "step_shares", share_rows)
             self._write_extras(conn, step)
             if last:
                 self._complete(conn, final, started)
@@ -266,7 +281,7 @@ class ProvenanceRecorder:
 
     def _write_extras(self, conn, step: int) -> None:
         """Rows that belong in this step's transaction besides the attribution (subclasses:
-        the network's output at the step, auditor.workflows.comparison)."""
+        the network's output at the step: ExplainedRecorder)."""
 
     def _register(self, conn, info: _PatchSetInfo) -> int:
         """The patch set's id in the store, inserting it (with positions and pixels) if new."""
@@ -277,18 +292,12 @@ class ProvenanceRecorder:
             "INSERT INTO patch_sets (fingerprint, description, height, width, num_patches) VALUES (?, ?, ?, ?, ?) "
             "RETURNING id", [info.fingerprint, json.dumps(info.description), info.height, info.width,
                              info.num_patches]).fetchall()[0][0]
-        _insert(conn, "patch_positions", info.positions_table(ps_id))
-        _insert(conn, "patch_pixels", info.pixels_table(ps_id))
+        insert_table(conn, "patch_positions", info.positions_table(ps_id))
+        insert_table(conn, "patch_pixels", info.pixels_table(ps_id))
         return int(ps_id)
 
     def _complete(self, conn, final: torch.Tensor, started: float) -> None:
-        images = pa.table({"sample_index": np.arange(final.shape[0], dtype=np.int32), "final_image": _blobs(final)})
-        conn.register("_arrow_final", images)
-        try:
-            conn.execute("UPDATE samples SET final_image = f.final_image FROM _arrow_final AS f "
-                         "WHERE samples.run_id = ? AND samples.sample_index = f.sample_index", [self.run_id])
-        finally:
-            conn.unregister("_arrow_final")
+        write_final_images(conn, self.run_id, final)
         recording = sum(self.step_seconds) + (time.perf_counter() - started)
         total = time.perf_counter() - self.sampling_started
         timings = {**self.extra_timings, "total": total, "recording": recording, "sampling": total - recording,
@@ -296,6 +305,59 @@ class ProvenanceRecorder:
         # (no RETURNING: DuckDB treats UPDATE ... RETURNING on a referenced table as delete + insert)
         status = conn.execute("SELECT status FROM runs WHERE id = ?", [self.run_id]).fetchall()
         if not status or status[0][0] != "running":
-            raise database.StoreError(f"{self.db_path}: run {self.run_id} is no longer 'running'; not completing it")
+            raise StoreError(f"{self.db_path}: run {self.run_id} is no longer 'running'; not completing it")
         conn.execute("UPDATE runs SET status = 'complete', finished_at = ?, timings = ?, error = NULL WHERE id = ?",
                      [utcnow(), json.dumps(timings), self.run_id])
+
+
+class ExplainedRecorder(ProvenanceRecorder):
+    """A ProvenanceRecorder for a network's trajectory explained by PSPC (a network-explained
+    run, or an audit's replay): it also writes, in each step's transaction, the network's
+    D(z_t) and its distance to PSPC's (step_agreement), staged with `stage` before the step
+    is recorded. The final images are `final` when given (an audit: the audited image),
+    else the network's output at the last step (the network's sample); `complete_details`
+    (network final images -> dict) updates runs.details in the completing transaction."""
+
+    def __init__(self, *args, final: torch.Tensor | None = None,
+                 complete_details: Callable[[torch.Tensor], dict] | None = None, details: dict | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.final = final
+        self.complete_details = complete_details
+        self.details = dict(details or {})
+        self._staged: tuple[int, pa.Table] | None = None
+        self._network_last: torch.Tensor | None = None
+
+    def stage(self, step: int, t: float, network_denoised: torch.Tensor, pspc_denoised: torch.Tensor) -> None:
+        """The step's agreement rows: mse and max |error| over pixels, computed in float64."""
+        diff = network_denoised.detach().cpu().to(torch.float64) - pspc_denoised.detach().cpu().to(torch.float64)
+        batch = diff.shape[0]
+        self._staged = (int(step), pa.table({
+            "run_id": np.full(batch, self.run_id, np.int64),
+            "sample_index": np.arange(batch, dtype=np.int32),
+            "step": np.full(batch, step, np.int16),
+            "t": np.full(batch, float(t)),
+            "network_denoised": blobs(network_denoised),
+            "mse": diff.square().flatten(1).mean(1).numpy(),
+            "max_abs_error": diff.abs().flatten(1).amax(1).numpy(),
+        }))
+        self._network_last = network_denoised.detach()
+
+    def _write_extras(self, conn, step: int) -> None:
+        if self._staged is None:
+            return
+        staged_step, rows = self._staged
+        if staged_step != step:
+            raise InternalError(f"agreement staged for step {staged_step}, recording step {step}")
+        insert_table(conn, "step_agreement", rows)
+        self._staged = None
+
+    def _complete(self, conn, final: torch.Tensor, started: float) -> None:
+        if self.final is not None:
+            final = self.final
+        elif self._network_last is not None:
+            final = self._network_last
+        if self.complete_details is not None:
+            self.details.update(self.complete_details(self._network_last))
+            conn.execute("UPDATE runs SET details = ? WHERE id = ?", [json.dumps(self.details), self.run_id])
+        super()._complete(conn, final, started)

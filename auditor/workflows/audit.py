@@ -20,7 +20,7 @@ Two ways; the run (runs.kind 'external-audit') records which in runs.details['me
 Either way every sample's final image is the audited image itself, and copy detection
 (auditor.similarity.copy_detection) stores its nearest training images in copy_matches.
 
-Input: a PNG / JPEG / BMP / WebP file (decoded by pspc.data.loaders' image helpers: 8-bit
+Input: a PNG / JPEG / BMP / WebP file (decoded by pspc.data.image_folder.decode_images: 8-bit
 gray or RGB, alpha composited onto black) or a .npy array ([H, W], [C, H, W] or
 [H, W, C]; uint8 pixels, or floats in the diffusion range [-1, 1]). It must have the
 training set's size and channels: patches are compared position by position, so nothing
@@ -29,57 +29,50 @@ is resized. An RGB picture whose three channels are equal counts as grayscale.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from pspc.denoisers import NetworkDenoiser
-from pspc.data.loaders import IMAGE_SUFFIXES
-from pspc.posterior.weights import WeightRequest
-from pspc.samplers import SamplerConfig, _denoise, initial_noise
+from pspc.data.image_folder import IMAGE_SUFFIXES, decode_images
 from pspc.data.training_set import TrainingSet, TrainingSetError
+from pspc.denoisers import NetworkDenoiser
+from pspc.posterior.weights import WeightRequest
+from pspc.record import file_sha256
+from pspc.samplers import SamplerConfig, denoise_step, initial_noise, invert
 
+from auditor.errors import UserError
+from auditor.similarity.copy_detection import check_thresholds
+from auditor.similarity.descriptors import load_descriptor
 from auditor.store import database, datasets
+from auditor.store.comparisons import agreement_table
+from auditor.store.networks import register_network
+from auditor.store.recorder import ExplainedRecorder
+from auditor.store.runs import create_run, load_run, mark_failed
 from auditor.workflows.comparison import (
-    ExplainedRecorder, agreement_table, build_pspc, load_comparison_network, record_copy_matches,
-    record_explained_run, register_network, schedule_kinds
+    build_pspc, load_comparison_network, record_copy_matches, record_explained_run, schedule_kinds
 )
-from auditor.similarity.copy_detection import DEFAULT_THRESHOLDS, check_thresholds
-from auditor.store.database import json_value
-from auditor.similarity.descriptors import Descriptor, load_descriptor
-from auditor.workflows.sampling import RECORDABLE_KINDS, _advance, _mark_failed, create_run
+from auditor.workflows.options import DEFAULT_NOISE_LEVELS, RECORDABLE_KINDS, AuditOptions, Runtime
 
-__all__ = ["DEFAULT_NOISE_LEVELS", "AuditInputError", "AuditResult", "invert", "load_audit_image", "record_audit"]
+__all__ = ["DEFAULT_NOISE_LEVELS", "AuditInputError", "AuditOptions", "AuditResult", "invert", "load_audit_image",
+           "record_audit"]
 
-DEFAULT_NOISE_LEVELS = (3.0, 1.0, 0.3, 0.05)  # the paper's range 0.3-3, and near-clean patches
 FLOAT_RANGE_LIMIT = 2.0  # float inputs beyond +-2 are another range (0-255), not overshoot
 
 
-class AuditInputError(ValueError):
+class AuditInputError(UserError):
     """An image that cannot be audited: names the file and the problem."""
 
 
 # ---------------------------------------------------------------------------------------
 # Input
 # ---------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_picture(path: Path) -> tuple[torch.Tensor, dict]:
-    from pspc.data.loaders import _decode_images
-
     try:
-        pixels = _decode_images([(path.name, str(path), lambda: open(path, "rb"))], size=None, resize="error",
+        pixels = decode_images([(path.name, str(path), lambda: open(path, "rb"))], size=None, resize="error",
                                 channels=None)[0]
     except TrainingSetError as exc:
         raise AuditInputError(str(exc)) from None
@@ -152,28 +145,9 @@ def load_audit_image(path, image_shape: Sequence[int]) -> tuple[torch.Tensor, di
         raise AuditInputError(f"{path}: the image is {image.shape[1]}x{image.shape[2]} (HxW), the training set's "
                               f"images are {h}x{w}; resize or crop it first (patches are compared position by "
                               f"position, so nothing is resized here)")
-    info.update(path=str(path.resolve()), sha256=_sha256(path), format=suffix.lstrip("."), decoded_shape=list(decoded),
+    info.update(path=str(path.resolve()), sha256=file_sha256(path), format=suffix.lstrip("."), decoded_shape=list(decoded),
                 shape=list(image.shape))
     return image.contiguous(), info
-
-
-# ---------------------------------------------------------------------------------------
-# Inversion
-# ---------------------------------------------------------------------------------------
-def invert(network: NetworkDenoiser, x: torch.Tensor, config: SamplerConfig,
-           progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """The PF-ODE run backwards with the network: x [B, C, H, W] as the state at t_min =
-    t_{n-1}, integrated up to t_0 = t_max through the sampler's time steps in reverse, with
-    the sampler's own update (Euler, or Heun's trapezoidal correction). Returns z at t_max."""
-    times = config.time_steps().tolist()
-    z = x.to(network.device)
-    for i in range(len(times) - 2, 0, -1):
-        t, t_next = times[i], times[i - 1]  # t < t_next: upwards
-        t_batch = torch.full((z.shape[0],), t, dtype=torch.float64, device=z.device)
-        z = _advance(network, config, z, network(z, t_batch), t, t_next)
-        if progress is not None:
-            progress(1)
-    return z
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,131 +165,140 @@ class AuditResult:
     copies: object | None = None  # copy_detection.CopyDetectionResult of the image
 
 
+
 def _check_levels(noise_levels: Sequence[float]) -> list[float]:
     try:
         levels = [float(t) for t in noise_levels]
     except (TypeError, ValueError):
-        raise ValueError(f"noise levels must be numbers, got {noise_levels!r}") from None
+        raise AuditInputError(f"noise levels must be numbers, got {noise_levels!r}") from None
     if not levels:
-        raise ValueError("give at least one noise level")
+        raise AuditInputError("give at least one noise level")
     if not all(math.isfinite(t) and t > 0 for t in levels):
-        raise ValueError(f"noise levels must be finite and > 0, got {levels}")
+        raise AuditInputError(f"noise levels must be finite and > 0, got {levels}")
     if len(set(levels)) != len(levels):
-        raise ValueError(f"noise levels repeat: {levels}")
+        raise AuditInputError(f"noise levels repeat: {levels}")
     return sorted(levels, reverse=True)
 
 
-def record_audit(db_path, training_set: TrainingSet, image, *, network=None, steps: int = 18,
-                 sampler: str = "heun", seed: int = 0, noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS,
-                 draws: int = 1, top_k: int = 16, mass: float = 0.99, explainer: str = "pspc-square",
-                 patch_size: int | None = None, schedule=None, sensitivity_draws: int = 4,
-                 descriptor: Descriptor | str | None = None, copy_k: int = 5,
-                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, command: list[str] | None = None,
-                 progress: Callable[[int], None] | None = None, device: str | torch.device = "cpu",
-                 timeout: float = database.DEFAULT_TIMEOUT) -> AuditResult:
-    """Audit `image` (a file path, or a float tensor [C, H, W] in [-1, 1]) against the
-    training set; see the module docstring. network given (NetworkDenoiser, module or file):
-    inversion with `steps` / `sampler`, then the replay recorded; network None: direct
-    attribution at `noise_levels` with `draws` noise draws. copy_k = 0 skips copy detection.
-    schedule / sensitivity_draws: see auditor.workflows.comparison.build_pspc (with a network,
-    pspc-flex takes its masks from it). Everything is checked before anything is written."""
-    if explainer not in RECORDABLE_KINDS:
-        raise ValueError(f"the attributing denoiser must give posterior weights ({', '.join(RECORDABLE_KINDS)}), "
-                         f"got {explainer!r}")
-    request = WeightRequest(top_k=top_k, mass=mass)
-    thresholds = check_thresholds(thresholds)
-    if copy_k < 0:
-        raise ValueError(f"copy_k must be >= 0, got {copy_k}")
-    if isinstance(image, torch.Tensor):
-        x = image.detach().to(torch.float32).cpu()
-        if tuple(x.shape) != tuple(training_set.image_shape) or not torch.isfinite(x).all():
-            raise AuditInputError(f"the image tensor must be finite, of shape {tuple(training_set.image_shape)}; "
-                                  f"got {tuple(x.shape)}")
-        source = {"path": None, "format": "tensor", "shape": list(x.shape)}
-    else:
-        x, source = load_audit_image(image, training_set.image_shape)
-    if network is not None:
-        if steps < 2:
-            raise ValueError(f"inversion needs steps >= 2 (t_max down to t_min), got {steps}")
-        config = SamplerConfig(method=sampler, num_steps=steps)
-        network = load_comparison_network(network, training_set, device)
-    else:
-        levels = _check_levels(noise_levels)
-        if draws < 1:
-            raise ValueError(f"draws must be >= 1, got {draws}")
-    if schedule is not None and explainer not in schedule_kinds(schedule, training_set):
-        raise ValueError(f"{schedule}: the schedule file has no schedule for the explainer {explainer}")
-    database.require_current(db_path, timeout)
-    if copy_k:
-        descriptor = load_descriptor(descriptor, device=device)
-    dataset_id, _ = datasets.ingest(db_path, training_set, timeout=timeout)
-
-    if network is not None:
-        network_id = register_network(db_path, network, timeout=timeout)
-        x_batch = x[None].to(network.device)
-        z_t = invert(network, x_batch, config, progress)
-        if not torch.isfinite(z_t).all():
-            raise ValueError("the inversion diverged (NaN or infinite values): try more steps or Heun")
-        details = {"method": "inversion", "input": source, "network": {"id": network_id, "name": network.name},
-                   "inversion": {"sampler": sampler, "steps": steps - 1, "from_t": config.time_steps()[-2].item(),
-                                 "to_t": config.t_max,
-                                 "latent_mean": float(z_t.mean() / config.t_max),
-                                 "latent_std": float(z_t.std() / config.t_max)},
-                   "note": "latent_std near 1 means the inverted noise looks like the Gaussian the sampler starts "
-                           "from; steps.denoised is PSPC's D(z_t) on the replay, the network's is in step_agreement"}
-
-        def reconstruction(network_final: torch.Tensor) -> dict:
-            diff = network_final.detach().cpu().to(torch.float64) - x_batch.cpu().to(torch.float64)
-            return {"reconstruction": {"mse": float(diff.square().mean()), "max_abs_error": float(diff.abs().max()),
-                                       "what": "the replay's end point (the network's D at the last step) vs the "
-                                               "audited image"}}
-
-        run_id = record_explained_run(
-            db_path, training_set, network, network_id, z_t, config, explainer_kind=explainer, patch_size=patch_size,
-            schedule=schedule, sensitivity_draws=sensitivity_draws, seed=seed, top_k=top_k, mass=mass, kind="external-audit", details=details, final=x_batch,
-            complete_details=reconstruction, command=command, progress=progress, timeout=timeout)
-        agreement = agreement_table(db_path, run_id, timeout=timeout)
-    else:
-        network_id = None
-        run_id = _record_direct(db_path, training_set, dataset_id, x, levels, draws=draws, seed=seed, request=request,
-                                explainer=explainer, patch_size=patch_size, schedule=schedule, source=source,
-                                command=command,
-                                progress=progress, device=device, timeout=timeout)
-        agreement = []
-    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
-        details = json_value(conn.execute("SELECT details FROM runs WHERE id = ?", [run_id]).fetchone()[0])
-    copies = None
-    if copy_k:
-        copies = record_copy_matches(db_path, [run_id], training_set, descriptor, k=copy_k, thresholds=thresholds,
-                                     timeout=timeout)[run_id]
-    return AuditResult(run_id, details["method"], network_id, details, agreement, copies)
+def _audit_input(image, training_set: TrainingSet) -> tuple[torch.Tensor, dict]:
+    """The image as float32 [C, H, W] and the record of the input (a file, or a tensor)."""
+    if not isinstance(image, torch.Tensor):
+        return load_audit_image(image, training_set.image_shape)
+    x = image.detach().to(torch.float32).cpu()
+    if tuple(x.shape) != tuple(training_set.image_shape) or not torch.isfinite(x).all():
+        raise AuditInputError(f"the image tensor must be finite, of shape {tuple(training_set.image_shape)}; "
+                              f"got {tuple(x.shape)}")
+    return x, {"path": None, "format": "tensor", "shape": list(x.shape)}
 
 
-def _record_direct(db_path, training_set: TrainingSet, dataset_id: int, x: torch.Tensor, levels: list[float], *,
-                   draws: int, seed: int, request: WeightRequest, explainer: str, patch_size: int | None, schedule,
-                   source: dict, command, progress, device, timeout: float) -> int:
+def _check_options(options: AuditOptions) -> tuple[float, ...]:
+    """The checks that need no file: the explainer, kept weights, thresholds (returned) and copy_k."""
+    if options.explainer not in RECORDABLE_KINDS:
+        raise AuditInputError(f"the attributing denoiser must give posterior weights "
+                              f"({', '.join(RECORDABLE_KINDS)}), got {options.explainer!r}")
+    WeightRequest(top_k=options.top_k, mass=options.mass)  # validates
+    thresholds = check_thresholds(options.thresholds)
+    if options.copy_k < 0:
+        raise AuditInputError(f"copy_k must be >= 0, got {options.copy_k}")
+    return thresholds
+
+
+def _record_inversion(db_path, training_set: TrainingSet, x: torch.Tensor, network: NetworkDenoiser, source: dict,
+                      config: SamplerConfig, options: AuditOptions, runtime: Runtime) -> tuple[int, int]:
+    """Invert x along the network's PF-ODE, replay it with attribution: (run id, network id)."""
+    network_id = register_network(db_path, network, timeout=runtime.timeout)
+    x_batch = x[None].to(network.device)
+    z_t = invert(network, x_batch, config, runtime.progress)
+    if not torch.isfinite(z_t).all():
+        raise UserError("the inversion diverged (NaN or infinite values): try more steps or Heun")
+    details = {"method": "inversion", "input": source, "network": {"id": network_id, "name": network.name},
+               "inversion": {"sampler": options.sampler, "steps": options.steps - 1,
+                             "from_t": config.time_steps()[-2].item(), "to_t": config.t_max,
+                             "latent_mean": float(z_t.mean() / config.t_max),
+                             "latent_std": float(z_t.std() / config.t_max)},
+               "note": "latent_std near 1 means the inverted noise looks like the Gaussian the sampler starts "
+                       "from; steps.denoised is PSPC's D(z_t) on the replay, the network's is in step_agreement"}
+
+    def reconstruction(network_final: torch.Tensor) -> dict:
+        diff = network_final.detach().cpu().to(torch.float64) - x_batch.cpu().to(torch.float64)
+        return {"reconstruction": {"mse": float(diff.square().mean()), "max_abs_error": float(diff.abs().max()),
+                                   "what": "the replay's end point (the network's D at the last step) vs the "
+                                           "audited image"}}
+
+    run_id = record_explained_run(db_path, training_set, network, z_t, network_id=network_id, config=config,
+                                  options=options.explain(), kind="external-audit", details=details, final=x_batch,
+                                  complete_details=reconstruction, runtime=runtime)
+    return run_id, network_id
+
+
+def _record_direct(db_path, training_set: TrainingSet, dataset_id: int, x: torch.Tensor, levels: list[float],
+                   source: dict, options: AuditOptions, runtime: Runtime) -> int:
     """PSPC's posterior on x + t eps at each level (descending), one recorded step per level."""
-    denoiser = build_pspc(explainer, training_set, patch_size=patch_size, schedule=schedule).to(device)
+    request = WeightRequest(top_k=options.top_k, mass=options.mass)
+    draws = options.draws
+    denoiser = build_pspc(options.explainer, training_set, patch_size=options.patch_size,
+                          schedule=options.schedule).to(runtime.device)
     times = levels + [0.0]
     sampler = {"method": "direct", "noise_levels": levels, "time_steps": times, "num_steps": len(levels),
                "draws": draws}
     details = {"method": "direct", "input": source, "noise_levels": levels, "draws": draws,
                "note": "z = x + t eps at each level, eps of draw i seeded with seed + i; t_next is the next lower "
                        "level, so sample_sources is the attribution at the lowest level"}
-    run_id = create_run(db_path, dataset_id, denoiser=denoiser.describe(), sampler=sampler, seed=seed,
-                        num_samples=draws, top_k=request.top_k, mass=request.mass, command=command,
-                        kind="external-audit", details=details, timeout=timeout)
+    run_id = create_run(db_path, dataset_id, denoiser=denoiser.describe(), sampler=sampler, seed=options.seed,
+                        num_samples=draws, top_k=request.top_k, mass=request.mass, command=runtime.command,
+                        kind="external-audit", details=details, timeout=runtime.timeout)
     try:
-        x_batch = x[None].expand(draws, -1, -1, -1).to(device)
-        eps = initial_noise(draws, training_set.image_shape, seed, 1.0, device)
-        recorder = ExplainedRecorder(db_path, run_id, len(training_set), times, timeout=timeout, final=x_batch)
+        x_batch = x[None].expand(draws, -1, -1, -1).to(runtime.device)
+        eps = initial_noise(draws, training_set.image_shape, options.seed, 1.0, runtime.device)
+        recorder = ExplainedRecorder(db_path, run_id, len(training_set), times, timeout=runtime.timeout,
+                                     final=x_batch)
         for step, t in enumerate(levels):
             z = x_batch + t * eps
-            denoised, weights = _denoise(denoiser, z, t, request)
+            denoised, weights = denoise_step(denoiser, z, t, request)
             recorder(step, t, z, denoised, weights)
-            if progress is not None:
-                progress(1)
+            if runtime.progress is not None:
+                runtime.progress(1)
     except BaseException as exc:
-        _mark_failed(db_path, run_id, exc, timeout)
+        mark_failed(db_path, run_id, exc, runtime.timeout)
         raise
     return run_id
+
+
+def record_audit(db_path, training_set: TrainingSet, image, *, network=None, options: AuditOptions = AuditOptions(),
+                 runtime: Runtime = Runtime()) -> AuditResult:
+    """Audit `image` (a file path, or a float tensor [C, H, W] in [-1, 1]) against the
+    training set; see the module docstring. network given (NetworkDenoiser, module or file):
+    inversion with `options.steps` / `options.sampler`, then the replay recorded; network
+    None: direct attribution at `options.noise_levels` with `options.draws` noise draws.
+    copy_k = 0 skips copy detection. schedule / sensitivity_draws: see
+    auditor.workflows.comparison.build_pspc (with a network, pspc-flex takes its masks from
+    it). Everything is checked before anything is written."""
+    thresholds = _check_options(options)
+    x, source = _audit_input(image, training_set)
+    if network is not None:
+        if options.steps < 2:
+            raise AuditInputError(f"inversion needs steps >= 2 (t_max down to t_min), got {options.steps}")
+        config = SamplerConfig(method=options.sampler, num_steps=options.steps)
+        network = load_comparison_network(network, training_set, runtime.device)
+    else:
+        levels = _check_levels(options.noise_levels)
+        if options.draws < 1:
+            raise AuditInputError(f"draws must be >= 1, got {options.draws}")
+    if options.schedule is not None and options.explainer not in schedule_kinds(options.schedule, training_set):
+        raise AuditInputError(f"{options.schedule}: the schedule file has no schedule for the explainer "
+                              f"{options.explainer}")
+    database.require_current(db_path, runtime.timeout)
+    descriptor = load_descriptor(options.descriptor, device=runtime.device) if options.copy_k else None
+    dataset_id, _ = datasets.ingest(db_path, training_set, timeout=runtime.timeout)
+    network_id, agreement = None, []
+    if network is not None:
+        run_id, network_id = _record_inversion(db_path, training_set, x, network, source, config, options, runtime)
+        agreement = agreement_table(db_path, run_id, timeout=runtime.timeout)
+    else:
+        run_id = _record_direct(db_path, training_set, dataset_id, x, levels, source, options, runtime)
+    details = load_run(db_path, run_id, timeout=runtime.timeout)[0]["details"]
+    copies = None
+    if options.copy_k:
+        copies = record_copy_matches(db_path, [run_id], training_set, descriptor, k=options.copy_k,
+                                     thresholds=thresholds, timeout=runtime.timeout)[run_id]
+    return AuditResult(run_id, details["method"], network_id, details, agreement, copies)

@@ -13,6 +13,7 @@ half-hour run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,10 @@ from typing import Callable, Sequence
 from pspc.data.loaders import load_training_set
 
 from auditor.store import database, datasets
-from auditor.workflows import fidelity, sampling as runs
+from auditor.store.runs import find_complete_run
+from auditor.store.studies import find_study, store_study
+from auditor.workflows.options import Runtime, SamplingOptions
+from auditor.workflows.sampling import record_sampling_run
 
 __all__ = ["COMMITTED_STUDIES", "QuickstartRun", "import_studies", "prepare"]
 
@@ -41,25 +45,11 @@ class QuickstartRun:
         return f"/runs/{self.run_id}/samples/{sample_index}"
 
 
-def _existing_run(db_path, dataset_id: int, num_samples: int, steps: int, seed: int, timeout: float) -> int | None:
-    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
-        rows = conn.execute("SELECT id, sampler FROM runs WHERE dataset_id = ? AND status = 'complete' "
-                            "AND num_samples = ? AND seed = ? ORDER BY id DESC", [dataset_id, num_samples,
-                                                                                  seed]).fetchall()
-    for run_id, sampler in rows:
-        sampler = json.loads(sampler) if isinstance(sampler, str) else sampler
-        if sampler.get("num_steps") == steps:
-            return int(run_id)
-    return None
-
-
 def import_studies(db_path, paths: Sequence[Path], *, log: Callable[[str], None] = print,
                    timeout: float = database.DEFAULT_TIMEOUT) -> tuple[int, ...]:
     """Store each fidelity.json in `paths` unless a study from that file (by its sha256, kept
     in fidelity_studies.source) is there already; returns the studies' ids. Missing files are
     skipped (a source checkout without bench/results)."""
-    import hashlib
-
     ids = []
     for path in paths:
         path = Path(path)
@@ -67,12 +57,11 @@ def import_studies(db_path, paths: Sequence[Path], *, log: Callable[[str], None]
             continue
         content = path.read_bytes()
         source = f"{path.name} sha256:{hashlib.sha256(content).hexdigest()}"
-        with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
-            found = conn.execute("SELECT id FROM fidelity_studies WHERE source = ?", [source]).fetchone()
-        if found:
-            ids.append(int(found[0]))
+        found = find_study(db_path, source, timeout=timeout)
+        if found is not None:
+            ids.append(found)
             continue
-        study_id = fidelity.store_study(db_path, json.loads(content), name=path.stem, source=source, timeout=timeout)
+        study_id = store_study(db_path, json.loads(content), name=path.stem, source=source, timeout=timeout)
         log(f"fidelity study {study_id}: {path.name} (imported)")
         ids.append(study_id)
     return tuple(ids)
@@ -92,12 +81,14 @@ def prepare(db_path, *, data: str = "fashion-mnist", num_samples: int = 8, steps
     dataset_id, created = datasets.ingest(db_path, training_set, timeout=timeout)
     log(f"dataset {dataset_id}: {training_set.name}, {len(training_set)} images + x-flips"
         f"{' (ingested)' if created else ''}")
-    existing = _existing_run(db_path, dataset_id, num_samples, steps, seed, timeout)
+    existing = find_complete_run(db_path, dataset_id, num_samples=num_samples, steps=steps, seed=seed,
+                                 timeout=timeout)
     if existing is not None:
         log(f"run {existing}: complete, reused")
         return QuickstartRun(existing, dataset_id, True, study_ids)
     log(f"recording {num_samples} PSPC-Square samples x {steps} steps (every step's posterior weights)")
-    run_id = runs.record_sampling_run(db_path, training_set, num_samples=num_samples, steps=steps, seed=seed,
-                                      progress=progress, timeout=timeout,
-                                      command=["auditor", "quickstart", f"--num={num_samples}", f"--steps={steps}"])
+    run_id = record_sampling_run(
+        db_path, training_set, options=SamplingOptions(num_samples=num_samples, steps=steps, seed=seed),
+        runtime=Runtime(command=["auditor", "quickstart", f"--num={num_samples}", f"--steps={steps}"],
+                        progress=progress, timeout=timeout))
     return QuickstartRun(run_id, dataset_id, False, study_ids)

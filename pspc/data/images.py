@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from pspc.data.training_set import to_uint8
+from pspc.errors import InputError
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, *, columns: int | None = None,
@@ -27,13 +28,13 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, *, columns: int | N
     """
     images = torch.as_tensor(images)
     if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] not in (1, 3):
-        raise ValueError(f"save_grid needs images [B, C, H, W] with B >= 1 and C = 1 or 3, got shape {tuple(images.shape)}")
+        raise InputError(f"save_grid needs images [B, C, H, W] with B >= 1 and C = 1 or 3, got shape {tuple(images.shape)}")
     if scale < 1 or padding < 0 or not 0 <= pad_value <= 255:
-        raise ValueError(f"need scale >= 1, padding >= 0 and 0 <= pad_value <= 255, got {scale}, {padding}, {pad_value}")
+        raise InputError(f"need scale >= 1, padding >= 0 and 0 <= pad_value <= 255, got {scale}, {padding}, {pad_value}")
     count, channels, height, width = images.shape
     columns = columns or math.ceil(math.sqrt(count))
     if columns < 1:
-        raise ValueError(f"columns must be >= 1, got {columns}")
+        raise InputError(f"columns must be >= 1, got {columns}")
     rows = math.ceil(count / columns)
 
     pixels = to_uint8(images).cpu().numpy().transpose(0, 2, 3, 1)  # [B, H, W, C]

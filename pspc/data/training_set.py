@@ -16,10 +16,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pspc.errors import InputError
+
 METADATA_FIELDS = ("label", "source_uri", "owner", "license")
 
 
-class TrainingSetError(ValueError):
+class TrainingSetError(InputError):
     """Bad training data: names the file (if any) and the problem."""
 
 
@@ -172,6 +174,7 @@ class TrainingSet:
 
 
 def to_model_range(images_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """uint8 pixels in the diffusion data range: x = u / 127.5 - 1, in [-1, 1]."""
     return images_uint8.to(dtype) / 127.5 - 1.0
 
 

@@ -10,16 +10,14 @@ The network's output net(z, t) is the reference at every noisy state z:
 denoiser's output and the network's; `compare_denoisers` does it for several denoisers and
 returns `FidelityCurves` (a table and the data of the MSE-vs-t curves, Figs. 2, 4, 7).
 
-Eq. 8 from the network: `SensitivityMaps` computes G(t) [H, W, H, W] on first use at each t
-(`pspc.posterior.sensitivity.network_sensitivity`, mean over forward-process draws from a given image
-set) and caches it; it feeds PSPC-Flex masks (`network_flex`, Eq. 12) and the
-gradient-concentration table (`concentration_table`, Fig. 3): for each output pixel the
+Eq. 8 from the network (`pspc.posterior.sensitivity.SensitivityMaps`, G(t) [H, W, H, W] per
+noise level) feeds PSPC-Flex masks (`pspc.denoisers.network_flex`, Eq. 12) and the
+gradient-concentration table here (`concentration_table`, Fig. 3): for each output pixel the
 side of the smallest centred square holding a fraction of G, averaged over output pixels.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -27,18 +25,21 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from pspc.denoisers import Denoiser, NetworkDenoiser, PSPCDenoiser
-from pspc.posterior.patch_sets import WindowPatches, flex_patches
-from pspc.samplers import SamplerConfig, initial_noise, sample
-from pspc.schedules import Schedule, default_flex_schedule
-from pspc.posterior.sensitivity import network_sensitivity
 from pspc.data.training_set import TrainingSet
+from pspc.denoisers import Denoiser, NetworkDenoiser
+from pspc.errors import InputError
+from pspc.samplers import SamplerConfig, initial_noise, sample
+from pspc.schedules import check_noise_levels
+
+# TEMPORARY re-exports for code importing these from here; removed at integration
+from pspc.denoisers import network_flex  # noqa: F401
+from pspc.posterior.sensitivity import SensitivityMaps  # noqa: F401
 
 PROCESSES = ("forward", "reverse")
 DEFAULT_FRACTIONS = (0.5, 0.75, 0.95)
 
 
-class FidelityError(ValueError):
+class FidelityError(InputError):
     """Bad input to a fidelity comparison (shapes, noise levels, counts); says which."""
 
 
@@ -85,16 +86,6 @@ def _batched(function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: 
     return torch.cat(outputs)
 
 
-def _check_times(times: Sequence[float]) -> list[float]:
-    times = [float(t) for t in times]
-    if not times:
-        raise FidelityError("need at least one noise level")
-    bad = [t for t in times if not (math.isfinite(t) and t > 0)]
-    if bad:
-        raise FidelityError(f"noise levels must be finite and > 0, got {bad}")
-    return times
-
-
 def _check_network(network: NetworkDenoiser, images: TrainingSet | None = None) -> None:
     if not isinstance(network, Denoiser):
         raise FidelityError(f"network must be a Denoiser (e.g. pspc.networks.unet.load_network(...)), got {type(network).__name__}")
@@ -109,7 +100,7 @@ def forward_process_states(network: NetworkDenoiser, images: TrainingSet, times:
     """z = x + t eps for `num_images` images of `images` (held-out ones: the paper's forward
     process), picked without replacement by `seed`; one eps per image, shared by every t."""
     _check_network(network, images)
-    times = _check_times(times)
+    times = check_noise_levels(times, FidelityError)
     if not 1 <= num_images <= len(images):
         raise FidelityError(f"num_images must be in [1, {len(images)}] (the images given), got {num_images}")
     generator = torch.Generator().manual_seed(seed)
@@ -233,94 +224,6 @@ def compare_denoisers(denoisers: Mapping[str, Denoiser | Callable[[], Denoiser]]
 
 
 # ---------------------------------------------------------------------------------------
-# Eq. 8 sensitivity from the network, PSPC-Flex masks from it (Eq. 12)
-# ---------------------------------------------------------------------------------------
-class SensitivityMaps:
-    """t -> G(t) [H, W, H, W] (float64) from a network by Eq. 8, computed on first use at
-    each noise level (mean over `num_samples` forward-process draws from `images`, seeded
-    by `seed`) and kept. `maps` supplies precomputed {t: G} (used as given).
-
-    A full Jacobian costs H W backward passes per draw, so `grid` can limit the noise levels
-    where G is computed: any t then uses G at the grid level nearest in log t."""
-
-    def __init__(self, network: Denoiser | None, images: TrainingSet | None, num_samples: int = 16, seed: int = 0,
-                 maps: Mapping[float, torch.Tensor] | None = None, name: str = "network-eq8",
-                 grid: Sequence[float] | None = None):
-        if network is None and not maps:
-            raise FidelityError("SensitivityMaps needs a network or precomputed maps")
-        if network is not None and images is None:
-            raise FidelityError("SensitivityMaps needs the images to draw forward-process samples from")
-        if network is not None:
-            _check_network(network, images)
-        if num_samples < 1:
-            raise FidelityError(f"num_samples must be >= 1, got {num_samples}")
-        self.network, self.images, self.num_samples, self.seed, self.name = network, images, num_samples, seed, name
-        self.grid = sorted(_check_times(grid)) if grid is not None else None
-        self.maps: dict[float, torch.Tensor] = {}
-        for t, g in (maps or {}).items():
-            self.maps[float(t)] = self._checked(torch.as_tensor(g, dtype=torch.float64), float(t))
-
-    def _checked(self, g: torch.Tensor, t: float) -> torch.Tensor:
-        if g.ndim != 4 or g.shape[:2] != g.shape[2:]:
-            raise FidelityError(f"G at t={t:g} must be [H, W, H, W], got {tuple(g.shape)}")
-        if not torch.isfinite(g).all() or (g < 0).any():
-            raise FidelityError(f"G at t={t:g} must be finite and non-negative")
-        return g
-
-    def _lookup(self, t: float) -> torch.Tensor | None:
-        for known, g in self.maps.items():
-            if abs(known - t) <= 1e-9 * max(abs(t), 1e-300):
-                return g
-        return None
-
-    def level(self, t: float) -> float:
-        """The noise level whose G is used at t: t itself, or the nearest grid level in log t."""
-        t = float(t)
-        if self.grid is None:
-            return t
-        return min(self.grid, key=lambda g: (abs(math.log(g) - math.log(t)), g))
-
-    def __call__(self, t: float) -> torch.Tensor:
-        t = self.level(t)
-        found = self._lookup(t)
-        if found is not None:
-            return found
-        if self.network is None:
-            raise FidelityError(f"no sensitivity map at t={t:g} (precomputed at {sorted(self.maps)})")
-        g = network_sensitivity(self.network, self.images, t, self.num_samples, self.seed)
-        self.maps[t] = self._checked(g.to(torch.float64), t)
-        return self.maps[t]
-
-    def describe(self) -> dict:
-        record = {"kind": self.name, "equation": "Eq. 8: mean over z = x + t eps of sum_c |dD(z,t)[c,y,x] / dz|",
-                  "num_samples": self.num_samples, "seed": self.seed, "computed_at": sorted(self.maps),
-                  "grid": self.grid, "grid_rule": "G at the grid level nearest in log t" if self.grid else None}
-        if self.network is not None:
-            record["network"] = self.network.describe()
-            record["images"] = self.images.describe()
-        return record
-
-
-def network_flex(training_set: TrainingSet, sensitivity: Callable[[float], torch.Tensor],
-                 lambdas: Schedule | None = None, **options) -> PSPCDenoiser:
-    """PSPC-Flex with masks from a sensitivity map G(t) (Eq. 12) and lambda(t) (default: the
-    paper's list). Where lambda(t) >= 1 every mask is the whole image, so the whole-image
-    patch set is used and G is not needed there (no Jacobians at high t)."""
-    lambdas = lambdas or default_flex_schedule()
-    _, height, width = training_set.image_shape
-    whole = WindowPatches(height, width, height, width)
-
-    @functools.lru_cache(maxsize=64)
-    def patch_set(t: float):
-        lam = float(lambdas(t))
-        return whole if lam >= 1 else flex_patches(sensitivity(t), lam)
-
-    describe = getattr(sensitivity, "describe", None)
-    record = {"lambda": lambdas.describe(), "sensitivity": describe() if describe else getattr(sensitivity, "__name__", "custom")}
-    return PSPCDenoiser(training_set, lambda t: patch_set(float(t)), "pspc-flex", record, **options)
-
-
-# ---------------------------------------------------------------------------------------
 # Gradient concentration (Fig. 3)
 # ---------------------------------------------------------------------------------------
 def concentration_sides(sensitivity: torch.Tensor, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> torch.Tensor:
@@ -406,7 +309,7 @@ class ConcentrationTable:
 def concentration_table(sensitivity: Callable[[float], torch.Tensor], times: Sequence[float],
                         fractions: Sequence[float] = DEFAULT_FRACTIONS, within: Sequence[int] = (15,)) -> ConcentrationTable:
     """Fig. 3 as a table over noise levels, from a sensitivity source t -> G(t)."""
-    times = _check_times(times)
+    times = check_noise_levels(times, FidelityError)
     means, medians, shares = [], [], {int(s): [] for s in within}
     for t in times:
         g = sensitivity(t)

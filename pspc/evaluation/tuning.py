@@ -14,7 +14,6 @@ loads it with `Schedule.load(path, "patch_size")` / `Schedule.load(path, "lambda
 
 from __future__ import annotations
 
-import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path

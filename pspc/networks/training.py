@@ -29,16 +29,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pspc.denoisers import NetworkDenoiser
 from pspc.data.images import save_grid
-from pspc.networks.unet import EDMPrecond, NetworkConfig, NetworkError, read_checkpoint, save_network
-from pspc.samplers import SamplerConfig, initial_noise, sample
 from pspc.data.training_set import TrainingSet
+from pspc.denoisers import NetworkDenoiser
+from pspc.errors import InputError
+from pspc.networks.checkpoints import read_checkpoint, save_network
+from pspc.networks.unet import EDMPrecond, NetworkConfig, NetworkError
+from pspc.record import own_version
+from pspc.samplers import SamplerConfig, initial_noise, sample
 
 STATE_SUFFIX = ".state.pt"
 
 
-class TrainingError(ValueError):
+class TrainingError(InputError):
     """Bad training request (parameters, data that does not fit, unusable resume state)."""
 
 
@@ -54,9 +57,11 @@ class EDMLoss:
     sigma_data: float = 0.5
 
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        """lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (EDM Table 1)."""
         return (sigma.square() + self.sigma_data**2) / (sigma * self.sigma_data).square()
 
     def sample_sigma(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """`count` noise levels with ln(sigma) ~ N(P_mean, P_std^2) (EDM Table 1)."""
         return (torch.randn(count, generator=generator) * self.P_std + self.P_mean).exp()
 
     def __call__(self, net, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -111,6 +116,7 @@ class TrainingConfig:
             raise TrainingError("bad training config: " + "; ".join(problems))
 
     def lr_at(self, iteration: int) -> float:
+        """The learning rate at an iteration: linear warm-up over lr_warmup iterations."""
         return self.lr * min(1.0, (iteration + 1) / self.lr_warmup) if self.lr_warmup else self.lr
 
     def ema_beta(self, images_seen: int) -> float:
@@ -190,7 +196,7 @@ def sample_network(net, num: int = 64, seed: int = 0, steps: int = 18, method: s
                    image_shape=None) -> torch.Tensor:
     """num samples [num, C, H, W] (clipped to [-1, 1]) from the network with the PF-ODE sampler
     on the EDM schedule; sample i starts from the noise seeded with seed + i (as `pspc sample`)."""
-    if isinstance(net, NetworkDenoiser):  # e.g. from pspc.networks.unet.load_network
+    if isinstance(net, NetworkDenoiser):  # e.g. from pspc.networks.load_network
         denoiser = net
     else:
         denoiser = NetworkDenoiser(net, tuple(image_shape or net.config.image_shape))
@@ -213,35 +219,6 @@ def save_samples(net, path, num: int = 64, seed: int = 0, steps: int = 18, metho
 # ---------------------------------------------------------------------------------------
 # Records
 # ---------------------------------------------------------------------------------------
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
-
-
-def _own_version() -> str:
-    """pspc-auditor's installed version, else the source tree's (pyproject.toml and git commit)."""
-    installed = _version("pspc-auditor")
-    if installed != "not installed":
-        return installed
-    root = Path(__file__).resolve().parents[2]
-    try:
-        import subprocess
-        import tomllib
-
-        version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return f"{version} (source tree{', commit ' + commit if commit else ''}{', modified' if dirty else ''})"
-    except Exception:  # noqa: BLE001 - a missing version must not stop training
-        return "unknown"
-
-
 def environment(device: torch.device) -> dict:
     """Where a result was computed: device, threads, platform and package versions."""
     return {
@@ -250,7 +227,7 @@ def environment(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "versions": {"python": platform.python_version(), "pspc-auditor": _own_version(),
+        "versions": {"python": platform.python_version(), "pspc-auditor": own_version(with_commit=True),
                      "torch": torch.__version__, "numpy": np.__version__},
     }
 
@@ -262,6 +239,7 @@ def state_path_for(checkpoint: str | os.PathLike) -> Path:
 
 
 def record_path_for(checkpoint: str | os.PathLike) -> Path:
+    """Where the JSON record of a checkpoint lives: NAME.pt -> NAME.json."""
     return Path(checkpoint).with_suffix(".json")
 
 
@@ -273,6 +251,7 @@ def _now() -> str:
 # The training loop
 # ---------------------------------------------------------------------------------------
 ProgressCallback = Callable[[int, int, float], None]
+LOSS_WINDOW = 100  # iterations per loss-curve point, and behind final_loss
 
 
 def _check_data(training_set: TrainingSet, network: NetworkConfig) -> None:
@@ -295,7 +274,6 @@ def train(training_set: TrainingSet, out: str | os.PathLike, network: NetworkCon
     config.iterations; the network config, data and seeds must match the saved run.
     progress(iteration, total, loss) is called after every iteration. Returns the record.
     """
-    device = torch.device(device)
     out = Path(out)
     if out.suffix != ".pt":
         raise TrainingError(f"the checkpoint path must end in .pt, got {out}")
@@ -304,95 +282,136 @@ def train(training_set: TrainingSet, out: str | os.PathLike, network: NetworkCon
         network = saved_network_config(state_path)
     network = network or NetworkConfig(image_channels=training_set.channels, resolution=training_set.resolution)
     _check_data(training_set, network)
-    loss_fn = EDMLoss(config.P_mean, config.P_std, network.sigma_data)
-    say = log or (lambda message: None)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)  # the initial weights follow the seed too
-        net = EDMPrecond(network).to(device).train()
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8)
-    start, history, recent, segments, wall_before = 0, [], [], [], 0.0
+    run = _TrainingRun(training_set, network, config, torch.device(device), out, command, half,
+                       log or (lambda message: None))
     if resume:
-        start, history, recent, segments, wall_before = _restore(state_path, net, ema, optimizer, training_set, network,
-                                                         config, device)
-        say(f"resuming {state_path} at iteration {start}")
-        if start >= config.iterations:
-            raise TrainingError(f"{state_path}: already trained {start} iterations; raise iterations above that "
-                                f"to continue")
+        run.restore()
     elif state_path.exists() or out.exists():
         raise TrainingError(f"{out} (or its state {state_path.name}) already exists: pass resume to continue it, "
                             f"or choose another output path")
+    return _optimize(run, progress)
 
-    sampler = BatchSampler(len(training_set), config.batch_size, config.seed)
-    images = training_set.images
-    segment = {"started_at": _now(), "from_iteration": start}
-    began = time.perf_counter()
-    last_save, last_save_iteration = began, start
-    record: dict = {}
 
-    def checkpoint(iteration: int, final: bool) -> dict:
-        nonlocal record
-        segment.update(to_iteration=iteration, wall_seconds=round(time.perf_counter() - began, 1))
-        eval_loss = evaluation_loss(ema, training_set, loss_fn, config.eval_samples) if config.eval_samples else None
-        record = _record(training_set, network, config, net, history, recent, segments + [segment], wall_before,
-                         iteration, eval_loss, command, device, out, half, final)
-        save_network(state_path, net, record=record, extra={
-            "ema": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "progress": json.dumps({"iteration": iteration, "history": history, "recent": recent,
-                                    "segments": segments + [segment],
-                                    "wall_before": wall_before, "training": asdict(config), "dataset":
-                                    training_set.fingerprint})})
-        save_network(out, ema, half=half, record=record)
-        record_path_for(out).write_text(json.dumps(record, indent=2) + "\n")
-        if config.preview_samples:
-            save_samples(ema, out.with_suffix(".png"), num=config.preview_samples if not final else 64)
-        say(f"checkpoint at iteration {iteration}: train loss {record['final_loss']}, eval loss {eval_loss}")
-        return record
-
-    window: list[float] = []
-    for iteration in range(start, config.iterations):
-        y, sigma, noise = training_batch(images, sampler, loss_fn, iteration, config.seed, config.xflip)
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr_at(iteration)
-        if network.dropout > 0:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(_generator(config.seed, 2, iteration).initial_seed()))
-                loss = loss_fn(net, y.to(device), sigma.to(device), noise.to(device)).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-        else:
-            loss = loss_fn(net, y.to(device), sigma.to(device), noise.to(device)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        for p in net.parameters():
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-        optimizer.step()
-        beta = config.ema_beta((iteration + 1) * config.batch_size)
-        with torch.no_grad():
-            for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p_net.detach(), 1 - beta)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise TrainingError(f"loss became {value} at iteration {iteration}; lower the learning rate (lr={config.lr})")
-        window.append(value)
-        recent = (recent + [value])[-100:]
-        done = iteration + 1
-        if len(window) == min(100, config.iterations) or done == config.iterations:
-            history.append([done, round(sum(window) / len(window), 6)])
-            window = []
+def _optimize(run: "_TrainingRun", progress: ProgressCallback | None) -> dict:
+    """Iterations run.start .. config.iterations - 1, checkpointing when due and at the end."""
+    config = run.config
+    sampler = BatchSampler(len(run.training_set), config.batch_size, config.seed)
+    run.begin_segment()
+    last_save, last_save_iteration = run.began, run.start
+    for iteration in range(run.start, config.iterations):
+        y, sigma, noise = training_batch(run.training_set.images, sampler, run.loss_fn, iteration, config.seed,
+                                         config.xflip)
+        value = run.step(iteration, y, sigma, noise)
+        done = run.log_loss(iteration, value)
         if progress is not None:
             progress(done, config.iterations, value)
         due = (config.checkpoint_every and done - last_save_iteration >= config.checkpoint_every) or \
               (config.checkpoint_seconds and time.perf_counter() - last_save >= config.checkpoint_seconds)
         if due and done < config.iterations:
-            checkpoint(done, final=False)
+            run.checkpoint(done, final=False)
             last_save, last_save_iteration = time.perf_counter(), done
-    if window:
-        history.append([config.iterations, round(sum(window) / len(window), 6)])
-    return checkpoint(config.iterations, final=True)
+    if run.window:
+        run.history.append([config.iterations, round(sum(run.window) / len(run.window), 6)])
+    return run.checkpoint(config.iterations, final=True)
+
+
+class _TrainingRun:
+    """One call of `train`: the network, its EMA copy and the optimizer, the loss
+    bookkeeping (curve, recent losses, time segments) and the checkpoint writer."""
+
+    def __init__(self, training_set: TrainingSet, network: NetworkConfig, config: TrainingConfig,
+                 device: torch.device, out: Path, command: list[str] | None, half: bool,
+                 say: Callable[[str], None]):
+        self.training_set, self.network, self.config, self.device = training_set, network, config, device
+        self.out, self.state_path, self.command, self.half, self.say = out, state_path_for(out), command, half, say
+        self.loss_fn = EDMLoss(config.P_mean, config.P_std, network.sigma_data)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # the initial weights follow the seed too
+            self.net = EDMPrecond(network).to(device).train()
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                                          eps=1e-8)
+        self.start, self.history, self.recent, self.segments, self.wall_before = 0, [], [], [], 0.0
+        self.window: list[float] = []  # losses since the last loss-curve point
+
+    def restore(self) -> None:
+        """Continue from the state file (weights, EMA, optimizer, progress)."""
+        (self.start, self.history, self.recent, self.segments,
+         self.wall_before) = _restore(self.state_path, self.net, self.ema, self.optimizer, self.training_set,
+                                      self.network, self.config, self.device)
+        self.say(f"resuming {self.state_path} at iteration {self.start}")
+        if self.start >= self.config.iterations:
+            raise TrainingError(f"{self.state_path}: already trained {self.start} iterations; raise iterations "
+                                f"above that to continue")
+
+    def begin_segment(self) -> None:
+        """Start timing this call's stretch of iterations (one entry of the record's segments)."""
+        self.segment = {"started_at": _now(), "from_iteration": self.start}
+        self.began = time.perf_counter()
+
+    def _backward(self, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        loss = self.loss_fn(self.net, y.to(self.device), sigma.to(self.device), noise.to(self.device)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
+    def step(self, iteration: int, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> float:
+        """One Adam step on the EDM loss of iteration's batch, then the EMA update; the loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(iteration)
+        if self.network.dropout > 0:  # dropout draws from the global generator: seed it by (seed, k) too
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(_generator(self.config.seed, 2, iteration).initial_seed()))
+                loss = self._backward(y, sigma, noise)
+        else:
+            loss = self._backward(y, sigma, noise)
+        for p in self.net.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        self.optimizer.step()
+        beta = self.config.ema_beta((iteration + 1) * self.config.batch_size)
+        with torch.no_grad():
+            for p_ema, p_net in zip(self.ema.parameters(), self.net.parameters()):
+                p_ema.lerp_(p_net.detach(), 1 - beta)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(f"loss became {value} at iteration {iteration}; lower the learning rate "
+                                f"(lr={self.config.lr})")
+        return value
+
+    def log_loss(self, iteration: int, value: float) -> int:
+        """Book iteration's loss: recent losses, and a loss-curve point (the window's mean)
+        every LOSS_WINDOW iterations and at the last one. Returns the iterations done."""
+        self.window.append(value)
+        self.recent = (self.recent + [value])[-LOSS_WINDOW:]
+        done = iteration + 1
+        if len(self.window) == min(LOSS_WINDOW, self.config.iterations) or done == self.config.iterations:
+            self.history.append([done, round(sum(self.window) / len(self.window), 6)])
+            self.window = []
+        return done
+
+    def checkpoint(self, iteration: int, final: bool) -> dict:
+        """Write the resume state, the EMA checkpoint, its JSON record and the preview grid."""
+        config, ema = self.config, self.ema
+        self.segment.update(to_iteration=iteration, wall_seconds=round(time.perf_counter() - self.began, 1))
+        segments = self.segments + [self.segment]
+        eval_loss = evaluation_loss(ema, self.training_set, self.loss_fn, config.eval_samples) \
+            if config.eval_samples else None
+        record = _record(self.training_set, self.network, config, self.net, self.history, self.recent, segments,
+                         self.wall_before, iteration, eval_loss, self.command, self.device, self.out, self.half,
+                         final)
+        save_network(self.state_path, self.net, record=record, extra={
+            "ema": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "progress": json.dumps({"iteration": iteration, "history": self.history, "recent": self.recent,
+                                    "segments": segments, "wall_before": self.wall_before,
+                                    "training": asdict(config), "dataset": self.training_set.fingerprint})})
+        save_network(self.out, ema, half=self.half, record=record)
+        record_path_for(self.out).write_text(json.dumps(record, indent=2) + "\n")
+        if config.preview_samples:
+            save_samples(ema, self.out.with_suffix(".png"), num=config.preview_samples if not final else 64)
+        self.say(f"checkpoint at iteration {iteration}: train loss {record['final_loss']}, eval loss {eval_loss}")
+        return record
 
 
 def _record(training_set, network, config, net, history, recent, segments, wall_before, iteration, eval_loss,

@@ -19,8 +19,10 @@ from functools import cached_property
 
 import torch
 
+from pspc.errors import InputError
 
-class PatchSetError(ValueError):
+
+class PatchSetError(InputError):
     """An invalid patch set (empty mask, uncovered pixel, wrong size, bad lambda)."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pspc.errors import InputError
 from pspc.posterior.patch_sets import PatchSet
 from pspc.data.training_set import TrainingSet
 
@@ -29,9 +30,9 @@ class WeightRequest:
 
     def __post_init__(self):
         if self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+            raise InputError(f"top_k must be >= 1, got {self.top_k}")
         if not 0 < self.mass <= 1:
-            raise ValueError(f"mass threshold must be in (0, 1], got {self.mass}")
+            raise InputError(f"mass threshold must be in (0, 1], got {self.mass}")
 
 
 @dataclass
@@ -78,7 +79,7 @@ class PosteriorWeights:
         batch, num_patches = self.mass.shape
         if use_full:
             if self.full is None:
-                raise ValueError("full weights were not requested (WeightRequest(full=True))")
+                raise InputError("full weights were not requested (WeightRequest(full=True))")
             dense = self.full.to(torch.float64).cpu()
         out = torch.empty(batch, *training_set.image_shape, dtype=torch.float64)
         for b in range(batch):

@@ -1,4 +1,4 @@
-"""The report service's JSON API (auditor.service.app, auditor/routers/) on a small recorded store.
+"""The report service's JSON API (auditor.service.app, auditor/service/api/) on a small recorded store.
 
 Every endpoint and every error status, checked against the library (auditor.store.attribution) and
 against what the engine computed while sampling (the `recorded_fashion` fixture).
@@ -385,7 +385,7 @@ def test_store_locked_by_another_process_is_503(store, tmp_path):
     shutil.copy(store, path)
     app = TestClient(create_app(ServiceSettings(db_path=path, lock_timeout=0.3)))
     assert app.get("/api/runs").status_code == 200  # the service now keeps the file open
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom auditor import database\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom auditor.store import database\n"
                                f"c = database.open_raw({str(path)!r}, timeout=20)\nprint('locked', flush=True)\n"
                                "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -399,6 +399,60 @@ def test_store_locked_by_another_process_is_503(store, tmp_path):
         holder.stdin.close()
         holder.wait(timeout=20)
     assert app.get("/api/runs").status_code == 200
+
+
+def test_one_error_table_user_errors_keep_their_status_and_bugs_are_500(store, monkeypatch, caplog):
+    """auditor.errors.outcome decides: user errors answer their status and message; anything
+    else (here a plain ValueError, i.e. a bug) is 500 with a generic message, traceback logged."""
+    import logging
+
+    from auditor.errors import ConflictError, LockedError, SchemaError, UserError
+    from auditor.workflows import sampling
+    from pspc.errors import InputError
+
+    client = TestClient(create_app(ServiceSettings(db_path=store)), raise_server_exceptions=False)
+
+    def raising(exc):
+        def run_summaries(*args, **kwargs):
+            raise exc
+        return run_summaries
+
+    monkeypatch.setattr(sampling, "run_summaries", raising(ValueError("invalid literal for int(): 'x'")))
+    with caplog.at_level(logging.ERROR, logger="auditor.service.app"):
+        body = assert_error(client.get("/api/runs"), 500, "internal error (ValueError)")
+    assert "literal" not in body["message"] and body["error"] == "internal_error"
+    assert any(r.exc_info and r.exc_info[0] is ValueError for r in caplog.records)
+    for exc, status in [(UserError("bad option"), 400), (InputError("bad shape"), 400), (ConflictError("busy"), 409),
+                        (SchemaError("old store: run `auditor db upgrade`"), 409), (SchemaError("broken store"), 500),
+                        (LockedError("locked by another process"), 503)]:
+        monkeypatch.setattr(sampling, "run_summaries", raising(exc))
+        response = client.get("/api/runs")
+        assert_error(response, status, str(exc))
+        assert response.headers.get("retry-after") == ("1" if status == 503 else None)
+
+
+def test_settings_are_one_validated_object_read_from_the_environment(store, monkeypatch, tmp_path):
+    from auditor.errors import UserError
+
+    monkeypatch.setenv("AUDITOR_DB", str(store))
+    monkeypatch.setenv("AUDITOR_SQL_ROW_CAP", "7")
+    monkeypatch.setenv("AUDITOR_KEYS_REQUIRED", "true")
+    monkeypatch.setenv("AUDITOR_CACHE_BYTES", "")  # empty: unset
+    settings = ServiceSettings()
+    assert settings.db_path == store and settings.sql_row_cap == 7 and settings.keys_required is True
+    assert settings.cache_bytes == 256 * 2**20 and settings.lock_timeout == database.DEFAULT_TIMEOUT
+    assert settings.jobs_dir == store.parent / f"{store.name}.jobs"
+    given = ServiceSettings(db_path=tmp_path / "other.duckdb", sql_row_cap=3, jobs_dir=str(tmp_path))
+    assert given.db_path == tmp_path / "other.duckdb" and given.sql_row_cap == 3 and given.jobs_dir == tmp_path
+    monkeypatch.delenv("AUDITOR_DB")
+    assert ServiceSettings().db_path == Path("provenance.duckdb")
+    for bad in ({"sql_row_cap": 0}, {"lock_timeout": 0}, {"sql_time_limit_s": float("nan")}, {"cache_bytes": -1},
+                {"max_running_jobs": 0}, {"max_upload_bytes": 0}, {"job_lock_timeout": -1}, {"no_such_setting": 1}):
+        with pytest.raises(UserError, match=f"service settings: {next(iter(bad))}"):
+            ServiceSettings(db_path=store, **bad)
+    monkeypatch.setenv("AUDITOR_MAX_UPLOAD_BYTES", "lots")
+    with pytest.raises(UserError, match="max_upload_bytes"):
+        ServiceSettings(db_path=store)
 
 
 def test_openapi_documents_every_endpoint(client):
@@ -497,7 +551,7 @@ def test_responses_about_complete_runs_are_cached_with_etags(store, tmp_path):
     small_client = TestClient(small)
     for top in range(1, 9):
         assert small_client.get(f"/api/runs/1/samples/0/sources?top={top}&step=6").status_code == 200
-    assert 0 < small.state.cache._size <= small.state.cache.max_bytes and len(small.state.cache._entries) < 8
+    assert 0 < small.state.cache.size <= small.state.cache.max_bytes and len(small.state.cache) < 8
     # a run still being written is never cached
     path = tmp_path / "running.duckdb"
     shutil.copy(store, path)

@@ -148,3 +148,41 @@ def test_unknown_ids(recorded_fashion):
         attribution.sample_sources(db, 1, 5)
     with pytest.raises(NotFoundError, match="no recorded step 40"):
         attribution.pixel_attribution(db, 1, 0, 40)
+
+
+def test_attribution_formulas_agree_with_the_engine_in_every_form():
+    """pspc.posterior.attribution: patch shares and coverage, dense and from membership lists,
+    equal the engine's patch-set arithmetic (coverage(), patch_sums of 1 / coverage); shares
+    of full weights sum to 1; pixel weights spread per-patch values over their pixels / coverage."""
+    import numpy as np
+
+    from pspc.posterior import attribution as formulas
+    from pspc.posterior.patch_sets import WindowPatches
+
+    patch_set = WindowPatches(8, 8, 3, 3)
+    masks = patch_set.masks()
+    coverage = patch_set.coverage()
+    assert torch.equal(formulas.coverage(masks), coverage)
+    shares = formulas.patch_shares(masks)
+    assert torch.allclose(shares, patch_set.patch_sums(1.0 / coverage) / 64, rtol=0, atol=1e-15)
+    assert float(shares.sum()) == pytest.approx(1.0, abs=1e-12)
+    position, y, x = masks.nonzero().numpy().T
+    pixel = y * 8 + x
+    member_cov = formulas.member_coverage(pixel, 64)
+    assert np.array_equal(member_cov, coverage.flatten().numpy())
+    assert np.allclose(formulas.member_patch_shares(position, pixel, patch_set.num_patches, member_cov),
+                       shares.numpy(), rtol=0, atol=1e-15)
+    # one weight per (entry, patch) row: share = sum_k w_k s_k equals the mean over pixels of its pixel weights
+    weights = torch.rand(3, patch_set.num_patches, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    maps = formulas.pixel_weights(weights, masks.flatten(1).to(torch.float64))
+    assert torch.allclose(maps.mean(1), weights @ shares)
+    key, contribution = np.repeat(np.arange(3), patch_set.num_patches), formulas.contributions(
+        weights.numpy().ravel(), shares.numpy(), np.tile(np.arange(patch_set.num_patches), 3))
+    keys, totals, flip_totals, patches = formulas.share_totals(key, contribution, np.zeros(len(key), bool),
+                                                               np.tile(np.arange(patch_set.num_patches), 3))
+    assert keys.tolist() == [0, 1, 2] and np.allclose(totals, (weights @ shares).numpy())
+    assert not flip_totals.any() and patches.tolist() == [patch_set.num_patches] * 3
+    # trajectory weights: the Euler update's share of D_i in z_{i+1}, normalised; the last step (t_next = 0) has a = 1
+    coefficients = formulas.trajectory_coefficients([(0, 4.0, 2.0), (1, 2.0, 1.0), (2, 1.0, 0.0)])
+    assert coefficients == pytest.approx({0: 0.25, 1: 0.25, 2: 0.5})
+    assert formulas.trajectory_coefficients([]) == {}

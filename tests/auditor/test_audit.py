@@ -15,12 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
+from auditor.errors import UserError
 from auditor.store import attribution, database
-from auditor.workflows.audit import AuditInputError, invert, load_audit_image, record_audit
 from auditor.store.recorder import from_blob
+from auditor.workflows.audit import AuditInputError, load_audit_image, record_audit
+from auditor.workflows.options import AuditOptions
 from pspc.denoisers import NetworkDenoiser, build_denoiser
-from pspc.networks.unet import export_torchscript
-from pspc.samplers import SamplerConfig, initial_noise, sample
+from pspc.networks import export_torchscript
+from pspc.samplers import SamplerConfig, initial_noise, invert, sample
 from tests.auditor.conftest import random_set
 from tests.auditor.test_comparison import SHAPE, fetch, one_torch_thread, run_cli, tiny_network  # noqa: F401
 
@@ -132,8 +134,8 @@ def test_audit_with_a_network_inverts_and_replays_with_attribution(db, tmp_path)
     data = random_set()
     png = save_png(tmp_path / "train3.png", data.images[3, 0].numpy())
     net = tiny_network()
-    result = record_audit(db, data, png, network=net, steps=10, sampler="heun", seed=0, top_k=64, mass=1.0,
-                          patch_size=3, descriptor=DESCRIPTOR, copy_k=2)
+    result = record_audit(db, data, png, network=net, options=AuditOptions(
+        steps=10, sampler="heun", seed=0, top_k=64, mass=1.0, patch_size=3, descriptor=DESCRIPTOR, copy_k=2))
     assert result.method == "inversion" and result.network_id == 1
     (kind, network_id, details, status), = fetch(db, "SELECT kind, network_id, details, status FROM runs")
     details = json.loads(details)
@@ -169,8 +171,8 @@ def test_audit_with_a_network_inverts_and_replays_with_attribution(db, tmp_path)
 def test_audit_without_a_network_attributes_at_noise_levels(db):
     data = random_set()
     x = data.as_float()[5]
-    result = record_audit(db, data, x, noise_levels=(0.5, 2.0, 1.0), draws=2, seed=7, top_k=64, mass=1.0,
-                          patch_size=3, copy_k=0)
+    result = record_audit(db, data, x, options=AuditOptions(noise_levels=(0.5, 2.0, 1.0), draws=2, seed=7, top_k=64,
+                                                            mass=1.0, patch_size=3, copy_k=0))
     assert result.method == "direct" and result.network_id is None and result.agreement == []
     (kind, network_id, details, sampler, num_samples), = fetch(
         db, "SELECT kind, network_id, details, sampler, num_samples FROM runs")
@@ -200,19 +202,20 @@ def test_bad_audits_write_nothing(db, tmp_path):
     cases = [
         (dict(image=tmp_path / "missing.png"), AuditInputError, "no such file"),
         (dict(image=torch.zeros(1, 9, 8)), AuditInputError, "shape"),
-        (dict(network=tiny_network(), steps=1), ValueError, "steps >= 2"),
-        (dict(noise_levels=(1.0, -1.0)), ValueError, "> 0"),
-        (dict(noise_levels=(1.0, 1.0)), ValueError, "repeat"),
-        (dict(noise_levels=()), ValueError, "at least one"),
-        (dict(draws=0), ValueError, "draws"),
-        (dict(explainer="gaussian"), ValueError, "posterior weights"),
+        (dict(network=tiny_network(), steps=1), UserError, "steps >= 2"),
+        (dict(noise_levels=(1.0, -1.0)), UserError, "> 0"),
+        (dict(noise_levels=(1.0, 1.0)), UserError, "repeat"),
+        (dict(noise_levels=()), UserError, "at least one"),
+        (dict(draws=0), UserError, "draws"),
+        (dict(explainer="gaussian"), UserError, "posterior weights"),
         (dict(thresholds=(2.0,)), ValueError, r"\[-1, 1\]"),
         (dict(network=tiny_network((1, 9, 8))), ValueError, "image|shape|9"),
     ]
     for change, error, message in cases:
         options = {"image": x, "descriptor": DESCRIPTOR, **change}
+        image, network = options.pop("image"), options.pop("network", None)
         with pytest.raises(error, match=message):
-            record_audit(db, data, options.pop("image"), **options)
+            record_audit(db, data, image, network=network, options=AuditOptions(**options))
     for table in ("runs", "datasets", "networks"):
         assert fetch(db, f"SELECT count(*) FROM {table}") == [(0,)], table
 

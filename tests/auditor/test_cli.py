@@ -124,6 +124,7 @@ def test_ingest_sample_runs_show_sql(tmp_path, capsys, data_file):
 
 def test_resume_a_failed_run(tmp_path, capsys, data_file):
     from auditor.workflows import sampling as runs
+    from auditor.workflows.options import SamplingOptions
     from pspc.data.loaders import load_training_set
 
     db = tmp_path / "p.duckdb"
@@ -135,7 +136,7 @@ def test_resume_a_failed_run(tmp_path, capsys, data_file):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        runs.record_sampling_run(db, data, num_samples=2, steps=3, top_k=4, callback=stop)
+        runs.record_sampling_run(db, data, options=SamplingOptions(num_samples=2, steps=3, top_k=4), callback=stop)
     code, out, _ = run(capsys, "--db", db, "runs")
     assert "failed" in out
     code, _, err = run(capsys, "--db", db, "sample", "--data", data_file, "--resume", "1", "--num", "3")
@@ -178,3 +179,31 @@ def test_bad_options(tmp_path, capsys, data_file):
     assert code == 2 and "invalid choice" in err
     with database.connect(db, read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def test_a_bug_prints_its_traceback_and_exits_1(tmp_path, capsys, monkeypatch):
+    """auditor.errors.outcome decides: user errors are one line and exit 2; anything else (a plain
+    ValueError included) is a bug: traceback, exit 1; Ctrl-C is 130 with the resume hint for `sample`."""
+    from auditor.cli import sampling, store
+    from auditor.errors import NotFoundError
+
+    db = tmp_path / "p.duckdb"
+    database.upgrade(db)
+
+    def raising(exc):
+        def handler(args, argv=None):
+            raise exc
+        return handler
+
+    monkeypatch.setattr(store, "cmd_runs", raising(ValueError("a bug, not the user's input")))
+    code, _, err = run(capsys, "--db", db, "runs")
+    assert code == 1 and "Traceback" in err and "ValueError: a bug, not the user's input" in err
+    monkeypatch.setattr(store, "cmd_runs", raising(NotFoundError("no run 9")))
+    code, _, err = run(capsys, "--db", db, "runs")
+    assert code == 2 and err == "auditor: error: no run 9\n"
+    monkeypatch.setattr(store, "cmd_runs", raising(FileNotFoundError(2, "No such file or directory", "x.npy")))
+    code, _, err = run(capsys, "--db", db, "runs")
+    assert code == 2 and err.startswith("auditor: error: ") and "x.npy" in err
+    monkeypatch.setattr(sampling, "cmd_sample", raising(KeyboardInterrupt()))
+    code, _, err = run(capsys, "--db", db, "sample")
+    assert code == 130 and "auditor sample --resume RUN_ID" in err

@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from auditor.store import attribution, database
 from auditor import cli
-from auditor.workflows import comparison, sampling as runs
+from auditor.similarity.copy_detection import DEFAULT_THRESHOLDS
 from auditor.similarity.descriptors import PixelCorrelationDescriptor
-from auditor.store.recorder import from_blob
+from auditor.store import attribution, database
+from auditor.store.recorder import ExplainedRecorder, from_blob
+from auditor.workflows import comparison, sampling as runs
+from auditor.workflows.options import AuditOptions, ComparisonOptions
 from pspc.denoisers import NetworkDenoiser, build_denoiser
-from pspc.networks.unet import EDMPrecond, NetworkConfig, NetworkError, export_torchscript, save_network
+from pspc.networks import EDMPrecond, NetworkConfig, NetworkError, export_torchscript, save_network
+from pspc.record import module_sha256
 from pspc.posterior.patch_sets import flex_patches
 from pspc.schedules import default_flex_schedule, write_schedule_file
 from pspc.posterior.sensitivity import network_sensitivity
@@ -93,8 +96,8 @@ def compared(tmp_path_factory):
     db = tmp_path_factory.mktemp("compare") / "provenance.duckdb"
     database.upgrade(db)
     data, net = random_set(), tiny_network()
-    result = comparison.record_comparison(db, data, net, denoisers=("pspc-square", "gaussian"), descriptor=DESCRIPTOR,
-                                          copy_k=3, **OPTIONS)
+    result = comparison.record_comparison(db, data, net, options=ComparisonOptions(
+        denoisers=("pspc-square", "gaussian"), descriptor=DESCRIPTOR, copy_k=3, **OPTIONS))
     return db, data, net, result
 
 
@@ -131,7 +134,7 @@ def test_runs_are_linked_with_kinds_and_network(compared):
     (network_id, fingerprint, sha256, kind, source, c, h, w), = fetch(
         db, "SELECT id, fingerprint, sha256, kind, source, channels, height, width FROM networks")
     assert (kind, source, (c, h, w)) == ("module", None, SHAPE)
-    assert sha256 == comparison._module_sha256(net)
+    assert sha256 == module_sha256(net)
     assert fetch(db, "SELECT network_id FROM runs WHERE id = ?", [result.run_ids["network"]]) == [(network_id,)]
     details = json.loads(fetch(db, "SELECT details FROM runs WHERE id = ?", [result.run_ids["network"]])[0][0])
     assert details["comparison_id"] == result.comparison_id and details["role"] == "network"
@@ -266,8 +269,8 @@ def test_heun_network_run_matches_the_networks_heun_samples(tmp_path):
     db = tmp_path / "heun.duckdb"
     database.upgrade(db)
     data, net = random_set(), tiny_network()
-    result = comparison.record_comparison(db, data, net, num_samples=2, steps=3, seed=1, sampler="heun", patch_size=3,
-                                          descriptor=DESCRIPTOR, copy_k=0)
+    result = comparison.record_comparison(db, data, net, options=ComparisonOptions(
+        num_samples=2, steps=3, seed=1, sampler="heun", patch_size=3, descriptor=DESCRIPTOR, copy_k=0))
     z0 = initial_noise(2, SHAPE, 1, 80.0)
     expected = sample(NetworkDenoiser(net, SHAPE), z0, SamplerConfig(method="heun", num_steps=3))
     assert torch.allclose(final_images(db, result.network_run_id), expected, atol=1e-6)
@@ -285,9 +288,10 @@ def test_failure_marks_run_and_comparison_failed_and_resume_is_refused(tmp_path,
         if step == 2:
             raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(comparison.ExplainedRecorder, "_write_extras", boom)
+    monkeypatch.setattr(ExplainedRecorder, "_write_extras", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        comparison.record_comparison(db, random_set(), tiny_network(), descriptor=DESCRIPTOR, **OPTIONS)
+        comparison.record_comparison(db, random_set(), tiny_network(),
+                                     options=ComparisonOptions(descriptor=DESCRIPTOR, **OPTIONS))
     (status, error), = fetch(db, "SELECT status, error FROM comparisons")
     assert status == "failed" and "disk on fire" in error
     assert fetch(db, "SELECT id, kind, status FROM runs") == [(1, "network-explained", "failed")]
@@ -313,9 +317,20 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     for change, error, message in cases:
         options = {**OPTIONS, "descriptor": DESCRIPTOR, "network": net, **change}
         with pytest.raises(error, match=message):
-            comparison.record_comparison(db, data, options.pop("network"), **options)
+            comparison.record_comparison(db, data, options.pop("network"), options=ComparisonOptions(**options))
     for table in ("runs", "comparisons", "networks", "datasets"):
         assert fetch(db, f"SELECT count(*) FROM {table}") == [(0,)], table
+
+
+def test_option_defaults_are_the_libraries():
+    """The options' copy thresholds are copy detection's defaults; the CLI's defaults are the options'."""
+    assert ComparisonOptions().thresholds == AuditOptions().thresholds == DEFAULT_THRESHOLDS
+    from auditor.cli.parser import build_parser
+
+    args = build_parser().parse_args(["compare"])
+    assert (args.num, args.steps, args.sampler, args.top_k, args.mass, args.copy_k, args.sensitivity_draws) == (
+        16, 18, "euler", 16, 0.99, 5, 4)
+    assert args.thresholds == "0.5,0.6" and args.denoisers == "pspc-square"
 
 
 # ---------------------------------------------------------------------------------------
@@ -349,8 +364,8 @@ def test_comparison_uses_a_tuned_schedule_file(tmp_path):
     times = config.time_steps()[:-1].tolist()
     schedule = write_schedule_file(tmp_path / "schedule.json", [{"t": t, "patch_size": s} for t, s in zip(times, (8, 5, 3))],
                                    name="tuned-test", resolution=(8, 8))
-    result = comparison.record_comparison(db, data, net, num_samples=1, steps=3, seed=2, top_k=64, mass=1.0,
-                                          schedule=schedule, descriptor=DESCRIPTOR, copy_k=0)
+    result = comparison.record_comparison(db, data, net, options=ComparisonOptions(
+        num_samples=1, steps=3, seed=2, top_k=64, mass=1.0, schedule=schedule, descriptor=DESCRIPTOR, copy_k=0))
     for run_id in (result.network_run_id, result.run_ids["pspc-square"]):
         (denoiser,), = fetch(db, "SELECT denoiser FROM runs WHERE id = ?", [run_id])
         assert json.loads(denoiser)["schedule"]["patch_size"]["name"] == "tuned-test"
@@ -365,12 +380,12 @@ def test_comparison_uses_a_tuned_schedule_file(tmp_path):
     database.upgrade(empty)
     lambdas = write_schedule_file(tmp_path / "lambda.json", [{"t": t, "lambda": 0.5} for t in times])
     with pytest.raises(ValueError, match="no 'patch_size'"):
-        comparison.record_comparison(empty, data, net, num_samples=1, steps=3, schedule=lambdas,
-                                     descriptor=DESCRIPTOR, copy_k=0)
+        comparison.record_comparison(empty, data, net, options=ComparisonOptions(
+            num_samples=1, steps=3, schedule=lambdas, descriptor=DESCRIPTOR, copy_k=0))
     other = write_schedule_file(tmp_path / "other.json", [{"t": t, "patch_size": 3} for t in times], resolution=(28, 28))
     with pytest.raises(ValueError, match="28x28"):
-        comparison.record_comparison(empty, data, net, num_samples=1, steps=3, schedule=other,
-                                     descriptor=DESCRIPTOR, copy_k=0)
+        comparison.record_comparison(empty, data, net, options=ComparisonOptions(
+            num_samples=1, steps=3, schedule=other, descriptor=DESCRIPTOR, copy_k=0))
     assert fetch(empty, "SELECT count(*) FROM runs") == [(0,)]
 
 
@@ -401,8 +416,8 @@ def test_upgrade_from_0005_keeps_data_and_down_again(tmp_path):
     assert NEW_TABLES <= tables(db)
     check_views(db, info)
     # a comparison recorded on top, then down to 0005: the new tables go, the rest stays
-    comparison.record_comparison(db, random_set(), tiny_network(), num_samples=1, steps=2, patch_size=3,
-                                 descriptor=DESCRIPTOR, copy_k=1)
+    comparison.record_comparison(db, random_set(), tiny_network(), options=ComparisonOptions(
+        num_samples=1, steps=2, patch_size=3, descriptor=DESCRIPTOR, copy_k=1))
     assert fetch(db, "SELECT count(*) FROM step_agreement")[0][0] == 2
     runs_before = fetch(db, "SELECT id, kind FROM runs ORDER BY id")
     assert database.upgrade(db, "0005") == (database.head_revision(), "0005")

@@ -1,4 +1,5 @@
-"""Fidelity studies in the store (auditor.workflows.fidelity, revision 0007) and `auditor fidelity run|import|list|show`.
+"""Fidelity studies (auditor.workflows.fidelity) in the store (auditor.store.studies, revision 0007) and
+`auditor fidelity run|import|list|show`.
 
 `study_result()` builds a fidelity.json-shaped result from the library's own classes with
 random numbers (no network: fast); it is shared with tests/reports/test_fidelity.py. The end
@@ -20,8 +21,9 @@ import pytest
 import torch
 
 from auditor import cli
-from auditor.store import database
+from auditor.store import database, studies
 from auditor.workflows import fidelity
+from auditor.workflows.options import KINDS, StudyOptions
 from pspc.evaluation.fidelity import ConcentrationTable, FidelityCurves
 from pspc.evaluation.tuning import TunedSchedule
 from tests.conftest import FASHION_MNIST_ROOT
@@ -111,7 +113,7 @@ def test_migration_0007_creates_the_tables_and_downgrade_drops_them(tmp_path):
     assert set(TABLES) <= {n for (n,) in fetch(db, "SELECT table_name FROM duckdb_tables()")}
     columns = {n for (n,) in fetch(db, "SELECT column_name FROM duckdb_columns() WHERE table_name = 'fidelity_errors'")}
     assert {"study_id", "process", "denoiser", "level", "t", "mse", "stderr", "states"} <= columns
-    fidelity.store_study(db, study_result())
+    studies.store_study(db, study_result())
     assert database.upgrade(db, "0006") == ("0007", "0006")
     assert not {n for (n,) in fetch(db, "SELECT table_name FROM duckdb_tables()")} & set(TABLES)
     assert database.upgrade(db) == ("0006", database.head_revision())
@@ -122,8 +124,8 @@ def test_migration_0007_creates_the_tables_and_downgrade_drops_them(tmp_path):
 # ---------------------------------------------------------------------------------------
 def test_store_then_load_gives_back_every_number(empty_db):
     result = study_result()
-    study_id = fidelity.store_study(empty_db, result, source="test")
-    loaded = fidelity.load_study(empty_db, study_id)
+    study_id = studies.store_study(empty_db, result, source="test")
+    loaded = studies.load_study(empty_db, study_id)
     assert loaded["id"] == study_id and loaded["name"] == "fidelity-test" and loaded["source"] == "test"
     assert loaded["network_sha256"] == "c" * 64 and loaded["training_fingerprint"] == "a" * 64
     assert loaded["test_fingerprint"] == "b" * 64 and loaded["seed"] == 7
@@ -140,12 +142,12 @@ def test_store_then_load_gives_back_every_number(empty_db):
     assert loaded["descriptor"] == "pixel-correlation-32x32 (not SSCD)"
     assert loaded["similarity"] == {k: v for k, v in result["similarity"].items() if k != "scores"}
     assert loaded["tuned_schedule"] == result["tuned_schedule"]
-    assert fidelity.store_study(empty_db, loaded) == study_id + 1  # a loaded study stores again
+    assert studies.store_study(empty_db, loaded) == study_id + 1  # a loaded study stores again
 
 
 def test_rows_answer_plain_sql(empty_db):
     result = study_result()
-    study_id = fidelity.store_study(empty_db, result, name="mine")
+    study_id = studies.store_study(empty_db, result, name="mine")
     closest = fetch(empty_db, "SELECT level, arg_min(denoiser, mse) FROM fidelity_errors WHERE study_id = ? "
                               "AND process = 'forward' GROUP BY level ORDER BY level", [study_id])
     curve = result["curves"]["forward"]
@@ -161,23 +163,23 @@ def test_rows_answer_plain_sql(empty_db):
 
 
 def test_list_studies_newest_first(empty_db):
-    assert fidelity.list_studies(empty_db) == []
-    first = fidelity.store_study(empty_db, study_result(0))
+    assert studies.list_studies(empty_db) == []
+    first = studies.store_study(empty_db, study_result(0))
     bare = study_result(1)
     bare.update(similarity=None, similarity_to_network=None, tuned_schedule=None)
-    second = fidelity.store_study(empty_db, bare, name="no sampling")
-    rows = fidelity.list_studies(empty_db)
+    second = studies.store_study(empty_db, bare, name="no sampling")
+    rows = studies.list_studies(empty_db)
     assert [r["id"] for r in rows] == [second, first]
     assert rows[0]["name"] == "no sampling" and not rows[0]["tuned"] and rows[0]["descriptor"] is None
     assert rows[1]["tuned"] and rows[1]["processes"] == ["forward", "reverse"] and rows[1]["denoisers"] == NAMES
     assert rows[1]["training_set"] == "fashion-mnist-train" and rows[1]["network_name"] == "tiny"
-    loaded = fidelity.load_study(empty_db, second)
+    loaded = studies.load_study(empty_db, second)
     assert loaded["similarity"] is None and loaded["similarity_to_network"] is None and loaded["tuned_schedule"] is None
 
 
 def test_unknown_study_is_not_found(empty_db):
     with pytest.raises(database.NotFoundError, match="no fidelity study 3"):
-        fidelity.load_study(empty_db, 3)
+        studies.load_study(empty_db, 3)
 
 
 def _set(path: str, value):
@@ -217,9 +219,9 @@ BAD = [
 def test_bad_results_are_refused_naming_the_field_and_nothing_is_stored(empty_db, change, message):
     result = study_result()
     change(result)
-    with pytest.raises(fidelity.StudyError, match=f"fidelity result: {message}".replace("[", r"\[").replace(
+    with pytest.raises(studies.StudyError, match=f"fidelity result: {message}".replace("[", r"\[").replace(
             "]", r"\]").replace("(", r"\(").replace(")", r"\)")):
-        fidelity.store_study(empty_db, result)
+        studies.store_study(empty_db, result)
     assert counts(empty_db) == dict.fromkeys(TABLES, 0)
 
 
@@ -229,21 +231,21 @@ def test_store_in_the_callers_session_rolls_back_with_it(empty_db):
 
     with pytest.raises(Later):
         with database.session(empty_db) as session:
-            assert fidelity.store_study(session, study_result()) >= 1
+            assert studies.store_study(session, study_result()) >= 1
             raise Later
     assert counts(empty_db) == dict.fromkeys(TABLES, 0)
     with database.session(empty_db) as session:
-        study_id = fidelity.store_study(session, study_result(), name="in a session")
-    assert fidelity.load_study(empty_db, study_id)["name"] == "in a session"
+        study_id = studies.store_study(session, study_result(), name="in a session")
+    assert studies.load_study(empty_db, study_id)["name"] == "in a session"
 
 
 def test_store_refuses_a_store_at_another_revision(tmp_path):
     old = tmp_path / "old.duckdb"
     database.upgrade(old, "0006")
     with pytest.raises(database.SchemaError, match="auditor db upgrade"):
-        fidelity.store_study(old, study_result())
+        studies.store_study(old, study_result())
     with pytest.raises(database.StoreError, match="no provenance store"):
-        fidelity.store_study(tmp_path / "missing.duckdb", study_result())
+        studies.store_study(tmp_path / "missing.duckdb", study_result())
     assert not (tmp_path / "missing.duckdb").exists()
 
 
@@ -314,12 +316,12 @@ def cli_study(tiny_network, tmp_path_factory) -> tuple[Path, str]:
     argv = ["fidelity", "run", "--db", str(db), "--network", str(tiny_network), *TINY_STUDY, "--name", "tiny"]
     code = cli.main(argv)
     assert code == 0
-    return db, fidelity.list_studies(db)[0]["id"]
+    return db, studies.list_studies(db)[0]["id"]
 
 
 def test_cli_run_stores_the_whole_study(cli_study, tiny_network):
     db, study_id = cli_study
-    study = fidelity.load_study(db, study_id)
+    study = studies.load_study(db, study_id)
     assert study["name"] == "tiny" and study["source"] == "auditor fidelity run"
     assert study["record"]["command"][:3] == ["auditor", "fidelity", "run"]
     configuration = study["record"]["configuration"]
@@ -352,13 +354,13 @@ def test_bench_writes_its_files_and_stores_the_same_numbers(cli_study, tiny_netw
             "mse_reverse.png", "concentration.png", "samples.png", "similarity.png"} <= {p.name for p in out.iterdir()}
     assert (out / "mse_forward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = json.loads((out / "fidelity.json").read_text())
-    assert list(written) == list(fidelity.RESULT_KEYS)
+    assert list(written) == list(studies.RESULT_KEYS)
     assert written["record"]["configuration"]["out"] == str(out)
     assert written["record"]["schedule_file"] == str(out / "schedule.json")
     assert "## The paper's finding on this data" in (out / "summary.md").read_text()
-    studies = fidelity.list_studies(db)
-    assert len(studies) == 2 and studies[0]["source"] == str(out / "fidelity.json")
-    stored, by_cli = fidelity.load_study(db, studies[0]["id"]), fidelity.load_study(db, study_id)
+    listed = studies.list_studies(db)
+    assert len(listed) == 2 and listed[0]["source"] == str(out / "fidelity.json")
+    stored, by_cli = studies.load_study(db, listed[0]["id"]), studies.load_study(db, study_id)
     for process, curve in written["curves"].items():
         assert stored["curves"][process]["mse"] == curve["mse"]
         assert np.ravel(stored["curves"][process]["mse"]).tolist() == pytest.approx(
@@ -366,7 +368,7 @@ def test_bench_writes_its_files_and_stores_the_same_numbers(cli_study, tiny_netw
     assert stored["tuned_schedule"] == by_cli["tuned_schedule"]
     # the file imports again (the format every earlier run wrote)
     code = cli.main(["fidelity", "import", str(out / "fidelity.json"), "--db", str(db), "--name", "again"])
-    assert code == 0 and fidelity.load_study(db, studies[0]["id"] + 1)["curves"] == stored["curves"]
+    assert code == 0 and studies.load_study(db, listed[0]["id"] + 1)["curves"] == stored["curves"]
     # a bad option is one line and exit status 2
     completed = subprocess.run([sys.executable, "bench/fidelity.py", "--test-images", "0"], cwd=REPO, env=env,
                                capture_output=True, text=True, timeout=120)
@@ -374,12 +376,32 @@ def test_bench_writes_its_files_and_stores_the_same_numbers(cli_study, tiny_netw
 
 
 def test_study_options_resolve_presets():
-    quick = fidelity.study_options(["--quick", "--limit", "200"])
+    quick = StudyOptions(quick=True, limit=200).resolved()
     assert quick.limit == 200 and quick.test_images == 8 and quick.times == [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
-    full = fidelity.study_options([])
+    full = StudyOptions().resolved()
     assert full.limit is None and full.grid == [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
-    assert full.kinds == list(fidelity.KINDS)
-    with pytest.raises(fidelity.StudyError, match="--ts takes comma-separated numbers"):
-        fidelity.study_options(["--ts", "a,b"])
-    with pytest.raises(fidelity.StudyError, match="no schedule file at"):
-        fidelity.study_options(["--schedule", "/nonexistent/schedule.json"])
+    assert full.kinds == list(KINDS) == list(fidelity.KINDS)
+    with pytest.raises(studies.StudyError, match="--ts takes comma-separated numbers"):
+        StudyOptions(ts="a,b").resolved()
+    with pytest.raises(studies.StudyError, match="no schedule file at"):
+        StudyOptions(schedule="/nonexistent/schedule.json").resolved()
+    with pytest.raises(studies.StudyError, match="--test-images must be >= 1"):
+        StudyOptions(test_images=0).resolved()
+
+
+def test_study_options_from_the_command_line():
+    """`auditor fidelity run` and bench/fidelity.py: the parsed options are a StudyOptions, whose
+    record keeps every option in the parser's order, then times, grid and kinds."""
+    import argparse
+
+    from auditor.cli.fidelity import add_study_options, study_options
+
+    parser = add_study_options(argparse.ArgumentParser(add_help=False))
+    args = parser.parse_args(["--quick", "--limit", "200", "--schedule", str(REPO / "README.md")])
+    options = study_options(args).resolved()
+    assert options == StudyOptions(quick=True, limit=200, schedule=REPO / "README.md").resolved()
+    configuration = options.configuration(Path("out/x"))
+    dests = [action.dest for action in parser._actions]  # the parser's own order, as the record had it
+    assert list(configuration) == [*dests, "out", "times", "grid", "kinds"]
+    assert configuration["schedule"] == str(REPO / "README.md") and configuration["out"] == "out/x"
+    assert "out" not in options.configuration()

@@ -61,11 +61,24 @@ def test_max_rows_truncates(store):
 ])
 def test_writes_are_refused_before_running(store, sql, kind):
     before = state(store)
-    with pytest.raises(database.StoreError, match="auditor sql is read-only") as err:
+    with pytest.raises(query.WriteRefused, match="auditor sql is read-only") as err:
         query.run_query(store, sql)
     if kind:
         assert f"{kind} statements are not allowed" in str(err.value)
     assert state(store) == before
+
+
+@pytest.mark.parametrize("sql, words", [("", "empty query"), ("  ;  ", "empty query"), ("SELEC 1", "malformed SQL"),
+                                        ("SELECT 1; SELECT 2", "one statement at a time; got 2"),
+                                        ("DELETE FROM runs; SELECT 1", "one statement at a time; got 2")])
+def test_the_one_read_only_check_tells_bad_input_from_writes(sql, words):
+    """check_read_only parses without running: bad input is a StoreError, a write its WriteRefused subclass."""
+    with pytest.raises(database.StoreError, match=words) as err:
+        query.check_read_only(sql, "the SQL endpoint")
+    assert not isinstance(err.value, query.WriteRefused) and str(err.value).startswith("the SQL endpoint")
+    with pytest.raises(query.WriteRefused, match="^the SQL endpoint is read-only: DELETE statements"):
+        query.check_read_only("DELETE FROM runs", "the SQL endpoint")
+    assert query.check_read_only("WITH a AS (SELECT 1) SELECT * FROM a").type in query.ALLOWED
 
 
 def test_more_than_one_statement(store):

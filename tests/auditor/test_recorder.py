@@ -115,10 +115,13 @@ def test_final_images_equal_unrecorded_sampling(recorded_random):
 
 
 def test_recorder_needs_weights(empty_db):
+    from auditor.errors import UserError
     from auditor.workflows import sampling as runs
+    from auditor.workflows.options import SamplingOptions
 
-    with pytest.raises(ValueError, match="only PSPC denoisers"):
-        runs.record_sampling_run(empty_db, random_set(), denoiser_kind="gaussian", num_samples=1, steps=2)
+    with pytest.raises(UserError, match="only PSPC denoisers"):
+        runs.record_sampling_run(empty_db, random_set(),
+                                 options=SamplingOptions(denoiser_kind="gaussian", num_samples=1, steps=2))
 
 
 def test_recorded_step_shares_equal_their_derivation_from_the_weights(recorded_fashion, recorded_random):

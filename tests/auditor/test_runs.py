@@ -2,24 +2,28 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from auditor.errors import NotFoundError, StoreError
 from auditor.store import database
-from auditor.workflows import sampling as runs
-from auditor.store.database import NotFoundError, StoreError
 from auditor.store.recorder import from_blob
+from auditor.store.runs import run_summaries
+from auditor.workflows import sampling as runs
+from auditor.workflows.options import SamplingOptions
 
 from tests.auditor.conftest import random_set
 
 REPO = Path(__file__).resolve().parents[2]
-OPTIONS = dict(num_samples=2, steps=5, seed=7, patch_size=3, top_k=4, mass=0.95)
+OPTIONS = SamplingOptions(num_samples=2, steps=5, seed=7, patch_size=3, top_k=4, mass=0.95)
 
 
 def _fetch(db, sql, params=()):
@@ -46,14 +50,14 @@ def _raise_at(step_to_fail, exc):
 @pytest.mark.parametrize("exc", [Boom("disk on fire"), KeyboardInterrupt()])
 def test_exception_mid_run_marks_failed(empty_db, exc):
     with pytest.raises(type(exc)):
-        runs.record_sampling_run(empty_db, random_set(), callback=_raise_at(2, exc), **OPTIONS)
+        runs.record_sampling_run(empty_db, random_set(), callback=_raise_at(2, exc), options=OPTIONS)
     (status, error, finished), = _fetch(empty_db, "SELECT status, error, finished_at FROM runs")
     assert status == "failed" and finished is not None
     assert ("disk on fire" in error) if isinstance(exc, Boom) else ("KeyboardInterrupt" in error)
     steps = _fetch(empty_db, "SELECT DISTINCT step FROM steps ORDER BY step")
     assert [s[0] for s in steps] == [0, 1, 2]  # the recorder wrote step 2 before the callback raised
     assert all(img is None for img in _final_images(empty_db, 1, (1, 8, 8)))
-    summary, = runs.run_summaries(empty_db)
+    summary, = run_summaries(empty_db)
     assert summary["status"] == "failed" and summary["steps"] == 3
 
 
@@ -66,10 +70,10 @@ def test_failing_last_step_never_complete(empty_db, monkeypatch):
 
     monkeypatch.setattr(recorder.ProvenanceRecorder, "_complete", broken)
     with pytest.raises(Boom):
-        runs.record_sampling_run(empty_db, random_set(), **OPTIONS)
+        runs.record_sampling_run(empty_db, random_set(), options=OPTIONS)
     assert _fetch(empty_db, "SELECT status FROM runs") == [("failed",)]
-    assert _fetch(empty_db, "SELECT max(step) FROM steps") == [(OPTIONS["steps"] - 2,)]  # last step rolled back
-    assert _fetch(empty_db, "SELECT max(step) FROM patch_weights") == [(OPTIONS["steps"] - 2,)]
+    assert _fetch(empty_db, "SELECT max(step) FROM steps") == [(OPTIONS.steps - 2,)]  # last step rolled back
+    assert _fetch(empty_db, "SELECT max(step) FROM patch_weights") == [(OPTIONS.steps - 2,)]
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
@@ -77,9 +81,9 @@ def test_resume_equals_uninterrupted(tmp_path, sampler):
     data = random_set()
     db = tmp_path / "p.duckdb"
     database.upgrade(db)
-    whole = runs.record_sampling_run(db, data, sampler=sampler, **OPTIONS)
+    whole = runs.record_sampling_run(db, data, options=replace(OPTIONS, sampler=sampler))
     with pytest.raises(Boom):
-        runs.record_sampling_run(db, data, sampler=sampler, callback=_raise_at(2, Boom("x")), **OPTIONS)
+        runs.record_sampling_run(db, data, options=replace(OPTIONS, sampler=sampler), callback=_raise_at(2, Boom("x")))
     broken = whole + 1
     # a half-written step (as if a transaction had been cut) is cleaned up on resume
     with database.connect(db) as conn:
@@ -102,7 +106,7 @@ def test_resume_equals_uninterrupted(tmp_path, sampler):
 def test_resume_errors(empty_db):
     data = random_set()
     with pytest.raises(Boom):
-        runs.record_sampling_run(empty_db, data, callback=_raise_at(0, Boom("x")), **OPTIONS)
+        runs.record_sampling_run(empty_db, data, callback=_raise_at(0, Boom("x")), options=OPTIONS)
     with pytest.raises(NotFoundError, match="no run 99"):
         runs.resume_run(empty_db, 99, data)
     other = random_set().subset(range(6))
@@ -110,36 +114,36 @@ def test_resume_errors(empty_db):
         runs.resume_run(empty_db, 1, other)
     assert _fetch(empty_db, "SELECT status FROM runs") == [("failed",)]  # refused: nothing changed
     with pytest.raises(NotFoundError):
-        runs.run_summaries(empty_db, dataset_id=42)
+        run_summaries(empty_db, dataset_id=42)
 
 
 def test_running_run_with_dead_writer(empty_db):
     data = random_set()
-    run_id = runs.record_sampling_run(empty_db, data, **OPTIONS)
+    run_id = runs.record_sampling_run(empty_db, data, options=OPTIONS)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with database.connect(empty_db) as conn:
-        writer = json.dumps({"host": runs.socket.gethostname(), "pid": dead.pid})
+        writer = json.dumps({"host": socket.gethostname(), "pid": dead.pid})
         conn.execute("INSERT INTO runs (dataset_id, status, denoiser, sampler, seed, num_samples, top_k, "
                      "mass_threshold, versions, writer, created_at) SELECT dataset_id, 'running', denoiser, sampler, "
                      "seed, num_samples, top_k, mass_threshold, versions, ?, created_at FROM runs WHERE id = ?",
                      [writer, run_id])
-    summaries = runs.run_summaries(empty_db)
+    summaries = run_summaries(empty_db)
     assert [s["status"] for s in summaries] == [f"running (writer pid {dead.pid} gone)", "complete"]
-    assert summaries[1]["steps"] == OPTIONS["steps"] and summaries[1]["samples"] == 2
-    assert runs.run_summaries(empty_db, dataset_id=1)[0]["dataset"] == "random"
+    assert summaries[1]["steps"] == OPTIONS.steps and summaries[1]["samples"] == 2
+    assert run_summaries(empty_db, dataset_id=1)[0]["dataset"] == "random"
     # a run whose writer is alive is refused; one whose writer is gone resumes (from the noise: no steps)
     with database.connect(empty_db) as conn:
         conn.execute("INSERT INTO runs (dataset_id, status, denoiser, sampler, seed, num_samples, top_k, "
                      "mass_threshold, versions, writer, created_at) SELECT dataset_id, 'running', denoiser, sampler, "
                      "seed, num_samples, top_k, mass_threshold, versions, ?, created_at FROM runs WHERE id = ?",
-                     [json.dumps({"host": runs.socket.gethostname(), "pid": os.getpid()}), run_id])
+                     [json.dumps({"host": socket.gethostname(), "pid": os.getpid()}), run_id])
     with pytest.raises(StoreError, match="still being written by process"):
         runs.resume_run(empty_db, 3, data)
     orphan = summaries[0]["id"]
     with database.connect(empty_db) as conn:
         conn.executemany("INSERT INTO samples (run_id, sample_index, seed) VALUES (?, ?, ?)",
-                         [(orphan, i, OPTIONS["seed"] + i) for i in range(2)])
+                         [(orphan, i, OPTIONS.seed + i) for i in range(2)])
     runs.resume_run(empty_db, orphan, data)
     assert _fetch(empty_db, f"SELECT status FROM runs WHERE id = {orphan}") == [("complete",)]
     assert _fetch(empty_db, f"SELECT list(final_image ORDER BY sample_index) = (SELECT list(final_image ORDER BY "
@@ -149,10 +153,12 @@ def test_running_run_with_dead_writer(empty_db):
 
 WRITER = textwrap.dedent("""
     import sys
-    from auditor import runs
+    from auditor.workflows.options import SamplingOptions
+    from auditor.workflows.sampling import record_sampling_run
     from tests.conftest import random_training_set
     data = random_training_set(count=200, channels=1, height=16, width=16, seed=1, xflip=True)
-    print(runs.record_sampling_run(sys.argv[1], data, num_samples=4, steps=8, seed=3, top_k=8, mass=0.99), flush=True)
+    options = SamplingOptions(num_samples=4, steps=8, seed=3, top_k=8, mass=0.99)
+    print(record_sampling_run(sys.argv[1], data, options=options), flush=True)
 """)
 
 
@@ -191,3 +197,12 @@ def test_reader_process_while_writer_process_records(empty_db):
     assert len({len(o[1]) for o in observed}) >= 2, observed  # saw the run grow
     (status,), = _fetch(empty_db, "SELECT status FROM runs")
     assert status == "complete" and int(out.strip()) == 1
+
+
+def test_keyword_settings_are_the_options_fields(empty_db):
+    """The transitional keyword form: each keyword is a SamplingOptions or Runtime field, never mixed with options=."""
+    with pytest.raises(TypeError, match="not both"):
+        runs.record_sampling_run(empty_db, random_set(), options=OPTIONS, seed=1)
+    with pytest.raises(TypeError, match="unexpected keyword argument.*num_sample"):
+        runs.record_sampling_run(empty_db, random_set(), num_sample=2)
+    assert _fetch(empty_db, "SELECT count(*) FROM runs") == [(0,)]

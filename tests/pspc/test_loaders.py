@@ -709,3 +709,13 @@ def test_spec_errors(tmp_path):
         load_training_set(str(tmp_path / "a.npy"), size=4)
     with raises(tmp_path / "a.npy", r"option\(s\) \['path'\] do not apply"):
         load_training_set(str(tmp_path / "a.npy"), path="other.npy")
+
+
+def test_loaders_re_exports_the_format_modules():
+    from pspc.data import arrays, cifar, edm_zip, idx, image_folder, loaders
+
+    assert loaders.load_idx is idx.load_idx and loaders.load_fashion_mnist is idx.load_fashion_mnist
+    assert loaders.load_cifar10 is cifar.load_cifar10 and loaders.load_array is arrays.load_array
+    assert loaders.load_edm_zip is edm_zip.load_edm_zip and loaders.load_image_folder is image_folder.load_image_folder
+    assert loaders.decode_images is image_folder.decode_images
+    assert loaders.IMAGE_SUFFIXES == image_folder.IMAGE_SUFFIXES and loaders.CIFAR10_FILES == cifar.CIFAR10_FILES

@@ -1,11 +1,12 @@
-"""PF-ODE samplers: Euler / Heun from the formulas, callbacks, seeds."""
+"""PF-ODE samplers: Euler / Heun from the formulas, callbacks, seeds, resume, inversion."""
 
 import pytest
 import torch
 
 from pspc.denoisers import NetworkDenoiser, pspc_square
 from pspc.posterior.weights import WeightRequest
-from pspc.samplers import SamplerConfig, initial_noise, sample
+from pspc.errors import InputError
+from pspc.samplers import SamplerConfig, denoise_step, initial_noise, invert, sample, sampler_step
 from tests.conftest import random_training_set
 
 
@@ -74,3 +75,64 @@ def test_pspc_samples_are_finite_and_in_range():
 def test_unknown_sampler_is_rejected():
     with pytest.raises(ValueError, match="unknown sampler 'rk4'"):
         SamplerConfig(method="rk4")
+
+
+def _trajectory(denoiser, z0, config):
+    """(z_k, D(z_k)) at every step of a full run, and its final sample."""
+    states = []
+    final = sample(denoiser, z0, config, callback=lambda step, t, z, d, w: states.append((z.clone(), d.clone())))
+    return states, final
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_resuming_from_step_k_is_bit_identical(method):
+    training_set = random_training_set(count=8, height=6, width=6, xflip=True)
+    denoiser = pspc_square(training_set, 3)
+    config = SamplerConfig(method=method, num_steps=5)
+    states, final = _trajectory(denoiser, initial_noise(2, (1, 6, 6), seed=3), config)
+    times = config.time_steps()
+    for k in range(1, config.num_steps):
+        steps = []
+        resumed = sample(denoiser, states[k][0], config, callback=lambda step, *rest: steps.append(step), start=k)
+        assert torch.equal(resumed, final)
+        assert steps == list(range(k, config.num_steps))
+        assert torch.equal(sample(denoiser, states[k][0], config, times=times[k:]), final)  # k-diffusion style
+
+
+def test_start_outside_the_schedule_is_rejected():
+    denoiser = NetworkDenoiser(Shrink(), (1, 3, 3))
+    with pytest.raises(InputError, match="start must be a step in"):
+        sample(denoiser, initial_noise(1, (1, 3, 3), seed=0), SamplerConfig(num_steps=3), start=4)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_sampler_step_is_the_update_of_the_loop(method):
+    denoiser = NetworkDenoiser(Shrink(), (1, 3, 3))
+    config = SamplerConfig(method=method, num_steps=6)
+    states, final = _trajectory(denoiser, initial_noise(2, (1, 3, 3), seed=7), config)
+    times = config.time_steps().tolist()
+    following = [z for z, _ in states[1:]] + [final]
+    for k, ((z, d), z_next) in enumerate(zip(states, following)):
+        assert torch.equal(denoise_step(denoiser, z, times[k])[0], d)
+        assert torch.equal(sampler_step(denoiser, method, z, d, times[k], times[k + 1]), z_next)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_invert_matches_a_reference_loop(method):
+    denoiser = NetworkDenoiser(Shrink(), (1, 3, 3))
+    config = SamplerConfig(method=method, num_steps=6)
+    x = torch.linspace(-1, 1, 18, dtype=torch.float64).view(2, 1, 3, 3)
+    times = config.time_steps().tolist()
+    z = x.clone()
+    for i in reversed(range(1, len(times) - 1)):  # t_{n-1} up to t_0
+        t, t_next = times[i], times[i - 1]
+        slope = (z - z / (1 + t**2)) / t
+        z_next = z + (t_next - t) * slope
+        if method == "heun":
+            slope_next = (z_next - z_next / (1 + t_next**2)) / t_next
+            z_next = z + (t_next - t) * 0.5 * (slope + slope_next)
+        z = z_next
+    calls = []
+    out = invert(denoiser, x, config, progress=calls.append)
+    assert torch.allclose(out, z, rtol=1e-12, atol=1e-12)
+    assert calls == [1] * (config.num_steps - 1)

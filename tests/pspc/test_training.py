@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from auditor.cli import main as auditor_main
-from pspc.networks.unet import EDMPrecond, NetworkConfig, load_checkpoint, load_network
+from pspc.networks import EDMPrecond, NetworkConfig, load_checkpoint, load_network
 from pspc.networks.training import (
     BatchSampler, EDMLoss, TrainingConfig, TrainingError, evaluation_loss, sample_network, save_samples,
     state_path_for, train, training_batch

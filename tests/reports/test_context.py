@@ -8,11 +8,14 @@ import math
 import numpy as np
 import pytest
 
+from auditor.service import pages
 from auditor.store import attribution, database
-from auditor.workflows import sampling as runs
 from auditor.store.database import NotFoundError
-from reports import context
-from auditor.store.provenance import SampleProvenance
+from auditor.store.example_queries import EXAMPLE_QUERIES
+from auditor.store.read_models.sample import SampleProvenance
+from auditor.workflows import sampling as runs
+from reports.pages.common import MAX_PER_PAGE, Pagination
+from reports.pages.sample import z_display
 
 ABS = 1e-12
 
@@ -38,7 +41,7 @@ def _patches(rows):
 
 def test_final_sources_equal_the_sample_sources_view(store):
     for sample_index in (0, 1):
-        report = context.build_sample_report(store.db, store.complete_run, sample_index, top=8, patches=4)
+        report = pages.sample_report(store.db, store.complete_run, sample_index, top=8, patches=4)
         expected = attribution.sample_sources(store.db, store.complete_run, sample_index, top=8, patches=4)
         assert [s.image_index for s in report.sources] == [r["image_index"] for r in expected]
         for got, want in zip(report.sources, expected):
@@ -52,7 +55,7 @@ def test_final_sources_equal_the_sample_sources_view(store):
 
 
 def test_trajectory_and_step_shares_equal_the_views(store):
-    report = context.build_sample_report(store.db, store.complete_run, 0, top=6, step_top=4)
+    report = pages.sample_report(store.db, store.complete_run, 0, top=6, step_top=4)
     expected = attribution.trajectory_sources(store.db, store.complete_run, 0, top=6)
     assert [s.image_index for s in report.trajectory] == [r["image_index"] for r in expected]
     for got, want in zip(report.trajectory, expected):
@@ -84,7 +87,7 @@ def test_pixel_maps_equal_pixel_attribution_and_pixel_sources(store):
         np.testing.assert_allclose(fast["weights"], slow["weights"].numpy(), rtol=0, atol=1e-12)
     # the drill-down lists pixel_sources' answer for every pixel checked
     last = data.steps[-1].step
-    report = context.build_sample_report(store.db, store.complete_run, 1, step=last, drilldown_top=3)
+    report = pages.sample_report(store.db, store.complete_run, 1, step=last, drilldown_top=3)
     drill = report.view.drilldown
     _, height, width = data.shape
     for y, x in [(0, 0), (height // 2, width // 2), (height - 1, width - 1), (1, width - 2)]:
@@ -101,7 +104,7 @@ def test_pixel_maps_equal_pixel_attribution_and_pixel_sources(store):
 
 
 def test_step_summaries_equal_patch_stats(store):
-    report = context.build_sample_report(store.db, store.complete_run, 0)
+    report = pages.sample_report(store.db, store.complete_run, 0)
     with database.connect(store.db, read_only=True) as conn:
         rows = conn.execute("SELECT step, avg(mass), min(mass), avg(entropy), max(entropy), avg(ess), median(CAST(ess AS DOUBLE)) "
                             "FROM patch_stats WHERE run_id = ? AND sample_index = 0 GROUP BY step ORDER BY step",
@@ -113,7 +116,7 @@ def test_step_summaries_equal_patch_stats(store):
 
 
 def test_report_record_and_images_are_the_stored_ones(fashion_store):
-    report = context.build_sample_report(fashion_store.db, fashion_store.complete_run, 1)
+    report = pages.sample_report(fashion_store.db, fashion_store.complete_run, 1)
     with database.connect(fashion_store.db, read_only=True) as conn:
         run = conn.execute("SELECT seed, top_k, mass_threshold, command FROM runs WHERE id = ?",
                            [fashion_store.complete_run]).fetchone()
@@ -135,7 +138,7 @@ def test_report_record_and_images_are_the_stored_ones(fashion_store):
 
 
 def test_failed_run_reports_its_recorded_steps_and_says_so(random_store):
-    report = context.build_sample_report(random_store.db, random_store.failed_run, 1)
+    report = pages.sample_report(random_store.db, random_store.failed_run, 1)
     assert report.status == "failed" and not report.complete and report.image is None
     assert report.sources == [] and report.final_step is None
     assert report.step == 1 and report.steps_recorded == 2 and report.steps_planned == 4
@@ -147,27 +150,27 @@ def test_failed_run_reports_its_recorded_steps_and_says_so(random_store):
 def test_unknown_ids_and_bad_options_are_refused(random_store):
     db, run = random_store.db, random_store.complete_run
     with pytest.raises(NotFoundError, match="no run 99"):
-        context.build_sample_report(db, 99, 0)
+        pages.sample_report(db, 99, 0)
     with pytest.raises(NotFoundError, match="has no sample 3"):
-        context.build_sample_report(db, run, 3)
+        pages.sample_report(db, run, 3)
     with pytest.raises(NotFoundError, match="no recorded step 9"):
-        context.build_sample_report(db, run, 0, step=9)
+        pages.sample_report(db, run, 0, step=9)
     with pytest.raises(ValueError, match="top"):
-        context.build_sample_report(db, run, 0, top=0)
+        pages.sample_report(db, run, 0, top=0)
     with pytest.raises(ValueError, match="concentration"):
-        context.build_sample_report(db, run, 0, concentration="gini")
+        pages.sample_report(db, run, 0, concentration="gini")
     with pytest.raises(NotFoundError):
-        context.build_run_page(db, 42)
+        pages.run_context(db, 42)
     with pytest.raises(ValueError, match="page"):
-        context.build_run_page(db, run, page=0)
+        pages.run_context(db, run, page=0)
     with pytest.raises(NotFoundError, match="no dataset 5"):
-        context.build_training_image_page(db, 5, 0)
+        pages.training_image_context(db, 5, 0)
     with pytest.raises(NotFoundError, match="no training image 10"):
-        context.build_training_image_page(db, 1, 10)
+        pages.training_image_context(db, 1, 10)
 
 
 def test_json_is_the_page_data_with_or_without_images(random_store):
-    report = context.build_sample_report(random_store.db, random_store.complete_run, 2, all_steps=True)
+    report = pages.sample_report(random_store.db, random_store.complete_run, 2, all_steps=True)
     full = json.loads(json.dumps(report.to_json()))
     bare = json.loads(json.dumps(report.to_json(images="none")))
     assert full["page"] == "SampleReport" and full["image"]["png"].startswith("data:image/png;base64,")
@@ -181,13 +184,13 @@ def test_json_is_the_page_data_with_or_without_images(random_store):
 
 
 def test_run_page_gallery_and_pagination(random_store):
-    page = context.build_run_page(random_store.db, random_store.complete_run, page=2, per_page=2)
+    page = pages.run_context(random_store.db, random_store.complete_run, page=2, per_page=2)
     assert page.pagination.total == 3 and [s.sample_index for s in page.samples] == [2]
     top = attribution.sample_sources(random_store.db, random_store.complete_run, 2, top=1)[0]
     item = page.samples[0]
     assert (item.top_image_index, item.top_image_id) == (top["image_index"], top["image_id"])
     assert item.top_share == pytest.approx(top["share"], abs=ABS) and item.image is not None
-    failed = context.build_run_page(random_store.db, random_store.failed_run)
+    failed = pages.run_context(random_store.db, random_store.failed_run)
     assert failed.record.status == "failed" and all(s.image is None and s.top_image_id is None for s in failed.samples)
     assert failed.steps_recorded == 2
 
@@ -197,7 +200,7 @@ def test_training_image_page_equals_image_usage(store):
         image_index, image_id = conn.execute(
             "SELECT s.image_index, i.image_id FROM sample_sources s JOIN training_images i ON i.image_index = s.image_index "
             "WHERE s.run_id = ? ORDER BY s.share DESC LIMIT 1", [store.complete_run]).fetchone()
-    page = context.build_training_image_page(store.db, 1, image_index, per_page=50)
+    page = pages.training_image_context(store.db, 1, image_index, per_page=50)
     assert page.image_id == image_id
     every_step = attribution.image_usage(store.db, 1, image_id, all_steps=True)
     finals = attribution.image_usage(store.db, 1, image_id)
@@ -219,8 +222,8 @@ def test_training_image_page_equals_image_usage(store):
 def test_usage_map_sums_to_the_final_shares(random_store):
     """The usage map spreads each final share over the training pixels it came from: its sum
     is the image's total share of final images (before normalising for display)."""
-    from reports.context import _usage
-    from auditor.store.provenance import patch_geometry
+    from auditor.store.read_models.patches import patch_geometry
+    from auditor.store.read_models.training_images import image_usage
 
     with database.connect(random_store.db, read_only=True) as conn:
         rows = conn.execute("""
@@ -232,7 +235,7 @@ def test_usage_map_sums_to_the_final_shares(random_store):
             FROM step_shares v JOIN steps s USING (run_id, sample_index, step) WHERE v.image_index = 4""").fetchall()
         geometry = patch_geometry(conn, np.unique(rows["patch_set_id"]).tolist())
     statuses = {r["id"]: r["status"] for r in runs.run_summaries(random_store.db)}
-    usage = _usage(share_rows, rows, geometry, statuses, (8, 8))
+    usage = image_usage(share_rows, rows, geometry, statuses, (8, 8))
     assert usage["pixel_map"].sum() == pytest.approx(usage["final_total"], rel=1e-9)
     # slow reference: every final-step weight row spreads w / coverage(p) / HW onto training pixel p (mirrored if flip)
     reference = np.zeros((8, 8))
@@ -251,36 +254,36 @@ def test_usage_map_sums_to_the_final_shares(random_store):
 
 
 def test_index_search_and_pagination(random_store):
-    page = context.build_index_page(random_store.db, q="img-", per_page=3, page=2)
+    page = pages.index_context(random_store.db, q="img-", per_page=3, page=2)
     assert page.hits_pagination.total == 9 and [h.image_index for h in page.hits] == [4, 5, 6]
-    exact = context.build_index_page(random_store.db, q="https://example.org/img/3.png")
+    exact = pages.index_context(random_store.db, q="https://example.org/img/3.png")
     assert [(h.image_index, h.exact) for h in exact.hits] == [(3, True)]
-    hostile = context.build_index_page(random_store.db, q='<script>alert("id")</script>')
+    hostile = pages.index_context(random_store.db, q='<script>alert("id")</script>')
     assert hostile.hits[0].image_index == 0 and hostile.hits[0].exact
-    assert [r["id"] for r in context.build_index_page(random_store.db).runs] == [2, 1]
-    assert context.build_index_page(random_store.db, q="no such thing").hits == []
+    assert [r["id"] for r in pages.index_context(random_store.db).runs] == [2, 1]
+    assert pages.index_context(random_store.db, q="no such thing").hits == []
 
 
 def test_sql_page_runs_read_only_queries_and_reports_errors(fashion_store):
-    page = context.build_sql_page(fashion_store.db, "SELECT id, status FROM runs")
+    page = pages.sql_context(fashion_store.db, "SELECT id, status FROM runs")
     assert page.columns == ["id", "status"] and page.rows == [["1", "complete"]] and page.error is None
-    assert [e.name for e in page.examples] == [q.name for q in context.EXAMPLE_QUERIES]
-    refused = context.build_sql_page(fashion_store.db, "DELETE FROM runs")
+    assert [e.name for e in page.examples] == [q.name for q in EXAMPLE_QUERIES]
+    refused = pages.sql_context(fashion_store.db, "DELETE FROM runs")
     assert refused.error and "read-only" in refused.error and refused.rows == [] and refused.refused
-    broken = context.build_sql_page(fashion_store.db, "SELEC 1")
+    broken = pages.sql_context(fashion_store.db, "SELEC 1")
     assert broken.error and "syntax" in broken.error.lower() and not broken.refused
-    capped = context.build_sql_page(fashion_store.db, "SELECT * FROM range(50)", max_rows=10)
+    capped = pages.sql_context(fashion_store.db, "SELECT * FROM range(50)", max_rows=10)
     assert capped.truncated and len(capped.rows) == 10
-    nulls = context.build_sql_page(fashion_store.db, "SELECT NULL AS a, 1.5::DOUBLE AS b")
+    nulls = pages.sql_context(fashion_store.db, "SELECT NULL AS a, 1.5::DOUBLE AS b")
     assert nulls.rows == [[None, "1.5"]]
-    assert context.build_sql_page(fashion_store.db, None).columns == []
+    assert pages.sql_context(fashion_store.db, None).columns == []
 
 
 def test_network_section_comes_from_the_comparison(comparison_store):
     from auditor.workflows.comparison import sample_counterpart
 
     db = comparison_store.db
-    pspc = context.build_sample_report(db, comparison_store.pspc_run, 1)
+    pspc = pages.sample_report(db, comparison_store.pspc_run, 1)
     counterpart = sample_counterpart(db, comparison_store.pspc_run, 1)
     net = pspc.network
     assert net is not None and not net.is_network_sample and net.counterpart_run_id == comparison_store.network_run
@@ -290,7 +293,7 @@ def test_network_section_comes_from_the_comparison(comparison_store):
     assert [(s.step, s.mse) for s in net.steps] == [(c["step"], pytest.approx(c["mse"])) for c in counterpart["steps"]]
     network_image = np.clip(np.round((counterpart["image"].numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
     assert np.array_equal(net.image.rgb, network_image.transpose(1, 2, 0))
-    explained = context.build_sample_report(db, comparison_store.network_run, 1)
+    explained = pages.sample_report(db, comparison_store.network_run, 1)
     assert explained.record.kind == "network-explained" and explained.network.is_network_sample
     assert explained.network.counterpart_run_id == comparison_store.pspc_run
     # copy detection rows, with their descriptor and thresholds
@@ -302,29 +305,29 @@ def test_network_section_comes_from_the_comparison(comparison_store):
     data = pspc.to_json(images="none")
     assert data["network"]["scores"][0]["descriptor"] == net.scores[0].descriptor and data["copy_matches"]
     # a run in no comparison has no network section; one can be passed or switched off
-    assert context.build_sample_report(db, comparison_store.pspc_run, 1, network=None).network is None
+    assert pages.sample_report(db, comparison_store.pspc_run, 1, network=None).network is None
     with pytest.raises(ValueError, match="network"):
-        context.build_sample_report(db, comparison_store.pspc_run, 1, network="yes")
+        pages.sample_report(db, comparison_store.pspc_run, 1, network="yes")
 
 
 def test_runs_outside_comparisons_have_no_network_section(random_store):
-    report = context.build_sample_report(random_store.db, random_store.complete_run, 0)
+    report = pages.sample_report(random_store.db, random_store.complete_run, 0)
     assert report.network is None and report.copy_matches == []
 
 
 def test_pagination_arithmetic():
-    p = context.Pagination(3, 10, 25)
+    p = Pagination(page=3, per_page=10, total=25)
     assert (p.offset, p.pages, p.has_previous, p.has_next, p.first_item, p.last_item) == (20, 3, True, False, 21, 25)
-    assert context.Pagination(1, 10, 0).pages == 1
+    assert Pagination(page=1, per_page=10, total=0).pages == 1
     with pytest.raises(ValueError):
-        context.Pagination(1, 0, 5)
+        Pagination(page=1, per_page=0, total=5)
     with pytest.raises(ValueError):
-        context.Pagination(1, context.MAX_PER_PAGE + 1, 5)
+        Pagination(page=1, per_page=MAX_PER_PAGE + 1, total=5)
 
 
 def test_z_display_is_the_variance_preserving_scaling():
     z = np.full((1, 2, 2), 3.0, np.float32)
-    assert np.allclose(context.z_display(z, 2.0), 3.0 / math.sqrt(5.0))
+    assert np.allclose(z_display(z, 2.0), 3.0 / math.sqrt(5.0))
 
 
 def test_reports_of_complete_runs_are_cached_until_their_rows_change(comparison_store, random_store, tmp_path):
@@ -332,14 +335,14 @@ def test_reports_of_complete_runs_are_cached_until_their_rows_change(comparison_
 
     db = tmp_path / "provenance.duckdb"
     shutil.copy(comparison_store.db, db)
-    first = context.build_sample_report(db, comparison_store.pspc_run, 0)
-    assert context.build_sample_report(db, comparison_store.pspc_run, 0) is first
-    assert context.build_sample_report(db, comparison_store.pspc_run, 0, step=1) is not first
+    first = pages.sample_report(db, comparison_store.pspc_run, 0)
+    assert pages.sample_report(db, comparison_store.pspc_run, 0) is first
+    assert pages.sample_report(db, comparison_store.pspc_run, 0, step=1) is not first
     assert first.copy_matches
     with database.connect(db) as conn:  # rows that can still arrive for a complete run change the key
         conn.execute("DELETE FROM copy_matches WHERE run_id = ? AND sample_index = 0", [comparison_store.pspc_run])
-    again = context.build_sample_report(db, comparison_store.pspc_run, 0)
+    again = pages.sample_report(db, comparison_store.pspc_run, 0)
     assert again is not first and again.copy_matches == []
     # runs that are not complete are read afresh every time
-    failed = context.build_sample_report(random_store.db, random_store.failed_run, 0)
-    assert context.build_sample_report(random_store.db, random_store.failed_run, 0) is not failed
+    failed = pages.sample_report(random_store.db, random_store.failed_run, 0)
+    assert pages.sample_report(random_store.db, random_store.failed_run, 0) is not failed

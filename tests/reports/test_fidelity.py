@@ -1,4 +1,4 @@
-"""Fidelity studies in the report service: /fidelity pages (reports.context, templates) and
+"""Fidelity studies in the report service: /fidelity pages (reports.pages, templates) and
 /api/fidelity (auditor/routers/fidelity.py) on a store holding two studies."""
 
 from __future__ import annotations

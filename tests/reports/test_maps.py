@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auditor.store import attribution, database
+from auditor.store import attribution, database, datasets
+from auditor.store.read_models.sample import SampleProvenance
 from reports import maps
 
 
@@ -96,7 +97,7 @@ def test_concentration_equals_the_per_pixel_reference(random_store, kind):
                     expected = -sum(w / total * math.log(w / total) for w in weights.values()) / math.log(num_images)
                 assert values[y, x] == pytest.approx(expected, abs=1e-12)
         shown = values if kind == "top1" else 1 - values
-        table = maps._colormap_table("viridis")
+        table = maps.colormap_table("viridis")
         assert np.array_equal(rgb, table[np.round(np.clip(shown, 0, 1) * 255).astype(int)])
 
 
@@ -158,7 +159,7 @@ def _border_reference(height, width, box, scale, thickness):
 
 def test_outlines_are_drawn_exactly_on_the_boxes():
     pixels = np.full((1, 6, 8), 0, np.uint8)  # black image: any non-black pixel is outline
-    box = maps.Box(1, 2, 3, 4)
+    box = maps.Box(top=1, left=2, height=3, width=4)
     rgb = maps.outlined_thumbnail(pixels, [box], scale=3, colour="#ff0000", thickness=1)
     drawn = {(int(y), int(x)) for y, x in zip(*np.nonzero(rgb.any(axis=2)))}
     assert drawn == _border_reference(18, 24, box, 3, 1)
@@ -166,11 +167,12 @@ def test_outlines_are_drawn_exactly_on_the_boxes():
     thick = maps.outlined_thumbnail(pixels, [box], scale=4, colour="#ff0000", thickness=2)
     assert {(int(y), int(x)) for y, x in zip(*np.nonzero(thick.any(axis=2)))} == _border_reference(24, 32, box, 4, 2)
     # a mirrored box is dashed: on the same outline, with gaps
-    dashed = maps.outlined_thumbnail(pixels, [maps.Box(1, 2, 3, 4, flip=True)], scale=3, colour="#ff0000")
+    dashed = maps.outlined_thumbnail(pixels, [maps.Box(top=1, left=2, height=3, width=4, flip=True)], scale=3,
+                                     colour="#ff0000")
     on = {(int(y), int(x)) for y, x in zip(*np.nonzero(dashed.any(axis=2)))}
     assert on < drawn and len(on) > len(drawn) // 3
     with pytest.raises(ValueError, match="outside"):
-        maps.outlined_thumbnail(pixels, [maps.Box(4, 0, 3, 3)], scale=2)
+        maps.outlined_thumbnail(pixels, [maps.Box(top=4, left=0, height=3, width=3)], scale=2)
 
 
 def test_outlines_sit_on_the_training_pixels_the_patch_took_including_mirrored_ones(random_store):
@@ -197,10 +199,10 @@ def test_outlines_sit_on_the_training_pixels_the_patch_took_including_mirrored_o
                                   images[image][:, top:top + h, left:left + w][:, :, ::-1])
         else:
             assert (top, left) == (out_top, out_left)
-        rgb = maps.outlined_thumbnail(np.zeros((3, 8, 8), np.uint8), [maps.Box(top, left, h, w, bool(flip))], 4,
-                                      "#ffffff", thickness=1)
+        box = maps.Box(top=top, left=left, height=h, width=w, flip=bool(flip))
+        rgb = maps.outlined_thumbnail(np.zeros((3, 8, 8), np.uint8), [box], 4, "#ffffff", thickness=1)
         drawn = {(int(y), int(x)) for y, x in zip(*np.nonzero(rgb.any(axis=2)))}
-        assert drawn <= _border_reference(32, 32, maps.Box(top, left, h, w), 4, 1) and drawn
+        assert drawn <= _border_reference(32, 32, maps.Box(top=top, left=left, height=h, width=w), 4, 1) and drawn
 
 
 def test_png_round_trip_and_grey_images():
@@ -218,17 +220,19 @@ def test_store_level_map_png_matches_the_in_memory_maps(random_store):
     db, run = random_store.db, random_store.complete_run
     attr = attribution.pixel_attribution(db, run, 1, 2)
     legend = [s["image_index"] for s in attribution.sample_sources(db, run, 1, step=2, top=3)]
-    rgb, entries = maps.attribution_map(db, run, 1, 2, top=3)
+    data = SampleProvenance.load(db, run, 1, images=lambda d: maps.map_legend_images(d, 2, top=3))
+    rgb, entries = maps.attribution_map(data, 2, top=3)
     assert np.array_equal(rgb, maps.dominant_source_map(attr, legend).rgb)
     assert [e.image_index for e in entries] == legend + [None] and entries[-1].label == "other"
     assert entries[0].label == attribution.sample_sources(db, run, 1, step=2, top=1)[0]["image_id"]
-    png = maps.attribution_map_png(db, run, 1, 2, kind="concentration", scale=3)
+    png = maps.attribution_map_png(data, 2, kind="concentration", scale=3)
     decoded = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     _, expected = maps.concentration_map(attr, "top1")
     assert np.array_equal(decoded, maps.enlarge(expected, 3))
-    final, _ = maps.attribution_map(db, run, 1)  # default: the last step
-    assert np.array_equal(final, maps.attribution_map(db, run, 1, 3)[0])
+    final, _ = maps.attribution_map(data)  # default: the last step
+    assert np.array_equal(final, maps.attribution_map(data, 3)[0])
     with pytest.raises(ValueError, match="kind"):
-        maps.attribution_map(db, run, 1, kind="heat")
-    thumb = np.asarray(Image.open(io.BytesIO(maps.thumbnail_png(db, 1, 4, scale=2))).convert("RGB"))
+        maps.attribution_map(data, kind="heat")
+    pixels = datasets.training_pixels(db, 1, [4])[0]
+    thumb = np.asarray(Image.open(io.BytesIO(maps.thumbnail_png(pixels, scale=2))).convert("RGB"))
     assert np.array_equal(thumb, maps.enlarge(maps.image_rgb(random_store.training_set.images[4].numpy()), 2))

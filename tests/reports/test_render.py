@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reports import context, plots, render
-from reports.context import NetworkComparison, NetworkStep, Picture, SimilarityScore
+from auditor.service import pages as service_pages
+from reports import plots, render
+from reports.pages.common import Picture
+from reports.pages.network import NetworkComparison, NetworkStep, SimilarityScore
 
 from tests.reports.conftest import HOSTILE_ID
 
@@ -50,23 +52,24 @@ def parse(page: str) -> _Collector:
 
 @pytest.fixture(scope="module")
 def hostile_report(random_store):
-    return context.build_sample_report(random_store.db, random_store.complete_run, 0, all_steps=True)
+    return service_pages.sample_report(random_store.db, random_store.complete_run, 0, all_steps=True)
 
 
 def test_every_page_renders(random_store):
     db, run = random_store.db, random_store.complete_run
-    pages = [context.build_index_page(db), context.build_index_page(db, q="img"), context.build_run_page(db, run),
-             context.build_run_page(db, random_store.failed_run), context.build_training_image_page(db, 1, 2),
-             context.build_sql_page(db, "SELECT * FROM runs"), context.build_sql_page(db, "DROP TABLE runs")]
+    pages = [service_pages.index_context(db), service_pages.index_context(db, q="img"),
+             service_pages.run_context(db, run), service_pages.run_context(db, random_store.failed_run),
+             service_pages.training_image_context(db, 1, 2),
+             service_pages.sql_context(db, "SELECT * FROM runs"), service_pages.sql_context(db, "DROP TABLE runs")]
     for built in pages:
         page = render.render_page(built, render.Links(""))
         assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
         parse(page)
-    sample = render.render_sample(context.build_sample_report(db, run, 1, step=2), render.Links("/prefix"))
+    sample = render.render_sample(service_pages.sample_report(db, run, 1, step=2), render.Links("/prefix"))
     for element in ('id="map-dominant"', 'id="map-concentration"', 'id="timeline"', 'id="record"', 'id="drill"',
                     'href="/prefix/runs/1/samples/1/export.html"', 'href="/prefix/datasets/1/images/'):
         assert element in sample
-    failed = render.render_sample(context.build_sample_report(db, random_store.failed_run, 0))
+    failed = render.render_sample(service_pages.sample_report(db, random_store.failed_run, 0))
     assert "not there yet" in failed and "The final image is not recorded yet" in failed
     error = render.render_error(404, "no run <b>9</b>")
     assert "404" in error and "no run &lt;b&gt;9&lt;/b&gt;" in error
@@ -75,10 +78,10 @@ def test_every_page_renders(random_store):
 def test_training_data_is_escaped_everywhere(random_store, hostile_report):
     db = random_store.db
     pages = [render.render_sample(hostile_report), render.export_html(hostile_report),
-             render.render_page(context.build_training_image_page(db, 1, 0)),
-             render.render_page(context.build_index_page(db, q="script")),
-             render.render_page(context.build_sql_page(db, "SELECT image_id, owner FROM training_images"))]
-    run_page = render.render_page(context.build_run_page(db, random_store.complete_run))
+             render.render_page(service_pages.training_image_context(db, 1, 0)),
+             render.render_page(service_pages.index_context(db, q="script")),
+             render.render_page(service_pages.sql_context(db, "SELECT image_id, owner FROM training_images"))]
+    run_page = render.render_page(service_pages.run_context(db, random_store.complete_run))
     assert "hostile &lt;set&gt;" in run_page and "hostile <set>" not in run_page
     sample_uses_hostile = any(s.image_id == HOSTILE_ID for s in hostile_report.sources + hostile_report.trajectory)
     assert sample_uses_hostile
@@ -122,7 +125,7 @@ def test_export_is_self_contained(hostile_report):
 
 
 def test_json_and_csv_exports_parse_and_agree(fashion_store):
-    report = context.build_sample_report(fashion_store.db, fashion_store.complete_run, 0)
+    report = service_pages.sample_report(fashion_store.db, fashion_store.complete_run, 0)
     data = json.loads(render.report_json(report))
     assert data["run_id"] == fashion_store.complete_run and data["record"]["dataset"]["fingerprint"] == \
         fashion_store.training_set.fingerprint
@@ -141,9 +144,10 @@ def test_json_and_csv_exports_parse_and_agree(fashion_store):
 
 
 def test_plots_are_images(fashion_store):
-    report = context.build_sample_report(fashion_store.db, fashion_store.complete_run, 1)
+    report = service_pages.sample_report(fashion_store.db, fashion_store.complete_run, 1)
     for png in (plots.step_stats_plot(report.timeline), plots.source_share_plot(report.timeline, report.sources),
-                plots.network_error_plot([NetworkStep(s.step, s.t, 0.01 * (s.step + 1)) for s in report.timeline])):
+                plots.network_error_plot([NetworkStep(step=s.step, t=s.t, mse=0.01 * (s.step + 1))
+                                          for s in report.timeline])):
         image = Image.open(io.BytesIO(png))
         assert image.format == "PNG" and image.size[0] >= 600
     svg = plots.step_stats_plot(report.timeline, fmt="svg")
@@ -160,22 +164,25 @@ def test_plots_are_images(fashion_store):
 
 def test_network_and_copy_sections_render_when_present(comparison_store, random_store):
     db = comparison_store.db
-    report = context.build_sample_report(db, comparison_store.pspc_run, 0)
+    report = service_pages.sample_report(db, comparison_store.pspc_run, 0)
     page = render.render_sample(report)
     assert 'id="network"' in page and 'id="copies"' in page and "Network counterpart" in page
     assert "pixel-correlation-32x32 (not SSCD)" in page and "below thresholds 0.5, 0.6" in page
     assert render.sample_plots(report)["network"].startswith("data:image/png")
     parse(page)
-    explained = render.render_sample(context.build_sample_report(db, comparison_store.network_run, 0))
+    explained = render.render_sample(service_pages.sample_report(db, comparison_store.network_run, 0))
     assert "Network sample, explained by PSPC" in explained and "network-explained" in explained
-    network = NetworkComparison({"name": "edm <net>"}, Picture.of(np.zeros((3, 8, 8), np.float32), 64, "net"),
-                                "pspc-square", "network", 7, 1,
-                                [SimilarityScore("sscd_disc_mixup", 0.64, [0.5, 0.6], 0.6, True, "resize-288")],
-                                [NetworkStep(0, 80.0, 0.2, 0.9), NetworkStep(1, 9.0, 0.1, 0.5)])
-    flagged = render.render_sample(context.build_sample_report(random_store.db, random_store.complete_run, 0,
+    network = NetworkComparison(network={"name": "edm <net>"},
+                                image=Picture.of(np.zeros((3, 8, 8), np.float32), 64, "net"),
+                                role="pspc-square", counterpart_role="network", counterpart_run_id=7, comparison_id=1,
+                                scores=[SimilarityScore(descriptor="sscd_disc_mixup", score=0.64, thresholds=[0.5, 0.6],
+                                                        flag=0.6, flagged=True, preprocessing="resize-288")],
+                                steps=[NetworkStep(step=0, t=80.0, mse=0.2, max_abs_error=0.9),
+                                       NetworkStep(step=1, t=9.0, mse=0.1, max_abs_error=0.5)])
+    flagged = render.render_sample(service_pages.sample_report(random_store.db, random_store.complete_run, 0,
                                                                network=network))
     assert "at or above threshold 0.6" in flagged and "edm &lt;net&gt;" in flagged and "resize-288" in flagged
-    without = render.render_sample(context.build_sample_report(random_store.db, random_store.complete_run, 0))
+    without = render.render_sample(service_pages.sample_report(random_store.db, random_store.complete_run, 0))
     assert 'id="network"' not in without and 'id="copies"' not in without
 
 

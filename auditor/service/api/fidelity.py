@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
-from auditor.workflows import fidelity
+from auditor.service.api.common import Page, Pagination, page
 from auditor.service.auth import get_settings
-from auditor.service.api import Page, Pagination, page
+from auditor.workflows import fidelity
 
 router = APIRouter(tags=["fidelity"])
 

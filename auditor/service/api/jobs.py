@@ -9,9 +9,9 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+from auditor.service.api.common import Page, Pagination, page
 from auditor.service.auth import require_scope
 from auditor.service.jobs import JOB_STATUSES, SampleJobRequest
-from auditor.service.api import Page, Pagination, page
 
 router = APIRouter(tags=["jobs"])
 read = [Depends(require_scope("read"))]

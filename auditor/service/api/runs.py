@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from auditor.store import database
-from auditor.workflows import sampling as runs
+from auditor.errors import NotFoundError, UserError
+from auditor.service.api.common import Page, Pagination, page
 from auditor.service.auth import get_settings
-from auditor.store.database import NotFoundError, json_value
-from auditor.service.api import Page, Pagination, page
+from auditor.store import catalog
+from auditor.workflows import sampling as runs
 
 router = APIRouter(tags=["runs"])
 
@@ -75,13 +75,12 @@ def list_runs(request: Request, pagination: Pagination = Depends(),
               status: str | None = Query(None, description="only runs with this status (running, complete, failed)"),
               settings=Depends(get_settings)):
     if status is not None and status not in RUN_STATUSES:
-        raise ValueError(f"unknown status {status!r}; choose from {', '.join(RUN_STATUSES)}")
+        raise UserError(f"unknown status {status!r}; choose from {', '.join(RUN_STATUSES)}")
     rows = runs.run_summaries(settings.db_path, dataset_id, timeout=settings.lock_timeout)
     if status is not None:
         rows = [r for r in rows if r["status"].split(" ")[0] == status]
     chunk = rows[pagination.offset:pagination.offset + pagination.limit]
     return page(request, [_summary(request, r) for r in chunk], len(rows), pagination)
-
 
 
 def load_run(settings, run_id: int) -> dict:
@@ -90,20 +89,12 @@ def load_run(settings, run_id: int) -> dict:
                     if r["id"] == run_id), None)
     if summary is None:
         raise NotFoundError(f"{settings.db_path}: no run {run_id}")
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        row = conn.execute("SELECT r.seed, r.top_k, r.mass_threshold, r.denoiser, r.sampler, r.versions, r.command, "
-                           "r.writer, r.timings, d.id, d.fingerprint, d.name, d.source, d.count, d.channels, d.height, "
-                           "d.width FROM runs r JOIN datasets d ON d.id = r.dataset_id WHERE r.id = ?",
-                           [run_id]).fetchone()
-    if row is None:
-        raise NotFoundError(f"{settings.db_path}: no run {run_id}")
-    (seed, top_k, mass, denoiser, sampler, versions, command, writer, timings, d_id, fingerprint, name, source, count,
-     c, h, w) = row
-    return {**summary, "seed": seed, "top_k": top_k, "mass_threshold": mass, "denoiser_config": json_value(denoiser),
-            "sampler_config": json_value(sampler), "versions": json_value(versions), "command": json_value(command),
-            "writer": json_value(writer), "timings": json_value(timings),
-            "dataset_record": {"id": d_id, "fingerprint": fingerprint, "name": name, "source": source, "count": count,
-                               "shape": [c, h, w]}}
+    run, dataset = catalog.read_run_record(settings.db_path, run_id, timeout=settings.lock_timeout)
+    return {**summary, **{k: run[k] for k in ("seed", "top_k", "mass_threshold", "versions", "command", "writer",
+                                              "timings")},
+            "denoiser_config": run["denoiser"], "sampler_config": run["sampler"],
+            "dataset_record": {**{k: dataset[k] for k in ("id", "fingerprint", "name", "source", "count")},
+                               "shape": [dataset["channels"], dataset["height"], dataset["width"]]}}
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail, summary="One run: configuration, status, reproducibility")

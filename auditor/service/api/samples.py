@@ -8,10 +8,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from auditor.store import attribution, database
+from auditor.errors import UserError
+from auditor.service.api.common import Page, Pagination, json_body, page, png_bytes
 from auditor.service.auth import get_settings
-from auditor.store.database import NotFoundError
-from auditor.service.api import Page, Pagination, cached_response, json_body, page, png_bytes
+from auditor.service.cache import cached_response
+from auditor.store import attribution, catalog
 
 router = APIRouter(tags=["samples"])
 
@@ -120,31 +121,12 @@ def _training_links(request: Request, dataset_id: int, image_index: int) -> dict
             "thumbnail": str(request.url_for("training_image_png", **params))}
 
 
-def _run_row(conn, db_path, run_id: int):
-    row = conn.execute("SELECT r.dataset_id, r.num_samples, r.status, d.channels, d.height, d.width FROM runs r "
-                       "JOIN datasets d ON d.id = r.dataset_id WHERE r.id = ?", [run_id]).fetchone()
-    if row is None:
-        raise NotFoundError(f"{db_path}: no run {run_id}")
-    return row
-
-
-def _check_index(db_path, run_id: int, sample_index: int, num_samples: int) -> None:
-    if sample_index >= num_samples:
-        raise NotFoundError(f"{db_path}: run {run_id} has no sample {sample_index} (samples 0..{num_samples - 1})")
-
-
 @router.get("/runs/{run_id}/samples", response_model=Page[SampleSummary], summary="Samples of a run")
 def list_samples(request: Request, run_id: int = RunId, pagination: Pagination = Depends(),
                  settings=Depends(get_settings)):
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        _, num_samples, _, _, _, _ = _run_row(conn, settings.db_path, run_id)
-        rows = conn.execute("""
-            SELECT s.sample_index, s.seed, s.final_image IS NOT NULL,
-                   (SELECT count(*) FROM steps st WHERE st.run_id = s.run_id AND st.sample_index = s.sample_index)
-            FROM samples s WHERE s.run_id = ? ORDER BY s.sample_index LIMIT ? OFFSET ?""",
-                            [run_id, pagination.limit, pagination.offset]).fetchall()
-    items = [{"run_id": run_id, "sample_index": i, "seed": seed, "complete": bool(done), "steps_recorded": n,
-              "links": sample_links(request, run_id, i)} for i, seed, done, n in rows]
+    num_samples, rows = catalog.list_samples(settings.db_path, run_id, limit=pagination.limit,
+                                             offset=pagination.offset, timeout=settings.lock_timeout)
+    items = [{**r, "run_id": run_id, "links": sample_links(request, run_id, r["sample_index"])} for r in rows]
     return page(request, items, num_samples, pagination)
 
 
@@ -152,45 +134,12 @@ def list_samples(request: Request, run_id: int = RunId, pagination: Pagination =
             summary="One sample: seed, status and its recorded steps")
 def get_sample(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                settings=Depends(get_settings)):
-    import json
-
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        dataset_id, num_samples, status, c, h, w = _run_row(conn, settings.db_path, run_id)
-        _check_index(settings.db_path, run_id, sample_index, num_samples)
-        seed, done = conn.execute("SELECT seed, final_image IS NOT NULL FROM samples WHERE run_id = ? AND "
-                                  "sample_index = ?", [run_id, sample_index]).fetchone()
-        steps = conn.execute("""
-            SELECT st.step, st.t, st.t_next, st.patch_set_id, ps.description, ps.num_patches,
-                   avg(pst.mass), avg(pst.entropy), avg(pst.ess)
-            FROM steps st JOIN patch_sets ps ON ps.id = st.patch_set_id
-            LEFT JOIN patch_stats pst ON pst.run_id = st.run_id AND pst.sample_index = st.sample_index
-                                      AND pst.step = st.step
-            WHERE st.run_id = ? AND st.sample_index = ?
-            GROUP BY ALL ORDER BY st.step""", [run_id, sample_index]).fetchall()
-    step_items = [{"step": s, "t": t, "t_next": tn, "patch_set_id": ps,
-                   "patch_set": json.loads(d) if isinstance(d, str) else d, "num_patches": k,
-                   "mean_mass": m, "mean_entropy": e, "mean_ess": ess}
-                  for s, t, tn, ps, d, k, m, e, ess in steps]
-    return {"run_id": run_id, "sample_index": sample_index, "seed": seed, "complete": bool(done),
-            "steps_recorded": len(step_items), "shape": [c, h, w], "dataset_id": dataset_id, "run_status": status,
-            "steps": step_items, "links": sample_links(request, run_id, sample_index)}
-
-
-def _count_sources(settings, run_id: int, sample_index: int, step: int | None, trajectory: bool) -> int:
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        if trajectory:
-            sql, params = "FROM trajectory_sources WHERE run_id = ? AND sample_index = ?", [run_id, sample_index]
-        elif step is None:
-            sql, params = "FROM sample_sources WHERE run_id = ? AND sample_index = ?", [run_id, sample_index]
-        else:
-            sql, params = ("FROM step_sources WHERE run_id = ? AND sample_index = ? AND step = ?",
-                           [run_id, sample_index, step])
-        return int(conn.execute("SELECT count(*) " + sql, params).fetchone()[0])
-
-
-def _dataset_of(settings, run_id: int) -> int:
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        return _run_row(conn, settings.db_path, run_id)[0]
+    detail = catalog.sample_detail(settings.db_path, run_id, sample_index, timeout=settings.lock_timeout)
+    run, dataset = detail["run"], detail["dataset"]
+    return {"run_id": run_id, "sample_index": sample_index, "seed": detail["seed"], "complete": detail["complete"],
+            "steps_recorded": len(detail["steps"]), "shape": [dataset["channels"], dataset["height"], dataset["width"]],
+            "dataset_id": run["dataset_id"], "run_status": run["status"], "steps": detail["steps"],
+            "links": sample_links(request, run_id, sample_index)}
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/sources", response_model=SourcesPage,
@@ -203,7 +152,7 @@ async def sample_sources(request: Request, run_id: int = RunId, sample_index: in
                    trajectory: bool = Query(False, description="aggregate over the whole trajectory instead"),
                    settings=Depends(get_settings)):
     if trajectory and step is not None:
-        raise ValueError("give either step or trajectory=true, not both")
+        raise UserError("give either step or trajectory=true, not both")
 
     def compute():
         kwargs = dict(top=offset + top, patches=patches, timeout=settings.lock_timeout)
@@ -213,8 +162,9 @@ async def sample_sources(request: Request, run_id: int = RunId, sample_index: in
         else:
             rows = attribution.sample_sources(settings.db_path, run_id, sample_index, step=step, **kwargs)
             what = "final image" if step is None else f"D(z_t) at step {step}"
-        total = _count_sources(settings, run_id, sample_index, step, trajectory)
-        dataset_id = _dataset_of(settings, run_id)
+        total = catalog.count_sources(settings.db_path, run_id, sample_index, step=step, trajectory=trajectory,
+                                      timeout=settings.lock_timeout)
+        dataset_id = catalog.read_run_record(settings.db_path, run_id, timeout=settings.lock_timeout)[0]["dataset_id"]
         items = []
         for r in rows[offset:]:
             uses = [dict(zip(("step", "position", "top", "left", "height", "width", "weight"), p))
@@ -234,14 +184,9 @@ async def pixel_sources(request: Request, run_id: int = RunId, sample_index: int
                   top: int = Query(10, ge=1, le=MAX_TOP), offset: int = Query(0, ge=0),
                   settings=Depends(get_settings)):
     def compute():
-        with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-            dataset_id, num_samples, _, _, h, w = _run_row(conn, settings.db_path, run_id)
-            _check_index(settings.db_path, run_id, sample_index, num_samples)
-            if y >= h or x >= w:
-                raise ValueError(f"pixel (y={y}, x={x}) is outside the {h}x{w} image")
-            total = conn.execute("SELECT count(DISTINCT image_index) FROM pixel_weights WHERE run_id = ? AND "
-                                 "sample_index = ? AND step = ? AND y = ? AND x = ?",
-                                 [run_id, sample_index, step, y, x]).fetchone()[0]
+        dataset, total = catalog.count_pixel_sources(settings.db_path, run_id, sample_index, step, y, x,
+                                                     timeout=settings.lock_timeout)
+        dataset_id = dataset["id"]
         rows = attribution.pixel_sources(settings.db_path, run_id, sample_index, step, y, x, top=offset + top,
                                          timeout=settings.lock_timeout)[offset:]
         items = [{**r, "links": _training_links(request, dataset_id, r["image_index"])} for r in rows]
@@ -264,21 +209,9 @@ async def sample_image(request: Request, run_id: int = RunId, sample_index: int 
     from auditor.store.recorder import from_blob
 
     def compute():
-        with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-            _, num_samples, status, c, h, w = _run_row(conn, settings.db_path, run_id)
-            _check_index(settings.db_path, run_id, sample_index, num_samples)
-            if step is None:
-                blob = conn.execute("SELECT final_image FROM samples WHERE run_id = ? AND sample_index = ?",
-                                    [run_id, sample_index]).fetchone()[0]
-                if blob is None:
-                    raise NotFoundError(f"run {run_id} ({status}) has no final image for sample {sample_index} yet")
-            else:
-                row = conn.execute(f"SELECT {'z' if what == 'z' else 'denoised'} FROM steps WHERE run_id = ? AND "
-                                   "sample_index = ? AND step = ?", [run_id, sample_index, step]).fetchone()
-                if row is None:
-                    raise NotFoundError(f"run {run_id} sample {sample_index} has no recorded step {step}")
-                blob = row[0]
-        return png_bytes(to_uint8(from_blob(blob, (c, h, w))).numpy(), scale), "image/png"
+        blob, shape = catalog.sample_image_blob(settings.db_path, run_id, sample_index, step, what,
+                                                timeout=settings.lock_timeout)
+        return png_bytes(to_uint8(from_blob(blob, shape)).numpy(), scale), "image/png"
 
     return await cached_response(request, run_id, compute)
 
@@ -297,11 +230,12 @@ async def attribution_map(request: Request, run_id: int = RunId, sample_index: i
                                             "yellow = concentrated)"),
                     scale: int = Query(8, ge=1, le=MAX_SCALE, description="enlarge by pixel repetition"),
                     settings=Depends(get_settings)):
+    from auditor.store.read_models.sample import SampleProvenance
     from reports.maps import attribution_map_png
 
     def compute():
-        return attribution_map_png(settings.db_path, run_id, sample_index, step, kind=kind, scale=scale,
-                                   concentration=concentration, timeout=settings.lock_timeout), "image/png"
+        data = SampleProvenance.load(settings.db_path, run_id, sample_index, timeout=settings.lock_timeout)
+        return attribution_map_png(data, step, kind=kind, scale=scale, concentration=concentration), "image/png"
 
     return await cached_response(request, run_id, compute)
 
@@ -318,11 +252,11 @@ async def sample_report(request: Request, run_id: int = RunId, sample_index: int
                       "data-uri", description="images inline as PNG data URIs, or left out (fetch them from the "
                                               "image and attribution-map endpoints)"),
                   settings=Depends(get_settings)):
-    from reports.context import build_sample_report
+    from auditor.service.pages import sample_report as build_report
 
     def compute():
-        report = build_sample_report(settings.db_path, run_id, sample_index, step=step, top=top, step_top=step_top,
-                                     concentration=concentration, timeout=settings.lock_timeout)
+        report = build_report(settings.db_path, run_id, sample_index, step=step, top=top, step_top=step_top,
+                              concentration=concentration, timeout=settings.lock_timeout)
         return json_body(None, report.to_json(images))
 
     return await cached_response(request, run_id, compute)

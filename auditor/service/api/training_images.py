@@ -3,23 +3,20 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from auditor.store import attribution, database, datasets
+from auditor.service.api.common import Page, Pagination, page, png_response
 from auditor.service.auth import get_settings
-from auditor.store.database import NotFoundError
-from auditor.service.api import Page, Pagination, page, png_response
+from auditor.store import attribution, catalog, datasets
 
 router = APIRouter(tags=["training images"])
 
 DatasetId = Path(ge=1, description="dataset id")
 ImageIndex = Path(ge=0, description="index of the training image in its dataset (0-based)")
-_META = ("image_index", "image_id", "sha256", "label", "label_name", "source_uri", "owner", "license", "extra")
 
 
 class DatasetInfo(BaseModel):
@@ -70,8 +67,7 @@ def _dataset(request: Request, row: dict) -> dict:
 
 def _image(request: Request, dataset_id: int, row: dict) -> dict:
     params = {"dataset_id": dataset_id, "image_index": row["image_index"]}
-    extra = row.get("extra")
-    return {**row, "dataset_id": dataset_id, "extra": json.loads(extra) if isinstance(extra, str) else extra,
+    return {**row, "dataset_id": dataset_id,
             "links": {"self": str(request.url_for("get_training_image", **params)),
                       "usage": str(request.url_for("training_image_usage", **params)),
                       "image": str(request.url_for("training_image_png", **params)),
@@ -99,41 +95,15 @@ def list_training_images(request: Request, dataset_id: int = DatasetId, paginati
                          owner: str | None = Query(None, max_length=500, description="part of the owner's name"),
                          label: int | None = Query(None, description="class label"),
                          settings=Depends(get_settings)):
-    where, params = ["dataset_id = ?"], [dataset_id]
-    if image_id is not None:
-        where.append("image_id = ?")
-        params.append(image_id)
-    if source_uri is not None:
-        where.append("contains(lower(source_uri), lower(?))")
-        params.append(source_uri)
-    if owner is not None:
-        where.append("contains(lower(owner), lower(?))")
-        params.append(owner)
-    if label is not None:
-        where.append("label = ?")
-        params.append(label)
-    sql = " AND ".join(where)
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        if conn.execute("SELECT 1 FROM datasets WHERE id = ?", [dataset_id]).fetchone() is None:
-            raise NotFoundError(f"{settings.db_path}: no dataset {dataset_id}")
-        total = conn.execute(f"SELECT count(*) FROM training_images WHERE {sql}", params).fetchone()[0]
-        rows = conn.execute(f"SELECT {', '.join(_META)} FROM training_images WHERE {sql} ORDER BY image_index "
-                            "LIMIT ? OFFSET ?", [*params, pagination.limit, pagination.offset]).fetchall()
-    items = [_image(request, dataset_id, dict(zip(_META, r))) for r in rows]
+    rows, total = catalog.list_training_images(settings.db_path, dataset_id, image_id=image_id, source_uri=source_uri,
+                                               owner=owner, label=label, limit=pagination.limit,
+                                               offset=pagination.offset, timeout=settings.lock_timeout)
+    items = [_image(request, dataset_id, r) for r in rows]
     return page(request, items, total, pagination)
 
 
 def load_training_image(settings, dataset_id: int, image_index: int) -> dict:
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        row = conn.execute(f"SELECT {', '.join(_META)} FROM training_images WHERE dataset_id = ? AND image_index = ?",
-                           [dataset_id, image_index]).fetchone()
-        if row is None:
-            known = conn.execute("SELECT count FROM datasets WHERE id = ?", [dataset_id]).fetchone()
-            if known is None:
-                raise NotFoundError(f"{settings.db_path}: no dataset {dataset_id}")
-            raise NotFoundError(f"{settings.db_path}: dataset {dataset_id} has no training image index {image_index} "
-                                f"(indices 0..{known[0] - 1})")
-    return dict(zip(_META, row))
+    return catalog.training_image(settings.db_path, dataset_id, image_index, timeout=settings.lock_timeout)
 
 
 @router.get("/datasets/{dataset_id}/training-images/{image_index}", response_model=TrainingImage,
@@ -168,14 +138,8 @@ def training_image_usage_by_id(request: Request, dataset_id: int = DatasetId,
                                image_id: str = Query(max_length=500, description="the training image's id"),
                                pagination: Pagination = Depends(), all_steps: bool = Query(False),
                                min_share: float = Query(0.0, ge=0.0, le=1.0), settings=Depends(get_settings)):
-    with database.connect(settings.db_path, read_only=True, timeout=settings.lock_timeout) as conn:
-        if conn.execute("SELECT 1 FROM datasets WHERE id = ?", [dataset_id]).fetchone() is None:
-            raise NotFoundError(f"{settings.db_path}: no dataset {dataset_id}")
-        row = conn.execute("SELECT image_index FROM training_images WHERE dataset_id = ? AND image_id = ?",
-                           [dataset_id, image_id]).fetchone()
-    if row is None:
-        raise NotFoundError(f"{settings.db_path}: dataset {dataset_id} has no training image {image_id!r}")
-    return training_image_usage(request, dataset_id, int(row[0]), pagination, all_steps, min_share, settings)
+    index = catalog.training_image_index(settings.db_path, dataset_id, image_id, timeout=settings.lock_timeout)
+    return training_image_usage(request, dataset_id, index, pagination, all_steps, min_share, settings)
 
 
 @router.get("/datasets/{dataset_id}/training-images/{image_index}/image.png", summary="The training image as PNG",

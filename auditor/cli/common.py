@@ -1,0 +1,124 @@
+"""What the command groups share: the program name, CLIError, the --db / --data option
+parents, argument checks and table printing. Light on purpose (no torch): every command
+imports its heavy modules when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+
+from auditor.errors import UserError
+from auditor.store import database
+
+PROG = "auditor"
+
+
+class CLIError(UserError):
+    """A problem with the user's request; printed as `auditor: error: ...`."""
+
+
+@dataclass(frozen=True)
+class Parents:
+    """The option parents of the subcommands: --db/--lock-timeout (accepted after the
+    command too) and the training data options."""
+
+    store: argparse.ArgumentParser
+    data: argparse.ArgumentParser
+
+
+def store_options(suppress: bool) -> argparse.ArgumentParser:
+    """--db and --lock-timeout, accepted before or after the command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    default = argparse.SUPPRESS if suppress else None
+    parent.add_argument("--db", metavar="PATH", default=default,
+                        help="the store (default: $AUDITOR_DB, else ./provenance.duckdb)")
+    parent.add_argument("--lock-timeout", type=float, metavar="S",
+                        default=argparse.SUPPRESS if suppress else database.DEFAULT_TIMEOUT,
+                        help=f"seconds to wait while another process holds the file (default: "
+                             f"{database.DEFAULT_TIMEOUT:g})")
+    return parent
+
+
+def data_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("training data")
+    group.add_argument("--data", default="fashion-mnist", metavar="SPEC",
+                       help="training set: fashion-mnist[:train|:test], a .npy/.npz/.zip/IDX file, a CIFAR-10 "
+                            "batch directory or an image folder (default: %(default)s)")
+    group.add_argument("--limit", type=int, metavar="N", help="keep only the first N training images (default: all)")
+    return parent
+
+
+# ---------------------------------------------------------------------------------------
+# Checks and loading
+# ---------------------------------------------------------------------------------------
+def positive(value, option: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise CLIError(f"{option} must be > 0, got {value}")
+
+
+def numbers(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"{option} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise CLIError(f"{option} needs at least one number")
+    return values
+
+
+def check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise CLIError(f"--port must be in 1..65535, got {port}")
+
+
+def db_path(args):
+    return database.resolve_db_path(args.db)
+
+
+def load_data(spec: str, limit: int | None):
+    from pspc.data.loaders import load_training_set
+
+    positive(limit, "--limit")
+    return load_training_set(spec, limit=limit)
+
+
+def device(name: str):
+    from pspc.cli import resolve_device
+
+    return resolve_device(name)
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's and numba's CPU threads (both: numba's OpenMP kernels reset the OpenMP thread
+    count that torch reads)."""
+    if not threads:
+        return
+    import numba
+    import torch
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+# ---------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------
+def print_table(headers: list[str], rows: list[list]) -> None:
+    from auditor.store.query import format_table
+
+    sys.stdout.write(format_table(headers, [tuple(r) for r in rows], null=""))
+
+
+def when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+def share(value) -> str:
+    return f"{100 * value:.1f}%" if value is not None else ""
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,95 @@
+"""The report service's settings: ONE validated object (pydantic-settings), and what
+`auditor serve` prints at start-up.
+
+Every field can be given to the constructor (`ServiceSettings(db_path=..., sql_row_cap=...)`,
+as `auditor serve` and the tests do) or, when not given, read from the environment:
+AUDITOR_DB for the store (as everywhere in the auditor; default ./provenance.duckdb), and
+AUDITOR_<FIELD NAME> for the others (AUDITOR_LOCK_TIMEOUT, AUDITOR_SQL_ROW_CAP,
+AUDITOR_SQL_TIME_LIMIT_S, AUDITOR_MAX_UPLOAD_BYTES, AUDITOR_CACHE_BYTES, AUDITOR_JOBS_DIR,
+AUDITOR_KEYS_REQUIRED, AUDITOR_MAX_RUNNING_JOBS, AUDITOR_JOB_LOCK_TIMEOUT,
+AUDITOR_JOB_NICENESS, AUDITOR_PYTHON). An empty variable counts as unset. A bad value is a
+UserError naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from auditor.errors import UserError
+from auditor.store import database
+
+__all__ = ["ENV_PREFIX", "ServiceSettings", "local_mode_message", "startup_message"]
+
+ENV_PREFIX = "AUDITOR_"
+
+
+class ServiceSettings(BaseSettings):
+    """What the service needs to know; tests build one on a temporary store.
+
+    keys_required: None derives it from the store at start-up (any active key -> True);
+    True forces key checks even before a key exists. Once keys are required they stay
+    required for the life of the process, even if every key is revoked.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, populate_by_name=True,
+                                      extra="forbid")
+
+    db_path: Path = Field(Path(database.DEFAULT_DB), validation_alias=database.DB_ENV,
+                          description="the provenance store (env AUDITOR_DB)")
+    lock_timeout: float = Field(database.DEFAULT_TIMEOUT, gt=0,
+                                description="seconds a request waits while another process holds the store")
+    sql_row_cap: int = Field(1000, ge=1, description="rows the SQL endpoint returns at most")
+    sql_time_limit_s: float = Field(5.0, gt=0, description="seconds a SQL query may run")
+    max_upload_bytes: int = Field(10 * 2**20, ge=1, description="largest request body")
+    cache_bytes: int = Field(256 * 2**20, ge=0, description="responses about complete runs kept in memory "
+                                                            "(they never change); 0: no cache")
+    jobs_dir: Path | None = Field(None, description="job logs; default: <store folder>/<store name>.jobs/")
+    keys_required: bool | None = None
+    max_running_jobs: int = Field(1, ge=1, description="sampling jobs at a time (each uses every CPU core it can)")
+    job_lock_timeout: float = Field(120.0, gt=0, description="a job's writer waits this long for the lock "
+                                                             "(readers may be busy)")
+    job_niceness: int = Field(10, description="jobs run this much nicer than the service (serving keeps the CPU)")
+    python: str | None = Field(None, description="interpreter for job subprocesses (default: this one)")
+
+    def __init__(self, **values):
+        if "db_path" in values:  # as its alias, so that it overrides AUDITOR_DB in every pydantic-settings 2.x
+            values[database.DB_ENV] = values.pop("db_path")
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise UserError(f"service settings: {_problems(exc)}") from None
+
+    @model_validator(mode="after")
+    def _default_jobs_dir(self) -> "ServiceSettings":
+        if self.jobs_dir is None:
+            self.jobs_dir = self.db_path.parent / f"{self.db_path.name}.jobs"
+        return self
+
+
+def _problems(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "settings"
+        where = "db_path" if where == database.DB_ENV else where
+        parts.append(f"{where}: {error.get('msg', 'invalid')} (got {error.get('input')!r})")
+    return "; ".join(parts)
+
+
+def local_mode_message(db_path: os.PathLike | str) -> str:
+    return (f"LOCAL SINGLE-USER MODE: {db_path} holds no API key, so every request is allowed without one. "
+            "Create a key with `auditor keys create NAME` to require keys.")
+
+
+def startup_message(settings: ServiceSettings, url: str) -> str:
+    """What `auditor serve` prints: where, which store, and whether keys are required."""
+    lines = [f"auditor service on {url}  (API docs: {url.rstrip('/')}/api/docs)",
+             f"store: {Path(settings.db_path).resolve()}"]
+    if settings.keys_required:
+        lines.append("API keys REQUIRED: send 'Authorization: Bearer <key>' (API) or open a page with ?key=<key>")
+    else:
+        lines.append(local_mode_message(settings.db_path))
+    return "\n".join(lines)

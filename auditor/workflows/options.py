@@ -1,0 +1,223 @@
+"""The workflows' options: one small frozen dataclass per workflow, with the defaults of the
+command line, and `Runtime` for how a call runs (its command line, progress, device, lock
+timeout). Light on purpose (no torch): the CLI builds them from its arguments.
+
+  record_sampling_run(db, training_set, options=SamplingOptions(...), runtime=Runtime(...))
+  record_comparison(db, training_set, network, options=ComparisonOptions(...), runtime=...)
+  record_audit(db, training_set, image, network=None, options=AuditOptions(...), runtime=...)
+  record_explained_run(db, training_set, network, z, options=ExplainOptions(...), ...)
+  run_study(StudyOptions(...), ...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from auditor.store.database import DEFAULT_TIMEOUT
+from auditor.store.studies import StudyError
+
+if TYPE_CHECKING:
+    import torch
+
+    from auditor.similarity.descriptors import Descriptor
+
+__all__ = ["DEFAULT_NETWORK", "DEFAULT_NOISE_LEVELS", "DEFAULT_THRESHOLDS", "FULL", "KINDS", "QUICK",
+           "RECORDABLE_KINDS", "AuditOptions", "ComparisonOptions", "ExplainOptions", "Runtime", "SamplingOptions",
+           "StudyOptions", "from_keywords", "parse_floats"]
+
+RECORDABLE_KINDS = ("pspc-square", "pspc-flex", "empirical")  # the denoisers that give posterior weights
+DEFAULT_NETWORK = "checkpoints/fmnist-unet.pt"  # what `auditor train-network` writes for Fashion-MNIST
+DEFAULT_NOISE_LEVELS = (3.0, 1.0, 0.3, 0.05)  # the paper's range 0.3-3, and near-clean patches
+DEFAULT_THRESHOLDS = (0.5, 0.6)  # = auditor.similarity.copy_detection.DEFAULT_THRESHOLDS (a test checks it)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runtime:
+    """How a workflow call runs: the command line recorded with its results, progress(n)
+    after every n sampling steps, the torch device, and seconds to wait for the store's lock."""
+
+    command: Sequence[str] | None = None
+    progress: Callable[[int], None] | None = None
+    device: str | torch.device = "cpu"
+    timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingOptions:
+    """A recorded PSPC sampling run (`auditor sample`): sample i starts from seed + i; top_k
+    and mass say which posterior weights are kept."""
+
+    denoiser_kind: str = "pspc-square"
+    patch_size: int | None = None  # pspc-square: fixed s x s patches (None: the paper's s(t))
+    num_samples: int = 16
+    steps: int = 18
+    sampler: str = "euler"
+    seed: int = 0
+    top_k: int = 16
+    mass: float = 0.99
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExplainOptions:
+    """How PSPC explains a network's states: the explaining denoiser (explainer, patch_size,
+    a tuned schedule file, the draws of the network's Eq. 8 sensitivity for pspc-flex), the
+    seed and the kept weights (top_k, mass)."""
+
+    explainer: str = "pspc-square"
+    patch_size: int | None = None
+    schedule: str | Path | None = None
+    sensitivity_draws: int = 4
+    seed: int = 0
+    top_k: int = 16
+    mass: float = 0.99
+
+    def explain(self) -> ExplainOptions:
+        """Only the ExplainOptions part (of a ComparisonOptions or AuditOptions)."""
+        return ExplainOptions(**{f.name: getattr(self, f.name) for f in fields(ExplainOptions)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComparisonOptions(ExplainOptions):
+    """A network comparison (`auditor compare`): num_samples x steps from shared noise, the
+    network explained by `explainer` and sampled against `denoisers`; descriptor (spec or
+    Descriptor; None: SSCD when configured, else pixel correlation), thresholds and copy_k
+    (0: no copy detection) for the similarity and copy matches."""
+
+    num_samples: int = 16
+    steps: int = 18
+    sampler: str = "euler"
+    denoisers: Sequence[str] = ("pspc-square",)
+    descriptor: Descriptor | str | None = None
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+    copy_k: int = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditOptions(ExplainOptions):
+    """An audit (`auditor audit`): with a network, inversion and replay with `steps` /
+    `sampler`; without, direct attribution at `noise_levels` with `draws` noise draws."""
+
+    steps: int = 18
+    sampler: str = "heun"
+    noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS
+    draws: int = 1
+    descriptor: Descriptor | str | None = None
+    copy_k: int = 5
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+
+
+def from_keywords(cls, options, runtime: Runtime | None, settings: dict[str, Any], where: str):
+    """(options, runtime) of a workflow call. Transitional, for callers that still pass the
+    settings as keywords (`record_sampling_run(db, data, num_samples=2, timeout=5)`): each
+    keyword is a field of `cls` or of Runtime; mixing them with options= / runtime= is refused."""
+    if not settings:
+        return options if options is not None else cls(), runtime if runtime is not None else Runtime()
+    if options is not None or runtime is not None:
+        raise TypeError(f"{where}(): pass options= and runtime=, or keyword settings, not both")
+    mine, run = {f.name for f in fields(cls)}, {f.name for f in fields(Runtime)}
+    unknown = sorted(set(settings) - mine - run)
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}")
+    return (cls(**{k: v for k, v in settings.items() if k in mine}),
+            Runtime(**{k: v for k, v in settings.items() if k in run}))
+
+
+# ---------------------------------------------------------------------------------------
+# Fidelity studies (auditor.workflows.fidelity; bench/fidelity.py and `auditor fidelity run`)
+# ---------------------------------------------------------------------------------------
+KINDS = ("empirical", "gaussian", "cfdm", "pspc-square", "pspc-flex")
+FULL = {"limit": None, "test_images": 64, "samples": 64, "steps": 18, "ts": "0.01,0.03,0.1,0.3,1,3,10,30",
+        "sensitivity_grid": "0.01,0.03,0.1,0.3,1,3,10,30", "sensitivity_samples": 16, "tune_states": 16}
+QUICK = {"limit": 5000, "test_images": 8, "samples": 8, "steps": 18, "ts": "0.03,0.1,0.3,1,3,10",
+         "sensitivity_grid": "0.03,0.1,0.3,1,3,10", "sensitivity_samples": 8, "tune_states": 4}
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    """Comma-separated numbers of an option; StudyError naming it."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise StudyError(f"{option} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise StudyError(f"{option} is empty")
+    return values
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyOptions:
+    """A fidelity study's options, named as the command-line options (--test-images is
+    test_images). None: the preset's value (`resolved()`: QUICK with quick=True, else FULL).
+    The record's configuration holds every field, in this order."""
+
+    network: str | Path = DEFAULT_NETWORK
+    data: str = "fashion-mnist"
+    limit: int | None = None
+    no_xflip: bool = False
+    test_data: str = "fashion-mnist:test"
+    test_images: int | None = None
+    samples: int | None = None
+    steps: int | None = None
+    ts: str | None = None
+    sensitivity_samples: int | None = None
+    sensitivity_grid: str | None = None
+    denoisers: str = ",".join(KINDS)
+    schedule: str | Path | None = None
+    tune: bool = False
+    tune_process: str = "reverse"
+    tune_states: int | None = None
+    tune_sizes: str | None = None
+    tune_lambdas: str | None = None
+    descriptor: str = "auto"
+    no_sampling: bool = False
+    seed: int = 0
+    batch: int = 64
+    device: str = "cpu"
+    threads: int | None = None
+    quick: bool = False
+
+    @property
+    def times(self) -> list[float]:
+        """The forward-process noise levels (--ts)."""
+        return parse_floats(self.ts, "--ts")
+
+    @property
+    def grid(self) -> list[float]:
+        """The levels where G(t) is computed (--sensitivity-grid)."""
+        return parse_floats(self.sensitivity_grid, "--sensitivity-grid")
+
+    @property
+    def kinds(self) -> list[str]:
+        """The denoisers compared (--denoisers)."""
+        return [k.strip() for k in self.denoisers.split(",") if k.strip()]
+
+    def resolved(self) -> StudyOptions:
+        """These options with unset ones from the preset (--quick or full), checked; StudyError
+        names the option."""
+        preset = QUICK if self.quick else FULL
+        options = replace(self, **{key: value for key, value in preset.items() if getattr(self, key) is None})
+        for key in ("test_images", "samples", "steps", "sensitivity_samples", "tune_states", "batch"):
+            if getattr(options, key) < 1:
+                raise StudyError(f"--{key.replace('_', '-')} must be >= 1")
+        if options.limit is not None and options.limit < 1:
+            raise StudyError("--limit must be >= 1")
+        if options.threads is not None and options.threads < 1:
+            raise StudyError("--threads must be >= 1")
+        parse_floats(options.ts, "--ts")  # a bad list fails here, not hours later
+        parse_floats(options.sensitivity_grid, "--sensitivity-grid")
+        unknown = sorted(set(options.kinds) - set(KINDS))
+        if unknown or not options.kinds:
+            raise StudyError(f"unknown denoiser(s) {unknown}; choose from {', '.join(KINDS)}")
+        if options.schedule is not None and not Path(options.schedule).is_file():
+            raise StudyError(f"no schedule file at {options.schedule}")
+        return options
+
+    def configuration(self, out: Path | None = None) -> dict:
+        """What a study's record keeps of its options: every field (paths as text), the output
+        folder when there is one, and the parsed times, grid and kinds."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        if out is not None:
+            record["out"] = out
+        record.update(times=self.times, grid=self.grid, kinds=self.kinds)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in record.items()}

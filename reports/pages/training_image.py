@@ -1,0 +1,127 @@
+"""A training image's page (TrainingImagePage, template training_image.html): the rights
+holder's view, from auditor.store.read_models.training_images.TrainingImageData."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from auditor.store.read_models.training_images import TrainingImageData
+from reports import maps
+from reports.pages.common import (MAIN_SIZE, TINY_SIZE, Context, DatasetInfo, Pagination, PatchLocation, Picture,
+                                  check_options, dataset_info, display_scale)
+
+__all__ = ["StepUse", "TrainingImagePage", "UsageRow", "build_training_image_page", "usage_overlay"]
+
+
+@dataclass(kw_only=True)
+class StepUse:
+    """One step of one sample that kept weight on the image: its share of D(z_t) there
+    (mirrored part apart) and the patch locations it gave (boxes in the original image)."""
+
+    step: int
+    t: float
+    t_next: float
+    share: float
+    flip_share: float
+    locations: list[PatchLocation]
+
+
+@dataclass(kw_only=True)
+class UsageRow:
+    """One sample that used the image: its final image, the image's share of it (None if the
+    final step did not keep it or the run is not complete), and every step that used it."""
+
+    run_id: int
+    sample_index: int
+    run_status: str
+    image: Picture | None
+    final_share: float | None
+    max_share: float
+    steps: list[StepUse]
+    outlined: Picture | None = None  # the training image with this sample's final-step patches outlined
+
+
+@dataclass(kw_only=True)
+class TrainingImagePage(Context):
+    """A training image (template training_image.html): its metadata, where in it PSPC took
+    patches for final images (usage map), and every sample, step and patch location that
+    used it, largest final share first (paginated by sample)."""
+
+    documented_template: ClassVar[str] = "training_image.html"
+
+    dataset: DatasetInfo
+    image_index: int
+    image_id: str
+    sha256: str
+    label: int | None
+    label_name: str | None
+    source_uri: str | None
+    owner: str | None
+    license: str | None
+    extra: dict | None
+    thumbnail: Picture | None
+    usage_map: Picture | None  # share of final images taken from each of its pixels (viridis)
+    usage_total: float  # sum of its shares over all final images
+    samples_using: int
+    steps_using: int
+    usages: list[UsageRow]
+    pagination: Pagination
+    locations_per_step: int = 0
+
+    @property
+    def title(self) -> str:
+        return f"Training image {self.image_id}"
+
+
+def usage_overlay(pixels: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+    """Used pixels in viridis (by how much, relative to the most used), over the training image
+    dimmed to a third where nothing was taken (or black when its pixels are not stored)."""
+    coloured = maps.colormap(values).astype(np.float64)
+    base = maps.image_rgb(pixels).astype(np.float64) / 3 if pixels is not None else np.zeros_like(coloured)
+    alpha = np.where(values > 0, 0.55 + 0.45 * values, 0.0)[..., None]
+    return np.round((1 - alpha) * base + alpha * coloured).astype(np.uint8)
+
+
+def _usage_row(data: TrainingImageData, key: tuple[int, int], locations: int) -> UsageRow:
+    entry = data.usage["samples"][key]
+    steps = []
+    for step in sorted(entry["steps"]):
+        s = entry["steps"][step]
+        located = sorted(s["locations"], key=lambda p: (-p["weight"], p["position"]))[:locations]
+        steps.append(StepUse(step=step, t=s["t"], t_next=s["t_next"], share=s["share"], flip_share=s["flip_share"],
+                             locations=[PatchLocation(**p) for p in located]))
+    final_step = next((st for st in steps if st.t_next == 0), None)
+    outlined = None
+    if data.pixels is not None and final_step is not None:
+        scale = display_scale(data.shape[2], TINY_SIZE)
+        outlined = Picture(rgb=maps.outlined_thumbnail(data.pixels, [p.box for p in final_step.locations], scale),
+                           scale=scale, display=1, alt="patches this sample's final image took from the training image")
+    image = Picture.of(data.finals[key], TINY_SIZE, f"sample {key[1]} of run {key[0]}") if key in data.finals else None
+    return UsageRow(run_id=key[0], sample_index=key[1], run_status=data.statuses.get(key[0], "?"), image=image,
+                    final_share=entry["final_share"], max_share=entry["max_share"], steps=steps, outlined=outlined)
+
+
+def build_training_image_page(data: TrainingImageData, *, pagination: Pagination,
+                              locations: int = 8) -> TrainingImagePage:
+    """The page of the image `data` holds, read for `pagination` (a Pagination.window), with at
+    most `locations` patch locations per step (largest weight first)."""
+    check_options(locations=(locations, 0, 1000))
+    usages = [_usage_row(data, key, locations) for key in data.shown]
+    thumbnail = usage_map = None
+    image = data.image
+    if data.pixels is not None:
+        thumbnail = Picture.of(data.pixels, MAIN_SIZE // 2 * 2, f"training image {image['image_id']}")
+    pixel_map = data.usage["pixel_map"]
+    if pixel_map is not None and pixel_map.max() > 0:
+        usage_map = Picture.of_rgb(usage_overlay(data.pixels, pixel_map / pixel_map.max()), MAIN_SIZE // 2 * 2,
+                                   "share of final images taken from each pixel of the training image")
+    return TrainingImagePage(
+        dataset=dataset_info(data.dataset), image_index=image["image_index"], image_id=image["image_id"],
+        sha256=image["sha256"], label=image["label"], label_name=image["label_name"], source_uri=image["source_uri"],
+        owner=image["owner"], license=image["license"], extra=image["extra"], thumbnail=thumbnail,
+        usage_map=usage_map, usage_total=data.usage["final_total"], samples_using=data.total,
+        steps_using=data.usage["steps_using"], usages=usages, pagination=pagination.of(data.total),
+        locations_per_step=locations)
