@@ -177,10 +177,10 @@ def main() -> int:
             writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(args.warmup + args.seconds + 2),
                                        str(steps_file)], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
             if not args.writer_same_priority:  # as the service runs its jobs (ServiceSettings.job_niceness)
-                from auditor.service.jobs import _lower_priority
                 from auditor.service.app import ServiceSettings
+                from auditor.service.jobs import lower_priority
 
-                _lower_priority(writer.pid, ServiceSettings.job_niceness)
+                lower_priority(writer.pid, ServiceSettings.model_fields["job_niceness"].default)
             if writer.stdout.readline().strip() != "writing":
                 raise SystemExit("the writer did not start")
         report = "/api/runs/1/samples/0/report" + ("?images=none" if args.report_images == "none" else "")

@@ -37,10 +37,6 @@ from auditor.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, outcome
 
 __all__ = ["main"]
 
-# error classes of modules that have not moved under auditor.errors.UserError yet: user errors too
-_PENDING_USER_ERRORS = (("auditor.similarity.descriptors", "DescriptorError"),
-                        ("auditor.similarity.copy_detection", "CopyDetectionError"))
-
 
 def _exit_code(exc: BaseException) -> int | None:
     """EXIT_USAGE for the user's errors (shown as one line), None for a bug."""
@@ -49,10 +45,6 @@ def _exit_code(exc: BaseException) -> int | None:
         return found.exit_code
     if isinstance(exc, OSError):  # the user's files: missing, unreadable, a directory, ...
         return EXIT_USAGE
-    for module, name in _PENDING_USER_ERRORS:  # (only loaded modules can have raised them)
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(exc, cls):
-            return EXIT_USAGE
     return None
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from pspc.data.training_set import TrainingSet
 
 from auditor.store import database
-from auditor.store.database import NotFoundError, StoreError
+from auditor.errors import NotFoundError, StoreError
 
 __all__ = ["METADATA_COLUMNS", "dataset_rows", "find_dataset", "ingest", "list_datasets", "pixel_column",
            "stored_training_set", "training_pixels"]

@@ -38,8 +38,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-__all__ = ["contributions", "coverage", "member_coverage", "member_patch_shares", "patch_shares", "pixel_weights",
-           "share_totals", "trajectory_coefficients"]
+__all__ = ["contributions", "coverage", "member_coverage", "member_patch_shares", "member_pixel_weights",
+           "patch_shares", "pixel_weights", "share_totals", "trajectory_coefficients"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,6 +98,17 @@ def pixel_weights(weights: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     masks [K, H W] and divided by the coverage; [..., H W]. With the dropped mass 1 - mass_k
     as the values it is the bound on a pixel's recomposition error."""
     return (weights @ masks) / coverage(masks).to(masks.dtype)
+
+
+def member_pixel_weights(row: np.ndarray, pixel: np.ndarray, weight: np.ndarray, num_rows: int,
+                         cov: np.ndarray) -> np.ndarray:
+    """p(q) from membership lists: each kept weight expanded over its patch's pixels as
+    (row, pixel, weight) triples (row: e.g. the training entry), summed per (row, pixel) and
+    divided by cov = member_coverage(...) (uncovered pixels stay 0); float64 [num_rows, H W]."""
+    size = cov.size
+    maps = np.bincount(row * size + pixel, weights=weight, minlength=num_rows * size).reshape(num_rows, size)
+    maps /= np.where(cov > 0, cov, 1.0)
+    return maps
 
 
 # ---------------------------------------------------------------------------------------

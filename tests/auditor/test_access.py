@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from auditor.service import auth as access
 from auditor.store import database
 from auditor.cli import main
-from auditor.store.database import NotFoundError, StoreError
+from auditor.errors import NotFoundError, StoreError
 from auditor.service.app import ServiceSettings, create_app
 
 

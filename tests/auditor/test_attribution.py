@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from auditor.store import attribution, database
-from auditor.store.database import NotFoundError
+from auditor.errors import NotFoundError
 from auditor.store.example_queries import EXAMPLE_QUERIES, example_query
 
 from tests.auditor.conftest import FASHION_OPTIONS, engine_shares
@@ -176,6 +176,10 @@ def test_attribution_formulas_agree_with_the_engine_in_every_form():
     weights = torch.rand(3, patch_set.num_patches, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     maps = formulas.pixel_weights(weights, masks.flatten(1).to(torch.float64))
     assert torch.allclose(maps.mean(1), weights @ shares)
+    row = np.repeat(np.arange(3), len(position))  # every (entry, patch) weight over the patch's pixels
+    member = np.tile(np.arange(len(position)), 3)
+    sparse = formulas.member_pixel_weights(row, pixel[member], weights.numpy()[row, position[member]], 3, member_cov)
+    assert np.allclose(sparse, maps.numpy(), rtol=0, atol=1e-15)
     key, contribution = np.repeat(np.arange(3), patch_set.num_patches), formulas.contributions(
         weights.numpy().ravel(), shares.numpy(), np.tile(np.arange(patch_set.num_patches), 3))
     keys, totals, flip_totals, patches = formulas.share_totals(key, contribution, np.zeros(len(key), bool),
