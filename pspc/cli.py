@@ -406,8 +406,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-_device = resolve_device  # TEMPORARY alias for auditor code being migrated; removed at integration
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -136,6 +136,3 @@ def invert(denoiser: Denoiser, x: torch.Tensor, config: SamplerConfig = SamplerC
         if progress is not None:
             progress(1)
     return z
-
-
-_denoise = denoise_step  # TEMPORARY alias for auditor code being migrated; removed at integration

@@ -34,7 +34,8 @@ import torch
 
 from pspc.data.training_set import TrainingSet
 from pspc.denoisers import DENOISER_KINDS, Denoiser, NetworkDenoiser, build_denoiser
-from pspc.evaluation.fidelity import SensitivityMaps, network_flex
+from pspc.denoisers import network_flex
+from pspc.posterior.sensitivity import SensitivityMaps
 from pspc.posterior.weights import WeightRequest
 from pspc.samplers import SamplerConfig, denoise_step, initial_noise, sample
 from pspc.schedules import Schedule, read_schedule_file
@@ -46,21 +47,20 @@ from auditor.similarity.copy_detection import (
 from auditor.similarity.descriptors import Descriptor, load_descriptor
 from auditor.store import database, datasets
 from auditor.store.comparisons import (
-    NETWORK_ROLE, agreement_table, comparison_summary, create_comparison, run_final_images, run_infos,
-    sample_counterpart, set_comparison_status, store_copy_matches, store_similarities
+    NETWORK_ROLE, agreement_table, create_comparison, run_final_images, run_infos, set_comparison_status,
+    store_copy_matches, store_similarities
 )
-from auditor.store.networks import network_fingerprint, register_network
+from auditor.store.networks import register_network
 from auditor.store.recorder import ExplainedRecorder
 from auditor.store.runs import complete_samples_only, create_run, error_text, mark_failed, versions
 from auditor.workflows.options import (
-    RECORDABLE_KINDS, ComparisonOptions, ExplainOptions, Runtime, SamplingOptions, from_keywords
+    RECORDABLE_KINDS, ComparisonOptions, ExplainOptions, Runtime, SamplingOptions
 )
 from auditor.workflows.sampling import record_sampling_run, sampler_record
 
-__all__ = ["NETWORK_ROLE", "ComparisonOptions", "ComparisonResult", "ExplainOptions", "agreement_table",
-           "build_pspc", "comparison_summary", "explain_trajectory", "load_comparison_network", "network_fingerprint",
-           "record_comparison", "record_copy_matches", "record_explained_run", "record_similarities",
-           "register_network", "run_final_images", "sample_counterpart", "schedule_kinds"]
+__all__ = ["ComparisonOptions", "ComparisonResult", "ExplainOptions", "build_pspc", "explain_trajectory",
+           "load_comparison_network", "record_comparison", "record_copy_matches", "record_explained_run",
+           "record_similarities", "schedule_kinds"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def _record_runs(db_path, training_set: TrainingSet, network: NetworkDenoiser, n
 
 
 def record_comparison(db_path, training_set: TrainingSet, network, *, options: ComparisonOptions | None = None,
-                      runtime: Runtime | None = None, **settings) -> ComparisonResult:
+                      runtime: Runtime | None = None) -> ComparisonResult:
     """Compare `network` with PSPC (and `options.denoisers`) from shared initial noise; see the
     module docstring. network: a NetworkDenoiser, an nn.Module with net(z, sigma) or a network
     file (pspc.networks.load_network). options.explainer (and patch_size): the PSPC denoiser
@@ -345,9 +345,8 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, options: C
     descriptor: an auditor.similarity.descriptors spec or Descriptor (None: SSCD when
     configured, else the pixel-correlation fallback); copy_k = 0 skips copy detection.
     runtime.progress(1) after every sampling step of every run. Everything is validated
-    before anything is written. `settings`: the fields of ComparisonOptions and Runtime as
-    keywords (transitional)."""
-    options, runtime = from_keywords(ComparisonOptions, options, runtime, settings, "record_comparison")
+    before anything is written."""
+    options, runtime = options or ComparisonOptions(), runtime or Runtime()
     kinds = _check_options(options)
     thresholds = check_thresholds(options.thresholds)
     config = SamplerConfig(method=options.sampler, num_steps=options.steps)

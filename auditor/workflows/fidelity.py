@@ -13,7 +13,7 @@ The options are a StudyOptions (auditor.workflows.options): bench/fidelity.py an
 fidelity run` build it from the same command-line options (auditor.cli.fidelity).
 
 The store's side (revision 0007) is auditor.store.studies: `store_study`, `load_study`,
-`list_studies` (re-exported here).
+`list_studies`.
 """
 
 from __future__ import annotations
@@ -29,19 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from auditor.store.studies import RESULT_KEYS, StudyError, list_studies, load_study, store_study
+from auditor.store.studies import StudyError
 from auditor.workflows.options import DEFAULT_NETWORK, FULL, KINDS, QUICK, StudyOptions, parse_floats
 
 if TYPE_CHECKING:
     from pspc.data.training_set import TrainingSet
     from pspc.denoisers import NetworkDenoiser
-    from pspc.evaluation.fidelity import ConcentrationTable, FidelityCurves, SensitivityMaps
+    from pspc.evaluation.fidelity import ConcentrationTable, FidelityCurves
+    from pspc.posterior.sensitivity import SensitivityMaps
     from pspc.evaluation.tuning import TunedSchedule
 
     from auditor.similarity.copy_detection import SimilarityMatrix
 
-__all__ = ["DEFAULT_NETWORK", "FINDING_RANGE", "FULL", "KINDS", "QUICK", "RESULT_KEYS", "Study", "StudyError",
-           "StudyOptions", "list_studies", "load_study", "network_path", "run_study", "store_study", "verdict"]
+__all__ = ["DEFAULT_NETWORK", "FINDING_RANGE", "FULL", "KINDS", "QUICK", "Study", "StudyOptions", "network_path",
+           "run_study", "verdict"]
 
 REPO = Path(__file__).resolve().parents[2]
 FINDING_RANGE = (0.3, 3.0)  # the paper's t range for "PSPC is closer to the network"
@@ -133,7 +134,7 @@ def _tune(network, config, sensitivity, training_set, test_set, options: StudyOp
 def _denoisers(training_set, sensitivity, options: StudyOptions, device, tuned_file) -> dict[str, Callable]:
     """name -> a function that builds the denoiser (each is built when needed, then dropped)."""
     from pspc.denoisers import build_denoiser
-    from pspc.evaluation.fidelity import network_flex
+    from pspc.denoisers import network_flex
     from pspc.schedules import Schedule
 
     _, height, width = training_set.image_shape

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from auditor.store.database import DEFAULT_TIMEOUT
 from auditor.store.studies import StudyError
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_NETWORK", "DEFAULT_NOISE_LEVELS", "DEFAULT_THRESHOLDS", "FULL", "KINDS", "QUICK",
            "RECORDABLE_KINDS", "AuditOptions", "ComparisonOptions", "ExplainOptions", "Runtime", "SamplingOptions",
-           "StudyOptions", "from_keywords", "parse_floats"]
+           "StudyOptions", "parse_floats"]
 
 RECORDABLE_KINDS = ("pspc-square", "pspc-flex", "empirical")  # the denoisers that give posterior weights
 DEFAULT_NETWORK = "checkpoints/fmnist-unet.pt"  # what `auditor train-network` writes for Fashion-MNIST
@@ -106,22 +106,6 @@ class AuditOptions(ExplainOptions):
     descriptor: Descriptor | str | None = None
     copy_k: int = 5
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS
-
-
-def from_keywords(cls, options, runtime: Runtime | None, settings: dict[str, Any], where: str):
-    """(options, runtime) of a workflow call. Transitional, for callers that still pass the
-    settings as keywords (`record_sampling_run(db, data, num_samples=2, timeout=5)`): each
-    keyword is a field of `cls` or of Runtime; mixing them with options= / runtime= is refused."""
-    if not settings:
-        return options if options is not None else cls(), runtime if runtime is not None else Runtime()
-    if options is not None or runtime is not None:
-        raise TypeError(f"{where}(): pass options= and runtime=, or keyword settings, not both")
-    mine, run = {f.name for f in fields(cls)}, {f.name for f in fields(Runtime)}
-    unknown = sorted(set(settings) - mine - run)
-    if unknown:
-        raise TypeError(f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}")
-    return (cls(**{k: v for k, v in settings.items() if k in mine}),
-            Runtime(**{k: v for k, v in settings.items() if k in run}))
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,14 +6,15 @@ already holds a complete run recorded with the same settings on the same data is
 so running the Quick start twice serves at once instead of sampling again.
 
 It also imports the fidelity study committed with the project's network
-(bench/results/fidelity-quick.json, from `bench/fidelity.py --quick --tune`), once, so the
-service's /fidelity pages show how closely PSPC reproduces the network without a
-half-hour run.
+(auditor/workflows/studies/fidelity-quick.json, package data, from `bench/fidelity.py
+--quick --tune`), once, so the service's /fidelity pages show how closely PSPC reproduces
+the network without a half-hour run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,8 @@ from auditor.workflows.sampling import record_sampling_run
 
 __all__ = ["COMMITTED_STUDIES", "QuickstartRun", "import_studies", "prepare"]
 
-REPO = Path(__file__).resolve().parents[2]
-COMMITTED_STUDIES = (REPO / "bench" / "results" / "fidelity-quick.json",)
+# The committed study ships with the package (bench/fidelity.py --quick --tune wrote it).
+COMMITTED_STUDIES = (Path(str(importlib.resources.files("auditor.workflows") / "studies" / "fidelity-quick.json")),)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,6 @@ import json
 import time
 from dataclasses import asdict
 
-import torch
-
 from pspc.data.training_set import TrainingSet
 from pspc.denoisers import Denoiser, PSPCDenoiser, build_denoiser
 from pspc.posterior.weights import WeightRequest
@@ -26,11 +24,11 @@ from pspc.samplers import SamplerConfig, initial_noise, sample, sampler_step
 from auditor.errors import StoreError, UserError
 from auditor.store import database, datasets
 from auditor.store.recorder import ProvenanceRecorder
-from auditor.store.runs import create_run, load_run, mark_failed, reopen_run, run_summaries, writer_alive
-from auditor.workflows.options import RECORDABLE_KINDS, Runtime, SamplingOptions, from_keywords
+from auditor.store.runs import create_run, load_run, mark_failed, reopen_run, writer_alive
+from auditor.workflows.options import RECORDABLE_KINDS, Runtime, SamplingOptions
 
 __all__ = ["RECORDABLE_KINDS", "SamplingOptions", "chain", "check_kind", "record_sampling_run", "resume_run",
-           "run_summaries", "sampler_record"]
+           "sampler_record"]
 
 
 def check_kind(kind: str) -> None:
@@ -59,7 +57,7 @@ def chain(recorder, callback):
 
 def record_sampling_run(db_path, training_set: TrainingSet, *, options: SamplingOptions | None = None,
                         runtime: Runtime | None = None, denoiser: Denoiser | None = None,
-                        comparison: tuple[int, str] | None = None, callback=None, **settings) -> int:
+                        comparison: tuple[int, str] | None = None, callback=None) -> int:
     """Sample `options.num_samples` images with PSPC and record every step; returns the run id.
 
     The training set is ingested first if the store does not hold it (idempotent by
@@ -70,9 +68,8 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, options: Sampling
     `denoiser`: a prebuilt denoiser of kind `options.denoiser_kind` instead of the kind's
     defaults (a comparison's network-Flex or tuned schedule; its describe() is stored with
     the run). `comparison`: (comparison id, role) links the run to a comparison.
-    `settings`: the fields of SamplingOptions and Runtime as keywords (transitional).
     """
-    options, runtime = from_keywords(SamplingOptions, options, runtime, settings, "record_sampling_run")
+    options, runtime = options or SamplingOptions(), runtime or Runtime()
     check_kind(options.denoiser_kind)
     if options.num_samples < 1 or options.steps < 1:
         raise UserError(f"need num_samples >= 1 and steps >= 1, got {options.num_samples} and {options.steps}")

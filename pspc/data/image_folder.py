@@ -267,6 +267,3 @@ def load_image_folder(
     root = folder.resolve()
     rows = [{"source_uri": (root / rel).as_uri(), **extra.get(rel, {})} for rel in files]
     return make_training_set(image_tensor(pixels), files, rows, root.name, folder)
-
-
-_decode_images = decode_images  # TEMPORARY alias for auditor code being migrated; removed at integration

@@ -101,6 +101,3 @@ def load_training_set(spec: str, *, limit: int | None = None, **options) -> Trai
     if unknown:
         raise TrainingSetError(f"{spec}: option(s) {unknown} do not apply to {loader.__name__}")
     return loader(*args, **{**fixed, **options}, limit=limit)
-
-
-_decode_images = decode_images  # TEMPORARY alias for auditor code being migrated; removed at integration

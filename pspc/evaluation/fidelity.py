@@ -31,10 +31,6 @@ from pspc.errors import InputError
 from pspc.samplers import SamplerConfig, initial_noise, sample
 from pspc.schedules import check_noise_levels
 
-# TEMPORARY re-exports for code importing these from here; removed at integration
-from pspc.denoisers import network_flex  # noqa: F401
-from pspc.posterior.sensitivity import SensitivityMaps  # noqa: F401
-
 PROCESSES = ("forward", "reverse")
 DEFAULT_FRACTIONS = (0.5, 0.75, 0.95)
 

@@ -11,7 +11,6 @@ tools accept is opened by `pspc.networks.loading.load_network`.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields
@@ -307,21 +306,3 @@ class EDMPrecond(nn.Module):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-
-# TEMPORARY re-exports for code importing these from pspc.networks.unet; removed at integration
-# (import them from pspc.networks). Resolved on first use, so the modules that define them can
-# import this one without a cycle.
-_MOVED = {
-    **dict.fromkeys(("CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "export_torchscript", "load_checkpoint",
-                     "read_checkpoint", "save_network"), "pspc.networks.checkpoints"),
-    **dict.fromkeys(("NETWORK_KINDS", "EDMPickleNetwork", "VPEpsilonNetwork", "check_network", "detect_kind",
-                     "load_network"), "pspc.networks.loading"),
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from auditor.service.api.common import Page, Pagination, page
 from auditor.service.auth import get_settings
-from auditor.workflows import fidelity
+from auditor.store import studies
 
 router = APIRouter(tags=["fidelity"])
 
@@ -93,12 +93,12 @@ def _links(request: Request, study_id: int) -> dict[str, str]:
 
 @router.get("/fidelity", response_model=Page[StudySummary], summary="List fidelity studies (newest first)")
 def list_fidelity_studies(request: Request, pagination: Pagination = Depends(), settings=Depends(get_settings)):
-    rows = fidelity.list_studies(settings.db_path, timeout=settings.lock_timeout)
+    rows = studies.list_studies(settings.db_path, timeout=settings.lock_timeout)
     chunk = rows[pagination.offset:pagination.offset + pagination.limit]
     return page(request, [{**r, "links": _links(request, r["id"])} for r in chunk], len(rows), pagination)
 
 
 @router.get("/fidelity/{study_id}", response_model=Study, summary="One fidelity study's stored numbers and record")
 def get_fidelity_study(request: Request, study_id: int = StudyId, settings=Depends(get_settings)):
-    return {**fidelity.load_study(settings.db_path, study_id, timeout=settings.lock_timeout),
+    return {**studies.load_study(settings.db_path, study_id, timeout=settings.lock_timeout),
             "links": _links(request, study_id)}

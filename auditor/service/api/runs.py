@@ -11,8 +11,7 @@ from pydantic import BaseModel, Field
 from auditor.errors import NotFoundError, UserError
 from auditor.service.api.common import Page, Pagination, page
 from auditor.service.auth import get_settings
-from auditor.store import catalog
-from auditor.workflows import sampling as runs
+from auditor.store import catalog, runs
 
 router = APIRouter(tags=["runs"])
 
