@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -33,7 +32,7 @@ from pspc.data.training_set import TrainingSet
 from pspc.denoisers import DENOISER_KINDS, PSPCDenoiser, build_denoiser
 from pspc.errors import InputError
 from pspc.posterior.weights import WeightRequest
-from pspc.record import file_sha256, own_version, package_version
+from pspc.record import environment, file_sha256
 from pspc.samplers import SamplerConfig, initial_noise, sample
 from pspc.schedules import default_patch_schedule, edm_time_steps
 
@@ -166,15 +165,7 @@ def _out_dir(args) -> Path:
 
 
 def _environment(device: torch.device) -> dict:
-    return {
-        "device": str(device),
-        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "versions": {"python": platform.python_version(), "pspc-auditor": own_version(), "torch": torch.__version__,
-                     "numpy": np.__version__, "numba": package_version("numba"), "pillow": package_version("pillow"),
-                     "tqdm": package_version("tqdm")},
-    }
+    return environment(device, packages=("numba", "pillow", "tqdm"))
 
 
 def _write_record(out: Path, argv: list[str], args, record: dict, device: torch.device, started: float) -> Path:

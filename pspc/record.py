@@ -77,3 +77,23 @@ def module_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
+
+
+def environment(device: torch.device, *, packages: tuple[str, ...] = (), processor: bool = False,
+                with_commit: bool = False) -> dict:
+    """Where a result was computed: device, threads, platform (and processor) and the versions
+    of python, pspc-auditor, torch, numpy and `packages`."""
+    import numpy
+
+    record = {
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+    if processor:
+        record["processor"] = platform.processor() or platform.machine()
+    record["versions"] = {"python": platform.python_version(), "pspc-auditor": own_version(with_commit),
+                          "torch": torch.__version__, "numpy": numpy.__version__,
+                          **{name: package_version(name) for name in packages}}
+    return record

@@ -19,7 +19,6 @@ import copy
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -35,7 +34,7 @@ from pspc.denoisers import NetworkDenoiser
 from pspc.errors import InputError
 from pspc.networks.checkpoints import read_checkpoint, save_network
 from pspc.networks.unet import EDMPrecond, NetworkConfig, NetworkError
-from pspc.record import own_version
+from pspc.record import environment as record_environment
 from pspc.samplers import SamplerConfig, initial_noise, sample
 
 STATE_SUFFIX = ".state.pt"
@@ -221,15 +220,7 @@ def save_samples(net, path, num: int = 64, seed: int = 0, steps: int = 18, metho
 # ---------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
     """Where a result was computed: device, threads, platform and package versions."""
-    return {
-        "device": str(device),
-        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "versions": {"python": platform.python_version(), "pspc-auditor": own_version(with_commit=True),
-                     "torch": torch.__version__, "numpy": np.__version__},
-    }
+    return record_environment(device, processor=True, with_commit=True)
 
 
 def state_path_for(checkpoint: str | os.PathLike) -> Path:
