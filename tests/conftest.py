@@ -1,20 +1,23 @@
-"""Shared fixtures: small training sets (random and a Fashion-MNIST slice)."""
+"""Fixtures shared by every test folder: the Fashion-MNIST slice, and the hostile recorded store
+(used by the report tests and by the service's page tests).
+
+`random_store`: random 8x8 RGB data with x-flips whose ids and rights metadata contain
+HTML (to check escaping): run 1 complete (3 samples, 4 steps of 3x3 patches, full
+weights), run 2 failed after its first 2 steps (an interrupted writer).
+"""
 
 import os
 
 import pytest
-import torch
 
-from pspc.data.loaders import load_fashion_mnist
-from pspc.data.training_set import TrainingSet
+pytest.register_assert_rewrite("tests.support")  # the helpers' asserts explain their failures too
 
-FASHION_MNIST_ROOT = os.environ.get("PSPC_FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
-
-
-def random_training_set(count=10, channels=1, height=6, width=7, seed=0, xflip=False) -> TrainingSet:
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (count, channels, height, width), generator=generator, dtype=torch.uint8)
-    return TrainingSet(images, [f"img-{i}" for i in range(count)], name="random", xflip=xflip)
+from auditor.workflows.options import SamplingOptions  # noqa: E402
+from auditor.workflows.sampling import record_sampling_run  # noqa: E402
+from pspc.data.loaders import load_fashion_mnist  # noqa: E402
+from pspc.data.training_set import TrainingSet  # noqa: E402
+from tests.support.data import FASHION_MNIST_ROOT, hostile_set  # noqa: E402
+from tests.support.store import Interrupt, Store, record  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +28,17 @@ def fashion_slice() -> TrainingSet:
     return load_fashion_mnist("train", limit=24)
 
 
-def noisy(training_set: TrainingSet, t: torch.Tensor, seed=1, indices=None) -> torch.Tensor:
-    """Forward-process samples z = x + t eps from the set (float32)."""
-    generator = torch.Generator().manual_seed(seed)
-    x = training_set.as_float()
-    indices = list(range(len(t))) if indices is None else indices
-    x = x[[i % len(training_set) for i in indices]]
-    return x + t.float()[:, None, None, None] * torch.randn(x.shape, generator=generator)
+@pytest.fixture(scope="session")
+def random_store(tmp_path_factory) -> Store:
+    data = hostile_set()
+    db = tmp_path_factory.mktemp("reports-random") / "provenance.duckdb"
+    recorded = record(db, data, num_samples=3, steps=4, seed=5, patch_size=3, top_k=64, mass=1.0)
+
+    def stop(step, t, z, denoised, weights):
+        if step == 1:
+            raise Interrupt("stopped after step 1")
+
+    with pytest.raises(Interrupt):
+        record_sampling_run(db, data, options=SamplingOptions(num_samples=2, steps=4, seed=9, patch_size=3, top_k=8,
+                                                              mass=0.9), callback=stop)
+    return Store(db, data, recorded.run_id, recorded.run_id + 1)

@@ -1,10 +1,11 @@
 """A regular (non-editable) install works from any directory: `pip install .` copies the
-packages with their data (migrations, templates), and `auditor quickstart` then runs
-from another folder without the source tree."""
+packages with their data (migrations, templates, the committed fidelity study), and
+`auditor quickstart` then runs from another folder without the source tree."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +22,14 @@ pytestmark = pytest.mark.slow
 def installed(tmp_path_factory) -> Path:
     """The project installed (without dependencies: the test venv has them) into a folder."""
     target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
+    source = tmp_path_factory.mktemp("source")  # a copy: the build writes build/ and *.egg-info into it
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("pspc", "auditor", "reports", "migrations"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "--target", str(target), str(REPO)],
-                   check=True, cwd=build, env={**os.environ, "TMPDIR": str(build)}, capture_output=True)
+                    "--disable-pip-version-check", "--target", str(target), str(source)],
+                   check=True, cwd=source, capture_output=True)
     return target
 
 
@@ -57,5 +62,6 @@ def test_quickstart_runs_from_another_directory(installed, tmp_path):
                 "--num", "1", "--steps", "3", "--no-serve")
     assert done.returncode == 0, done.stderr
     assert "/runs/1/samples/0" in done.stdout
+    assert "fidelity-quick.json (imported)" in done.stdout  # the committed study is package data
     listed = _run(installed, tmp_path, "-m", "auditor.cli", "--db", str(db), "runs")
     assert listed.returncode == 0 and "complete" in listed.stdout, listed.stdout + listed.stderr

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from pspc.data.training_set import TrainingSet
     from pspc.denoisers import NetworkDenoiser
     from pspc.evaluation.fidelity import ConcentrationTable, FidelityCurves
-    from pspc.posterior.sensitivity import SensitivityMaps
     from pspc.evaluation.tuning import TunedSchedule
+    from pspc.posterior.sensitivity import SensitivityMaps
 
     from auditor.similarity.copy_detection import SimilarityMatrix
 
@@ -229,8 +229,9 @@ def run_study(options: StudyOptions, *, out: Path | None = None, command: Sequen
 
     from pspc.data.loaders import load_training_set
     from pspc.evaluation.fidelity import (
-        SensitivityMaps, compare_denoisers, concentration_table, forward_process_states, reverse_process_states
+        compare_denoisers, concentration_table, forward_process_states, reverse_process_states
     )
+    from pspc.posterior.sensitivity import SensitivityMaps
     from pspc.networks import load_network
     from pspc.samplers import SamplerConfig
 

@@ -7,8 +7,8 @@ from pspc.denoisers import (
     CFDMDenoiser, DenoiserInputError, EmpiricalDenoiser, GaussianDenoiser, NetworkDenoiser, build_denoiser,
     pspc_square
 )
-from tests.conftest import noisy, random_training_set
-from tests.pspc.reference import entries_of
+from tests.support.data import noisy, random_training_set
+from tests.support.reference import entries_of
 
 
 def test_gaussian_denoiser_is_the_wang_vastola_formula():

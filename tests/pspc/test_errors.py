@@ -16,7 +16,7 @@ from pspc.posterior.sensitivity import SensitivityError
 from pspc.posterior.weights import WeightRequest
 from pspc.samplers import SamplerConfig
 from pspc.schedules import Schedule, ScheduleError, edm_time_steps
-from tests.conftest import random_training_set
+from tests.support.data import random_training_set
 
 
 @pytest.mark.parametrize("error", [TrainingSetError, DenoiserInputError, PatchSetError, ScheduleError, NetworkError,

@@ -7,7 +7,7 @@ from pspc.denoisers import NetworkDenoiser, pspc_square
 from pspc.posterior.weights import WeightRequest
 from pspc.errors import InputError
 from pspc.samplers import SamplerConfig, denoise_step, initial_noise, invert, sample, sampler_step
-from tests.conftest import random_training_set
+from tests.support.data import random_training_set
 
 
 class Shrink(torch.nn.Module):

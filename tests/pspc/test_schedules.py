@@ -80,7 +80,7 @@ def test_schedule_file_round_trip(tmp_path):
     from pspc.denoisers import EmpiricalDenoiser, NetworkDenoiser
     from pspc.schedules import read_schedule_file
     from pspc.evaluation.tuning import tune_schedule
-    from tests.conftest import random_training_set
+    from tests.support.data import random_training_set
 
     # Schedule.save / Schedule.load
     sizes = default_patch_schedule(28, 28)

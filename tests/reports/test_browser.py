@@ -28,14 +28,14 @@ from pathlib import Path
 import pytest
 
 from auditor.store import attribution
+from tests.support.pages import artifacts_dir
+from tests.support.paths import REPO
 
-from tests.reports.conftest import artifacts_dir
-
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
 websockets_sync = pytest.importorskip("websockets.sync.client", reason="the browser test needs `websockets`")
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)")]
 
 
 def _free_port() -> int:

@@ -10,13 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
-from auditor.store import database
-from auditor.workflows import fidelity
+from auditor.store import database, studies
 from auditor.service.auth import create_key
 from auditor.service.app import ServiceSettings, create_app
 from reports import plots
-from tests.auditor.test_fidelity import study_result
-from tests.reports.test_pages import assert_page
+from tests.support.pages import assert_page
+from tests.support.store import study_result
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +23,10 @@ def store(tmp_path_factory):
     db = tmp_path_factory.mktemp("fidelity-pages") / "provenance.duckdb"
     database.upgrade(db)
     result = study_result()
-    study_id = fidelity.store_study(db, result, name="tiny <study>", source="out/x/fidelity.json")
+    study_id = studies.store_study(db, result, name="tiny <study>", source="out/x/fidelity.json")
     bare = study_result(1)
     bare.update(similarity=None, similarity_to_network=None, tuned_schedule=None)
-    bare_id = fidelity.store_study(db, bare, name="no sampling")
+    bare_id = studies.store_study(db, bare, name="no sampling")
     return db, study_id, bare_id, result
 
 
@@ -43,6 +42,7 @@ def cells(page: str, table_id: str) -> list[list[str]]:
             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
 
 
+@pytest.mark.slow
 def test_study_page_shows_the_tables_record_and_plots(client, store):
     db, study_id, _, result = store
     page = assert_page(client.get(f"/fidelity/{study_id}"), 200, "tiny &lt;study&gt;", "c" * 64, "a" * 64, "b" * 64,
@@ -71,6 +71,7 @@ def test_study_page_shows_the_tables_record_and_plots(client, store):
     assert 'href="/fidelity"' in page and 'href="/api/fidelity/1"' in page
 
 
+@pytest.mark.slow
 def test_study_without_sampling_or_tuning(client, store):
     page = assert_page(client.get(f"/fidelity/{store[2]}"), 200, "did not sample")
     assert 'id="schedule-table"' not in page and len(re.findall(r'<img class="plot"', page)) == 3
@@ -102,7 +103,7 @@ def test_api_gives_the_stored_numbers(client, store):
     assert item["denoisers"] == result["curves"]["forward"]["names"] and item["links"]["page"] == f"/fidelity/{study_id}"
     assert client.get("/api/fidelity", params={"limit": 1}).json()["next"] is not None
     study = client.get(item["links"]["self"]).json()
-    assert study == {**fidelity.load_study(db, study_id), "created_at": study["created_at"], "links": item["links"]}
+    assert study == {**studies.load_study(db, study_id), "created_at": study["created_at"], "links": item["links"]}
     for process, curve in result["curves"].items():
         assert study["curves"][process]["mse"] == curve["mse"] and study["curves"][process]["states"] == 3 - (
             process == "reverse")

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from auditor.service import pages
-from auditor.store import attribution, database
+from auditor.store import attribution, database, runs
 from auditor.store.database import NotFoundError
 from auditor.store.example_queries import EXAMPLE_QUERIES
 from auditor.store.read_models.sample import SampleProvenance
-from auditor.workflows import sampling as runs
 from reports.pages.common import MAX_PER_PAGE, Pagination
 from reports.pages.sample import z_display
 
@@ -280,7 +279,7 @@ def test_sql_page_runs_read_only_queries_and_reports_errors(fashion_store):
 
 
 def test_network_section_comes_from_the_comparison(comparison_store):
-    from auditor.workflows.comparison import sample_counterpart
+    from auditor.store.comparisons import sample_counterpart
 
     db = comparison_store.db
     pspc = pages.sample_report(db, comparison_store.pspc_run, 1)

@@ -17,7 +17,7 @@ from reports import plots, render
 from reports.pages.common import Picture
 from reports.pages.network import NetworkComparison, NetworkStep, SimilarityScore
 
-from tests.reports.conftest import HOSTILE_ID
+from tests.support.data import HOSTILE_ID
 
 
 class _Collector(html.parser.HTMLParser):
@@ -55,6 +55,7 @@ def hostile_report(random_store):
     return service_pages.sample_report(random_store.db, random_store.complete_run, 0, all_steps=True)
 
 
+@pytest.mark.slow
 def test_every_page_renders(random_store):
     db, run = random_store.db, random_store.complete_run
     pages = [service_pages.index_context(db), service_pages.index_context(db, q="img"),
@@ -143,6 +144,7 @@ def test_json_and_csv_exports_parse_and_agree(fashion_store):
     assert {r["label_name"] for r in final} <= {s.label_name for s in report.sources}
 
 
+@pytest.mark.slow
 def test_plots_are_images(fashion_store):
     report = service_pages.sample_report(fashion_store.db, fashion_store.complete_run, 1)
     for png in (plots.step_stats_plot(report.timeline), plots.source_share_plot(report.timeline, report.sources),
@@ -162,6 +164,7 @@ def test_plots_are_images(fashion_store):
     assert render.sample_plots(report) == uris  # cached on the plotted numbers
 
 
+@pytest.mark.slow
 def test_network_and_copy_sections_render_when_present(comparison_store, random_store):
     db = comparison_store.db
     report = service_pages.sample_report(db, comparison_store.pspc_run, 0)

@@ -12,7 +12,7 @@ import pytest
 
 from auditor import cli
 from auditor.store import database
-from tests.auditor.test_database import LockHolder
+from tests.support.store import LockHolder
 
 
 @pytest.fixture
@@ -72,6 +72,7 @@ def test_errors_are_one_line_and_change_nothing(tmp_path, capsys, monkeypatch):
         cli.main(["--db", str(missing), "runs"])
 
 
+@pytest.mark.slow
 def test_ingest_sample_runs_show_sql(tmp_path, capsys, data_file):
     db = tmp_path / "p.duckdb"
     assert run(capsys, "--db", db, "db", "upgrade")[0] == 0
@@ -122,6 +123,7 @@ def test_ingest_sample_runs_show_sql(tmp_path, capsys, data_file):
     assert db.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_a_failed_run(tmp_path, capsys, data_file):
     from auditor.workflows import sampling as runs
     from auditor.workflows.options import SamplingOptions

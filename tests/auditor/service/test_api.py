@@ -23,9 +23,9 @@ from auditor.store import attribution, database
 from auditor.store.recorder import from_blob
 from auditor.service.app import ServiceSettings, create_app
 from pspc.data.training_set import to_uint8
-from tests.auditor.conftest import engine_shares
+from tests.support.paths import REPO
+from tests.support.store import engine_shares
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -378,6 +378,7 @@ def test_store_at_another_revision_is_409(store, tmp_path):
         create_app(ServiceSettings(db_path=path))
 
 
+@pytest.mark.slow
 def test_store_locked_by_another_process_is_503(store, tmp_path):
     """Another process takes the write lock (the service lets go of its idle connection when
     the writer announces itself) and keeps it: requests fail with 503 after the lock timeout."""
@@ -407,7 +408,7 @@ def test_one_error_table_user_errors_keep_their_status_and_bugs_are_500(store, m
     import logging
 
     from auditor.errors import ConflictError, LockedError, SchemaError, UserError
-    from auditor.workflows import sampling
+    from auditor.store import runs
     from pspc.errors import InputError
 
     client = TestClient(create_app(ServiceSettings(db_path=store)), raise_server_exceptions=False)
@@ -417,7 +418,7 @@ def test_one_error_table_user_errors_keep_their_status_and_bugs_are_500(store, m
             raise exc
         return run_summaries
 
-    monkeypatch.setattr(sampling, "run_summaries", raising(ValueError("invalid literal for int(): 'x'")))
+    monkeypatch.setattr(runs, "run_summaries", raising(ValueError("invalid literal for int(): 'x'")))
     with caplog.at_level(logging.ERROR, logger="auditor.service.app"):
         body = assert_error(client.get("/api/runs"), 500, "internal error (ValueError)")
     assert "literal" not in body["message"] and body["error"] == "internal_error"
@@ -425,7 +426,7 @@ def test_one_error_table_user_errors_keep_their_status_and_bugs_are_500(store, m
     for exc, status in [(UserError("bad option"), 400), (InputError("bad shape"), 400), (ConflictError("busy"), 409),
                         (SchemaError("old store: run `auditor db upgrade`"), 409), (SchemaError("broken store"), 500),
                         (LockedError("locked by another process"), 503)]:
-        monkeypatch.setattr(sampling, "run_summaries", raising(exc))
+        monkeypatch.setattr(runs, "run_summaries", raising(exc))
         response = client.get("/api/runs")
         assert_error(response, status, str(exc))
         assert response.headers.get("retry-after") == ("1" if status == 503 else None)
@@ -482,6 +483,7 @@ def test_openapi_documents_every_endpoint(client):
 # ---------------------------------------------------------------------------------------
 # Serving and deployment
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_auditor_serve_prints_the_url_and_the_key_mode(store, tmp_path):
     import socket
 

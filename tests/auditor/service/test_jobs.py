@@ -16,7 +16,7 @@ from auditor.store import database, datasets
 from auditor.service.jobs import SampleJobRequest, job_command
 from auditor.store.recorder import utcnow
 from auditor.service.app import ServiceSettings, create_app
-from tests.auditor.conftest import fashion_mnist
+from tests.support.data import fashion_mnist
 
 JOB_TIMEOUT = 240  # seconds: a 1-sample, 3-step run on 200 images (most of it is importing torch)
 
@@ -89,6 +89,7 @@ def test_job_command_spells_out_every_option(store):
 # ---------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_jobs_run_in_a_subprocess_queue_and_cancel(store):
     """Job 1 samples to completion in a subprocess; job 2 waits in the queue (one job at a
     time) and is cancelled there; job 3 then runs after job 1."""

@@ -1,4 +1,4 @@
-"""The HTML pages through the service app (auditor.service.app.create_app + auditor/routers/pages.py)."""
+"""The HTML pages through the service app (auditor.service.app.create_app + auditor/service/pages.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from auditor.service.auth import COOKIE_NAME, create_key
 from auditor.service.app import ServiceSettings, create_app
+from tests.support.pages import assert_page
 
 
 def _copy(store, tmp_path_factory, name: str) -> Path:
@@ -28,14 +29,7 @@ def client(random_store, tmp_path_factory) -> TestClient:
                                                  sql_row_cap=5)))
 
 
-def assert_page(response, status: int = 200, *words: str) -> str:
-    assert response.status_code == status, response.text[:2000]
-    assert response.headers["content-type"].startswith("text/html")
-    for word in words:
-        assert word in response.text, word
-    return response.text
-
-
+@pytest.mark.slow
 def test_every_page_is_served(client, random_store):
     run, failed = random_store.complete_run, random_store.failed_run
     assert_page(client.get("/"), 200, "Provenance store", f'href="/runs/{run}"', "hostile &lt;set&gt;")

@@ -16,7 +16,7 @@ from auditor.similarity.copy_detection import (
 )
 from auditor.similarity.descriptors import PixelCorrelationDescriptor, SSCDDescriptor
 from pspc.data.training_set import TrainingSet
-from tests.auditor.test_descriptors import TinySSCD, save_script
+from tests.support.networks import TinySSCD, save_script
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]
 

@@ -25,30 +25,13 @@ from auditor.similarity.descriptors import (
     PixelCorrelationDescriptor, Preprocessing, SSCDDescriptor, load_descriptor
 )
 from pspc.data.training_set import to_uint8
+from tests.support.networks import TinySSCD, save_script
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")]
 
 
 # -- tiny TorchScript stand-ins for SSCD --------------------------------------------------
-
-class TinySSCD(torch.nn.Module):
-    """SSCD's interface: normalised RGB [B, 3, H, W] of any size -> L2-normalised [B, dim]."""
-
-    def __init__(self, dim: int = 512, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
-        self.head = torch.nn.Linear(8 * 16, dim)
-
-    def embed(self, x):
-        y = F.relu(self.conv(x))
-        y = F.adaptive_avg_pool2d(y, 4).flatten(1)
-        return F.normalize(self.head(y), dim=1)
-
-    def forward(self, x):
-        return self.embed(x)
-
 
 class FourDimensional(TinySSCD):
     def forward(self, x):
@@ -76,11 +59,6 @@ class GrayOnly(torch.nn.Module):
 
     def forward(self, x):
         return self.conv(x).mean(dim=(2, 3))
-
-
-def save_script(module: torch.nn.Module, path: Path) -> Path:
-    torch.jit.script(module.eval()).save(str(path))
-    return path
 
 
 def tiny_sscd_file(folder: Path, name: str = "tiny.torchscript.pt", dim: int = 512) -> Path:

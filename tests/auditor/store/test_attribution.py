@@ -1,7 +1,6 @@
 """Attribution: the README queries and the library return what the engine computed."""
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +9,9 @@ from auditor.store import attribution, database
 from auditor.errors import NotFoundError
 from auditor.store.example_queries import EXAMPLE_QUERIES, example_query
 
-from tests.auditor.conftest import FASHION_OPTIONS, engine_shares
+from tests.support.paths import REPO
+from tests.support.store import FASHION_OPTIONS, engine_shares
 
-REPO = Path(__file__).resolve().parents[2]
 
 # The README's example queries (run 1 / sample 0 of the recorded_fashion fixture).
 TOP_SOURCES = example_query("top-sources").sql

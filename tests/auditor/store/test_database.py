@@ -3,8 +3,6 @@ another process (LockedError after the timeout, success once it is released)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,29 +11,7 @@ import pytest
 
 from auditor.store import database
 from auditor.store.schema import Dataset
-
-HOLDER = """
-import sys, duckdb
-conn = duckdb.connect(sys.argv[1])  # read-write: exclusive lock on the file
-conn.execute("SELECT 1")
-print("locked", flush=True)
-sys.stdin.read()  # hold it until the test closes our stdin
-conn.close()
-"""
-
-
-class LockHolder:
-    """Another PROCESS holding a read-write duckdb connection on `path`."""
-
-    def __init__(self, path: Path):
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "locked"
-
-    def release(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
+from tests.support.store import LockHolder
 
 
 @pytest.fixture
@@ -91,6 +67,7 @@ def test_session_orm_roundtrip(store):
         assert [(d.id, d.fingerprint) for d in rows] == [(1, "a" * 64)]
 
 
+@pytest.mark.slow
 def test_locked_by_another_process(store):
     holder = LockHolder(store)
     try:

@@ -9,7 +9,7 @@ import torch
 
 from auditor.store import database, datasets
 from pspc.data.training_set import TrainingSet
-from tests.conftest import random_training_set
+from tests.support.data import random_training_set
 
 
 @pytest.fixture

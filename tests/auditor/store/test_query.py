@@ -10,7 +10,7 @@ import os
 import pytest
 
 from auditor.store import database, query
-from tests.auditor.test_migrations import fill_tiny_store
+from tests.support.store import fill_tiny_store
 
 
 @pytest.fixture

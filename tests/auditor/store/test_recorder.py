@@ -9,7 +9,8 @@ from auditor.store.recorder import from_blob, patch_set_fingerprint
 from pspc.denoisers import build_denoiser
 from pspc.samplers import SamplerConfig, initial_noise, sample
 
-from tests.auditor.conftest import RANDOM_OPTIONS, random_set, record
+from tests.support.data import random_set
+from tests.support.store import RANDOM_OPTIONS, record
 
 
 def _fetch(db, sql, params=()):
@@ -27,6 +28,7 @@ def test_full_weights_recompose_stored_denoised(recorded_random):
             assert bound.max() < 1e-5  # full weights: nothing dropped
 
 
+@pytest.mark.slow
 def test_top_k_recompose_within_dropped_mass(tmp_path):
     rec = record(tmp_path / "topk.duckdb", random_set(), num_samples=2, steps=3, patch_size=3, top_k=2, mass=0.9,
                  seed=1)

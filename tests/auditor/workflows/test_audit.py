@@ -1,7 +1,7 @@
 """Auditing external images (auditor.workflows.audit): input checks, the PF-ODE inversion and its
 replay, the direct path without a network, and `auditor audit`.
 
-Data: 12 random 8x8 images with x-flips; network: tests.auditor.test_comparison.TinyDenoiser.
+Data: 12 random 8x8 images with x-flips; network: tests.support.networks.TinyDenoiser.
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ from auditor.workflows.options import AuditOptions
 from pspc.denoisers import NetworkDenoiser, build_denoiser
 from pspc.networks import export_torchscript
 from pspc.samplers import SamplerConfig, initial_noise, invert, sample
-from tests.auditor.conftest import random_set
-from tests.auditor.test_comparison import SHAPE, fetch, one_torch_thread, run_cli, tiny_network  # noqa: F401
+from tests.support.cli import run_cli
+from tests.support.data import random_set
+from tests.support.networks import SHAPE, tiny_network
+from tests.support.store import fetch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DESCRIPTOR = "pixel-correlation:8"
 
@@ -130,6 +134,7 @@ def test_inversion_then_replay_returns_close_to_the_image():
     assert heun[1] < 1e-2  # 32 Heun steps: within 1/100 of the data range's half-width
 
 
+@pytest.mark.slow
 def test_audit_with_a_network_inverts_and_replays_with_attribution(db, tmp_path):
     data = random_set()
     png = save_png(tmp_path / "train3.png", data.images[3, 0].numpy())
@@ -233,6 +238,7 @@ def cli_files(tmp_path, db):
     return db, array, png, network
 
 
+@pytest.mark.slow
 def test_cli_audit_both_ways(cli_files, capsys):
     db, array, png, network = cli_files
     code, out, err = run_cli(capsys, "--db", db, "audit", png, "--no-network", "--data", array, "--noise-levels",

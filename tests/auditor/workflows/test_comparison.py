@@ -2,11 +2,11 @@
 agreement, similarity scores and copy matches, against slow references written here; the
 0006 migration from 0005 with data kept; `auditor compare`.
 
-The network is `TinyDenoiser`, a module with the EDM interface net(z, sigma): EDM's
-preconditioning around a fixed random smooth map, so that D(z, t) is non-trivial and costs
-microseconds (a convolutional U-Net, even a tiny one, takes seconds per call on a loaded
-2-core machine: its oneDNN threads spin). The data are 12 random 8x8 images with x-flips
-(tests.auditor.conftest.random_set).
+The network is `TinyDenoiser` (tests.support.networks), a module with the EDM interface
+net(z, sigma): EDM's preconditioning around a fixed random smooth map, so that D(z, t) is
+non-trivial and costs microseconds (a convolutional U-Net, even a tiny one, takes seconds per
+call on a loaded 2-core machine: its oneDNN threads spin). The data are 12 random 8x8 images
+with x-flips (tests.support.data.random_set).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from auditor import cli
 from auditor.similarity.copy_detection import DEFAULT_THRESHOLDS
 from auditor.similarity.descriptors import PixelCorrelationDescriptor
-from auditor.store import attribution, database
+from auditor.store import attribution, comparisons, database
+from auditor.store.networks import register_network
 from auditor.store.recorder import ExplainedRecorder, from_blob
 from auditor.workflows import comparison, sampling as runs
 from auditor.workflows.options import AuditOptions, ComparisonOptions
@@ -32,46 +32,15 @@ from pspc.posterior.patch_sets import flex_patches
 from pspc.schedules import default_flex_schedule, write_schedule_file
 from pspc.posterior.sensitivity import network_sensitivity
 from pspc.samplers import SamplerConfig, initial_noise, sample
-from tests.auditor.conftest import random_set
-from tests.auditor.test_migrations import check_views, fill_tiny_store
+from tests.support.cli import run_cli
+from tests.support.data import random_set
+from tests.support.networks import SHAPE, tiny_network
+from tests.support.store import check_views, fetch, fill_tiny_store
 
-SHAPE = (1, 8, 8)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 OPTIONS = dict(num_samples=2, steps=5, seed=5, patch_size=3, top_k=64, mass=1.0)  # full weights: exact recomposition
 DESCRIPTOR = "pixel-correlation:8"
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: torch's OpenMP threads only add synchronisation (seconds per call on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TinyDenoiser(torch.nn.Module):
-    """D(z, sigma) = c_skip z + c_out tanh(W c_in z + b + a log sigma) (EDM Table 1 preconditioning,
-    sigma_data = 0.5) with fixed random W, b, a drawn from `seed`."""
-
-    def __init__(self, image_shape=SHAPE, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        size = int(np.prod(image_shape))
-        self.image_shape = tuple(image_shape)
-        self.register_buffer("weight", torch.randn(size, size, generator=generator) / size ** 0.5)
-        self.register_buffer("bias", 0.3 * torch.randn(size, generator=generator))
-        self.register_buffer("slope", 0.1 * torch.randn(size, generator=generator))
-
-    def forward(self, z: torch.Tensor, sigma) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=z.dtype, device=z.device).reshape(-1).expand(z.shape[0])[:, None]
-        total = sigma.square() + 0.25
-        flat = z.flatten(1)
-        raw = torch.tanh(flat / total.sqrt() @ self.weight.T + self.bias + self.slope * sigma.log())
-        return (0.25 / total * flat + sigma * 0.5 / total.sqrt() * raw).view_as(z)
-
-
-def tiny_network(image_shape=SHAPE, seed: int = 0) -> TinyDenoiser:
-    return TinyDenoiser(image_shape, seed)
 
 
 def tiny_unet(image_shape=SHAPE, seed: int = 0) -> EDMPrecond:
@@ -84,11 +53,6 @@ def tiny_unet(image_shape=SHAPE, seed: int = 0) -> EDMPrecond:
             if parameter.ndim > 1 and not parameter.abs().sum():
                 parameter.normal_(0, 0.05)
     return net.eval()
-
-
-def fetch(db, query, params=()):
-    with database.connect(db, read_only=True) as conn:
-        return conn.execute(query, list(params)).fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +103,8 @@ def test_runs_are_linked_with_kinds_and_network(compared):
     details = json.loads(fetch(db, "SELECT details FROM runs WHERE id = ?", [result.run_ids["network"]])[0][0])
     assert details["comparison_id"] == result.comparison_id and details["role"] == "network"
     # registering the same network again finds it; another one (other weights) is new
-    assert comparison.register_network(db, NetworkDenoiser(net, SHAPE)) == network_id
-    assert comparison.register_network(db, NetworkDenoiser(tiny_network(seed=1), SHAPE)) != network_id
+    assert register_network(db, NetworkDenoiser(net, SHAPE)) == network_id
+    assert register_network(db, NetworkDenoiser(tiny_network(seed=1), SHAPE)) != network_id
 
 
 def test_shared_noise_is_really_shared(compared):
@@ -182,7 +146,7 @@ def test_stored_mse_equals_recomputation(compared):
         assert t == steps[key][0]
         assert mse == pytest.approx(sum(d * d for d in differences) / len(differences), rel=1e-12)
         assert max_abs == pytest.approx(max(abs(d) for d in differences), rel=1e-12)
-    table = comparison.agreement_table(db, result.run_ids["network"])
+    table = comparisons.agreement_table(db, result.run_ids["network"])
     assert [r["step"] for r in table] == list(range(OPTIONS["steps"]))
     for row in table:
         per_sample = [agreement[(i, row["step"])][2] for i in range(OPTIONS["num_samples"])]
@@ -249,7 +213,7 @@ def test_copy_matches_equal_brute_force_search(compared):
 def test_sample_counterpart_for_the_report(compared):
     db, _, _, result = compared
     pspc_run, network_run = result.run_ids["pspc-square"], result.run_ids["network"]
-    mine = comparison.sample_counterpart(db, pspc_run, 1)
+    mine = comparisons.sample_counterpart(db, pspc_run, 1)
     assert (mine["counterpart_run_id"], mine["counterpart_role"], mine["network_run_id"]) == (network_run, "network",
                                                                                              network_run)
     assert torch.equal(mine["image"], final_images(db, network_run)[1])
@@ -258,13 +222,14 @@ def test_sample_counterpart_for_the_report(compared):
                      [min(pspc_run, network_run), max(pspc_run, network_run)])
     assert mine["similarity"][0]["score"] == score[0] if isinstance(score, tuple) else score
     assert mine["similarity"][0]["descriptor_record"]["kind"] == "pixel-correlation"
-    theirs = comparison.sample_counterpart(db, network_run, 0)
+    theirs = comparisons.sample_counterpart(db, network_run, 0)
     assert theirs["counterpart_run_id"] == pspc_run  # the PSPC run, not the samples-only one
-    summary = comparison.comparison_summary(db, result.comparison_id)
+    summary = comparisons.comparison_summary(db, result.comparison_id)
     assert summary["status"] == "complete" and set(summary["runs"]) == set(result.run_ids)
     assert len(summary["similarity"]) == 3 and len(summary["copies"]) == 3 * OPTIONS["num_samples"]
 
 
+@pytest.mark.slow
 def test_heun_network_run_matches_the_networks_heun_samples(tmp_path):
     db = tmp_path / "heun.duckdb"
     database.upgrade(db)
@@ -280,6 +245,7 @@ def test_heun_network_run_matches_the_networks_heun_samples(tmp_path):
 # ---------------------------------------------------------------------------------------
 # Failures and bad input
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_failure_marks_run_and_comparison_failed_and_resume_is_refused(tmp_path, monkeypatch):
     db = tmp_path / "fail.duckdb"
     database.upgrade(db)
@@ -356,6 +322,7 @@ def test_flex_explainer_takes_its_masks_from_the_networks_sensitivity():
         comparison.build_pspc("pspc-flex", data, net, sensitivity_draws=0)
 
 
+@pytest.mark.slow
 def test_comparison_uses_a_tuned_schedule_file(tmp_path):
     db = tmp_path / "tuned.duckdb"
     database.upgrade(db)
@@ -400,6 +367,7 @@ def tables(db):
     return {name for (name,) in fetch(db, "SELECT table_name FROM duckdb_tables()")}
 
 
+@pytest.mark.slow
 def test_upgrade_from_0005_keeps_data_and_down_again(tmp_path):
     db = tmp_path / "store.duckdb"
     database.upgrade(db, "0004")
@@ -430,12 +398,6 @@ def test_upgrade_from_0005_keeps_data_and_down_again(tmp_path):
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture
 def files(tmp_path):
     data = tmp_path / "tiny.npy"
@@ -446,6 +408,7 @@ def files(tmp_path):
     return db, data, network
 
 
+@pytest.mark.slow
 def test_cli_compare_prints_runs_and_agreement(files, capsys):
     db, data, network = files
     code, out, err = run_cli(capsys, "--db", db, "compare", "--network", network, "--data", data, "--num", 2,
@@ -454,7 +417,7 @@ def test_cli_compare_prints_runs_and_agreement(files, capsys):
     assert code == 0, err
     assert "comparison 1: network tiny" in out
     assert re.search(r"network\s+1\s+network-explained", out) and re.search(r"gaussian\s+3\s+samples-only", out)
-    agreement = comparison.agreement_table(db, 1)
+    agreement = comparisons.agreement_table(db, 1)
     assert len(agreement) == 3
     for row in agreement:
         assert f"{row['mse']:.5f}" in out

@@ -1,8 +1,8 @@
 """Fidelity studies (auditor.workflows.fidelity) in the store (auditor.store.studies, revision 0007) and
 `auditor fidelity run|import|list|show`.
 
-`study_result()` builds a fidelity.json-shaped result from the library's own classes with
-random numbers (no network: fast); it is shared with tests/reports/test_fidelity.py. The end
+`study_result()` (tests.support.store) builds a fidelity.json-shaped result from the library's
+own classes with random numbers (no network: fast); tests/reports/test_fidelity.py uses it too. The end
 to end tests run a whole study on the first 200 Fashion-MNIST images with a tiny untrained
 EDM network, through the CLI and through bench/fidelity.py.
 """
@@ -24,68 +24,16 @@ from auditor import cli
 from auditor.store import database, studies
 from auditor.workflows import fidelity
 from auditor.workflows.options import KINDS, StudyOptions
-from pspc.evaluation.fidelity import ConcentrationTable, FidelityCurves
-from pspc.evaluation.tuning import TunedSchedule
-from tests.conftest import FASHION_MNIST_ROOT
+from tests.support.cli import run_cli
+from tests.support.data import FASHION_MNIST_ROOT
+from tests.support.paths import REPO
+from tests.support.store import NAMES, fetch, study_result
 
-REPO = Path(__file__).resolve().parents[2]
 TABLES = ("fidelity_studies", "fidelity_errors", "fidelity_concentration", "fidelity_similarity", "fidelity_schedule")
-NAMES = ["empirical", "gaussian", "pspc-square", "pspc-flex"]
-
-
-def study_result(seed: int = 0) -> dict:
-    """A result as run_study gives it (and bench/fidelity.py writes as fidelity.json)."""
-    rng = np.random.default_rng(seed)
-    records = {name: {"kind": name, "dataset": {"fingerprint": "d" * 64}} for name in NAMES}
-    curves = {"forward": FidelityCurves("forward", [0.1, 0.5, 2.0, 10.0], NAMES, rng.uniform(0.01, 0.2, (4, 4, 3)),
-                                        records),
-              "reverse": FidelityCurves("reverse", [80.0, 2.5, 0.6, 0.002], NAMES,
-                                        rng.uniform(0.01, 0.2, (4, 4, 2)), records)}
-    concentration = ConcentrationTable([0.3, 1.0, 3.0], [0.5, 0.75, 0.95], rng.uniform(1, 5, (3, 3)).cumsum(1),
-                                       rng.integers(1, 15, (3, 3)).astype(float), {15: [0.9, 0.7, 0.5]},
-                                       {"sensitivity": {"kind": "network-eq8", "num_samples": 1}})
-    sets = ["network", *NAMES]
-    mean = rng.uniform(0.3, 0.9, (5, 5))
-    np.fill_diagonal(mean, 1.0)
-    similarity = {"names": sets, "count": 2, "mean": mean.tolist(), "std": rng.uniform(0, 0.1, (5, 5)).tolist(),
-                  "fraction_above": {"0.5": mean.tolist()}, "thresholds": [0.5, 0.6],
-                  "descriptor": {"name": "pixel-correlation-32x32 (not SSCD)", "kind": "pixel-correlation",
-                                 "fingerprint": "e" * 64, "dimension": 1024, "preprocessing": {"name": "fixed-32-luma"}},
-                  "scores": rng.uniform(0, 1, (5, 5, 2)).tolist()}
-    to_network = {name: float(mean[0, j]) for j, name in enumerate(sets) if j > 0}
-    tuned = TunedSchedule([80.0, 2.5, 0.6, 0.002], (28, 28), [28, 9, 5, 3],
-                          [{3: 0.5, 28: 0.4}, {3: 0.3, 9: 0.2}, {3: 0.2, 5: 0.1}, {3: 0.05}],
-                          [1.0, 0.6, 0.4, 0.2], [{0.5: 0.3, 1.0: 0.2}] * 4, name="tuned-test")
-    record = {"command": ["bench/fidelity.py", "--quick", "--out", "out/fidelity-test"],
-              "configuration": {"network": "checkpoints/tiny.pt", "seed": 7, "test_images": 3, "samples": 2,
-                                "steps": 5, "out": "out/fidelity-test", "times": [0.1, 0.5, 2.0, 10.0],
-                                "grid": [0.3, 1.0, 3.0]},
-              "training_set": {"name": "fashion-mnist-train", "fingerprint": "a" * 64, "count": 200,
-                               "shape": [1, 28, 28], "xflip": True},
-              "test_set": {"name": "fashion-mnist-test", "fingerprint": "b" * 64, "count": 10000},
-              "network": {"kind": "network", "name": "tiny", "image_shape": [1, 28, 28],
-                          "network": {"path": "/x/tiny.pt", "sha256": "c" * 64, "file": "checkpoint"}},
-              "sensitivity": {"kind": "network-eq8"}, "states": {"forward": {"seed": 7}, "reverse": {"seed": 7}},
-              "schedule_file": None, "versions": {"python": "3.11", "torch": torch.__version__},
-              "timings_s": {"total": 1.5}}
-    return {"record": record, "curves": {p: c.to_dict() for p, c in curves.items()},
-            "concentration": concentration.to_dict(), "similarity": similarity, "similarity_to_network": to_network,
-            "tuned_schedule": tuned.rows(), "findings": fidelity.verdict(curves, to_network)}
-
-
-def fetch(db, sql, params=()):
-    with database.connect(db, read_only=True) as conn:
-        return conn.execute(sql, list(params)).fetchall()
 
 
 def counts(db) -> dict:
     return {table: fetch(db, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES}
-
-
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -301,8 +249,8 @@ def tiny_network(tmp_path_factory) -> Path:
     """An untrained 28x28 EDM network (random weights, no attention: fast on a CPU)."""
     if not os.path.isdir(FASHION_MNIST_ROOT):
         pytest.skip("Fashion-MNIST not installed: apt-get install -y dataset-fashion-mnist")
-    from pspc.networks.unet import NetworkConfig, save_network
-    from tests.pspc.test_networks import tiny_net
+    from pspc.networks import NetworkConfig, save_network
+    from tests.support.networks import tiny_net
 
     config = NetworkConfig(image_channels=1, resolution=(28, 28), model_channels=8, channel_mult=(1, 2),
                            attention_levels=(), groups=4)
@@ -319,6 +267,7 @@ def cli_study(tiny_network, tmp_path_factory) -> tuple[Path, str]:
     return db, studies.list_studies(db)[0]["id"]
 
 
+@pytest.mark.slow
 def test_cli_run_stores_the_whole_study(cli_study, tiny_network):
     db, study_id = cli_study
     study = studies.load_study(db, study_id)
@@ -342,6 +291,7 @@ def test_cli_run_stores_the_whole_study(cli_study, tiny_network):
     assert any("pspc-square closer than gaussian" in line for line in study["findings"])
 
 
+@pytest.mark.slow
 def test_bench_writes_its_files_and_stores_the_same_numbers(cli_study, tiny_network, tmp_path):
     db, study_id = cli_study
     out = tmp_path / "bench-out"

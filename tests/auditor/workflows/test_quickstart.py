@@ -1,11 +1,14 @@
 """auditor.workflows.quickstart: the Quick start's store preparation is complete and idempotent."""
 
 import numpy as np
+import pytest
 
-from auditor.store import database
+from auditor.store import database, studies
 from auditor.workflows import quickstart
+from tests.support.paths import REPO
 
 
+@pytest.mark.slow
 def test_prepare_records_once_then_reuses(tmp_path):
     data = tmp_path / "images.npy"
     np.save(data, np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8))
@@ -23,6 +26,7 @@ def test_prepare_records_once_then_reuses(tmp_path):
     assert not other.reused and other.run_id != first.run_id
 
 
+@pytest.mark.slow
 def test_cli_quickstart_without_serving(tmp_path, capsys):
     from auditor import cli
 
@@ -38,8 +42,6 @@ def test_cli_quickstart_without_serving(tmp_path, capsys):
 
 
 def test_committed_fidelity_study_is_imported_once(tmp_path):
-    from auditor.workflows import fidelity
-
     db = tmp_path / "store.duckdb"
     database.upgrade(db)
     lines = []
@@ -47,9 +49,9 @@ def test_committed_fidelity_study_is_imported_once(tmp_path):
     assert lines == [f"fidelity study {study_id}: fidelity-quick.json (imported)"]
     assert quickstart.import_studies(db, quickstart.COMMITTED_STUDIES, log=lines.append) == (study_id,)
     assert len(lines) == 1  # the second call found it by the file's sha256
-    study = fidelity.load_study(db, study_id)
+    study = studies.load_study(db, study_id)
     assert study["network_sha256"] == __import__("hashlib").sha256(
-        (quickstart.REPO / "checkpoints" / "fmnist-unet.pt").read_bytes()).hexdigest()
+        (REPO / "checkpoints" / "fmnist-unet.pt").read_bytes()).hexdigest()
     for process in ("forward", "reverse"):
         names = study["curves"][process]["names"]
         assert {"empirical", "gaussian", "cfdm", "pspc-square", "pspc-flex"} <= set(names)

@@ -8,7 +8,6 @@ import sys
 import textwrap
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +19,9 @@ from auditor.store.runs import run_summaries
 from auditor.workflows import sampling as runs
 from auditor.workflows.options import SamplingOptions
 
-from tests.auditor.conftest import random_set
+from tests.support.data import random_set
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 OPTIONS = SamplingOptions(num_samples=2, steps=5, seed=7, patch_size=3, top_k=4, mass=0.95)
 
 
@@ -76,6 +75,7 @@ def test_failing_last_step_never_complete(empty_db, monkeypatch):
     assert _fetch(empty_db, "SELECT max(step) FROM patch_weights") == [(OPTIONS.steps - 2,)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
 def test_resume_equals_uninterrupted(tmp_path, sampler):
     data = random_set()
@@ -117,6 +117,7 @@ def test_resume_errors(empty_db):
         run_summaries(empty_db, dataset_id=42)
 
 
+@pytest.mark.slow
 def test_running_run_with_dead_writer(empty_db):
     data = random_set()
     run_id = runs.record_sampling_run(empty_db, data, options=OPTIONS)
@@ -155,13 +156,14 @@ WRITER = textwrap.dedent("""
     import sys
     from auditor.workflows.options import SamplingOptions
     from auditor.workflows.sampling import record_sampling_run
-    from tests.conftest import random_training_set
+    from tests.support.data import random_training_set
     data = random_training_set(count=200, channels=1, height=16, width=16, seed=1, xflip=True)
     options = SamplingOptions(num_samples=4, steps=8, seed=3, top_k=8, mass=0.99)
     print(record_sampling_run(sys.argv[1], data, options=options), flush=True)
 """)
 
 
+@pytest.mark.slow
 def test_reader_process_while_writer_process_records(empty_db):
     """Two processes: the writer records a run; this process reads read-only meanwhile."""
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(empty_db)], cwd=REPO, stdout=subprocess.PIPE,
@@ -197,12 +199,3 @@ def test_reader_process_while_writer_process_records(empty_db):
     assert len({len(o[1]) for o in observed}) >= 2, observed  # saw the run grow
     (status,), = _fetch(empty_db, "SELECT status FROM runs")
     assert status == "complete" and int(out.strip()) == 1
-
-
-def test_keyword_settings_are_the_options_fields(empty_db):
-    """The transitional keyword form: each keyword is a SamplingOptions or Runtime field, never mixed with options=."""
-    with pytest.raises(TypeError, match="not both"):
-        runs.record_sampling_run(empty_db, random_set(), options=OPTIONS, seed=1)
-    with pytest.raises(TypeError, match="unexpected keyword argument.*num_sample"):
-        runs.record_sampling_run(empty_db, random_set(), num_sample=2)
-    assert _fetch(empty_db, "SELECT count(*) FROM runs") == [(0,)]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pspc.data.training_set import TrainingSet, TrainingSetError, to_uint8
-from tests.conftest import random_training_set
+from tests.support.data import random_training_set
 
 
 def test_fingerprint_identifies_shape_and_bytes():

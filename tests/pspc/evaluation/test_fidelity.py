@@ -25,7 +25,7 @@ from pspc.samplers import SamplerConfig, initial_noise
 from pspc.schedules import Schedule
 from pspc.posterior.sensitivity import SensitivityError, SensitivityMaps, network_sensitivity
 from pspc.evaluation.tuning import candidate_sizes, merge_levels, tune_schedule, tuning_states
-from tests.conftest import random_training_set
+from tests.support.data import random_training_set
 
 KINDS = ("empirical", "gaussian", "cfdm", "pspc-square", "pspc-flex")
 
@@ -152,7 +152,7 @@ def test_sensitivity_of_a_linear_network_is_its_absolute_matrix(train, held_out)
 
 
 def test_batched_sensitivity_equals_the_autograd_jacobian():
-    from tests.pspc.test_networks import TINY, tiny_net
+    from tests.support.networks import TINY, tiny_net
 
     net = tiny_net()
     images = random_training_set(5, 1, 8, 8, seed=2)
@@ -184,13 +184,6 @@ def test_sensitivity_grid_uses_the_nearest_level_in_log_t():
         SensitivityMaps(torch.nn.Linear(2, 2), random_training_set(2, 1, 6, 7))
     with pytest.raises(SensitivityError, match=r"noise levels must be finite and > 0, got \[-1.0\]"):
         SensitivityMaps(None, None, maps={1.0: g2}, grid=[1.0, -1.0])
-
-
-def test_moved_names_are_still_importable_from_fidelity():
-    """TEMPORARY, removed at integration: other packages still import these from pspc.evaluation.fidelity."""
-    import pspc.evaluation.fidelity as fidelity
-
-    assert fidelity.SensitivityMaps is SensitivityMaps and fidelity.network_flex is network_flex
 
 
 def slow_sides(g: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -339,7 +332,7 @@ def test_tuning_rejects_bad_input(train, held_out, empirical_network):
 
 
 def test_untrained_edm_network_runs_through_the_comparison():
-    from tests.pspc.test_networks import tiny_net
+    from tests.support.networks import tiny_net
 
     net = NetworkDenoiser(tiny_net(), (1, 8, 8), name="tiny")
     images = random_training_set(6, 1, 8, 8, seed=1)

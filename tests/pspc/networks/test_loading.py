@@ -1,4 +1,5 @@
-"""Networks: EDM preconditioning, checkpoints, TorchScript, EDM pickles, VP conversion, loader errors."""
+"""Loading networks (pspc.networks.loading): load_network's shapes and errors, VP conversion
+(Eq. 13), EDM pickles."""
 
 import importlib
 import math
@@ -10,170 +11,10 @@ import pytest
 import torch
 
 from pspc.denoisers import NetworkDenoiser
-from pspc.networks import (
-    EDMPrecond, NetworkConfig, NetworkError, VPEpsilonNetwork, detect_kind, edm_preconditioning,
-    export_torchscript, load_checkpoint, load_network, save_network
-)
+from pspc.networks import NetworkError, VPEpsilonNetwork, detect_kind, export_torchscript, load_network, save_network
 from pspc.samplers import SamplerConfig, initial_noise, sample
-from tests.conftest import random_training_set
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread avoids OpenMP oversubscription on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-TINY = NetworkConfig(image_channels=1, resolution=(8, 8), model_channels=8, channel_mult=(1, 2),
-                     attention_levels=(1,), groups=4)
-
-
-def tiny_net(config=TINY, seed=0) -> EDMPrecond:
-    """A tiny network with every weight random (the zero-initialised layers too), in eval mode."""
-    torch.manual_seed(seed)
-    net = EDMPrecond(config)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-    return net.eval()
-
-
-def batch(shape=(3, 1, 8, 8), seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator), torch.tensor([0.01, 1.0, 50.0])[: shape[0]]
-
-
-# ---------------------------------------------------------------------------------------
-# EDM preconditioning
-# ---------------------------------------------------------------------------------------
-def test_preconditioning_coefficients_match_edm_table_1():
-    for sigma in (0.002, 0.5, 3.0, 80.0):
-        c_skip, c_out, c_in, c_noise = (float(c) for c in edm_preconditioning(torch.tensor(sigma, dtype=torch.float64)))
-        assert c_skip == pytest.approx(0.25 / (sigma**2 + 0.25), rel=1e-12)
-        assert c_out == pytest.approx(sigma * 0.5 / math.sqrt(sigma**2 + 0.25), rel=1e-12)
-        assert c_in == pytest.approx(1 / math.sqrt(sigma**2 + 0.25), rel=1e-12)
-        assert c_noise == pytest.approx(math.log(sigma) / 4, rel=1e-12)
-
-
-def test_network_output_is_c_skip_z_plus_c_out_F_of_c_in_z():
-    net = tiny_net()
-    z, sigma = batch()
-    with torch.no_grad():
-        out = net(z, sigma)
-        for b in range(z.shape[0]):
-            s = float(sigma[b])
-            total = s * s + 0.25
-            F = net.model(z[b : b + 1] / math.sqrt(total), torch.tensor([math.log(s) / 4]))
-            by_hand = 0.25 / total * z[b] + s * 0.5 / math.sqrt(total) * F[0]
-            assert torch.allclose(out[b], by_hand, atol=1e-5)
-
-
-def test_fresh_network_starts_as_the_skip_path():
-    """The output conv starts at zero, so an untrained network is D = c_skip z exactly."""
-    torch.manual_seed(0)
-    net = EDMPrecond(TINY)
-    z, sigma = batch()
-    with torch.no_grad():
-        assert torch.allclose(net(z, sigma), 0.25 / (sigma**2 + 0.25)[:, None, None, None] * z, atol=1e-7)
-
-
-def test_sigma_may_be_scalar_vector_or_broadcast_shape_and_samples_are_independent():
-    net = tiny_net()
-    z, _ = batch()
-    with torch.no_grad():
-        scalar = net(z, 0.7)
-        assert torch.allclose(scalar, net(z, torch.full((3,), 0.7)), atol=1e-6)
-        assert torch.allclose(scalar, net(z, torch.full((3, 1, 1, 1), 0.7)), atol=1e-6)
-        mixed = net(z, torch.tensor([0.1, 2.0, 30.0]))
-        for b, s in enumerate((0.1, 2.0, 30.0)):
-            assert torch.allclose(mixed[b], net(z[b : b + 1], s)[0], atol=1e-5)
-        with pytest.raises(ValueError, match="one value per sample"):
-            net(z, torch.tensor([0.1, 0.2]))
-        with pytest.raises(ValueError, match=r"takes \[B, 1, 8, 8\]"):
-            net(torch.zeros(2, 3, 8, 8), 1.0)
-
-
-def test_resolution_that_does_not_halve_is_padded_and_cropped():
-    config = NetworkConfig(image_channels=3, resolution=(7, 9), model_channels=8, channel_mult=(1, 2, 2),
-                           attention_levels=(), groups=4)
-    net = tiny_net(config)
-    z = torch.randn(2, 3, 7, 9)
-    with torch.no_grad():
-        out = net(z, torch.tensor([0.5, 5.0]))
-    assert out.shape == z.shape and torch.isfinite(out).all()
-
-
-def test_float64_input_keeps_its_dtype():
-    net = tiny_net()
-    z, sigma = batch()
-    with torch.no_grad():
-        out64 = net(z.double(), sigma)
-        assert out64.dtype == torch.float64
-        assert torch.allclose(out64.float(), net(z, sigma), atol=1e-5)
-
-
-def test_bad_configs_are_refused_with_the_reason():
-    with pytest.raises(NetworkError, match="num_blocks"):
-        NetworkConfig(num_blocks=0)
-    with pytest.raises(NetworkError, match="attention_levels"):
-        NetworkConfig(channel_mult=(1, 2), attention_levels=(2,))
-    with pytest.raises(NetworkError, match="unknown field"):
-        NetworkConfig.from_dict({"model_channels": 8, "colour": "red"})
-
-
-# ---------------------------------------------------------------------------------------
-# Checkpoints and TorchScript
-# ---------------------------------------------------------------------------------------
-def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
-    net = tiny_net()
-    path = save_network(tmp_path / "net.pt", net, record={"iterations": 7})
-    loaded, record = load_checkpoint(path)
-    z, sigma = batch()
-    with torch.no_grad():
-        assert torch.equal(loaded(z, sigma), net(z, sigma))
-    assert loaded.config == TINY and record == {"iterations": 7}
-    assert not (tmp_path / "net.pt.partial").exists()
-
-
-def test_half_precision_checkpoint_loads_as_float32_close_to_the_original(tmp_path):
-    net = tiny_net()
-    full = save_network(tmp_path / "full.pt", net)
-    half = save_network(tmp_path / "half.pt", net, half=True)
-    assert half.stat().st_size < 0.7 * full.stat().st_size
-    loaded, _ = load_checkpoint(half)
-    assert all(p.dtype == torch.float32 for p in loaded.parameters())
-    z, sigma = batch()
-    with torch.no_grad():
-        assert torch.allclose(loaded(z, sigma), net(z, sigma), atol=5e-2)
-
-
-def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
-    """Only tensors and primitives: torch.load(weights_only=True) must accept the file."""
-    path = save_network(tmp_path / "net.pt", tiny_net())
-    payload = torch.load(path, weights_only=True)
-    assert payload["format"] == "pspc-unet" and isinstance(payload["config"], str)
-
-
-def test_torchscript_round_trip(tmp_path):
-    net = tiny_net()
-    path = export_torchscript(net, tmp_path / "net.ts")
-    assert detect_kind(path) == "torchscript"
-    denoiser = load_network(path, random_training_set(count=4, height=8, width=8))
-    assert denoiser.describe()["network"]["kind"] == "torchscript"
-    for shape in ((3, 1, 8, 8), (5, 1, 8, 8)):
-        z = torch.randn(shape)
-        sigma = torch.linspace(0.05, 20, shape[0])
-        with torch.no_grad():
-            assert torch.allclose(denoiser(z, sigma.double()), net(z, sigma), atol=1e-5)
-
-
-def test_torchscript_needs_a_shape(tmp_path):
-    path = export_torchscript(tiny_net(), tmp_path / "net.ts")
-    with pytest.raises(NetworkError, match="pass the training set or image_shape"):
-        load_network(path)
-    assert load_network(path, image_shape=(1, 8, 8)).image_shape == (1, 8, 8)
+from tests.support.data import random_training_set
+from tests.support.networks import tiny_net
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,6 +175,7 @@ def test_vp_loader_wraps_torchscript_and_needs_a_schedule(tmp_path):
 FAKE_EDM_NETWORK = '''
 import torch
 
+
 class Precond(torch.nn.Module):
     """Stands in for EDM's EDMPrecond: img_resolution, img_channels, label_dim, forward(x, sigma)."""
 
@@ -396,16 +238,3 @@ def test_edm_pickle_errors(tmp_path, fake_edm_source):
     path = write_snapshot(tmp_path / "c.pkl", {"net": 1})
     with pytest.raises(NetworkError, match="'ema' network"):
         load_network(path, data)
-
-
-def test_moved_names_are_still_importable_from_unet():
-    """TEMPORARY, removed at integration: other packages still import these from pspc.networks.unet."""
-    import pspc.networks as networks
-    import pspc.networks.unet as unet
-
-    for name in ("load_network", "save_network", "read_checkpoint", "load_checkpoint", "export_torchscript",
-                 "detect_kind", "check_network", "VPEpsilonNetwork", "EDMPickleNetwork", "NETWORK_KINDS",
-                 "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"):
-        assert getattr(unet, name) is getattr(networks, name)
-    with pytest.raises(AttributeError):
-        unet.no_such_name

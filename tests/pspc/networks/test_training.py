@@ -15,20 +15,10 @@ from pspc.networks.training import (
     state_path_for, train, training_batch
 )
 from pspc.data.training_set import TrainingSet
-from tests.conftest import random_training_set
+from tests.support.data import random_training_set
+from tests.support.networks import TINY
 
-TINY = NetworkConfig(image_channels=1, resolution=(8, 8), model_channels=8, channel_mult=(1, 2),
-                     attention_levels=(1,), groups=4)
 QUICK = dict(batch_size=8, lr=2e-3, lr_warmup=0, checkpoint_seconds=0, eval_samples=32, preview_samples=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread avoids OpenMP oversubscription on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def blobs(count=8) -> TrainingSet:
@@ -102,6 +92,7 @@ def test_learning_rate_warmup_and_ema_rampup():
 # ---------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_decreases_the_loss(tmp_path):
     data = blobs()
     loss = EDMLoss()
@@ -116,6 +107,7 @@ def test_training_decreases_the_loss(tmp_path):
     assert record["loss_curve"][-1][0] == 60 and record["final_loss"] < record["loss_curve"][0][1] * 1.5
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
     data = random_training_set(count=12, height=8, width=8)
     train(data, tmp_path / "straight.pt", TINY, TrainingConfig(iterations=6, **QUICK))
@@ -128,6 +120,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
     assert record["iterations"] == 6 and [s["from_iteration"] for s in record["segments"]] == [0, 3]
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_would_not_continue_the_same_run(tmp_path):
     data = random_training_set(count=12, height=8, width=8)
     out = tmp_path / "net.pt"

@@ -10,8 +10,8 @@ from pspc.posterior.patch_sets import MaskPatches, flex_masks, square_patches
 from pspc.posterior.weights import WeightRequest
 from pspc.schedules import Schedule, default_flex_schedule
 from pspc.posterior.sensitivity import isotropic_sensitivity
-from tests.conftest import noisy, random_training_set
-from tests.pspc.reference import entries_of, reference_pspc, reference_weights
+from tests.support.data import noisy, random_training_set
+from tests.support.reference import entries_of, reference_pspc, reference_weights
 
 MIXED_T = torch.tensor([0.05, 0.3, 1.0, 3.0, 10.0, 80.0])
 
@@ -39,7 +39,7 @@ def test_square_matches_reference_on_random_data(channels, xflip, size):
         assert torch.allclose(torch_out.double(), expected[b : b + 1], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("size", [3, 7, 15, 28])
+@pytest.mark.parametrize("size", [pytest.param(3, marks=pytest.mark.slow), 7, 15, 28])
 def test_square_matches_reference_on_fashion_mnist(fashion_slice, size):
     training_set = fashion_slice.subset(range(12)).with_xflip()
     t = torch.tensor([0.1, 1.0, 3.0])
@@ -50,6 +50,7 @@ def test_square_matches_reference_on_fashion_mnist(fashion_slice, size):
     assert torch.allclose(out.double(), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_fused_kernels_stream_many_blocks_with_late_maxima():
     """Enough entries for the kernels' per-lane running maxima to be equalised several
     times (every EQUALIZE blocks), for whole blocks to be skipped at small t, and for the

@@ -5,7 +5,7 @@ import torch
 
 from pspc.posterior.patch_sets import MaskPatches, PatchSetError, WindowPatches, flex_masks, square_patches
 from pspc.posterior.sensitivity import isotropic_sensitivity, isotropic_width, network_sensitivity
-from tests.conftest import random_training_set
+from tests.support.data import random_training_set
 
 
 def _dense(patch_set):

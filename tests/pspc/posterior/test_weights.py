@@ -7,7 +7,7 @@ from pspc.denoisers import pspc_flex, pspc_square
 from pspc.posterior.weights import WeightRequest
 from pspc.schedules import Schedule
 from pspc.posterior.sensitivity import isotropic_sensitivity
-from tests.conftest import noisy
+from tests.support.data import noisy
 
 
 @pytest.mark.parametrize("size", [3, 9, 28])
