@@ -24,7 +24,7 @@ def add_study_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     StudyOptions.resolved()."""
     d = StudyOptions
     parser.add_argument("--network", default=d.network,
-                        help="network file (pspc.networks.unet.load_network) [%(default)s]")
+                        help="network file (pspc.networks.load_network) [%(default)s]")
     parser.add_argument("--data", default=d.data, help="training set spec [%(default)s]")
     parser.add_argument("--limit", type=int, help="first N training images [all]")
     parser.add_argument("--no-xflip", action="store_true", help="no mirrored training entries")

@@ -124,7 +124,6 @@ def lower_priority(pid: int, niceness: int) -> None:
         pass
 
 
-_lower_priority = lower_priority  # the old name (bench/service.py); use lower_priority
 
 
 def _log_tail(path: str | os.PathLike | None, max_bytes: int = 4000) -> str:

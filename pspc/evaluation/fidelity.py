@@ -84,7 +84,7 @@ def _batched(function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: 
 
 def _check_network(network: NetworkDenoiser, images: TrainingSet | None = None) -> None:
     if not isinstance(network, Denoiser):
-        raise FidelityError(f"network must be a Denoiser (e.g. pspc.networks.unet.load_network(...)), got {type(network).__name__}")
+        raise FidelityError(f"network must be a Denoiser (e.g. pspc.networks.load_network(...)), got {type(network).__name__}")
     if images is not None and tuple(images.image_shape) != tuple(network.image_shape):
         c, h, w = images.image_shape
         nc, nh, nw = network.image_shape

@@ -93,7 +93,7 @@ def _check_network(network, images: TrainingSet | None) -> None:
     its interface: pspc.denoisers imports pspc.posterior, so this module cannot import it."""
     if not (isinstance(network, torch.nn.Module) and hasattr(network, "image_shape")
             and callable(getattr(network, "describe", None))):
-        raise SensitivityError(f"network must be a Denoiser (e.g. pspc.networks.unet.load_network(...)), "
+        raise SensitivityError(f"network must be a Denoiser (e.g. pspc.networks.load_network(...)), "
                                f"got {type(network).__name__}")
     if images is not None and tuple(images.image_shape) != tuple(network.image_shape):
         c, h, w = images.image_shape

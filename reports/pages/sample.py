@@ -2,7 +2,7 @@
 sample's read model (auditor.store.read_models.sample.SampleProvenance).
 
 Numbers come from the store exactly as auditor.store.attribution computes them
-(tests/reports/test_context.py compares them). Shares use the KEPT posterior weights, so a
+(tests/reports/test_page_builders.py compares them). Shares use the KEPT posterior weights, so a
 step's shares sum to its mean captured mass (at most 1).
 
 Building takes two calls on the same options: `report_images(data, ...)` says which training

@@ -1,5 +1,5 @@
 """Fidelity studies in the report service: /fidelity pages (reports.pages, templates) and
-/api/fidelity (auditor/routers/fidelity.py) on a store holding two studies."""
+/api/fidelity (auditor/service/api/fidelity.py) on a store holding two studies."""
 
 from __future__ import annotations
 

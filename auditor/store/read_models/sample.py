@@ -15,7 +15,7 @@ geometry of its patch sets) and computes what the SQL views compute, with vector
   of w / coverage(y, x)  (pixel_weights, dense, as auditor.store.attribution.pixel_attribution);
 - per-pixel sources: each pixel's `top` training images by weight (view pixel_sources).
 
-tests/reports/test_context.py checks every one against auditor.store.attribution on a recorded
+tests/reports/test_page_builders.py checks every one against auditor.store.attribution on a recorded
 store. What is built from a COMPLETE run's sample (a report) can be kept per process with
 `build_cached`, keyed by the rows that can still change.
 """
