@@ -60,11 +60,15 @@ def add_serve(commands, parents: Parents) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     serve.add_argument("--require-keys", action="store_true", help="require API keys even before one exists")
-    serve.add_argument("--sql-row-cap", type=int, default=1000, metavar="N", help="(default: %(default)s)")
-    serve.add_argument("--sql-time-limit", type=float, default=5.0, metavar="S", help="(default: %(default)s)")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, metavar="MB", help="(default: %(default)s)")
-    serve.add_argument("--jobs-dir", metavar="DIR", help="job logs (default: beside the store, STORE.jobs/)")
-    serve.add_argument("--max-running-jobs", type=int, default=1, metavar="N", help="(default: %(default)s)")
+    serve.add_argument("--sql-row-cap", type=int, metavar="N", help="(default: $AUDITOR_SQL_ROW_CAP, else 1000)")
+    serve.add_argument("--sql-time-limit", type=float, metavar="S",
+                       help="(default: $AUDITOR_SQL_TIME_LIMIT_S, else 5.0)")
+    serve.add_argument("--max-upload-mb", type=float, metavar="MB",
+                       help="(default: $AUDITOR_MAX_UPLOAD_BYTES / 2^20, else 10.0)")
+    serve.add_argument("--jobs-dir", metavar="DIR",
+                       help="job logs (default: $AUDITOR_JOBS_DIR, else beside the store, STORE.jobs/)")
+    serve.add_argument("--max-running-jobs", type=int, metavar="N",
+                       help="(default: $AUDITOR_MAX_RUNNING_JOBS, else 1)")
 
 
 def add_quickstart(commands, parents: Parents) -> None:
@@ -148,22 +152,33 @@ def cmd_sample(args, argv: list[str]) -> int:
     return 0
 
 
+def serve_settings(args):
+    """The service's settings from `auditor serve`'s options; an option not given leaves the
+    field to its AUDITOR_* environment variable, else its default."""
+    from auditor.service.settings import ServiceSettings
+
+    if args.max_upload_mb is not None and not args.max_upload_mb > 0:
+        raise CLIError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+    given = {"sql_row_cap": args.sql_row_cap, "sql_time_limit_s": args.sql_time_limit,
+             "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
+             "jobs_dir": args.jobs_dir, "keys_required": True if args.require_keys else None,
+             "max_running_jobs": args.max_running_jobs}  # options not given: the environment, else the default
+    try:
+        settings = ServiceSettings(db_path=db_path(args), lock_timeout=args.lock_timeout,
+                                   **{name: value for name, value in given.items() if value is not None})
+    except ValueError as exc:  # the settings' validation (pydantic): a bad option value
+        raise CLIError(str(exc)) from None
+    return settings
+
+
 def cmd_serve(args, argv=None) -> int:
     import uvicorn
 
-    from auditor.service.app import ServiceSettings, create_app, startup_message
+    from auditor.service.app import create_app
+    from auditor.service.settings import startup_message
 
     check_port(args.port)
-    if not args.max_upload_mb > 0:
-        raise CLIError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
-    try:
-        settings = ServiceSettings(db_path=db_path(args), lock_timeout=args.lock_timeout,
-                                   sql_row_cap=args.sql_row_cap, sql_time_limit_s=args.sql_time_limit,
-                                   max_upload_bytes=int(args.max_upload_mb * 2**20), jobs_dir=args.jobs_dir,
-                                   keys_required=True if args.require_keys else None,
-                                   max_running_jobs=args.max_running_jobs)
-    except ValueError as exc:  # the settings' validation (pydantic): a bad option value
-        raise CLIError(str(exc)) from None
+    settings = serve_settings(args)
     app = create_app(settings)
     print(startup_message(settings, f"http://{url_host(args.host)}:{args.port}/"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

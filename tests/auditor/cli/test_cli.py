@@ -209,3 +209,17 @@ def test_a_bug_prints_its_traceback_and_exits_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sampling, "cmd_sample", raising(KeyboardInterrupt()))
     code, _, err = run(capsys, "--db", db, "sample")
     assert code == 130 and "auditor sample --resume RUN_ID" in err
+
+
+def test_serve_options_override_the_environment_which_overrides_defaults(tmp_path, monkeypatch):
+    from auditor.cli.parser import build_parser
+    from auditor.cli.sampling import serve_settings
+
+    monkeypatch.setenv("AUDITOR_SQL_ROW_CAP", "7")
+    monkeypatch.setenv("AUDITOR_MAX_RUNNING_JOBS", "3")
+    args = build_parser().parse_args(["--db", str(tmp_path / "s.duckdb"), "serve", "--max-running-jobs", "2"])
+    settings = serve_settings(args)
+    assert (settings.sql_row_cap, settings.max_running_jobs, settings.sql_time_limit_s) == (7, 2, 5.0)
+    monkeypatch.setenv("AUDITOR_SQL_ROW_CAP", "abc")
+    with pytest.raises(cli.common.CLIError, match="sql_row_cap"):
+        serve_settings(args)
