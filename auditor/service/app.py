@@ -31,6 +31,7 @@ from auditor.service.middleware import BodyLimit, RememberKey
 from auditor.service.pages import router as pages_router
 from auditor.service.settings import ServiceSettings, local_mode_message, startup_message
 from auditor.store import database, keys
+from pspc.record import package_version
 
 # ServiceSettings and startup_message are re-exported for `auditor serve`
 # (auditor.service.settings is their home).
@@ -79,9 +80,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pspc-auditor")
-    except PackageNotFoundError:
-        return os.environ.get("PSPC_AUDITOR_VERSION", "0.1.0")
+    """The API's version: the installed package's, else $PSPC_AUDITOR_VERSION, else 0.1.0."""
+    return package_version("pspc-auditor", None) or os.environ.get("PSPC_AUDITOR_VERSION", "0.1.0")

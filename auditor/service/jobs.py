@@ -48,7 +48,7 @@ __all__ = ["JOB_STATUSES", "JobRunner", "MAX_SAMPLES", "MAX_STEPS", "MAX_TOP_K",
 MAX_SAMPLES = 64
 MAX_STEPS = 256
 MAX_TOP_K = 1024
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds the auditor package: the checkout, or site-packages
 _RUN_LINE = re.compile(r"^run (\d+): ", re.MULTILINE)
 
 
@@ -225,14 +225,14 @@ class JobRunner:
         log_path = jobs_dir / f"job-{job_id}.log"
         argv = job_command(request, self.db_path, self.settings.job_lock_timeout, self.settings.python)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
         try:
             jobs_dir.mkdir(parents=True, exist_ok=True)
             with open(log_path, "wb") as log:
                 log.write(("$ " + " ".join(argv[1:]) + "\n").encode())
                 log.flush()
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env, cwd=str(REPO_ROOT), start_new_session=True)
+                                        env=env, cwd=str(PACKAGE_ROOT), start_new_session=True)
         except OSError as exc:
             job_rows.finish_job(self.db_path, job_id, "failed", f"could not start the job: {exc}",
                                 timeout=self.timeout)
