@@ -76,7 +76,7 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, options: Sampling
     request = WeightRequest(top_k=options.top_k, mass=options.mass)
     config = SamplerConfig(method=options.sampler, num_steps=options.steps)
     database.require_current(db_path, runtime.timeout)
-    dataset_id, _ = datasets.ingest(db_path, training_set)
+    dataset_id, _ = datasets.ingest(db_path, training_set, timeout=runtime.timeout)
     if denoiser is None:
         denoiser = build_denoiser(options.denoiser_kind, training_set, patch_size=options.patch_size)
     elif denoiser.describe().get("kind") != options.denoiser_kind:
