@@ -34,7 +34,7 @@ from pspc.errors import InputError
 from pspc.posterior.weights import WeightRequest
 from pspc.record import environment, file_sha256
 from pspc.samplers import SamplerConfig, initial_noise, sample
-from pspc.schedules import default_patch_schedule, edm_time_steps
+from pspc.schedules import check_noise_levels, default_patch_schedule, edm_time_steps
 
 PROG = "pspc"
 EXIT_USAGE = 2
@@ -269,6 +269,7 @@ def cmd_denoise(args, argv, started: float) -> int:
     """`pspc denoise`: D(z, t) once (on noised training images or a given z), optionally with
     the posterior weights; writes the arrays, a grid and run.json."""
     _positive(args.t, "--t")
+    check_noise_levels([args.t], CLIError)  # the engine's range, before anything is written
     _positive(args.num, "--num")
     _positive(args.weights, "--weights")
     if not 0 < args.weight_mass <= 1:

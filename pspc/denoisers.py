@@ -18,12 +18,25 @@ from pspc.posterior import fused_kernels
 from pspc.posterior.patch_posterior import DEFAULT_CHUNK_BYTES, patch_posterior
 from pspc.posterior.patch_sets import PatchSet, WindowPatches, flex_patches, square_patches
 from pspc.posterior.weights import PosteriorWeights, WeightRequest
-from pspc.schedules import Schedule, default_flex_schedule, default_patch_schedule
+from pspc.schedules import T_VALID_MAX, T_VALID_MIN, Schedule, default_flex_schedule, default_patch_schedule
 from pspc.data.training_set import TrainingSet
 
 
 class DenoiserInputError(InputError):
-    """Bad denoiser input: wrong shape, channel count, resolution, NaN, t <= 0."""
+    """Bad denoiser input: wrong shape, channel count, resolution, NaN, t or |z| out of range."""
+
+
+# Largest |z| accepted: noisy images x + t eps at t <= T_VALID_MAX stay far below it (about
+# 7e4 at 1e4, 500 at t_max = 80), while the squared distances the kernels sum (float32 on
+# the torch path) overflow once |z| reaches ~1e17.
+Z_MAX = 1e6
+
+
+def _check_output(out: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(out).all():
+        bad = int((~torch.isfinite(out)).sum())
+        raise DenoiserInputError(f"the denoiser gave non-finite values ({bad} of {out.numel()}) for this input")
+    return out
 
 
 class Denoiser(torch.nn.Module, ABC):
@@ -33,7 +46,7 @@ class Denoiser(torch.nn.Module, ABC):
 
     def forward(self, z: torch.Tensor, t) -> torch.Tensor:
         z, t = self.check_input(z, t)
-        return self.denoise(z, t)
+        return _check_output(self.denoise(z, t))
 
     @abstractmethod
     def denoise(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -63,6 +76,9 @@ class Denoiser(torch.nn.Module, ABC):
             raise DenoiserInputError(f"z must be floating point, got {z.dtype}")
         if not torch.isfinite(z).all():
             raise DenoiserInputError("z contains NaN or infinite values")
+        if z.numel() and (largest := float(z.abs().max())) > Z_MAX:
+            raise DenoiserInputError(f"|z| must be <= {Z_MAX:g} (noisy images at t <= {T_VALID_MAX:g} are far "
+                                     f"smaller), got {largest:g}")
         t = torch.as_tensor(t, dtype=torch.float64, device=z.device)
         if t.ndim == 0:
             t = t.expand(z.shape[0])
@@ -70,6 +86,9 @@ class Denoiser(torch.nn.Module, ABC):
             raise DenoiserInputError(f"t must be a scalar or one value per sample [{z.shape[0]}], got shape {tuple(t.shape)}")
         if not torch.isfinite(t).all() or (t <= 0).any():
             raise DenoiserInputError(f"t must be finite and > 0, got {t.tolist()}")
+        if ((t < T_VALID_MIN) | (t > T_VALID_MAX)).any():
+            bad = [v for v in t.tolist() if not T_VALID_MIN <= v <= T_VALID_MAX]
+            raise DenoiserInputError(f"t must be in [{T_VALID_MIN:g}, {T_VALID_MAX:g}], got {bad[0]:g}")
         return z, t
 
 
@@ -107,7 +126,8 @@ class PSPCDenoiser(TrainingSetDenoiser):
     def posterior(self, z: torch.Tensor, t, request: WeightRequest = WeightRequest()) -> tuple[torch.Tensor, list[tuple[torch.Tensor, PosteriorWeights]]]:
         """D(z, t) and the posterior weights, as a list of (batch indices, weights), one per patch set."""
         z, t = self.check_input(z, t)
-        return self._run(z, t, request)
+        x_hat, weights = self._run(z, t, request)
+        return _check_output(x_hat), weights
 
     def _run(self, z, t, request):
         groups: dict[int, tuple[PatchSet, list[int]]] = {}

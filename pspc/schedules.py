@@ -21,6 +21,13 @@ T_MAX = 80.0
 T_MIN = 0.002
 RHO = 7.0
 
+# The range of noise levels the engine accepts. The PSPC kernels compute logits
+# -|z - x|^2 / (2 t^2) in float64: t^2 underflows below ~1e-154 (logits -inf, softmax NaN)
+# and far above t_max = 80 every weight is uniform; [1e-6, 1e4] keeps ~150 orders of
+# magnitude of margin at the bottom and covers 125 x t_max at the top.
+T_VALID_MIN = 1e-6
+T_VALID_MAX = 1e4
+
 
 class ScheduleError(InputError):
     """A schedule (times, table or schedule file) that cannot be used: names the file, if
@@ -43,13 +50,17 @@ def edm_time_steps(num_steps: int = 18, t_min: float = T_MIN, t_max: float = T_M
 
 
 def check_noise_levels(times: Sequence[float], error: type[InputError] = ScheduleError) -> list[float]:
-    """`times` as floats: at least one, each finite and > 0; otherwise `error` says which."""
+    """`times` as floats: at least one, each finite and in [T_VALID_MIN, T_VALID_MAX];
+    otherwise `error` says which."""
     times = [float(t) for t in times]
     if not times:
         raise error("need at least one noise level")
     bad = [t for t in times if not (math.isfinite(t) and t > 0)]
     if bad:
         raise error(f"noise levels must be finite and > 0, got {bad}")
+    bad = [t for t in times if not T_VALID_MIN <= t <= T_VALID_MAX]
+    if bad:
+        raise error(f"noise levels must be in [{T_VALID_MIN:g}, {T_VALID_MAX:g}], got {bad}")
     return times
 
 

@@ -47,13 +47,39 @@ def data_options() -> argparse.ArgumentParser:
     group.add_argument("--data", default="fashion-mnist", metavar="SPEC",
                        help="training set: fashion-mnist[:train|:test], a .npy/.npz/.zip/IDX file, a CIFAR-10 "
                             "batch directory or an image folder (default: %(default)s)")
-    group.add_argument("--limit", type=int, metavar="N", help="keep only the first N training images (default: all)")
+    group.add_argument("--limit", type=integer(), metavar="N",
+                       help="keep only the first N training images (default: all)")
     return parent
 
 
 # ---------------------------------------------------------------------------------------
 # Checks and loading
 # ---------------------------------------------------------------------------------------
+#: the bounds of integer options: ids and seeds fit the store's int64 columns with room to spare;
+#: counts (samples, steps, k, threads, ...) fit a C int
+MAX_INT = 2**62
+MAX_COUNT = 2**31 - 1
+
+
+def integer(low: int = -MAX_INT, high: int = MAX_COUNT):
+    """An argparse `type=` that parses a whole number in low..high, so that a value like 1e20 or
+    10**20 is `auditor: error: argument --top: ...` (exit 2), not a traceback further on."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def positive(value, option: str) -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise CLIError(f"{option} must be > 0, got {value}")

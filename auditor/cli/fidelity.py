@@ -10,7 +10,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from auditor.cli.common import PROG, CLIError, Parents, db_path, print_table, when
+from auditor.cli.common import MAX_INT, PROG, CLIError, Parents, db_path, integer, print_table, when
 from auditor.store import database
 from auditor.workflows.options import KINDS, StudyOptions
 
@@ -26,30 +26,31 @@ def add_study_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--network", default=d.network,
                         help="network file (pspc.networks.load_network) [%(default)s]")
     parser.add_argument("--data", default=d.data, help="training set spec [%(default)s]")
-    parser.add_argument("--limit", type=int, help="first N training images [all]")
+    parser.add_argument("--limit", type=integer(), help="first N training images [all]")
     parser.add_argument("--no-xflip", action="store_true", help="no mirrored training entries")
     parser.add_argument("--test-data", default=d.test_data, help="held-out images [%(default)s]")
-    parser.add_argument("--test-images", type=int, help="forward-process images [64]")
-    parser.add_argument("--samples", type=int, help="reverse-process trajectories and samples for similarity [64]")
-    parser.add_argument("--steps", type=int, help="EDM sampling steps [18]")
+    parser.add_argument("--test-images", type=integer(), help="forward-process images [64]")
+    parser.add_argument("--samples", type=integer(), help="reverse-process trajectories and samples for similarity [64]")
+    parser.add_argument("--steps", type=integer(), help="EDM sampling steps [18]")
     parser.add_argument("--ts", help="forward-process noise levels [0.01,...,30]")
-    parser.add_argument("--sensitivity-samples", type=int, help="forward-process draws per G(t) [16]")
+    parser.add_argument("--sensitivity-samples", type=integer(), help="forward-process draws per G(t) [16]")
     parser.add_argument("--sensitivity-grid", help="levels where G is computed (and the concentration table); "
                         "other t use the nearest in log t [0.01,...,30]")
     parser.add_argument("--denoisers", default=",".join(KINDS), help="comma-separated subset of %(default)s")
     parser.add_argument("--schedule", type=Path, help="schedule file: s(t) for pspc-square, lambda(t) for pspc-flex")
     parser.add_argument("--tune", action="store_true", help="tune s(t) and lambda(t) on the network (Appendix B)")
     parser.add_argument("--tune-process", choices=("reverse", "forward", "both"), default=d.tune_process)
-    parser.add_argument("--tune-states", type=int, help="states per step for tuning (per process) [16]")
+    parser.add_argument("--tune-states", type=integer(), help="states per step for tuning (per process) [16]")
     parser.add_argument("--tune-sizes", help="candidate patch sizes [odd sizes from 3, and the whole side]")
     parser.add_argument("--tune-lambdas", help="candidate lambdas [0.1,...,1.0]")
     parser.add_argument("--descriptor", default=d.descriptor,
                         help="auditor.similarity.descriptors.load_descriptor spec [%(default)s]")
     parser.add_argument("--no-sampling", action="store_true", help="skip the samples and their similarity")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed of every draw (tuning uses seed + 1000) [0]")
-    parser.add_argument("--batch", type=int, default=d.batch, help="denoiser batch size [64]")
+    parser.add_argument("--seed", type=integer(high=MAX_INT), default=d.seed,
+                        help="seed of every draw (tuning uses seed + 1000) [0]")
+    parser.add_argument("--batch", type=integer(), default=d.batch, help="denoiser batch size [64]")
     parser.add_argument("--device", default=d.device)
-    parser.add_argument("--threads", type=int, help="CPU threads of torch and of the PSPC kernels [all cores; 1 is "
+    parser.add_argument("--threads", type=integer(), help="CPU threads of torch and of the PSPC kernels [all cores; 1 is "
                         "far faster on a busy machine]")
     parser.add_argument("--quick", action="store_true", help="the quick preset (minutes on 2 CPU cores)")
     return parser
@@ -87,7 +88,7 @@ def add_fidelity(commands, parents: Parents) -> None:
         handler=cmd_fidelity_list)
     show = actions.add_parser("show", parents=[store], help="a stored study's tables and findings")
     show.set_defaults(handler=cmd_fidelity_show)
-    show.add_argument("study_id", type=int, metavar="ID")
+    show.add_argument("study_id", type=integer(high=MAX_INT), metavar="ID")
 
 
 # ---------------------------------------------------------------------------------------

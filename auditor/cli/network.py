@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from auditor.cli.common import (
-    PROG, CLIError, Parents, db_path, device, load_data, numbers, positive, print_table, set_threads, share
+    MAX_INT, PROG, CLIError, Parents, db_path, device, integer, load_data, numbers, positive, print_table,
+    set_threads, share
 )
 from auditor.store import database
 from auditor.workflows.options import (
@@ -29,21 +30,21 @@ def add_train_network(commands, parents: Parents) -> None:
                     "is seeded by (seed, k): --resume continues exactly where the run stopped.")
     train.set_defaults(handler=cmd_train_network)
     train.add_argument("--out", type=Path, metavar="PATH.pt", help="checkpoint (default: checkpoints/DATA-unet.pt)")
-    train.add_argument("--iterations", type=int, default=3000, help="total iterations (default: %(default)s)")
-    train.add_argument("--batch", type=int, default=32, help="(default: %(default)s)")
+    train.add_argument("--iterations", type=integer(), default=3000, help="total iterations (default: %(default)s)")
+    train.add_argument("--batch", type=integer(), default=32, help="(default: %(default)s)")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    train.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    train.add_argument("--channels", type=int, metavar="C", help="model width: C, 2C, 2C per level (default: 16)")
-    train.add_argument("--blocks", type=int, metavar="N", help="residual blocks per level (default: 1)")
+    train.add_argument("--seed", type=integer(high=MAX_INT), default=0, help="(default: %(default)s)")
+    train.add_argument("--channels", type=integer(), metavar="C", help="model width: C, 2C, 2C per level (default: 16)")
+    train.add_argument("--blocks", type=integer(), metavar="N", help="residual blocks per level (default: 1)")
     train.add_argument("--no-xflip", action="store_true", help="no random horizontal flips")
     train.add_argument("--half", action="store_true", help="store the EMA weights as float16 (half the file size)")
     train.add_argument("--checkpoint-minutes", type=float, default=5.0, metavar="M",
                        help="save every M minutes of training (default: %(default)s)")
-    train.add_argument("--preview", type=int, default=36, metavar="N",
+    train.add_argument("--preview", type=integer(), default=36, metavar="N",
                        help="samples in the preview grid at each checkpoint, 0 for none (default: %(default)s)")
     train.add_argument("--resume", action="store_true", help="continue from --out's state file up to --iterations")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
-    train.add_argument("--threads", type=int, metavar="N",
+    train.add_argument("--threads", type=integer(), metavar="N",
                        help="CPU threads for torch (default: torch's choice; 1 is far faster on a busy machine)")
 
 
@@ -51,22 +52,23 @@ def _explain_options() -> argparse.ArgumentParser:
     """The options `compare` and `audit` share (defaults: ExplainOptions, ComparisonOptions)."""
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--no-xflip", action="store_true", help="without the mirrored training images")
-    shared.add_argument("--steps", type=int, default=ComparisonOptions.steps,
+    shared.add_argument("--steps", type=integer(), default=ComparisonOptions.steps,
                         help="sampling steps (default: %(default)s)")
-    shared.add_argument("--seed", type=int, default=ExplainOptions.seed, help="(default: %(default)s)")
-    shared.add_argument("--top-k", type=int, default=ExplainOptions.top_k, metavar="K",
+    shared.add_argument("--seed", type=integer(high=MAX_INT), default=ExplainOptions.seed,
+                        help="(default: %(default)s)")
+    shared.add_argument("--top-k", type=integer(), default=ExplainOptions.top_k, metavar="K",
                         help="kept weights per sample and patch (default: %(default)s)")
     shared.add_argument("--mass", type=float, default=ExplainOptions.mass, metavar="M",
                         help="stop keeping weights once they hold mass M, in (0, 1] (default: %(default)s)")
     shared.add_argument("--explainer", choices=RECORDABLE_KINDS, default=ExplainOptions.explainer,
                         help="the PSPC denoiser whose posterior weights attribute the network's states "
                              "(default: %(default)s)")
-    shared.add_argument("--patch-size", type=int, metavar="S",
+    shared.add_argument("--patch-size", type=integer(), metavar="S",
                         help="pspc-square: fixed s x s patches (default: the paper's s(t) schedule)")
     shared.add_argument("--schedule", type=Path, metavar="FILE",
                         help="a tuned schedule file (bench/fidelity.py --tune): s(t) for pspc-square, lambda(t) for "
                              "pspc-flex (default: the paper's schedules)")
-    shared.add_argument("--sensitivity-draws", type=int, default=ExplainOptions.sensitivity_draws, metavar="N",
+    shared.add_argument("--sensitivity-draws", type=integer(), default=ExplainOptions.sensitivity_draws, metavar="N",
                         help="pspc-flex with a network: forward-process draws per noise level for the network's "
                              "gradient sensitivity (Eq. 8) its masks come from (default: %(default)s)")
     shared.add_argument("--descriptor", metavar="SPEC",
@@ -74,11 +76,11 @@ def _explain_options() -> argparse.ArgumentParser:
                              "(default: $PSPC_SSCD_CHECKPOINT when set, else pixel-correlation, which is not SSCD)")
     shared.add_argument("--thresholds", default=",".join(f"{t:g}" for t in ComparisonOptions.thresholds),
                         metavar="T1,T2", help="copy thresholds on the descriptor similarity (default: %(default)s)")
-    shared.add_argument("--copy-k", type=int, default=ComparisonOptions.copy_k, metavar="K",
+    shared.add_argument("--copy-k", type=integer(), default=ComparisonOptions.copy_k, metavar="K",
                         help="nearest training images stored per image, 0 to skip copy detection "
                              "(default: %(default)s)")
     shared.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
-    shared.add_argument("--threads", type=int, metavar="N",
+    shared.add_argument("--threads", type=integer(), metavar="N",
                         help="CPU threads of torch and of the PSPC kernels (default: all cores; 1 is far faster on a "
                              "busy machine)")
     return shared
@@ -98,7 +100,7 @@ def add_compare_and_audit(commands, parents: Parents) -> None:
     compare.set_defaults(handler=cmd_compare)
     compare.add_argument("--network", type=Path, default=Path(DEFAULT_NETWORK), metavar="PATH",
                          help="project checkpoint, TorchScript net(z, sigma) or EDM .pkl (default: %(default)s)")
-    compare.add_argument("--num", type=int, default=ComparisonOptions.num_samples, metavar="N",
+    compare.add_argument("--num", type=integer(), default=ComparisonOptions.num_samples, metavar="N",
                          help="samples (default: %(default)s)")
     compare.add_argument("--sampler", choices=("euler", "heun"), default=ComparisonOptions.sampler,
                          help="(default: %(default)s)")
@@ -125,7 +127,7 @@ def add_compare_and_audit(commands, parents: Parents) -> None:
                        help="inversion and replay integrator (default: %(default)s, second order)")
     audit.add_argument("--noise-levels", default=",".join(f"{t:g}" for t in AuditOptions.noise_levels),
                        metavar="T1,T2,...", help="--no-network: noise levels t of x + t eps (default: %(default)s)")
-    audit.add_argument("--draws", type=int, default=AuditOptions.draws, metavar="N",
+    audit.add_argument("--draws", type=integer(), default=AuditOptions.draws, metavar="N",
                        help="--no-network: noise draws per level, one sample each (default: %(default)s)")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from auditor.cli.common import (
-    PROG, CLIError, Parents, check_port, db_path, device, load_data, positive, url_host
+    MAX_INT, PROG, CLIError, Parents, check_port, db_path, device, integer, load_data, positive, url_host
 )
 from auditor.store import database
 from auditor.workflows.options import RECORDABLE_KINDS, SamplingOptions
@@ -32,21 +32,21 @@ def add_sample(commands, parents: Parents) -> None:
                     "'failed', and --resume RUN_ID continues it.")
     sample.set_defaults(handler=cmd_sample)
     sample.add_argument("--no-xflip", action="store_true", help="without the mirrored training images")
-    sample.add_argument("--dataset", type=int, metavar="ID",
+    sample.add_argument("--dataset", type=integer(high=MAX_INT), metavar="ID",
                         help="sample on a dataset held in the store (its stored pixels, ids and metadata) "
                              "instead of loading --data")
     sample.add_argument("--denoiser", choices=RECORDABLE_KINDS, help="(default: pspc-square)")
-    sample.add_argument("--patch-size", type=int, metavar="S",
+    sample.add_argument("--patch-size", type=integer(), metavar="S",
                         help="pspc-square: fixed s x s patches (default: the paper's s(t) schedule)")
-    sample.add_argument("--num", type=int, metavar="N", help="number of samples (default: 16)")
-    sample.add_argument("--steps", type=int, help="sampling steps (default: 18)")
+    sample.add_argument("--num", type=integer(), metavar="N", help="number of samples (default: 16)")
+    sample.add_argument("--steps", type=integer(), help="sampling steps (default: 18)")
     sample.add_argument("--sampler", choices=("euler", "heun"), help="(default: euler)")
-    sample.add_argument("--seed", type=int, help="(default: 0)")
-    sample.add_argument("--top-k", type=int, metavar="K", help="kept weights per sample and patch (default: 16)")
+    sample.add_argument("--seed", type=integer(high=MAX_INT), help="(default: 0)")
+    sample.add_argument("--top-k", type=integer(), metavar="K", help="kept weights per sample and patch (default: 16)")
     sample.add_argument("--mass", type=float, metavar="M",
                         help="stop keeping weights once they hold mass M, in (0, 1] (default: 0.99)")
     sample.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
-    sample.add_argument("--resume", type=int, metavar="RUN_ID",
+    sample.add_argument("--resume", type=integer(high=MAX_INT), metavar="RUN_ID",
                         help="continue an interrupted run with its stored configuration (pass the same --data)")
 
 
@@ -58,16 +58,16 @@ def add_serve(commands, parents: Parents) -> None:
                     "(`auditor keys create`), every request needs one.")
     serve.set_defaults(handler=cmd_serve)
     serve.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    serve.add_argument("--port", type=integer(), default=8000, help="(default: %(default)s)")
     serve.add_argument("--require-keys", action="store_true", help="require API keys even before one exists")
-    serve.add_argument("--sql-row-cap", type=int, metavar="N", help="(default: $AUDITOR_SQL_ROW_CAP, else 1000)")
+    serve.add_argument("--sql-row-cap", type=integer(), metavar="N", help="(default: $AUDITOR_SQL_ROW_CAP, else 1000)")
     serve.add_argument("--sql-time-limit", type=float, metavar="S",
                        help="(default: $AUDITOR_SQL_TIME_LIMIT_S, else 5.0)")
     serve.add_argument("--max-upload-mb", type=float, metavar="MB",
                        help="(default: $AUDITOR_MAX_UPLOAD_BYTES / 2^20, else 10.0)")
     serve.add_argument("--jobs-dir", metavar="DIR",
                        help="job logs (default: $AUDITOR_JOBS_DIR, else beside the store, STORE.jobs/)")
-    serve.add_argument("--max-running-jobs", type=int, metavar="N",
+    serve.add_argument("--max-running-jobs", type=integer(), metavar="N",
                        help="(default: $AUDITOR_MAX_RUNNING_JOBS, else 1)")
 
 
@@ -79,10 +79,10 @@ def add_quickstart(commands, parents: Parents) -> None:
                     "then serve the report service and print the URL of the first sample's report.")
     quickstart.set_defaults(handler=cmd_quickstart)
     quickstart.add_argument("--data", default="fashion-mnist", metavar="SPEC", help="(default: %(default)s)")
-    quickstart.add_argument("--num", type=int, default=8, help="samples to record (default: %(default)s)")
-    quickstart.add_argument("--steps", type=int, default=18, help="(default: %(default)s)")
+    quickstart.add_argument("--num", type=integer(), default=8, help="samples to record (default: %(default)s)")
+    quickstart.add_argument("--steps", type=integer(), default=18, help="(default: %(default)s)")
     quickstart.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
-    quickstart.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    quickstart.add_argument("--port", type=integer(), default=8000, help="(default: %(default)s)")
     quickstart.add_argument("--no-serve", action="store_true", help="prepare the store and print the URL only")
 
 

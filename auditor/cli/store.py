@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from auditor.cli.common import (
-    PROG, CLIError, Parents, db_path, load_data, positive, print_table, share, when
+    MAX_INT, PROG, CLIError, Parents, db_path, integer, load_data, positive, print_table, share, when
 )
 from auditor.errors import StoreError
 from auditor.store import database
@@ -30,7 +30,7 @@ def add_ingest(commands, parents: Parents) -> None:
                                              "Ingesting the same pixels again changes nothing.")
     ingest.set_defaults(handler=cmd_ingest)
     ingest.add_argument("spec", metavar="SPEC", help="training data spec, as for `pspc --data`")
-    ingest.add_argument("--limit", type=int, metavar="N", help="keep only the first N images (default: all)")
+    ingest.add_argument("--limit", type=integer(), metavar="N", help="keep only the first N images (default: all)")
 
 
 def add_runs(commands, parents: Parents) -> None:
@@ -46,8 +46,8 @@ def add_show(commands, parents: Parents) -> None:
                                            "for the final image or the denoiser output at one step.")
     show.set_defaults(handler=cmd_show)
     show.add_argument("target", metavar="RUN/SAMPLE", help="e.g. 3/0: run 3, sample 0")
-    show.add_argument("--step", type=int, metavar="N", help="D(z_t) at step N instead of the final image")
-    show.add_argument("--top", type=int, default=10, metavar="N", help="how many sources (default: %(default)s)")
+    show.add_argument("--step", type=integer(), metavar="N", help="D(z_t) at step N instead of the final image")
+    show.add_argument("--top", type=integer(), default=10, metavar="N", help="how many sources (default: %(default)s)")
 
 
 def add_sql(commands, parents: Parents) -> None:
@@ -57,7 +57,7 @@ def add_sql(commands, parents: Parents) -> None:
     sql.set_defaults(handler=cmd_sql)
     sql.add_argument("query", metavar="QUERY")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table", help="(default: %(default)s)")
-    sql.add_argument("--max-rows", type=int, default=10000, metavar="N", help="(default: %(default)s)")
+    sql.add_argument("--max-rows", type=integer(), default=10000, metavar="N", help="(default: %(default)s)")
 
 
 def add_keys(commands, parents: Parents) -> None:
@@ -72,7 +72,7 @@ def add_keys(commands, parents: Parents) -> None:
     create.add_argument("--scope", choices=("read", "submit"), default="read", help="(default: %(default)s)")
     key_commands.add_parser("list", parents=[store], help="keys (never their secrets)")
     revoke = key_commands.add_parser("revoke", parents=[store], help="revoke a key (the service notices within 1 s)")
-    revoke.add_argument("key_id", type=int, metavar="ID")
+    revoke.add_argument("key_id", type=integer(high=MAX_INT), metavar="ID")
 
 
 # ---------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ log = logging.getLogger("auditor.service.auth")
 
 __all__ = ["AccessDenied", "ApiKey", "COOKIE_NAME", "KeyRing", "QUERY_PARAM", "SCOPES", "TOKEN_PREFIX",
            "create_key", "get_settings", "grants", "has_active_keys", "hash_token", "list_keys", "local_mode_message",
-           "parse_token", "require_scope", "revoke_key", "verify_key"]
+           "parse_token", "require_scope", "well_formed_token", "revoke_key", "verify_key"]
 
 TOKEN_PREFIX = "pspc"
 COOKIE_NAME = "auditor_key"
@@ -65,6 +65,12 @@ class AccessDenied(Exception):
 def hash_token(token: str) -> str:
     """What the store keeps of a key: sha256 of the whole token, hex."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def well_formed_token(token: str | None) -> bool:
+    """Whether `token` is exactly ``pspc_<id>_<secret>`` (nothing around it): only such a value
+    is safe to echo into a header (the auditor_key cookie): ASCII, no ``;``, ``,``, spaces or quotes."""
+    return bool(token) and token.isascii() and _TOKEN.fullmatch(token) is not None
 
 
 def parse_token(token: str) -> int | None:

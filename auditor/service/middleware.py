@@ -1,14 +1,15 @@
 """The service's ASGI middleware (plain ASGI: cheap, and they see every request).
 
 BodyLimit answers 413 for a request body over the limit; RememberKey turns ?key= on an HTML
-page into the auditor_key cookie, so the page's links work.
+page into the auditor_key cookie, so the page's links work (only a well-formed token: the
+value goes into a header).
 """
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
-from auditor.service.auth import COOKIE_NAME, QUERY_PARAM
+from auditor.service.auth import COOKIE_NAME, QUERY_PARAM, well_formed_token
 from auditor.service.errors import error_response
 
 __all__ = ["BodyLimit", "RememberKey"]
@@ -63,7 +64,7 @@ class RememberKey:
             return await self.app(scope, receive, send)
         request = Request(scope)
         token = request.query_params.get(QUERY_PARAM)
-        if not token:
+        if not well_formed_token(token):  # echoed into Set-Cookie: never a value that could break the header
             return await self.app(scope, receive, send)
 
         async def with_cookie(event):

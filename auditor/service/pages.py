@@ -28,11 +28,12 @@ import logging
 import time
 from typing import Callable
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
+from auditor.service.limits import MAX_ID
 from auditor.service.auth import AccessDenied, get_settings, require_scope
 from auditor.store import comparisons, query, studies
 from auditor.errors import AuditorError, NotFoundError, StoreError, outcome
@@ -197,6 +198,12 @@ router = APIRouter(route_class=PageRoute, dependencies=[Depends(require_scope("r
                    include_in_schema=False)
 
 PAGE = Query(1, ge=1, le=10**6, description="page number, from 1")
+# ids and indices in the path: bounded so that a number beyond the store's int64 columns is a 400
+RUN_ID = Path(le=MAX_ID, description="run id")
+SAMPLE_INDEX = Path(le=MAX_ID, description="sample index within the run")
+DATASET_ID = Path(le=MAX_ID, description="dataset id")
+IMAGE_INDEX = Path(le=MAX_ID, description="training image index")
+STUDY_ID = Path(le=MAX_ID, description="fidelity study id")
 
 
 def _html(body: str) -> HTMLResponse:
@@ -211,7 +218,7 @@ def index_page(request: Request, q: str | None = Query(None, max_length=1000), p
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, page: int = PAGE,
+def run_page(request: Request, run_id: int = RUN_ID, page: int = PAGE,
              per_page: int = Query(24, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
     built = run_context(settings.db_path, run_id, page=page, per_page=per_page, timeout=settings.lock_timeout)
     return _html(render.render_page(built, _links(request)))
@@ -228,7 +235,7 @@ CONCENTRATION = Query("top1", pattern="^(top1|entropy)$", description="concentra
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}", response_class=HTMLResponse)
-def sample_page(request: Request, run_id: int, sample_index: int, step: int | None = STEP,
+def sample_page(request: Request, run_id: int = RUN_ID, sample_index: int = SAMPLE_INDEX, step: int | None = STEP,
                 concentration: str = CONCENTRATION, settings=Depends(get_settings)):
     report = _report(settings, run_id, sample_index, step, concentration)
     return _html(render.render_sample(report, _links(request)))
@@ -239,7 +246,7 @@ def _download(name: str) -> dict:
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/export.html", response_class=HTMLResponse)
-def export_html(run_id: int, sample_index: int, step: int | None = STEP, concentration: str = CONCENTRATION,
+def export_html(run_id: int = RUN_ID, sample_index: int = SAMPLE_INDEX, step: int | None = STEP, concentration: str = CONCENTRATION,
                 settings=Depends(get_settings)):
     report = _report(settings, run_id, sample_index, step, concentration, all_steps=True)
     return HTMLResponse(render.export_html(report),
@@ -247,7 +254,7 @@ def export_html(run_id: int, sample_index: int, step: int | None = STEP, concent
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/export.json")
-def export_json(run_id: int, sample_index: int, step: int | None = STEP, concentration: str = CONCENTRATION,
+def export_json(run_id: int = RUN_ID, sample_index: int = SAMPLE_INDEX, step: int | None = STEP, concentration: str = CONCENTRATION,
                 images: str = Query("data-uri", pattern="^(data-uri|none)$",
                                     description="data-uri: images inline as PNG data: URIs; none: left out"),
                 settings=Depends(get_settings)):
@@ -257,14 +264,14 @@ def export_json(run_id: int, sample_index: int, step: int | None = STEP, concent
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/export.csv")
-def export_csv(run_id: int, sample_index: int, settings=Depends(get_settings)):
+def export_csv(run_id: int = RUN_ID, sample_index: int = SAMPLE_INDEX, settings=Depends(get_settings)):
     report = _report(settings, run_id, sample_index, None, "top1")
     return PlainTextResponse(render.report_csv(report), media_type="text/csv; charset=utf-8",
                              headers=_download(f"pspc-report-run{run_id}-sample{sample_index}.csv"))
 
 
 @router.get("/datasets/{dataset_id}/images/{image_index}", response_class=HTMLResponse)
-def training_image_page(request: Request, dataset_id: int, image_index: int, page: int = PAGE,
+def training_image_page(request: Request, dataset_id: int = DATASET_ID, image_index: int = IMAGE_INDEX, page: int = PAGE,
                         per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
     built = training_image_context(settings.db_path, dataset_id, image_index, page=page, per_page=per_page,
                                    timeout=settings.lock_timeout)
@@ -279,7 +286,7 @@ def fidelity_list_page(request: Request, page: int = PAGE,
 
 
 @router.get("/fidelity/{study_id}", response_class=HTMLResponse)
-def fidelity_page(request: Request, study_id: int, settings=Depends(get_settings)):
+def fidelity_page(request: Request, study_id: int = STUDY_ID, settings=Depends(get_settings)):
     built = fidelity_context(settings.db_path, study_id, timeout=settings.lock_timeout)
     return _html(render.render_fidelity(built, _links(request)))
 

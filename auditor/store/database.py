@@ -166,13 +166,62 @@ def _check_openable(path: Path, read_only: bool) -> None:
         raise StoreError(f"{path}: is a directory, not a DuckDB file")
 
 
+# duckdb errors that mean the file itself is damaged (read past its end, bad checksums, bad metadata)
+_CORRUPT_ERRORS = (duckdb.InternalException, duckdb.SerializationException)
+
+
+def _corrupt_error(path: Path, exc: BaseException) -> StoreError:
+    return StoreError(f"{path}: not a valid provenance store (truncated or corrupt: {exc})")
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    if isinstance(exc, _CORRUPT_ERRORS):
+        return True
+    return isinstance(exc, duckdb.IOException) and ("Could not read" in str(exc) or "checksum" in str(exc).lower())
+
+
+def _check_intact(path: Path, conn: duckdb.DuckDBPyConnection) -> None:
+    """A cheap check that the file can hold every block in use (a truncated copy cannot), and that
+    its catalog reads: nothing is written. Skipped while a WAL file exists (its replay may add
+    blocks not yet in the file)."""
+    if Path(str(path) + ".wal").exists():
+        return
+    stat = path.stat()
+    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    name = str(path.resolve())
+    if _INTACT.get(name) == stamp:  # checked already, unchanged since
+        return
+    try:
+        row = conn.execute("PRAGMA database_size").fetchone()
+        conn.execute("SELECT count(*) FROM duckdb_tables()").fetchone()  # reads the catalog
+    except duckdb.Error as exc:
+        raise _corrupt_error(path, exc) from None
+    block_size, used_blocks = int(row[2] or 0), int(row[4] or 0)
+    if stat.st_size < block_size * used_blocks:  # the blocks in use cannot all be in the file
+        raise _corrupt_error(path, f"the file has {stat.st_size} bytes, but {used_blocks} blocks of {block_size} "
+                                   "bytes are in use")
+    _INTACT[name] = stamp
+
+
+_INTACT: dict[str, tuple] = {}  # file -> (inode, size, mtime) when _check_intact last passed
+
+
 def open_raw(path: str | os.PathLike, read_only: bool = False, timeout: float = DEFAULT_TIMEOUT,
              config: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """A plain duckdb connection (the caller closes it); retries on the lock."""
+    """A plain duckdb connection (the caller closes it); retries on the lock. A truncated or corrupt
+    file is refused (StoreError) before anything could be written to it."""
     path = Path(path)
     _check_openable(path, read_only)
-    return _with_retry(lambda: duckdb.connect(str(path), read_only=read_only, config=config or {}), path, timeout,
+    existed = path.exists() and path.stat().st_size > 0
+    conn = _with_retry(lambda: duckdb.connect(str(path), read_only=read_only, config=config or {}), path, timeout,
                        announce=not read_only)
+    if existed:
+        try:
+            _check_intact(path, conn)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
 class _ConfigGate:
@@ -346,11 +395,13 @@ def connect(path: str | os.PathLike, read_only: bool = False, timeout: float = D
         conn.execute("BEGIN TRANSACTION")
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             try:
                 conn.execute("ROLLBACK")
             except duckdb.Error:
                 pass
+            if _is_corrupt(exc):
+                raise _corrupt_error(path, exc) from None
             raise
         conn.execute("COMMIT")
     finally:
@@ -414,6 +465,8 @@ def session(path: str | os.PathLike, read_only: bool = False, timeout: float = D
     except sa_exc.DBAPIError as exc:
         if isinstance(exc.orig, duckdb.Error) and _is_lock_error(exc.orig):
             raise _translate(exc.orig, path) from None
+        if _is_corrupt(exc.orig):
+            raise _corrupt_error(path, exc.orig) from None
         raise
     finally:
         eng.dispose()

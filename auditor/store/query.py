@@ -63,6 +63,10 @@ def check_read_only(sql: str, interface: str = "auditor sql") -> duckdb.Statemen
     if not sql or not sql.strip():
         raise StoreError(f"{interface}: empty query")
     try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError:  # argv bytes that were not UTF-8 arrive as surrogate escapes
+        raise StoreError(f"{interface}: SQL must be UTF-8 text") from None
+    try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         raise StoreError(f"{interface}: malformed SQL: {exc}") from None
@@ -79,11 +83,35 @@ def check_read_only(sql: str, interface: str = "auditor sql") -> duckdb.Statemen
     return statement
 
 
+DEFAULT_MAX_BYTES = 8 * 2**20  # an answer's estimated size at most (run_query's max_bytes)
+_CELL_OVERHEAD = 8  # bytes counted per cell on top of its text/blob length
+_FETCH_BATCH = 1024
+
+
+def _cell_size(value) -> int:
+    if isinstance(value, (str, bytes, bytearray)):
+        return len(value) + _CELL_OVERHEAD
+    if isinstance(value, memoryview):
+        return value.nbytes + _CELL_OVERHEAD
+    if isinstance(value, (list, tuple)):
+        return sum(_cell_size(v) for v in value) + _CELL_OVERHEAD
+    if isinstance(value, dict):
+        return sum(_cell_size(k) + _cell_size(v) for k, v in value.items()) + _CELL_OVERHEAD
+    return _CELL_OVERHEAD + 8
+
+
+def _too_big(interface: str, max_bytes: int) -> StoreError:
+    size = f"{max_bytes / 2**20:g} MB" if max_bytes >= 2**20 else f"{max_bytes} bytes"
+    return StoreError(f"{interface}: the answer is over {size}; select fewer columns/rows or add LIMIT")
+
+
 def run_query(db_path: str | os.PathLike, sql: str, *, max_rows: int = 10000,
               timeout: float = database.DEFAULT_TIMEOUT, query_timeout: float | None = None,
-              interface: str = "auditor sql") -> QueryResult:
+              interface: str = "auditor sql", max_bytes: int | None = DEFAULT_MAX_BYTES) -> QueryResult:
     """Run one read-only statement (check_read_only first); returns (columns, rows) with at most
-    max_rows rows.
+    max_rows rows. An answer whose estimated size (text and blob lengths plus a few bytes per
+    cell) goes over `max_bytes` is refused with a StoreError (None: no byte cap); fetching stops
+    as soon as it does.
 
     `timeout`: seconds to wait for another process's lock on the file; `query_timeout`:
     interrupt the query after that many seconds (None: no limit). Errors are StoreErrors
@@ -91,6 +119,8 @@ def run_query(db_path: str | os.PathLike, sql: str, *, max_rows: int = 10000,
     """
     if max_rows is not None and max_rows < 0:
         raise StoreError(f"max_rows must be >= 0, got {max_rows}")
+    if max_bytes is not None and max_bytes < 1:
+        raise StoreError(f"max_bytes must be >= 1, got {max_bytes}")
     check_read_only(sql, interface)
     with database.connect(db_path, read_only=True, timeout=timeout, config={"enable_external_access": False},
                           check_schema=True) as conn:
@@ -100,12 +130,20 @@ def run_query(db_path: str | os.PathLike, sql: str, *, max_rows: int = 10000,
         try:
             cursor = conn.execute(sql)
             columns = [d[0] for d in (cursor.description or [])]
-            if max_rows is None:
-                rows, truncated = cursor.fetchall(), False
-            else:
-                rows = cursor.fetchmany(max_rows + 1)
-                truncated = len(rows) > max_rows
-                rows = rows[:max_rows]
+            limit = None if max_rows is None else max_rows + 1
+            rows, size = [], 0
+            while limit is None or len(rows) < limit:
+                batch = cursor.fetchmany(_FETCH_BATCH if limit is None else min(_FETCH_BATCH, limit - len(rows)))
+                if not batch:
+                    break
+                for row in batch:
+                    if max_bytes is not None and (max_rows is None or len(rows) < max_rows):
+                        size += sum(_cell_size(v) for v in row)
+                        if size > max_bytes:
+                            raise _too_big(interface, max_bytes)
+                    rows.append(row)
+            truncated = max_rows is not None and len(rows) > max_rows
+            rows = rows if max_rows is None else rows[:max_rows]
         except duckdb.InterruptException:
             raise StoreError(f"{interface}: query interrupted after {query_timeout:g} s") from None
         except duckdb.Error as exc:

@@ -43,6 +43,7 @@ from pspc.denoisers import NetworkDenoiser
 from pspc.posterior.weights import WeightRequest
 from pspc.record import file_sha256
 from pspc.samplers import SamplerConfig, denoise_step, initial_noise, invert
+from pspc.schedules import check_noise_levels
 
 from auditor.errors import UserError
 from auditor.similarity.copy_detection import check_thresholds
@@ -175,6 +176,7 @@ def _check_levels(noise_levels: Sequence[float]) -> list[float]:
         raise AuditInputError("give at least one noise level")
     if not all(math.isfinite(t) and t > 0 for t in levels):
         raise AuditInputError(f"noise levels must be finite and > 0, got {levels}")
+    check_noise_levels(levels, AuditInputError)  # the engine's range [T_VALID_MIN, T_VALID_MAX]
     if len(set(levels)) != len(levels):
         raise AuditInputError(f"noise levels repeat: {levels}")
     return sorted(levels, reverse=True)

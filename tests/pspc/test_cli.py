@@ -180,6 +180,8 @@ def test_info(tiny, capsys):
 @pytest.mark.parametrize("argv, needles", [
     (["denoise", "--t", 0], ["--t must be > 0"]),
     (["denoise", "--t", -1.5], ["--t must be > 0"]),
+    (["denoise", "--t", 1e-300], ["must be in [1e-06, 10000]", "1e-300"]),
+    (["denoise", "--t", 1e5], ["must be in [1e-06, 10000]"]),
     (["denoise", "--t", 1, "--num", 21], ["--num 21 exceeds the 20"]),
     (["denoise", "--t", 1, "--limit", 0], ["limit"]),
     (["sample", "--steps", 0], ["--steps must be > 0"]),
@@ -190,6 +192,14 @@ def test_info(tiny, capsys):
 def test_bad_parameters(tiny, tmp_path, capsys, argv, needles):
     assert_error(run(*argv, "--data", tiny, "--out", tmp_path / "run"), capsys, *needles)
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_denoise_refuses_huge_input(tiny, tmp_path, capsys):
+    np.save(tmp_path / "z.npy", np.full((2, 1, 8, 8), 1e37, dtype=np.float32))
+    out = tmp_path / "run"
+    code = run("denoise", "--data", tiny, "--t", 1, "--input", tmp_path / "z.npy", "--out", out)
+    assert_error(code, capsys, "|z| must be <= 1e+06")
+    assert not (out / "run.json").exists() and not (out / "denoised.npy").exists()
 
 
 def test_unknown_data_spec(tmp_path, capsys):

@@ -116,3 +116,30 @@ def test_runs_unchanged_on_cuda():
         gpu = build_denoiser(kind, training_set, patch_size=3).to("cuda")
         assert gpu.device.type == "cuda"
         assert torch.allclose(gpu(z.cuda(), t.cuda()).cpu(), cpu(z, t), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pspc-square", "pspc-flex", "empirical", "gaussian", "cfdm"])
+def test_extreme_finite_input_is_refused_with_the_valid_range(kind):
+    """Finite z and t at the extremes gave silent NaN (|z| = 1e37: all NaN, t = 1e-300: half)."""
+    training_set = random_training_set(count=6, channels=3, height=5, width=5)
+    denoiser = build_denoiser(kind, training_set, patch_size=3)
+    good = torch.zeros(2, 3, 5, 5)
+    with pytest.raises(DenoiserInputError, match=r"\|z\| must be <= 1e\+06 .*got 1e\+37"):
+        denoiser(torch.full((2, 3, 5, 5), 1e37), 1.0)
+    for bad_t in (1e-300, 1e-7, 1e5, [1.0, 1e-300]):
+        with pytest.raises(DenoiserInputError, match=r"t must be in \[1e-06, 10000\], got"):
+            denoiser(good, bad_t)
+    with pytest.raises(DenoiserInputError, match=r"got 1e-300"):
+        denoiser(good, 1e-300)
+    for t in (1e-6, 1e4):  # the bounds themselves are valid and finite
+        assert torch.isfinite(denoiser(good, t)).all()
+    assert torch.isfinite(denoiser(torch.full((2, 3, 5, 5), 1e6), 1.0)).all()
+
+
+def test_non_finite_output_is_refused():
+    class Broken(torch.nn.Module):
+        def forward(self, z, sigma):
+            return torch.full_like(z, float("nan"))
+
+    with pytest.raises(DenoiserInputError, match="non-finite values"):
+        NetworkDenoiser(Broken(), (1, 4, 4))(torch.zeros(2, 1, 4, 4), 1.0)

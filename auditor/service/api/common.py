@@ -13,7 +13,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-__all__ = ["ERRORS", "MAX_LIMIT", "ErrorBody", "Page", "Pagination", "json_body", "page", "png_bytes",
+from auditor.service.limits import MAX_ID
+
+__all__ = ["ERRORS", "MAX_ID", "MAX_LIMIT", "ErrorBody", "Page", "Pagination", "json_body", "page", "png_bytes",
            "png_response"]
 
 T = TypeVar("T")
@@ -46,7 +48,7 @@ class Pagination:
     """`?limit=` (1..1000, default 50) and `?offset=` (>= 0) of every list."""
 
     def __init__(self, limit: int = Query(50, ge=1, le=MAX_LIMIT, description="items per page"),
-                 offset: int = Query(0, ge=0, description="items to skip")):
+                 offset: int = Query(0, ge=0, le=MAX_ID, description="items to skip")):
         self.limit, self.offset = limit, offset
 
 

@@ -15,13 +15,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
-from auditor.service.api.common import Page, Pagination, page
+from auditor.service.api.common import MAX_ID, Page, Pagination, page
 from auditor.service.auth import get_settings
 from auditor.store import studies
 
 router = APIRouter(tags=["fidelity"])
 
-StudyId = Path(ge=1, description="fidelity study id")
+StudyId = Path(ge=1, le=MAX_ID, description="fidelity study id")
 
 
 class StudySummary(BaseModel):

@@ -9,14 +9,14 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from auditor.service.api.common import Page, Pagination, page
+from auditor.service.api.common import MAX_ID, Page, Pagination, page
 from auditor.service.auth import require_scope
 from auditor.service.jobs import JOB_STATUSES, SampleJobRequest
 
 router = APIRouter(tags=["jobs"])
 read = [Depends(require_scope("read"))]
 submit = [Depends(require_scope("submit"))]
-JobId = Path(ge=1, description="job id")
+JobId = Path(ge=1, le=MAX_ID, description="job id")
 
 
 class JobProgress(BaseModel):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from auditor.errors import NotFoundError, UserError
-from auditor.service.api.common import Page, Pagination, page
+from auditor.service.api.common import MAX_ID, Page, Pagination, page
 from auditor.service.auth import get_settings
 from auditor.store import catalog, runs
 
@@ -70,7 +70,7 @@ def _summary(request: Request, row: dict) -> dict:
 
 @router.get("/runs", response_model=Page[RunSummary], summary="List runs (newest first)")
 def list_runs(request: Request, pagination: Pagination = Depends(),
-              dataset_id: int | None = Query(None, ge=1, description="only runs on this dataset"),
+              dataset_id: int | None = Query(None, ge=1, le=MAX_ID, description="only runs on this dataset"),
               status: str | None = Query(None, description="only runs with this status (running, complete, failed)"),
               settings=Depends(get_settings)):
     if status is not None and status not in RUN_STATUSES:
@@ -97,5 +97,5 @@ def load_run(settings, run_id: int) -> dict:
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail, summary="One run: configuration, status, reproducibility")
-def get_run(request: Request, run_id: int = Path(ge=1), settings=Depends(get_settings)):
+def get_run(request: Request, run_id: int = Path(ge=1, le=MAX_ID), settings=Depends(get_settings)):
     return {**load_run(settings, run_id), "links": run_links(request, run_id)}

@@ -9,15 +9,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from auditor.errors import UserError
-from auditor.service.api.common import Page, Pagination, json_body, page, png_bytes
+from auditor.service.api.common import MAX_ID, Page, Pagination, json_body, page, png_bytes
 from auditor.service.auth import get_settings
 from auditor.service.cache import cached_response
 from auditor.store import attribution, catalog
 
 router = APIRouter(tags=["samples"])
 
-RunId = Path(ge=1, description="run id")
-SampleIndex = Path(ge=0, description="sample index within the run (0-based)")
+RunId = Path(ge=1, le=MAX_ID, description="run id")
+SampleIndex = Path(ge=0, le=MAX_ID, description="sample index within the run (0-based)")
 MAX_TOP = 1000
 MAX_SCALE = 32
 
@@ -145,9 +145,10 @@ def get_sample(request: Request, run_id: int = RunId, sample_index: int = Sample
 @router.get("/runs/{run_id}/samples/{sample_index}/sources", response_model=SourcesPage,
             summary="Training images a sample was built from, largest share first")
 async def sample_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
-                   step: int | None = Query(None, ge=0, description="D(z_t) at this step instead of the final image"),
+                   step: int | None = Query(None, ge=0, le=MAX_ID,
+                                             description="D(z_t) at this step instead of the final image"),
                    top: int = Query(10, ge=1, le=MAX_TOP, description="sources per page"),
-                   offset: int = Query(0, ge=0),
+                   offset: int = Query(0, ge=0, le=MAX_ID),
                    patches: int = Query(5, ge=0, le=50, description="largest patch uses listed per source"),
                    trajectory: bool = Query(False, description="aggregate over the whole trajectory instead"),
                    settings=Depends(get_settings)):
@@ -180,8 +181,8 @@ async def sample_sources(request: Request, run_id: int = RunId, sample_index: in
 @router.get("/runs/{run_id}/samples/{sample_index}/pixel-sources", response_model=PixelSourcesPage,
             summary="Training images output pixel (y, x) of D(z_t) at a step is composed from")
 async def pixel_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
-                  step: int = Query(ge=0), y: int = Query(ge=0), x: int = Query(ge=0),
-                  top: int = Query(10, ge=1, le=MAX_TOP), offset: int = Query(0, ge=0),
+                  step: int = Query(ge=0, le=MAX_ID), y: int = Query(ge=0, le=MAX_ID), x: int = Query(ge=0, le=MAX_ID),
+                  top: int = Query(10, ge=1, le=MAX_TOP), offset: int = Query(0, ge=0, le=MAX_ID),
                   settings=Depends(get_settings)):
     def compute():
         dataset, total = catalog.count_pixel_sources(settings.db_path, run_id, sample_index, step, y, x,
@@ -200,7 +201,7 @@ async def pixel_sources(request: Request, run_id: int = RunId, sample_index: int
 @router.get("/runs/{run_id}/samples/{sample_index}/image.png", summary="The sample as PNG",
             responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
 async def sample_image(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
-                 step: int | None = Query(None, ge=0, description="a step's image instead of the final one"),
+                 step: int | None = Query(None, ge=0, le=MAX_ID, description="a step's image instead of the final one"),
                  what: Literal["denoised", "z"] = Query("denoised", description="at a step: D(z_t) or z_t"),
                  scale: int = Query(1, ge=1, le=MAX_SCALE, description="enlarge by pixel repetition"),
                  settings=Depends(get_settings)):
@@ -219,8 +220,9 @@ async def sample_image(request: Request, run_id: int = RunId, sample_index: int 
 @router.get("/runs/{run_id}/samples/{sample_index}/attribution-map.png", summary="Attribution map as PNG",
             responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
 async def attribution_map(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
-                    step: int | None = Query(None, ge=0, description="D(z_t) at this step (default: the last step, "
-                                                                         "whose D is the final image)"),
+                    step: int | None = Query(None, ge=0, le=MAX_ID,
+                                             description="D(z_t) at this step (default: the last step, "
+                                                         "whose D is the final image)"),
                     kind: Literal["dominant", "concentration"] = Query(
                         "dominant", description="dominant: each pixel coloured by its dominant training image "
                                                 "(legend: the step's top sources in palette order, then grey); "
@@ -243,8 +245,9 @@ async def attribution_map(request: Request, run_id: int = RunId, sample_index: i
 @router.get("/runs/{run_id}/samples/{sample_index}/report", response_model=dict[str, Any],
             summary="The sample report's data: exactly what the HTML report page shows")
 async def sample_report(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
-                  step: int | None = Query(None, ge=0, description="the step whose maps and drill-down are shown "
-                                                                       "(default: the final step)"),
+                  step: int | None = Query(None, ge=0, le=MAX_ID,
+                                           description="the step whose maps and drill-down are shown "
+                                                       "(default: the final step)"),
                   top: int = Query(10, ge=1, le=100, description="top sources listed"),
                   step_top: int = Query(3, ge=0, le=50, description="top sources per timeline step"),
                   concentration: Literal["top1", "entropy"] = Query("top1"),

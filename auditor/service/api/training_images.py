@@ -9,14 +9,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from auditor.service.api.common import Page, Pagination, page, png_response
+from auditor.service.api.common import MAX_ID, Page, Pagination, page, png_response
 from auditor.service.auth import get_settings
 from auditor.store import attribution, catalog, datasets
 
 router = APIRouter(tags=["training images"])
 
-DatasetId = Path(ge=1, description="dataset id")
-ImageIndex = Path(ge=0, description="index of the training image in its dataset (0-based)")
+DatasetId = Path(ge=1, le=MAX_ID, description="dataset id")
+ImageIndex = Path(ge=0, le=MAX_ID, description="index of the training image in its dataset (0-based)")
 
 
 class DatasetInfo(BaseModel):
@@ -93,7 +93,7 @@ def list_training_images(request: Request, dataset_id: int = DatasetId, paginati
                          source_uri: str | None = Query(None, max_length=2000,
                                                         description="part of the source URI (case-insensitive)"),
                          owner: str | None = Query(None, max_length=500, description="part of the owner's name"),
-                         label: int | None = Query(None, description="class label"),
+                         label: int | None = Query(None, ge=-MAX_ID, le=MAX_ID, description="class label"),
                          settings=Depends(get_settings)):
     rows, total = catalog.list_training_images(settings.db_path, dataset_id, image_id=image_id, source_uri=source_uri,
                                                owner=owner, label=label, limit=pagination.limit,

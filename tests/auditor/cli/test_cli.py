@@ -223,3 +223,26 @@ def test_serve_options_override_the_environment_which_overrides_defaults(tmp_pat
     monkeypatch.setenv("AUDITOR_SQL_ROW_CAP", "abc")
     with pytest.raises(cli.common.CLIError, match="sql_row_cap"):
         serve_settings(args)
+
+
+HUGE = "100000000000000000000"  # 10**20 > 2**63
+
+
+@pytest.mark.parametrize("argv, option", [(["sample", "--num", HUGE], "--num"), (["sample", "--num", "1e20"], "--num"),
+                                          (["sample", "--steps", HUGE], "--steps"),
+                                          (["sample", "--top-k", HUGE], "--top-k"),
+                                          (["sample", "--resume", HUGE], "--resume"),
+                                          (["sample", "--seed", "-" + HUGE], "--seed"),
+                                          (["fidelity", "show", HUGE], "ID"),
+                                          (["compare", "--num", HUGE], "--num"),
+                                          (["train-network", "--threads", HUGE], "--threads"),
+                                          (["show", "1/0", "--top", HUGE], "--top"),
+                                          (["sql", "SELECT 1", "--max-rows", HUGE], "--max-rows"),
+                                          (["keys", "revoke", HUGE], "ID")])
+def test_integer_options_out_of_range_are_usage_errors(tmp_path, capsys, argv, option):
+    db = tmp_path / "p.duckdb"
+    assert run(capsys, "--db", db, "db", "upgrade")[0] == 0
+    code, out, err = run(capsys, "--db", db, *argv)
+    assert code == 2, err
+    assert f"error: argument {option}: " in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("auditor "), err

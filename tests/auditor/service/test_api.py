@@ -563,3 +563,23 @@ def test_responses_about_complete_runs_are_cached_with_etags(store, tmp_path):
     response = running.get(url)
     assert response.status_code == 200 and response.headers["cache-control"] == "no-cache"
     assert running.app.state.cache.misses == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Integers beyond int64 are refused (400), never a 500
+# ---------------------------------------------------------------------------------------
+HUGE = "100000000000000000000"  # 10**20 > 2**63
+
+
+@pytest.mark.parametrize("url", [f"/api/runs?offset={HUGE}", f"/api/runs/{HUGE}", f"/api/runs/{HUGE}/samples",
+                                 f"/api/runs/1/samples/{HUGE}", "/api/runs/1/samples/0/sources?top=1e20",
+                                 f"/api/runs/1/samples/0/sources?top={HUGE}",
+                                 f"/api/runs/1/samples/0/sources?offset={HUGE}",
+                                 f"/api/runs/1/samples/0/sources?step={HUGE}",
+                                 f"/api/runs/1/samples/0/pixel-sources?step=0&y={HUGE}&x=0",
+                                 f"/api/datasets/{HUGE}", f"/api/datasets/1/training-images/{HUGE}",
+                                 f"/api/datasets/1/training-images?label={HUGE}", f"/api/fidelity/{HUGE}",
+                                 f"/api/jobs/{HUGE}"])
+def test_integers_beyond_int64_are_400(store, url):
+    client = TestClient(create_app(ServiceSettings(db_path=store)), raise_server_exceptions=False)
+    assert_error(client.get(url), 400)

@@ -187,3 +187,10 @@ def test_html_pages_take_the_key_once_as_a_query_parameter_then_from_the_cookie(
     assert client.get("/api/runs").status_code == 401  # the API takes keys from headers only
     client.cookies.clear()
     assert client.get("/", params={"key": "pspc_9_" + "x" * 43}).headers.get("set-cookie") is None
+
+
+@pytest.mark.parametrize("key", ["a;Path=/evil", "\u00e9", "\u20ac", access.TOKEN_PREFIX + "_1_" + "x" * 43 + ";Path=/"])
+def test_malformed_key_on_a_page_is_401_without_a_cookie_when_keys_are_required(store, key):
+    access.create_key(store, "browser")
+    response = client_for(store).get("/", params={"key": key})
+    assert response.status_code == 401 and response.headers.get("set-cookie") is None

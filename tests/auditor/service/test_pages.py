@@ -100,3 +100,24 @@ def test_pages_honour_api_keys(random_store, tmp_path_factory):
     assert COOKIE_NAME in response.headers.get("set-cookie", "")
     client.cookies.set(COOKIE_NAME, reader)
     assert_page(client.get("/runs/1/samples/0"), 200, 'id="map-dominant"')
+
+
+HUGE = "100000000000000000000"  # 10**20 > 2**63
+
+
+@pytest.mark.parametrize("url", [f"/?page={HUGE}", f"/runs/{HUGE}", f"/runs/1/samples/{HUGE}",
+                                 f"/runs/{HUGE}/samples/0/export.csv", f"/datasets/{HUGE}/images/0",
+                                 f"/fidelity/{HUGE}", f"/fidelity?page={HUGE}"])
+def test_page_integers_beyond_int64_are_400(random_store, tmp_path_factory, url):
+    app = create_app(ServiceSettings(db_path=_copy(random_store, tmp_path_factory, "huge")))
+    response = TestClient(app, raise_server_exceptions=False).get(url)
+    assert response.status_code == 400 and response.headers["content-type"].startswith("text/html"), response.text
+
+
+@pytest.mark.parametrize("key", ["a;Path=/evil", "x; Domain=evil.example", "\u00e9", "\u20ac",
+                                 "pspc_1_" + "x" * 43 + "\n", "pspc_\u0661_" + "x" * 43])
+def test_malformed_key_in_local_mode_sets_no_cookie(client, key):
+    response = client.get("/", params={"key": key})
+    assert response.status_code == 200
+    assert response.headers.get("set-cookie") is None
+    client.cookies.clear()

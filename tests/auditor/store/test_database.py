@@ -104,3 +104,26 @@ def test_waits_for_the_lock_to_be_released(store):
         timer.join()
         holder.release()
     assert database.require_current(store) == database.head_revision()
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["db", "status"], ["runs"], ["show", "1/0"]])
+def test_truncated_store_is_refused_and_left_unchanged(tmp_path, capsys, command):
+    """The first half of a valid store: every command refuses it (exit 2, naming the file) and writes nothing."""
+    from auditor.cli import main
+
+    good = tmp_path / "good.duckdb"
+    database.upgrade(good)
+    data = good.read_bytes()
+    half = tmp_path / "half.duckdb"
+    half.write_bytes(data[: len(data) // 2])
+    before = half.read_bytes()
+    assert main(["--db", str(half), *command]) == 2
+    err = capsys.readouterr().err
+    assert f"{half}: not a valid provenance store (truncated or corrupt" in err
+    assert "Traceback" not in err
+    assert half.read_bytes() == before
+    assert not (tmp_path / "half.duckdb.wal").exists()
+    with pytest.raises(database.StoreError, match="not a valid provenance store"):
+        with database.connect(half, read_only=True):
+            pass
+    assert half.read_bytes() == before

@@ -126,3 +126,27 @@ def test_formats(store):
     assert json.loads(query.format_result(empty, "json")) == []
     with pytest.raises(database.StoreError, match="unknown output format"):
         query.format_result(result, "xml")
+
+
+def test_non_utf8_sql_is_refused(store, capsys):
+    """argv bytes that are not UTF-8 arrive as surrogate escapes: a clear error and exit 2, no traceback."""
+    from auditor.cli import main
+
+    before = state(store)
+    assert main(["--db", str(store), "sql", "SELECT \udcff"]) == 2
+    err = capsys.readouterr().err
+    assert "SQL must be UTF-8 text" in err and "Traceback" not in err
+    with pytest.raises(database.StoreError, match="SQL must be UTF-8 text"):
+        query.run_query(store, "SELECT '\udcff'")
+    assert state(store) == before
+
+
+def test_answer_byte_cap(store):
+    with pytest.raises(database.StoreError, match=r"the answer is over 100000 bytes; select fewer columns/rows or add LIMIT"):
+        query.run_query(store, "SELECT repeat('x', 10000) FROM range(100)", max_bytes=100_000)
+    with pytest.raises(database.StoreError, match=r"the answer is over 8 MB"):
+        query.run_query(store, "SELECT repeat('x', 100000) FROM range(100)")  # the default cap
+    columns, rows = query.run_query(store, "SELECT repeat('x', 10000) FROM range(5)", max_bytes=100_000)
+    assert len(rows) == 5
+    result = query.run_query(store, "SELECT repeat('x', 10000) FROM range(100)", max_rows=3, max_bytes=100_000)
+    assert len(result.rows) == 3 and result.truncated  # rows past max_rows are not counted

@@ -211,6 +211,8 @@ def test_bad_audits_write_nothing(db, tmp_path):
         (dict(noise_levels=(1.0, -1.0)), UserError, "> 0"),
         (dict(noise_levels=(1.0, 1.0)), UserError, "repeat"),
         (dict(noise_levels=()), UserError, "at least one"),
+        (dict(noise_levels=(1.0, 1e-300)), UserError, r"must be in \[1e-06, 10000\], got \[1e-300\]"),
+        (dict(noise_levels=(1e5,)), UserError, r"must be in \[1e-06, 10000\]"),
         (dict(draws=0), UserError, "draws"),
         (dict(explainer="gaussian"), UserError, "posterior weights"),
         (dict(thresholds=(2.0,)), ValueError, r"\[-1, 1\]"),
@@ -269,3 +271,13 @@ def test_cli_audit_errors_change_nothing(cli_files, capsys, tmp_path, monkeypatc
     code, _, err = run_cli(capsys, "--db", db, "audit", png, "--network", network, "--no-network", "--data", array)
     assert code == 2
     assert fetch(db, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_cli_audit_refuses_noise_levels_out_of_range(cli_files, capsys):
+    """--noise-levels 1e-300 used to record a 'complete' run with captured mass 0 and no sources."""
+    db, array, png, _ = cli_files
+    runs = fetch(db, "SELECT count(*) FROM runs")
+    code, _, err = run_cli(capsys, "--db", db, "audit", png, "--no-network", "--data", array, "--noise-levels",
+                           "1e-300", "--patch-size", 3, "--copy-k", 0)
+    assert code == 2 and "must be in [1e-06, 10000]" in err and "1e-300" in err, err
+    assert fetch(db, "SELECT count(*) FROM runs") == runs == [(0,)]
