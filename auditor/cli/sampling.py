@@ -163,12 +163,8 @@ def serve_settings(args):
              "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
              "jobs_dir": args.jobs_dir, "keys_required": True if args.require_keys else None,
              "max_running_jobs": args.max_running_jobs}  # options not given: the environment, else the default
-    try:
-        settings = ServiceSettings(db_path=db_path(args), lock_timeout=args.lock_timeout,
-                                   **{name: value for name, value in given.items() if value is not None})
-    except ValueError as exc:  # the settings' validation (pydantic): a bad option value
-        raise CLIError(str(exc)) from None
-    return settings
+    return ServiceSettings(db_path=db_path(args), lock_timeout=args.lock_timeout,  # UserError names a bad field
+                           **{name: value for name, value in given.items() if value is not None})
 
 
 def cmd_serve(args, argv=None) -> int:

@@ -195,6 +195,7 @@ def cmd_sql(args, argv=None) -> int:
 
 def cmd_keys(args, argv=None) -> int:
     from auditor.service import auth as access
+    from auditor.store import keys
 
     path = db_path(args)
     if args.keys_command == "create":
@@ -204,7 +205,7 @@ def cmd_keys(args, argv=None) -> int:
         print("store it now: it is not shown again (the store keeps only its sha256)", file=sys.stderr)
         return 0
     if args.keys_command == "list":
-        rows = access.list_keys(path, timeout=args.lock_timeout)
+        rows = keys.list_keys(path, timeout=args.lock_timeout)
         if not rows:
             print("no API keys: the service runs in local single-user mode; create one with `auditor keys create NAME`")
             return 0
@@ -212,6 +213,6 @@ def cmd_keys(args, argv=None) -> int:
                     [[k.id, k.name, ",".join(k.scopes), when(k.created_at), when(k.last_used_at),
                       when(k.revoked_at)] for k in rows])
         return 0
-    key = access.revoke_key(path, args.key_id, timeout=args.lock_timeout)
+    key = keys.revoke_key(path, args.key_id, timeout=args.lock_timeout)
     print(f"key {key.id} ({key.name}) revoked at {when(key.revoked_at)} UTC")
     return 0

@@ -29,13 +29,12 @@ from auditor.service.errors import install_error_handlers
 from auditor.service.jobs import JobRunner
 from auditor.service.middleware import BodyLimit, RememberKey
 from auditor.service.pages import router as pages_router
-from auditor.service.settings import ServiceSettings, local_mode_message, startup_message
+from auditor.service.settings import ServiceSettings, local_mode_message
 from auditor.store import database, keys
 from pspc.record import package_version
 
-# ServiceSettings and startup_message are re-exported for `auditor serve`
-# (auditor.service.settings is their home).
-__all__ = ["ServiceSettings", "create_app", "startup_message"]
+# ServiceSettings (auditor.service.settings) is create_app's argument, importable from here with it.
+__all__ = ["ServiceSettings", "create_app"]
 
 log = logging.getLogger("auditor.service.app")
 

@@ -18,7 +18,7 @@ keys_required=True), every request needs a key:
 Missing or unknown/revoked key: 401; a key without the scope: 403; both as JSON errors.
 
 The rows (hash, scopes, revocation, last use) are auditor.store.keys'; this module makes and
-hashes tokens and checks them. `auditor keys` uses create_key, list_keys and revoke_key.
+hashes tokens and checks them. `auditor keys` uses create_key (listing and revoking are auditor.store.keys).
 """
 
 from __future__ import annotations
@@ -37,15 +37,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from auditor.errors import StoreError
-from auditor.service.settings import ServiceSettings, local_mode_message
+from auditor.service.settings import ServiceSettings
 from auditor.store import database, keys
-from auditor.store.keys import SCOPES, ApiKey, grants, has_active_keys, list_keys, revoke_key
+from auditor.store.keys import SCOPES, ApiKey
 
 log = logging.getLogger("auditor.service.auth")
 
 __all__ = ["AccessDenied", "ApiKey", "COOKIE_NAME", "KeyRing", "QUERY_PARAM", "SCOPES", "TOKEN_PREFIX",
-           "create_key", "get_settings", "grants", "has_active_keys", "hash_token", "list_keys", "local_mode_message",
-           "parse_token", "require_scope", "well_formed_token", "revoke_key", "verify_key"]
+           "create_key", "get_settings", "hash_token", "parse_token", "require_scope", "verify_key", "well_formed_token"]
 
 TOKEN_PREFIX = "pspc"
 COOKIE_NAME = "auditor_key"

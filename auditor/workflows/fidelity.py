@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from auditor.store.studies import StudyError
 from auditor.workflows.options import DEFAULT_NETWORK, FULL, KINDS, QUICK, StudyOptions, parse_floats
+from pspc.record import SOURCE_TREE
 
 if TYPE_CHECKING:
     from pspc.data.training_set import TrainingSet
@@ -44,15 +45,14 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_NETWORK", "FINDING_RANGE", "FULL", "KINDS", "QUICK", "Study", "StudyOptions", "network_path",
            "run_study", "verdict"]
 
-REPO = Path(__file__).resolve().parents[2]
 FINDING_RANGE = (0.3, 3.0)  # the paper's t range for "PSPC is closer to the network"
 
 
 def network_path(options: StudyOptions) -> Path:
-    """The network file of `options` (a relative path also tried from the repository root)."""
+    """The network file of `options` (a relative path also tried from the source checkout's root)."""
     path = Path(options.network)
     if not path.is_absolute() and not path.exists():
-        path = REPO / path
+        path = SOURCE_TREE / path
     if not path.is_file():
         raise StudyError(f"no network at {options.network}. Train the project's network first "
                          f"(`auditor train-network --data fashion-mnist --out {DEFAULT_NETWORK}`) or pass --network "

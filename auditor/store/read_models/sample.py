@@ -37,7 +37,7 @@ from auditor.store.database import json_value
 from auditor.store.read_models.common import ImageMeta, image_metadata
 from auditor.store.read_models.patches import PatchGeometry, patch_geometry
 from auditor.store.runs import check_sample_index, read_run
-from pspc.posterior.attribution import trajectory_coefficients
+from pspc.posterior.attribution import member_pixel_weights, trajectory_coefficients
 
 __all__ = ["CopyMatchRow", "PixelSources", "SampleProvenance", "Shares", "StepRow", "build_cached",
            "per_image_weights", "pixel_top_sources"]
@@ -443,10 +443,8 @@ class SampleProvenance:
         member = np.repeat(np.arange(len(position)), counts)
         offset = np.arange(len(member)) - np.repeat(np.cumsum(counts) - counts, counts)
         pixel = geometry.member_pixel[starts[position][member] + offset]
-        size = height * width
-        maps = np.bincount(inverse[member] * size + pixel, weights=self.weights["weight"][select][member],
-                           minlength=len(entries) * size).reshape(len(entries), size)
-        maps /= np.where(geometry.coverage > 0, geometry.coverage, 1.0)
+        maps = member_pixel_weights(inverse[member], pixel, self.weights["weight"][select][member], len(entries),
+                                    geometry.coverage)
         return {"image_index": entries // 2, "flip": entries % 2 == 1, "weights": maps.reshape(len(entries), height,
                                                                                                 width)}
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from auditor import cli
+from auditor.errors import UserError
 from auditor.store import database
 from tests.support.store import LockHolder
 
@@ -221,7 +222,7 @@ def test_serve_options_override_the_environment_which_overrides_defaults(tmp_pat
     settings = serve_settings(args)
     assert (settings.sql_row_cap, settings.max_running_jobs, settings.sql_time_limit_s) == (7, 2, 5.0)
     monkeypatch.setenv("AUDITOR_SQL_ROW_CAP", "abc")
-    with pytest.raises(cli.common.CLIError, match="sql_row_cap"):
+    with pytest.raises(UserError, match="sql_row_cap"):  # exit 2, the field named
         serve_settings(args)
 
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auditor.service import auth as access
-from auditor.store import database
+from auditor.store import database, keys
 from auditor.cli import main
 from auditor.errors import NotFoundError, StoreError
 from auditor.service.app import ServiceSettings, create_app
@@ -53,16 +53,16 @@ def test_scopes_list_and_revoke(store):
     submitter, token = access.create_key(store, "robot", ["submit", "read", "submit"])
     assert submitter.scopes == ("read", "submit") and submitter.allows("read") and submitter.allows("submit")
     assert reader.allows("read") and not reader.allows("submit")
-    assert access.grants(["submit"], "read")  # submit implies read
-    assert [k.name for k in access.list_keys(store)] == ["reader", "robot"]
-    revoked = access.revoke_key(store, reader.id)
+    assert keys.grants(["submit"], "read")  # submit implies read
+    assert [k.name for k in keys.list_keys(store)] == ["reader", "robot"]
+    revoked = keys.revoke_key(store, reader.id)
     assert revoked.revoked_at is not None and not revoked.active
-    assert access.revoke_key(store, reader.id).revoked_at == revoked.revoked_at  # idempotent
-    assert [k.name for k in access.list_keys(store, include_revoked=False)] == ["robot"]
+    assert keys.revoke_key(store, reader.id).revoked_at == revoked.revoked_at  # idempotent
+    assert [k.name for k in keys.list_keys(store, include_revoked=False)] == ["robot"]
     assert access.verify_key(store, token).id == submitter.id
-    assert access.has_active_keys(store)
-    access.revoke_key(store, submitter.id)
-    assert not access.has_active_keys(store)
+    assert keys.has_active_keys(store)
+    keys.revoke_key(store, submitter.id)
+    assert not keys.has_active_keys(store)
     with pytest.raises(access.AccessDenied, match="revoked"):
         access.verify_key(store, token)
 
@@ -72,13 +72,13 @@ def test_scopes_list_and_revoke(store):
 def test_bad_key_requests_are_refused(store, name, scopes, match):
     with pytest.raises(StoreError, match=match):
         access.create_key(store, name, scopes)
-    assert access.list_keys(store) == []
+    assert keys.list_keys(store) == []
 
 
 def test_unknown_and_forged_tokens_are_refused(store):
     key, token = access.create_key(store, "alice")
     with pytest.raises(NotFoundError):
-        access.revoke_key(store, 999)
+        keys.revoke_key(store, 999)
     forged = f"pspc_{key.id}_{'A' * 43}"
     for bad, match in [(forged, "unknown"), ("pspc_999_" + "A" * 43, "unknown"), ("hello", "malformed"),
                        (token + "x", "unknown")]:
@@ -131,8 +131,8 @@ def test_revoking_a_key_takes_effect_and_last_use_is_recorded(store):
     client = client_for(store)
     headers = {"Authorization": f"Bearer {token}"}
     assert client.get("/api/datasets", headers=headers).status_code == 200
-    assert access.list_keys(store)[0].last_used_at is not None
-    access.revoke_key(store, key.id)
+    assert keys.list_keys(store)[0].last_used_at is not None
+    keys.revoke_key(store, key.id)
     response = client.get("/api/datasets", headers=headers)
     assert response.status_code == 401 and "revoked" in response.json()["message"]
     # revoking the last key does not switch the running service back to local mode
