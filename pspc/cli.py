@@ -27,7 +27,9 @@ import torch
 from tqdm import tqdm
 
 from pspc.data.images import save_grid
-from pspc.data.loaders import load_training_set
+from pspc.data.arrays import load_npy
+from pspc.data.image_folder import RESIZE_POLICIES
+from pspc.data.loaders import folder_options, load_training_set
 from pspc.data.training_set import TrainingSet
 from pspc.denoisers import DENOISER_KINDS, PSPCDenoiser, build_denoiser
 from pspc.errors import InputError
@@ -54,6 +56,9 @@ def _data_options() -> argparse.ArgumentParser:
                        help="training set: fashion-mnist[:train|:test], a .npy/.npz/.zip/IDX file, "
                             "a CIFAR-10 batch directory or an image folder (default: %(default)s)")
     group.add_argument("--limit", type=int, metavar="N", help="keep only the first N training images (default: all)")
+    group.add_argument("--resize", choices=RESIZE_POLICIES,
+                       help="image folders: error on mixed sizes (default), or resize, center-crop or pad to --size")
+    group.add_argument("--size", metavar="H[xW]", help="image folders: the target size for --resize")
     return parent
 
 
@@ -134,7 +139,7 @@ def resolve_device(name: str) -> torch.device:
 
 def _load_data(args) -> TrainingSet:
     _positive(args.limit, "--limit")
-    return load_training_set(args.data, limit=args.limit)
+    return load_training_set(args.data, limit=args.limit, **folder_options(args.resize, args.size))
 
 
 def _make_denoiser(args, data: TrainingSet, device: torch.device):
@@ -220,12 +225,9 @@ def _read_input(path: Path, image_shape: tuple[int, int, int]) -> np.ndarray:
     if not path.is_file():
         raise CLIError(f"--input {path}: no such file")
     try:
-        z = np.load(path, allow_pickle=False)
+        z = load_npy(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's problem to fix
-        raise CLIError(f"--input {path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
-    if not isinstance(z, np.ndarray):
-        z.close()
-        raise CLIError(f"--input {path}: expected a single .npy array, got a .npz archive")
+        raise CLIError(f"--input {path}: not a readable .npy array ({exc})") from None
     if not np.issubdtype(z.dtype, np.floating):
         raise CLIError(f"--input {path}: expected a float array (data units, x in [-1, 1] plus noise), got {z.dtype}")
     c, h, w = image_shape

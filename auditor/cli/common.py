@@ -41,6 +41,9 @@ def store_options(suppress: bool) -> argparse.ArgumentParser:
     return parent
 
 
+RESIZE_POLICIES = ("error", "resize", "center-crop", "pad")  # = pspc.data.image_folder's (a test checks it)
+
+
 def data_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("training data")
@@ -49,7 +52,17 @@ def data_options() -> argparse.ArgumentParser:
                             "batch directory or an image folder (default: %(default)s)")
     group.add_argument("--limit", type=integer(), metavar="N",
                        help="keep only the first N training images (default: all)")
+    add_image_folder_options(group)
     return parent
+
+
+def add_image_folder_options(group) -> None:
+    """--resize / --size: how an image folder's images are brought to one size (the loader's
+    `resize` and `size`); given for other kinds of data they are an error naming the loader."""
+    group.add_argument("--resize", choices=RESIZE_POLICIES,
+                       help="image folders: error on mixed sizes (the loader's default), or resize, center-crop "
+                            "or pad every image to --size")
+    group.add_argument("--size", metavar="H[xW]", help="image folders: the target size for --resize")
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,11 +117,13 @@ def db_path(args):
     return database.resolve_db_path(args.db)
 
 
-def load_data(spec: str, limit: int | None):
-    from pspc.data.loaders import load_training_set
+def load_data(spec: str, args):
+    """The training set named by `spec`, with --limit and the image-folder options in `args`."""
+    from pspc.data.loaders import folder_options, load_training_set
 
-    positive(limit, "--limit")
-    return load_training_set(spec, limit=limit)
+    positive(args.limit, "--limit")
+    return load_training_set(spec, limit=args.limit, **folder_options(getattr(args, "resize", None),
+                                                                      getattr(args, "size", None)))
 
 
 def device(name: str):

@@ -149,7 +149,7 @@ def cmd_train_network(args, argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    data = load_data(args.data, args.limit)
+    data = load_data(args.data, args)
     out = args.out or Path("checkpoints") / f"{data.name}-unet.pt"
     network = None
     if not args.resume or args.channels or args.blocks:
@@ -226,7 +226,7 @@ def _setup(args, network_path: Path | None, what: str, check_data=None):
         hint = " or --no-network to attribute the image directly" if what == "audit" else ""
         raise CLIError(f"{network_path}: no network file; train one with `auditor train-network`, or pass "
                        f"--network PATH{hint}")
-    data = load_data(args.data, args.limit).with_xflip(not args.no_xflip)
+    data = load_data(args.data, args).with_xflip(not args.no_xflip)
     if check_data is not None:
         check_data(data)
     network = None

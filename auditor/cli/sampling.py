@@ -8,6 +8,7 @@ import sys
 from auditor.cli.common import (
     MAX_INT, PROG, CLIError, Parents, check_port, db_path, device, integer, load_data, positive, url_host
 )
+from auditor.errors import UserError
 from auditor.store import database
 from auditor.workflows.options import RECORDABLE_KINDS, SamplingOptions
 
@@ -16,6 +17,8 @@ SAMPLE_DEFAULTS = {"num": SamplingOptions.num_samples, "steps": SamplingOptions.
                    "sampler": SamplingOptions.sampler, "seed": SamplingOptions.seed, "top_k": SamplingOptions.top_k,
                    "mass": SamplingOptions.mass, "denoiser": SamplingOptions.denoiser_kind,
                    "patch_size": SamplingOptions.patch_size}
+OPTION_NAMES = {"num_samples": "--num", "top_k": "--top-k", "patch_size": "--patch-size", "steps": "--steps",
+                "seed": "--seed", "mass": "--mass", "sampler": "--sampler", "pspc-square denoiser": "--denoiser pspc-square"}
 SERVE_DEFAULTS = {"require_keys": False, "sql_row_cap": 1000, "sql_time_limit": 5.0, "max_upload_mb": 10.0,
                   "jobs_dir": None, "max_running_jobs": 1}  # what `quickstart` serves with
 
@@ -100,20 +103,20 @@ def _sampling_options(args) -> SamplingOptions:
             raise CLIError("--resume takes the x-flip setting from the run; drop --no-xflip")
     values = {key: default if getattr(args, key) is None else getattr(args, key)
               for key, default in SAMPLE_DEFAULTS.items()}
-    for option in ("num", "steps", "top_k", "patch_size"):
-        positive(values[option], f"--{option.replace('_', '-')}")
-    if not 0 < values["mass"] <= 1:
-        raise CLIError(f"--mass must be in (0, 1], got {values['mass']}")
-    if values["patch_size"] is not None and values["denoiser"] != "pspc-square":
-        raise CLIError(f"--patch-size applies to --denoiser pspc-square, not {values['denoiser']}")
-    return SamplingOptions(denoiser_kind=values["denoiser"], patch_size=values["patch_size"],
-                           num_samples=values["num"], steps=values["steps"], sampler=values["sampler"],
-                           seed=values["seed"], top_k=values["top_k"], mass=values["mass"])
+    try:  # SamplingOptions is THE validation (the API's jobs build one too); messages name the options
+        return SamplingOptions(denoiser_kind=values["denoiser"], patch_size=values["patch_size"],
+                               num_samples=values["num"], steps=values["steps"], sampler=values["sampler"],
+                               seed=values["seed"], top_k=values["top_k"], mass=values["mass"])
+    except UserError as error:
+        message = str(error)
+        for field, option in OPTION_NAMES.items():
+            message = message.replace(field, option)
+        raise CLIError(message) from None
 
 
 def _training_data(args, path):
     if args.dataset is None:
-        return load_data(args.data, args.limit)
+        return load_data(args.data, args)
     from auditor.store.datasets import stored_training_set
 
     if args.data != "fashion-mnist" or args.limit is not None:

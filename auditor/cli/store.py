@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from auditor.cli.common import (
-    MAX_INT, PROG, CLIError, Parents, db_path, integer, load_data, positive, print_table, share, when
+    MAX_INT, PROG, CLIError, Parents, add_image_folder_options, db_path, integer, load_data, positive, print_table,
+    share, when
 )
 from auditor.errors import StoreError
 from auditor.store import database
@@ -31,6 +32,7 @@ def add_ingest(commands, parents: Parents) -> None:
     ingest.set_defaults(handler=cmd_ingest)
     ingest.add_argument("spec", metavar="SPEC", help="training data spec, as for `pspc --data`")
     ingest.add_argument("--limit", type=integer(), metavar="N", help="keep only the first N images (default: all)")
+    add_image_folder_options(ingest)
 
 
 def add_runs(commands, parents: Parents) -> None:
@@ -110,7 +112,7 @@ def cmd_ingest(args, argv=None) -> int:
 
     path = db_path(args)
     database.require_current(path, timeout=args.lock_timeout)
-    data = load_data(args.spec, args.limit)
+    data = load_data(args.spec, args)
     dataset_id, created = ingest(path, data, timeout=args.lock_timeout)
     print(f"dataset {dataset_id}: {'created' if created else 'already present'} "
           f"({data.name}, {len(data)} images {'x'.join(map(str, data.image_shape))})")

@@ -55,7 +55,12 @@ def to_blob(image: torch.Tensor) -> bytes:
 
 
 def from_blob(blob: bytes, shape) -> torch.Tensor:
-    """Inverse of to_blob: a float32 tensor of `shape` [C, H, W]."""
+    """Inverse of to_blob: a float32 tensor of `shape` [C, H, W]; a blob of another size is a
+    damaged store, named as such (not numpy's "buffer size must be a multiple of ...")."""
+    expected = 4 * int(np.prod(tuple(shape)))
+    if blob is None or len(blob) != expected:
+        raise StoreError(f"a stored image array holds {0 if blob is None else len(blob)} bytes, not the {expected} "
+                         f"of float32 {list(shape)}: the store is damaged (restore it from a backup)")
     return torch.from_numpy(np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(tuple(shape)).copy())
 
 

@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from pspc.data.arrays import load_npy
 from pspc.data.image_folder import IMAGE_SUFFIXES, decode_images
 from pspc.data.training_set import TrainingSet, TrainingSetError
 from pspc.denoisers import NetworkDenoiser
@@ -82,11 +83,9 @@ def _read_picture(path: Path) -> tuple[torch.Tensor, dict]:
 
 def _read_array(path: Path) -> tuple[torch.Tensor, dict]:
     try:
-        array = np.load(path, allow_pickle=False)
+        array = load_npy(path)
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError, ...
-        raise AuditInputError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from None
-    if not isinstance(array, np.ndarray):
-        raise AuditInputError(f"{path}: holds several arrays (.npz); save the one image as .npy")
+        raise AuditInputError(f"{path}: not a readable .npy array ({exc})") from None
     shape = array.shape
     if array.ndim == 4 and shape[0] == 1:
         array = array[0]

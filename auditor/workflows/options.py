@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from auditor.errors import UserError
 from auditor.store.database import DEFAULT_TIMEOUT
 from auditor.store.studies import StudyError
 
@@ -24,10 +25,11 @@ if TYPE_CHECKING:
     from auditor.similarity.descriptors import Descriptor
 
 __all__ = ["DEFAULT_NETWORK", "DEFAULT_NOISE_LEVELS", "DEFAULT_THRESHOLDS", "FULL", "KINDS", "QUICK",
-           "RECORDABLE_KINDS", "AuditOptions", "ComparisonOptions", "ExplainOptions", "Runtime", "SamplingOptions",
+           "RECORDABLE_KINDS", "SAMPLERS", "AuditOptions", "ComparisonOptions", "ExplainOptions", "Runtime", "SamplingOptions",
            "StudyOptions", "parse_floats"]
 
 RECORDABLE_KINDS = ("pspc-square", "pspc-flex", "empirical")  # the denoisers that give posterior weights
+SAMPLERS = ("euler", "heun")  # = pspc.samplers' PF-ODE integrators (a test checks it)
 DEFAULT_NETWORK = "checkpoints/fmnist-unet.pt"  # what `auditor train-network` writes for Fashion-MNIST
 DEFAULT_NOISE_LEVELS = (3.0, 1.0, 0.3, 0.05)  # the paper's range 0.3-3, and near-clean patches
 DEFAULT_THRESHOLDS = (0.5, 0.6)  # = auditor.similarity.copy_detection.DEFAULT_THRESHOLDS (a test checks it)
@@ -57,6 +59,33 @@ class SamplingOptions:
     seed: int = 0
     top_k: int = 16
     mass: float = 0.99
+
+    def __post_init__(self):
+        """THE validation of a sampling request: the CLI, the API's jobs and library callers all
+        build a SamplingOptions, so they accept and refuse the same requests."""
+        for name in ("num_samples", "steps", "top_k"):
+            _check_count(getattr(self, name), name)
+        _check_count(self.seed, "seed", low=0)
+        if self.patch_size is not None:
+            _check_count(self.patch_size, "patch_size")
+            if self.denoiser_kind != "pspc-square":
+                raise UserError(f"patch_size applies to the pspc-square denoiser, not {self.denoiser_kind}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not (isinstance(self.mass, (int, float)) and 0 < self.mass <= 1):
+            raise UserError(f"mass must be in (0, 1], got {self.mass}")
+
+    def check_fits(self, height: int, width: int) -> None:
+        """Refuse a fixed patch size larger than the images (s(t) schedules clip to the side,
+        but a size the user asked for that cannot be honoured is an error, not a silent clip)."""
+        if self.patch_size is not None and self.patch_size > min(height, width):
+            raise UserError(f"patch_size {self.patch_size} does not fit the {height}x{width} images; "
+                            f"use at most {min(height, width)}")
+
+
+def _check_count(value, name: str, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

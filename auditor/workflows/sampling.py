@@ -71,8 +71,7 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, options: Sampling
     """
     options, runtime = options or SamplingOptions(), runtime or Runtime()
     check_kind(options.denoiser_kind)
-    if options.num_samples < 1 or options.steps < 1:
-        raise UserError(f"need num_samples >= 1 and steps >= 1, got {options.num_samples} and {options.steps}")
+    options.check_fits(*training_set.resolution)  # the rest was checked when the options were built
     request = WeightRequest(top_k=options.top_k, mass=options.mass)
     config = SamplerConfig(method=options.sampler, num_steps=options.steps)
     database.require_current(db_path, runtime.timeout)

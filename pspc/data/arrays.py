@@ -12,6 +12,21 @@ from pspc.data.files import (
 from pspc.data.training_set import TrainingSet
 
 
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts (numpy.lib.format)
+
+
+def load_npy(path: PathLike, mmap_mode: str | None = None) -> np.ndarray:
+    """One .npy array, without pickles. A file that does not start with the .npy header is
+    refused as such (np.load would try it as a pickle and suggest allow_pickle=True)."""
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head[:2] == b"PK":
+        raise ValueError("this is a .npz archive (several arrays), not a single .npy array")
+    if head != NPY_MAGIC:
+        raise ValueError("not a .npy file: it does not start with the NumPy header \\x93NUMPY")
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+
+
 def _as_nchw(array: np.ndarray, path: Path, what: str) -> np.ndarray:
     """[N,H,W] -> C=1; [N,C,H,W] if dim 1 is 1 or 3; else [N,H,W,C] if the last dim is 1 or 3."""
     if array.dtype != np.uint8:
@@ -68,7 +83,7 @@ def load_array(path: PathLike, *, key: str | None = None, limit: int | None = No
         else:
             if key is not None:
                 raise file_error(path, f"key={key!r} given but this is a single .npy array")
-            what, images = "array", np.load(path, mmap_mode="r", allow_pickle=False)  # read only [:limit]
+            what, images = "array", load_npy(path, mmap_mode="r")  # read only [:limit]
         images = _as_nchw(images, path, what)
         if images.shape[0] == 0:
             raise file_error(path, f"{what} holds no images (empty set)")

@@ -118,7 +118,8 @@ def decode_images(
                 raise file_error(
                     where,
                     f"mixed image sizes: {image_id} is {hw[0]}x{hw[1]} but {first[0]} is "
-                    f"{first[1][0]}x{first[1][1]} (HxW); pass resize='resize', 'center-crop' or 'pad' with a size",
+                    f"{first[1][0]}x{first[1][1]} (HxW); pass resize='resize', 'center-crop' or 'pad' with a size "
+                    "(command line: --resize POLICY --size HxW)",
                 )
         else:
             image = _fit(image, size, resize)
@@ -138,7 +139,8 @@ def _check_policy(resize: str, size, channels) -> tuple[int, int] | None:
         raise TrainingSetError(f"unknown resize policy {resize!r}; use one of {', '.join(RESIZE_POLICIES)}")
     size = _normalize_size(size)
     if resize != "error" and size is None:
-        raise TrainingSetError(f"resize={resize!r} needs a target size (int or (height, width))")
+        raise TrainingSetError(f"resize={resize!r} needs a target size (int or (height, width); "
+                               "command line: --size HxW)")
     if channels not in (None, 1, 3):
         raise TrainingSetError(f"channels must be None, 1 or 3, got {channels!r}")
     return size

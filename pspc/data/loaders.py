@@ -87,6 +87,20 @@ def _resolve_spec(spec: str) -> tuple[Callable[..., TrainingSet], tuple, dict]:
     raise file_error(spec, f"no such file or directory, and not a built-in data set\n{ACCEPTED_SPECS}")
 
 
+def folder_options(resize: str | None, size: str | None) -> dict:
+    """The command line's --resize POLICY / --size H[xW] as loader options ({} when neither is given)."""
+    options = {}
+    if resize is not None:
+        options["resize"] = resize
+    if size is not None:
+        height, _, width = size.lower().partition("x")
+        try:
+            options["size"] = (int(height), int(width or height))
+        except ValueError:
+            raise TrainingSetError(f"--size {size!r}: expected H or HxW in pixels, e.g. 28 or 32x32") from None
+    return options
+
+
 def load_training_set(spec: str, *, limit: int | None = None, **options) -> TrainingSet:
     """Load a training set from one string spec (see ACCEPTED_SPECS); the CLI's entry point.
 

@@ -124,7 +124,8 @@ def test_denoise_weights(tiny, tmp_path):
     (lambda p: np.save(p, np.zeros((1, 8, 8), np.float32)), "(1, 8, 8) does not match"),
     (lambda p: np.save(p, np.zeros((2, 1, 8, 8), np.uint8)), "expected a float array"),
     (lambda p: np.save(p, np.full((2, 1, 8, 8), np.nan, np.float32)), "NaN"),
-    (lambda p: p.write_text("not numpy"), "not a readable .npy array"),
+    (lambda p: p.write_text("not numpy"), "not a .npy file: it does not start with the NumPy header"),
+    (lambda p: np.savez(p.with_suffix(""), a=np.zeros(2)) or p.with_suffix(".npz").rename(p), "a .npz archive"),
     (lambda p: None, "no such file"),
 ])
 def test_denoise_bad_input(tiny, tmp_path, capsys, make, needle):

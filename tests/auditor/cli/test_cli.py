@@ -170,7 +170,8 @@ def test_bad_options(tmp_path, capsys, data_file):
     database.upgrade(db)
     for argv, message in (
         (["sample", "--data", data_file, "--mass", "1.5"], "--mass must be in (0, 1]"),
-        (["sample", "--data", data_file, "--num", "0"], "--num must be > 0"),
+        (["sample", "--data", data_file, "--num", "0"], "--num must be an integer >= 1, got 0"),
+        (["sample", "--data", data_file, "--patch-size", "99"], "patch_size 99 does not fit the 8x8 images"),
         (["sample", "--data", data_file, "--denoiser", "empirical", "--patch-size", "3"], "--patch-size applies"),
         (["sample", "--data", tmp_path / "nothing.npz"], "nothing.npz"),
         (["--lock-timeout", "-1", "runs"], "--lock-timeout"),
@@ -182,6 +183,27 @@ def test_bad_options(tmp_path, capsys, data_file):
     assert code == 2 and "invalid choice" in err
     with database.connect(db, read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def test_image_folder_size_policy_from_the_command_line(tmp_path, capsys):
+    """--resize / --size reach the image-folder loader, which its mixed-size error names."""
+    from PIL import Image
+
+    from auditor.cli.common import RESIZE_POLICIES
+    from pspc.data.image_folder import RESIZE_POLICIES as LOADER_POLICIES
+
+    assert RESIZE_POLICIES == LOADER_POLICIES
+    db, folder = tmp_path / "p.duckdb", tmp_path / "images"
+    folder.mkdir()
+    Image.new("L", (8, 8), 30).save(folder / "a.png")
+    Image.new("L", (12, 10), 200).save(folder / "b.png")
+    database.upgrade(db)
+    code, _, err = run(capsys, "--db", db, "ingest", folder)
+    assert code == 2 and "mixed image sizes" in err and "--resize POLICY --size HxW" in err
+    code, out, err = run(capsys, "--db", db, "ingest", folder, "--resize", "center-crop", "--size", "8")
+    assert code == 0 and "2 images 1x8x8" in out, err
+    code, _, err = run(capsys, "--db", db, "ingest", folder, "--resize", "pad", "--size", "8y")
+    assert code == 2 and "--size '8y': expected H or HxW" in err
 
 
 def test_a_bug_prints_its_traceback_and_exits_1(tmp_path, capsys, monkeypatch):

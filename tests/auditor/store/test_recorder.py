@@ -140,3 +140,13 @@ def test_recorded_step_shares_equal_their_derivation_from_the_weights(recorded_f
         for a, b in zip(stored, derived):
             assert a[:4] == b[:4] and a[6] == b[6]
             assert abs(a[4] - b[4]) < 1e-9 and abs(a[5] - b[5]) < 1e-9
+
+
+def test_a_blob_of_the_wrong_size_is_named_a_damaged_store():
+    from auditor.errors import StoreError
+
+    good = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)
+    assert torch.equal(from_blob(good.numpy().astype("<f4").tobytes(), (1, 3, 4)), good)
+    for blob in (b"\0" * 7, b"\0" * 44, None):
+        with pytest.raises(StoreError, match=r"not the 48 of float32 \[1, 3, 4\]: the store is damaged"):
+            from_blob(blob, (1, 3, 4))

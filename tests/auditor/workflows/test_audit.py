@@ -87,6 +87,8 @@ def bad_inputs(tmp_path) -> list[tuple[str, str]]:
     add("axes.npy", lambda p: np.save(p, np.zeros((2, 8, 8), np.uint8)), "no channel axis")
     add("batch.npy", lambda p: np.save(p, np.zeros((2, 1, 8, 8), np.uint8)), "expected one image")
     add("garbage.npy", lambda p: p.write_bytes(b"\x93NUMPY garbage"), "not a readable .npy")
+    add("noise.npy", lambda p: p.write_bytes(bytes(range(256)) * 2), "does not start with the NumPy header")
+    add("pair.npy", lambda p: p.write_bytes(b"PK\x03\x04..."), "a .npz archive")
     add("notes.txt", lambda p: p.write_text("x"), "unsupported file type '.txt'")
     cases.append((tmp_path / "missing.png", "no such file"))
     cases.append((tmp_path, "not a regular file"))

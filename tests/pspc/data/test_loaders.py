@@ -434,7 +434,8 @@ def test_image_folder_size_policies(tmp_path):
 def test_image_folder_size_errors(tmp_path):
     save_image(tmp_path / "f" / "0.png", random_uint8(8, 8))
     save_image(tmp_path / "f" / "1.png", random_uint8(8, 16))
-    with raises(tmp_path / "f" / "1.png", r"mixed image sizes: 1.png is 8x16 but 0.png is 8x8"):
+    with raises(tmp_path / "f" / "1.png", r"mixed image sizes: 1.png is 8x16 but 0.png is 8x8.*"
+                                          r"\(command line: --resize POLICY --size HxW\)"):
         load_image_folder(tmp_path / "f")
     with raises(tmp_path / "f" / "0.png", "image is 8x8, expected 4x4"):
         load_image_folder(tmp_path / "f", size=4)
@@ -587,11 +588,15 @@ def test_array_errors(tmp_path):
     badzip = tmp_path / "bad.npz"
     badzip.write_bytes(b"PK\x03\x04 truncated zip")
     cases.append((badzip, "corrupt or unreadable"))
+    noise = tmp_path / "noise.npy"  # random bytes: not a pickle problem, whatever numpy says
+    noise.write_bytes(np.random.default_rng(1).bytes(500))
+    cases.append((noise, r"not a .npy file: it does not start with the NumPy header"))
     np.savez(tmp_path / "labels.npz", images=random_uint8(3, 4, 4), labels=np.arange(2))
     cases.append((tmp_path / "labels.npz", r"labels of shape \(2,\) do not match 3 images"))
     for path, problem in cases:
-        with raises(path, problem):
+        with raises(path, problem) as error:
             load_array(path)
+        assert "allow_pickle" not in str(error.value), path
     with raises(tmp_path / "float.npy", "key='x' given but this is a single .npy array"):
         load_array(tmp_path / "float.npy", key="x")
 
