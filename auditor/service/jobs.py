@@ -1,19 +1,26 @@
 """Sampling jobs submitted to the report service, run as subprocesses.
 
-A job is a row in `jobs` (status queued -> running -> complete | failed) and, once started,
-a subprocess ``python -m auditor.cli sample --dataset ID ...`` that records the run exactly
-as the command line would (so the run's stored `command` reproduces it), with stdout and
-stderr in its own log file under the service's jobs folder. The writer is therefore another
-process: DuckDB lets one process write the file, and the service keeps reading between the
-job's short per-step transactions.
+A job is a row in `jobs` (status queued -> running -> complete | failed | cancelled) and,
+once started, a subprocess ``python -m auditor.cli sample --dataset ID ...`` that records the
+run exactly as the command line would (so the run's stored `command` reproduces it), with
+stdout and stderr in its own log file under the service's jobs folder. The writer is
+therefore another process: DuckDB lets one process write the file, and the service keeps
+reading between the job's short per-step transactions.
 
-The service learns the job's run id from the store: `auditor sample` records its writer's
-host and pid in `runs.writer`, and the subprocess's pid is the job's. A watcher thread per
-job sets run_id as soon as the run exists, waits for the exit, and sets complete (exit 0 and
-the run complete) or failed (with the last lines of the log). At most
-`max_running_jobs` run at once; the others wait as 'queued'. Jobs survive a service restart:
-`JobRunner.recover` adopts those whose subprocess still runs and marks failed those whose
-pid is gone (their run, if any, can be continued with `auditor sample --resume`).
+The service gives the subprocess its job id in the environment (auditor.store.jobs.JOB_ENV);
+the transaction that creates the run also sets the job's run_id, so the job knows its run
+exactly, after a service restart too. A watcher thread per job waits for the exit, marks the
+run failed if the subprocess left it 'running' (auditor.store.runs.fail_abandoned_runs: it
+lost the store lock, or was killed) and sets the job complete (its run complete), cancelled
+(POST .../cancel: the row records the request, so it holds over a restart; the subprocess
+gets SIGINT and marks its run failed, resumable) or failed. At most `max_running_jobs` run
+at once; the others wait as 'queued'. Jobs survive a service restart: `JobRunner.recover`
+adopts those whose subprocess still runs and finishes those whose pid is gone by their run's
+state (a failed run can be continued with `auditor sample --resume`).
+
+What API clients see of a job holds no server paths and no tracebacks (`public_text`): the
+error says what happened in words, and the log is served with every absolute path cut to
+its last part and each traceback replaced by one line (the file on the server keeps all).
 
 Requests are validated with Pydantic (bounds on samples, steps, top-k; mass in (0, 1]; the
 dataset must exist in the store and hold its pixels; a fixed patch size must fit the image);
@@ -27,7 +34,6 @@ import atexit
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,18 +44,19 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from auditor.errors import StoreError
+from auditor.service.limits import MAX_ID, MAX_PIXEL
 from auditor.store import catalog, datasets
 from auditor.store import jobs as job_rows
-from auditor.store.jobs import JOB_STATUSES
+from auditor.store.jobs import CANCEL_REQUESTED, FINISHED, JOB_ENV, JOB_STATUSES
+from auditor.store.runs import fail_abandoned_runs
 
 __all__ = ["JOB_STATUSES", "JobRunner", "MAX_SAMPLES", "MAX_STEPS", "MAX_TOP_K", "SampleJobRequest",
-           "job_command", "lower_priority"]
+           "job_command", "job_outcome", "lower_priority", "public_text"]
 
 MAX_SAMPLES = 64
 MAX_STEPS = 256
 MAX_TOP_K = 1024
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds the auditor package: the checkout, or site-packages
-_RUN_LINE = re.compile(r"^run (\d+): ", re.MULTILINE)
 
 
 class SampleJobRequest(BaseModel):
@@ -58,12 +65,14 @@ class SampleJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["sample"] = "sample"
-    dataset_id: int = Field(ge=1, description="a dataset in the store (GET /api/datasets); its stored pixels are used")
+    dataset_id: int = Field(ge=1, le=MAX_ID,
+                            description="a dataset in the store (GET /api/datasets); its stored pixels are used")
     num_samples: int = Field(4, ge=1, le=MAX_SAMPLES, description="samples to generate (sample i uses seed + i)")
     steps: int = Field(18, ge=1, le=MAX_STEPS, description="sampling steps on the EDM schedule")
     sampler: Literal["euler", "heun"] = "euler"
     denoiser: Literal["pspc-square", "pspc-flex", "empirical"] = "pspc-square"
-    patch_size: int | None = Field(None, ge=1, description="pspc-square only: fixed s x s patches instead of s(t)")
+    patch_size: int | None = Field(None, ge=1, le=MAX_PIXEL,
+                                   description="pspc-square only: fixed s x s patches instead of s(t)")
     seed: int = Field(0, ge=0, le=2**53)
     top_k: int = Field(16, ge=1, le=MAX_TOP_K, description="kept posterior weights per sample and patch")
     mass: float = Field(0.99, gt=0, le=1, description="stop keeping weights once they hold this mass")
@@ -141,6 +150,60 @@ def _log_tail(path: str | os.PathLike | None, max_bytes: int = 4000) -> str:
     return "\n".join(line.split("\r")[-1] for line in text.splitlines())
 
 
+# The folders of an absolute path ("/srv/data/" of "/srv/data/provenance.duckdb"): a "/" that
+# starts a token (not in "1/3", "s/step", "a/b" or a URL's "//host/path"), then name/ parts.
+_FOLDERS = re.compile(r"(?<![\w/.~-])/(?!/)(?:[^\s'\"/:()<>\[\],;=]+/)+")
+_TRACEBACK_STARTS = ("Traceback (most recent call last):", "During handling of the above exception",
+                     "The above exception was the direct cause")
+_FRAME = re.compile(r'^\s+File "[^"]*", line \d+')
+TRACEBACK_OMITTED = "(traceback omitted: the job's log file on the server has it)"
+
+
+def public_text(text: str) -> str:
+    """`text` (a job's log or error) as API clients may see it: each traceback replaced by one
+    line (the exception's own line after it is kept) and every absolute path cut to its last
+    part, so that no server path (store, checkout, virtual environment) leaves the server."""
+    out, in_traceback = [], False
+    for line in text.splitlines():
+        starts = line.startswith(_TRACEBACK_STARTS) or _FRAME.match(line) is not None
+        if starts or (in_traceback and (not line.strip() or line[0].isspace())):
+            if not in_traceback and TRACEBACK_OMITTED not in out[-2:]:
+                out.append(TRACEBACK_OMITTED)
+            in_traceback = True
+            continue
+        in_traceback = False
+        out.append(_FOLDERS.sub("", line))
+    return "\n".join(out)
+
+
+def job_outcome(job: dict, code: int | None, run: dict, log: str, *, cancelled: bool = False,
+                restarted: bool = False) -> tuple[str, str | None]:
+    """(status, error) of a job whose subprocess has ended: complete when its run is complete (the
+    exit status 0, or unknown for a job adopted after a restart), cancelled when it was
+    cancelled, else failed. `code`: the exit status (None: unknown); `run`: JobRunner.progress;
+    `log`: the end of its log. The error names no server path and holds no traceback."""
+    run_id, status = job.get("run_id"), run.get("run_status")
+    if status == "complete" and code in (0, None):
+        return "complete", None
+    steps = f"{run.get('steps_recorded', 0)} of {run.get('steps_planned') or '?'} steps"
+    resume = (f"; continue it with `auditor sample --dataset {job['request'].get('dataset_id')} --resume {run_id}`"
+              if status == "failed" else "")
+    if cancelled:
+        if run_id is None:
+            return "cancelled", "cancelled before its run was created"
+        return "cancelled", f"cancelled after {steps}: run {run_id} is {status}{resume}"
+    if restarted:
+        why = f"the service stopped while the job ran, and its process (pid {job.get('pid')}) is gone"
+    elif code is None:
+        why = "its process is gone"
+    else:
+        why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    what = "no run was created" if run_id is None else f"run {run_id} is {status or 'missing'} after {steps}{resume}"
+    lines = [line for line in public_text(log).splitlines()
+             if line.strip() and not line.startswith("$ ") and line != TRACEBACK_OMITTED]
+    return "failed", f"{why}; {what}" + "".join("\n" + line for line in lines[-5:])
+
+
 _STOPPING = threading.Event()  # set at interpreter exit: watchers end (jobs go on; `recover` adopts them)
 
 
@@ -164,7 +227,6 @@ class JobRunner:
         self._lock = threading.RLock()
         self._procs: dict[int, subprocess.Popen] = {}
         self._watchers: dict[int, threading.Thread] = {}
-        self._cancelled: set[int] = set()
 
     # -- store access ------------------------------------------------------------------
     def get(self, job_id: int) -> dict:
@@ -188,7 +250,8 @@ class JobRunner:
         return out
 
     def log_tail(self, job_id: int, max_bytes: int = 4000) -> str:
-        return _log_tail(self.get(job_id)["log_path"], max_bytes)
+        """The end of the job's log as API clients see it (`public_text`: no paths, no tracebacks)."""
+        return public_text(_log_tail(self.get(job_id)["log_path"], max_bytes))
 
     # -- submitting --------------------------------------------------------------------
     def submit(self, request: SampleJobRequest) -> dict:
@@ -224,7 +287,7 @@ class JobRunner:
         jobs_dir = Path(self.settings.jobs_dir)
         log_path = jobs_dir / f"job-{job_id}.log"
         argv = job_command(request, self.db_path, self.settings.job_lock_timeout, self.settings.python)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{JOB_ENV: str(job_id)})  # the run links itself to the job
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
         try:
             jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +297,7 @@ class JobRunner:
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         env=env, cwd=str(PACKAGE_ROOT), start_new_session=True)
         except OSError as exc:
-            job_rows.finish_job(self.db_path, job_id, "failed", f"could not start the job: {exc}",
+            job_rows.finish_job(self.db_path, job_id, "failed", public_text(f"could not start the job: {exc}"),
                                 timeout=self.timeout)
             return
         lower_priority(proc.pid, int(getattr(self.settings, "job_niceness", 0)))
@@ -248,26 +311,7 @@ class JobRunner:
         watcher.start()
 
     # -- watching ----------------------------------------------------------------------
-    def _find_run(self, job: dict) -> int | None:
-        """The run the job's subprocess created: writer pid = the job's pid, created after the job started."""
-        if job.get("pid") is None or job.get("started_at") is None:
-            return None
-        return job_rows.job_run(self.db_path, job["pid"], socket.gethostname(), job["started_at"], self.timeout)
-
-    def _remember_run(self, job_id: int) -> int | None:
-        try:
-            job = self.get(job_id)
-            if job["run_id"] is not None:
-                return job["run_id"]
-            run_id = self._find_run(job)
-            if run_id is not None:
-                job_rows.set_job_run(self.db_path, job_id, run_id, self.timeout)
-            return run_id
-        except StoreError:  # the store is busy: try again at the next poll
-            return None
-
     def _watcher(self, job_id: int, pid: int, proc: subprocess.Popen | None) -> None:
-        run_id = None
         while True:
             if _STOPPING.is_set():
                 return
@@ -282,8 +326,6 @@ class JobRunner:
                     code = None
                     break
                 time.sleep(0.5)
-            if run_id is None:
-                run_id = self._remember_run(job_id)
         self._finish(job_id, code)
         with self._lock:
             self._procs.pop(job_id, None)
@@ -293,36 +335,24 @@ class JobRunner:
         except StoreError:
             pass
 
-    def _finish(self, job_id: int, code: int | None) -> None:
-        """Record the outcome: complete when the subprocess exited 0 and its run is complete."""
+    def _finish(self, job_id: int, code: int | None, restarted: bool = False) -> None:
+        """Record the outcome of a job whose subprocess has ended (`job_outcome`), after marking
+        its run failed if the subprocess left it 'running' (it lost the store lock, or was killed)."""
         for attempt in range(20):  # the store may be busy; the outcome must not be lost
             try:
-                run_id = self._remember_run(job_id)
+                fail_abandoned_runs(self.db_path, timeout=self.timeout)
                 job = self.get(job_id)
-                tail = _log_tail(job["log_path"])
-                if run_id is None:
-                    match = _RUN_LINE.findall(tail)
-                    run_id = int(match[-1]) if match else None
-                run_status = self.progress({**job, "run_id": run_id})["run_status"]
-                if code == 0 and run_status == "complete":
-                    status, error = "complete", None
-                else:
-                    status = "failed"
-                    lines = [line for line in tail.splitlines() if line.strip()]
-                    why = "cancelled" if job_id in self._cancelled else (
-                        f"exit status {code}" if code is not None else "the subprocess is gone")
-                    error = f"{why}; run {run_id}: {run_status or 'not created'}"
-                    if lines:
-                        error += "\n" + "\n".join(lines[-5:])
-                job_rows.finish_job(self.db_path, job_id, status, error, run_id=run_id, timeout=self.timeout)
+                status, error = job_outcome(job, code, self.progress(job), _log_tail(job["log_path"]),
+                                            cancelled=job["error"] == CANCEL_REQUESTED, restarted=restarted)
+                job_rows.finish_job(self.db_path, job_id, status, error, only_if="running", timeout=self.timeout)
                 return
             except StoreError:
                 time.sleep(min(0.1 * 2 ** attempt, 5.0))
 
     # -- restart and cancel ------------------------------------------------------------
     def recover(self) -> None:
-        """At service start: adopt running jobs whose subprocess still runs, fail those whose pid is gone,
-        and start queued jobs."""
+        """At service start: adopt running jobs whose subprocess still runs, finish those whose pid
+        is gone by their run's state, and start queued jobs."""
         for job in job_rows.running_jobs(self.db_path, self.timeout):
             if job["id"] in self._procs:
                 continue
@@ -331,22 +361,18 @@ class JobRunner:
                     self._procs[job["id"]] = None  # counts as running
                 self._watch(job["id"], job["pid"], None)
                 continue
-            run_id = job["run_id"] if job["run_id"] is not None else self._find_run(job)
-            hint = (f"; continue its run with `auditor sample --dataset {job['request'].get('dataset_id')} "
-                    f"--resume {run_id}`" if run_id is not None else "")
-            job_rows.finish_job(self.db_path, job["id"], "failed",
-                                f"the service stopped while the job ran (pid {job['pid']} is gone){hint}",
-                                run_id=run_id, only_if="running", timeout=self.timeout)
+            self._finish(int(job["id"]), None, restarted=True)
         self._start_queued()
 
     def cancel(self, job_id: int) -> dict:
-        """Cancel a queued job, or interrupt a running one (its run is marked failed and can be resumed)."""
+        """Cancel a queued job, or interrupt a running one (its run is marked failed and can be
+        resumed; the job ends 'cancelled' once its subprocess has stopped)."""
         job = self.get(job_id)
         if job["status"] == "queued":
-            job_rows.finish_job(self.db_path, job_id, "failed", "cancelled before it started", only_if="queued",
+            job_rows.finish_job(self.db_path, job_id, "cancelled", "cancelled before it started", only_if="queued",
                                 timeout=self.timeout)
         elif job["status"] == "running":
-            self._cancelled.add(int(job_id))
+            job_rows.request_cancel(self.db_path, job_id, self.timeout)  # kept over a service restart
             if _pid_running_job(job["pid"]):
                 os.kill(int(job["pid"]), signal.SIGINT)  # the CLI marks the run failed and exits
         else:
@@ -354,10 +380,11 @@ class JobRunner:
         return self.get(job_id)
 
     def wait(self, job_id: int, timeout: float) -> dict:
-        """Block until the job is complete or failed (for tests and scripts); returns the row."""
+        """Block until the job has finished (complete, failed or cancelled; for tests and scripts);
+        returns the row."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.get(job_id)
-            if job["status"] in ("complete", "failed") or time.monotonic() > deadline:
+            if job["status"] in FINISHED or time.monotonic() > deadline:
                 return job
             time.sleep(0.1)

@@ -405,8 +405,10 @@ def connect(path: str | os.PathLike, read_only: bool = False, timeout: float = D
             raise
         conn.execute("COMMIT")
     finally:
-        conn.close()
-        _GATE.leave(entered)
+        try:
+            conn.close()
+        finally:  # even when a Ctrl-C lands in close(): a gate left entered would refuse this thread's next open
+            _GATE.leave(entered)
 
 
 def engine(path: str | os.PathLike, read_only: bool = False, timeout: float = DEFAULT_TIMEOUT):

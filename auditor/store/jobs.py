@@ -1,15 +1,17 @@
 """Job rows (table ``jobs``): work submitted to the report service, run by a subprocess.
 
-A job goes queued -> running -> complete | failed. auditor.service.jobs.JobRunner starts
-and watches the subprocesses; this module reads and writes the rows, and finds the run a
-job's subprocess records (by the writer host and pid that `auditor sample` stores in
-``runs.writer``). Rows are dicts with the columns of JOB_COLUMNS, ``request`` decoded.
+A job goes queued -> running -> complete | failed | cancelled. auditor.service.jobs.JobRunner
+starts and watches the subprocesses; this module reads and writes the rows. The subprocess
+learns its job id from the environment (JOB_ENV, `job_of_this_process`) and
+auditor.store.runs.create_run sets the job's run_id in the transaction that creates the run,
+so the service knows the run exactly (after a restart too). A cancel of a running job is
+recorded in its row (`request_cancel`) before the subprocess is signalled. Rows are dicts
+with the columns of JOB_COLUMNS, ``request`` decoded.
 """
 
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
 
 from auditor.errors import InternalError, NotFoundError, StoreError
 from auditor.store import database
@@ -17,8 +19,13 @@ from auditor.store.database import json_value
 from auditor.store.recorder import utcnow
 from auditor.store.schema import JOB_STATUSES
 
-__all__ = ["JOB_COLUMNS", "JOB_STATUSES", "finish_job", "get_job", "insert_job", "job_run", "list_jobs",
-           "mark_running", "oldest_queued", "run_progress", "running_jobs", "set_job_run"]
+__all__ = ["CANCEL_REQUESTED", "FINISHED", "JOB_COLUMNS", "JOB_ENV", "JOB_STATUSES", "finish_job", "get_job", "insert_job",
+           "job_of_this_process", "list_jobs", "mark_running", "oldest_queued", "request_cancel", "run_progress",
+           "running_jobs"]
+
+JOB_ENV = "AUDITOR_JOB_ID"  # set by the service in a job's subprocess: the job it runs
+FINISHED = ("complete", "failed", "cancelled")
+CANCEL_REQUESTED = "cancel requested: waiting for its process to stop"  # a running job's error once cancelled
 
 JOB_COLUMNS = ("id", "kind", "status", "request", "run_id", "pid", "log_path", "created_at", "started_at",
                "finished_at", "error")
@@ -84,13 +91,10 @@ def run_progress(db_path: str | os.PathLike, run_id: int,
     return (rows[0][0], rows[0][1], int(rows[0][2])) if rows else None
 
 
-def job_run(db_path: str | os.PathLike, pid: int, host: str, since: datetime,
-            timeout: float = database.DEFAULT_TIMEOUT) -> int | None:
-    """The newest run written by process `pid` on `host` and created after `since` (less a second), or None."""
-    rows = _read(db_path, timeout, "SELECT id FROM runs WHERE CAST(json_extract(writer, '$.pid') AS BIGINT) = ? "
-                 "AND json_extract_string(writer, '$.host') = ? AND created_at >= ? ORDER BY id DESC LIMIT 1",
-                 [int(pid), host, since - timedelta(seconds=1)])
-    return int(rows[0][0]) if rows else None
+def job_of_this_process() -> int | None:
+    """The job this process runs for the service (JOB_ENV), or None outside a job."""
+    value = os.environ.get(JOB_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,18 +114,19 @@ def mark_running(db_path: str | os.PathLike, job_id: int, pid: int, log_path: st
            [int(pid), str(log_path), utcnow(), int(job_id)])
 
 
-def set_job_run(db_path: str | os.PathLike, job_id: int, run_id: int,
-                timeout: float = database.DEFAULT_TIMEOUT) -> None:
-    """Record the job's run (once: a run id already set is kept)."""
-    _write(db_path, timeout, "UPDATE jobs SET run_id = ? WHERE id = ? AND run_id IS NULL", [int(run_id), int(job_id)])
+def request_cancel(db_path: str | os.PathLike, job_id: int, timeout: float = database.DEFAULT_TIMEOUT) -> None:
+    """Record that a running job was cancelled (its error says so until it has stopped), so that
+    it ends 'cancelled' even if the service restarts meanwhile."""
+    _write(db_path, timeout, "UPDATE jobs SET error = ? WHERE id = ? AND status = 'running'",
+           [CANCEL_REQUESTED, int(job_id)])
 
 
 def finish_job(db_path: str | os.PathLike, job_id: int, status: str, error: str | None, *, run_id: int | None = None,
                only_if: str | None = None, timeout: float = database.DEFAULT_TIMEOUT) -> None:
     """Set the job's final `status` and `error`, now, and its run id unless it has one.
     `only_if`: change the row only while its status is that (e.g. 'queued' for a cancel)."""
-    if status not in ("complete", "failed"):
-        raise InternalError(f"a job finishes complete or failed, not {status!r}")
+    if status not in FINISHED:
+        raise InternalError(f"a job finishes {', '.join(FINISHED)}, not {status!r}")
     _write(db_path, timeout, "UPDATE jobs SET status = ?, error = ?, run_id = coalesce(run_id, ?), finished_at = ? "
            "WHERE id = ? AND (? IS NULL OR status = ?)",
            [status, error, run_id, utcnow(), int(job_id), only_if, only_if])

@@ -15,7 +15,9 @@ and writes them in ONE transaction (`auditor.store.database.connect`: open, inse
 so readers in other processes get the file between steps. A patch set is stored once per
 database (by fingerprint) in the transaction of the first step that uses it. The last
 step's transaction also writes the final images and marks the run complete, so a run is
-complete exactly when all its data is there.
+complete exactly when all its data is there. A step whose transaction cannot get the lock
+within the timeout raises LockedError naming the step ("the writer lost the store lock at
+step N of run R"), which the workflow records as the run's error (auditor.store.runs.mark_failed).
 
 `ExplainedRecorder` records a network's trajectory the same way, with the network's own
 D(z_t) and its distance to PSPC's in step_agreement (auditor.workflows.comparison, audit).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -37,7 +40,7 @@ from pspc.posterior.attribution import contributions, patch_shares, share_totals
 from pspc.posterior.patch_sets import PatchSet
 from pspc.posterior.weights import PosteriorWeights
 
-from auditor.errors import InternalError, StoreError, UserError
+from auditor.errors import InternalError, LockedError, StoreError, UserError
 from auditor.store import database
 
 __all__ = ["ExplainedRecorder", "ProvenanceRecorder", "blobs", "from_blob", "insert_table", "patch_set_fingerprint",
@@ -249,7 +252,7 @@ class ProvenanceRecorder:
         if last:  # exactly the sampler's last update (t_next = 0: no Heun correction)
             final = z + (t_next - t) * ((z - denoised) / t)
         new_ids: dict[int, tuple[_PatchSetInfo, int]] = {}
-        with database.connect(self.db_path, timeout=self.timeout) as conn:
+        with self._transaction(step) as conn:
             for index, group, info in groups:
                 key = id(group.patch_set)
                 if key in self._patch_sets:
@@ -283,6 +286,17 @@ class ProvenanceRecorder:
         self.rows_written += steps.num_rows + weight_rows.num_rows + stat_rows.num_rows + share_rows.num_rows
         self.steps_written.append(step)
         self.step_seconds.append(time.perf_counter() - started)
+
+    @contextmanager
+    def _transaction(self, step: int):
+        """The step's one transaction. When the lock cannot be had within the timeout the
+        LockedError names the step and run (what the run's error then says)."""
+        try:
+            with database.connect(self.db_path, timeout=self.timeout) as conn:
+                yield conn
+        except LockedError as exc:
+            raise LockedError(f"the writer lost the store lock at step {step} of run {self.run_id} (nothing of "
+                              f"that step was written): {exc}") from None
 
     def _write_extras(self, conn, step: int) -> None:
         """Rows that belong in this step's transaction besides the attribution (subclasses:

@@ -3,10 +3,14 @@
 A run's life: inserted as 'running' by `create_run` (full configuration, versions, writer
 host and pid, one samples row per sample with its seed) -> one transaction per sampling
 step (auditor.store.recorder) -> the last step's transaction stores the final images and
-sets 'complete'. Any exception sets 'failed' with `error_text` (`mark_failed`). A writer
-killed outright leaves 'running'; `run_summaries` shows that as "running (writer pid N
-gone)" when the pid no longer exists on this host, and `reopen_run` prepares a failed or
-orphaned run to continue from its last fully recorded step.
+sets 'complete'. Any exception sets 'failed' with `error_text` (`mark_failed`, which waits
+up to FAIL_WAIT seconds for a lock held by another process and, if even that fails, leaves
+the reason in a note beside the store, `<store>.run-N.failed`). A writer killed outright, or
+one that could not mark its run, leaves 'running': `fail_abandoned_runs` (at the start of
+every new run, of every resume, and in the report service) marks failed each 'running' run
+whose writer is known to be gone (same host; its pid free, a zombie, or reused by a process
+started at another time; or another boot), with the note's reason or "writer gone".
+`reopen_run` prepares a failed or orphaned run to continue from its last fully recorded step.
 
 Readers call `read_run` instead of writing their own `runs JOIN datasets` query.
 """
@@ -17,16 +21,20 @@ import json
 import os
 import socket
 import traceback
+from pathlib import Path
 
 from auditor.errors import InternalError, NotFoundError
 from auditor.store import database, schema as models
 from auditor.store.database import json_value
 from auditor.store.recorder import from_blob, utcnow, write_final_images
-from pspc.record import package_version, versions as engine_versions
+from pspc.record import SOURCE_TREE, package_version, versions as engine_versions
 
-__all__ = ["DATASET_COLUMNS", "RUN_COLUMNS", "check_sample_index", "complete_samples_only", "create_run",
-           "error_text", "find_complete_run", "load_run", "mark_failed", "pid_alive", "read_run", "remaining_steps",
-           "reopen_run", "run_summaries", "versions", "writer", "writer_alive"]
+__all__ = ["DATASET_COLUMNS", "FAIL_WAIT", "RUN_COLUMNS", "check_sample_index", "complete_samples_only",
+           "create_run", "error_text", "fail_abandoned_runs", "failure_note", "find_complete_run", "interruption",
+           "load_run", "mark_failed", "pid_alive", "read_run", "remaining_steps", "reopen_run", "run_summaries",
+           "versions", "writer", "writer_alive", "writer_gone"]
+
+FAIL_WAIT = 60.0  # seconds mark_failed waits for the lock at least (a step's write may have failed on it)
 
 RUN_COLUMNS = ("id", "status", "dataset_id", "denoiser", "sampler", "seed", "num_samples", "top_k", "mass_threshold",
                "versions", "command", "writer", "created_at", "finished_at", "timings", "error", "kind", "details",
@@ -124,9 +132,33 @@ def versions() -> dict:
             "sqlalchemy": sqlalchemy.__version__, "pspc-auditor": package_version("pspc-auditor", None)}
 
 
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _process_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks since boot) of process `pid` from /proc, or None where unknown."""
+    try:
+        text = Path(f"/proc/{int(pid)}/stat").read_text()
+        fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": the name may hold spaces
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def writer() -> dict:
-    """This process as a run's writer: host and pid."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """This process as a run's writer: host and pid, and (on Linux) the boot id and the process's
+    start time, which tell the writer from a later process that got the same pid."""
+    record = {"host": socket.gethostname(), "pid": os.getpid()}
+    boot, stat = _boot_id(), _process_stat(os.getpid())
+    if boot:
+        record["boot"] = boot
+    if stat is not None:
+        record["started"] = stat[1]
+    return record
 
 
 def pid_alive(pid: int) -> bool:
@@ -142,18 +174,71 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _ended(record: dict) -> bool:
+    """Whether the writer `record` names (a process of this host) has ended: its boot is over, its
+    pid is free or a zombie, or the pid belongs to a process started at another time."""
+    boot, now = record.get("boot"), _boot_id()
+    if boot and now and boot != now:
+        return True
+    try:
+        pid = int(record.get("pid", -1))
+    except (TypeError, ValueError):
+        return False  # not a record we can judge: never fail a run on it
+    if pid <= 0:
+        return False
+    if not pid_alive(pid):
+        return True
+    stat = _process_stat(pid)
+    if stat is None:  # no /proc: the pid exists, count it alive
+        return False
+    state, started = stat
+    return state in ("Z", "X") or (record.get("started") is not None and record["started"] != started)
+
+
+def _this_host(record: dict | None) -> bool:
+    return bool(record) and isinstance(record, dict) and record.get("host") == socket.gethostname()
+
+
 def writer_alive(record: dict | None) -> bool:
-    """Whether a run's writer (host, pid) is a live process on this host."""
-    return bool(record) and record.get("host") == socket.gethostname() and pid_alive(int(record.get("pid", -1)))
+    """Whether a run's writer (host, pid, ...) is a live process on this host."""
+    return _this_host(record) and not _ended(record)
+
+
+def writer_gone(record: dict | None) -> bool:
+    """Whether a run's writer is known to have ended: a process of this host that no longer runs
+    (another host's writer cannot be checked: never gone)."""
+    return _this_host(record) and _ended(record)
+
+
+def interruption(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind `exc`: itself, or the cause of the SystemError that a Ctrl-C
+    (or a job's cancel) arriving inside numba's compiled code turns into ("CPUDispatcher(...)
+    returned a result with an exception set"); None for any other error."""
+    for _ in range(16):
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        if not isinstance(exc, SystemError):
+            return None
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _where(frame: traceback.FrameSummary) -> str:
+    """A frame's file and line, relative to the source tree (no server paths in runs.error)."""
+    path = Path(frame.filename)
+    try:
+        shown = path.resolve().relative_to(SOURCE_TREE).as_posix()
+    except (OSError, ValueError):
+        shown = path.name
+    return f" (at {shown}:{frame.lineno})"
 
 
 def error_text(exc: BaseException) -> str:
     """What runs.error holds: the exception and where it was raised."""
-    if isinstance(exc, KeyboardInterrupt):
+    if interruption(exc) is not None:
         return "interrupted (KeyboardInterrupt)"
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    return f"{type(exc).__name__}: {exc}{_where(last[0]) if last else ''}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -161,13 +246,17 @@ def error_text(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------
 def create_run(db_path, dataset_id: int, *, denoiser: dict, sampler: dict, seed: int, num_samples: int, top_k: int,
                mass: float, command: list[str] | None = None, kind: str = "pspc", network_id: int | None = None,
-               details: dict | None = None, comparison: tuple[int, str] | None = None,
+               details: dict | None = None, comparison: tuple[int, str] | None = None, job_id: int | None = None,
                timeout: float = database.DEFAULT_TIMEOUT) -> int:
     """Insert a run as 'running' (its configuration, versions, writer host and pid) with one
     samples row per sample (seed + i), in one transaction; returns the run id. kind: one of
-    schema.RUN_KINDS; comparison: (comparison id, role) links the run to a comparison."""
+    schema.RUN_KINDS; comparison: (comparison id, role) links the run to a comparison; job_id:
+    the service's job this process runs, whose run_id is set in the same transaction (so the
+    service knows its run exactly). Runs abandoned by writers that are gone are marked failed
+    first (`fail_abandoned_runs`)."""
     if kind not in models.RUN_KINDS:
         raise InternalError(f"unknown run kind {kind!r}; one of {', '.join(models.RUN_KINDS)}")
+    fail_abandoned_runs(db_path, timeout=timeout)
     with database.session(db_path, timeout=timeout) as s:
         run = models.Run(dataset_id=dataset_id, status="running", denoiser=denoiser, sampler=sampler, seed=seed,
                          num_samples=num_samples, top_k=top_k, mass_threshold=mass, versions=versions(),
@@ -179,25 +268,89 @@ def create_run(db_path, dataset_id: int, *, denoiser: dict, sampler: dict, seed:
         s.add_all([models.Sample(run_id=run_id, sample_index=i, seed=seed + i) for i in range(num_samples)])
         if comparison is not None:
             s.add(models.ComparisonRun(comparison_id=int(comparison[0]), role=str(comparison[1]), run_id=run_id))
+        if job_id is not None:
+            from sqlalchemy import update
+
+            s.execute(update(models.Job).where(models.Job.id == int(job_id), models.Job.run_id.is_(None))
+                      .values(run_id=run_id))
     return run_id
 
 
-def mark_failed(db_path, run_id: int, exc: BaseException, timeout: float = database.DEFAULT_TIMEOUT) -> None:
+def failure_note(db_path, run_id: int) -> Path:
+    """Where a writer that could not mark its run failed leaves the reason: `<store>.run-N.failed`."""
+    path = Path(db_path)
+    return path.with_name(f"{path.name}.run-{int(run_id)}.failed")
+
+
+def mark_failed(db_path, run_id: int, exc: BaseException, timeout: float = database.DEFAULT_TIMEOUT,
+                wait: float | None = None) -> None:
     """Set 'failed' with the error text, in its own short transaction (never over 'complete').
-    A failure to do so is added to `exc` as a note: the original error matters more."""
+
+    Waits for the lock up to max(timeout, `wait`) seconds (default FAIL_WAIT): the error may be
+    that a step's write found the store locked. If even that fails (or a second Ctrl-C stops
+    the wait), the reason is left in `failure_note` for `fail_abandoned_runs` to record once
+    this process is gone, and the failure is added to `exc` as a note: the original error
+    matters more."""
+    text = error_text(exc)
     try:
-        with database.connect(db_path, timeout=timeout) as conn:
+        with database.connect(db_path, timeout=max(timeout, FAIL_WAIT if wait is None else wait)) as conn:
             conn.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ? "
-                         "WHERE id = ? AND status = 'running'", [error_text(exc), utcnow(), run_id])
-    except Exception as inner:  # noqa: BLE001 - the original error matters more; keep it
+                         "WHERE id = ? AND status = 'running'", [text, utcnow(), run_id])
+    except BaseException as inner:  # noqa: BLE001 - KeyboardInterrupt too: the original error matters more
+        try:
+            failure_note(db_path, run_id).write_text(json.dumps({"pid": os.getpid(), "error": text}))
+        except OSError:
+            pass
         exc.add_note(f"(could not mark run {run_id} failed: {inner})")
+
+
+def _abandoned_reason(db_path, run_id: int, record: dict, steps: int, planned) -> str:
+    """The reason the writer left in its failure note, else that it is gone, with the steps recorded."""
+    note = failure_note(db_path, run_id)
+    try:
+        left = json.loads(note.read_text())
+        if left.get("pid") == record.get("pid") and left.get("error"):
+            return f"{left['error']} (recorded after the writer exited)"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return (f"writer gone: process {record.get('pid')} on {record.get('host')} ended without finishing the run "
+            f"(killed, or it lost the store lock), after {steps} of {planned or '?'} steps")
+
+
+def fail_abandoned_runs(db_path, *, timeout: float = database.DEFAULT_TIMEOUT) -> list[int]:
+    """Mark failed every 'running' run whose writer is known to be gone (`writer_gone`), with the
+    reason its failure note gives, else "writer gone ..."; returns their ids. A run whose writer
+    may still run (alive, another host, no record) is left alone; so is one resumed meanwhile
+    (its writer changed). Such runs stay resumable (`reopen_run`)."""
+    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+        rows = conn.execute("SELECT id, CAST(writer AS VARCHAR), num_samples, "
+                            "CAST(json_extract(sampler, '$.num_steps') AS INTEGER) FROM runs "
+                            "WHERE status = 'running'").fetchall()
+    gone = [row for row in rows if writer_gone(json_value(row[1]))]
+    if not gone:
+        return []
+    failed = []
+    with database.connect(db_path, timeout=timeout) as conn:
+        for run_id, record, num_samples, planned in gone:
+            steps = _recorded_steps(conn, run_id, num_samples) + 1
+            reason = _abandoned_reason(db_path, run_id, json_value(record), steps, planned)
+            changed = conn.execute("UPDATE runs SET status = 'failed', error = ?, finished_at = ? WHERE id = ? "
+                                   "AND status = 'running' AND CAST(writer AS VARCHAR) = ?",
+                                   [reason, utcnow(), run_id, record]).fetchall()
+            if changed and changed[0][0]:
+                failed.append(int(run_id))
+    for run_id in failed:
+        failure_note(db_path, run_id).unlink(missing_ok=True)
+    return failed
 
 
 def reopen_run(db_path, run_id: int, num_samples: int, shape, *, timeout: float = database.DEFAULT_TIMEOUT):
     """Prepare an interrupted run to continue, in one transaction: delete the rows of every
     step not recorded for all samples, set it 'running' with this process as writer.
     Returns (done, z, denoised): the last fully recorded step (-1: none) and its stored z_t
-    and D(z_t) [B, C, H, W] (None when done is -1)."""
+    and D(z_t) [B, C, H, W] (None when done is -1). Abandoned runs are marked failed first, and
+    the run's failure note, if any, is removed (it no longer applies)."""
+    fail_abandoned_runs(db_path, timeout=timeout)
     with database.connect(db_path, timeout=timeout) as conn:
         done = _recorded_steps(conn, run_id, num_samples)
         for table in STEP_TABLES:
@@ -208,6 +361,7 @@ def reopen_run(db_path, run_id: int, num_samples: int, shape, *, timeout: float 
                                 "ORDER BY sample_index", [run_id, done]).fetchall()
         conn.execute("UPDATE runs SET status = 'running', error = NULL, finished_at = NULL, writer = ? WHERE id = ?",
                      [json.dumps(writer()), run_id])
+    failure_note(db_path, run_id).unlink(missing_ok=True)
     if rows is None:
         return done, None, None
     import torch
@@ -233,8 +387,8 @@ def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = da
     """One dict per run (newest first): id, dataset_id, dataset (name), status, denoiser
     (kind), samples, steps (recorded / planned), created_at, finished_at, seconds, error,
     kind (pspc, network-explained, samples-only, external-audit). A 'running' run whose
-    writer pid is gone on this host shows as
-    "running (writer pid N gone)". Unknown dataset_id -> NotFoundError."""
+    writer is gone (`writer_gone`) shows as "running (writer pid N gone)" (reading marks
+    nothing). Unknown dataset_id -> NotFoundError."""
     database.require_current(db_path, timeout)
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
         if dataset_id is not None and not conn.execute("SELECT 1 FROM datasets WHERE id = ?",
@@ -248,13 +402,12 @@ def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = da
             LEFT JOIN (SELECT run_id, count(DISTINCT step) AS steps FROM steps GROUP BY run_id) s ON s.run_id = r.id
             WHERE ? IS NULL OR r.dataset_id = ?
             ORDER BY r.id DESC""", [dataset_id, dataset_id]).fetchall()
-    host = socket.gethostname()
     out = []
     for (run_id, ds_id, ds_name, status, denoiser, num_samples, sampler, steps, created, finished, timings, writer_,
          error, kind) in rows:
         denoiser, sampler, timings, writer_ = (json_value(v) for v in (denoiser, sampler, timings, writer_))
         shown = status
-        if status == "running" and writer_ and writer_.get("host") == host and not pid_alive(int(writer_["pid"])):
+        if status == "running" and writer_gone(writer_):
             shown = f"running (writer pid {writer_['pid']} gone)"
         seconds = (timings or {}).get("total")
         if seconds is None and finished is not None and created is not None:

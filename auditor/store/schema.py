@@ -182,7 +182,7 @@ step_shares = Table(
 # Report service (revision 0004).
 API_KEY_IDS = Sequence("api_key_ids")
 JOB_IDS = Sequence("job_ids")
-JOB_STATUSES = ("queued", "running", "complete", "failed")
+JOB_STATUSES = ("queued", "running", "complete", "failed", "cancelled")
 
 
 class ApiKey(Base):

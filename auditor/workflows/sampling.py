@@ -3,9 +3,12 @@
 A run's life (auditor.store.runs): inserted as 'running' -> one transaction per sampling
 step (auditor.store.recorder) -> the last step's transaction stores the final images and
 sets 'complete'. Any exception, Ctrl-C included, sets 'failed' with the error text (and
-re-raises). A writer killed outright leaves 'running'; `run_summaries` shows that as
-"running (writer pid N gone)" when the pid no longer exists on this host, and
-`resume_run` continues it (or a failed run) from its last recorded step.
+re-raises; a Ctrl-C that numba's compiled code turned into a SystemError is re-raised as
+the KeyboardInterrupt it is). A writer killed outright leaves 'running'; `run_summaries`
+shows that as "running (writer pid N gone)", the next run or resume on the store marks it
+failed (auditor.store.runs.fail_abandoned_runs), and `resume_run` continues it (or any
+failed run) from its last recorded step. In a job of the report service the run is linked
+to its job when it is created (auditor.store.jobs.job_of_this_process).
 
 The sampling itself is the engine's one PF-ODE loop, `pspc.samplers.sample`.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from typing import NoReturn
 
 from pspc.data.training_set import TrainingSet
 from pspc.denoisers import Denoiser, PSPCDenoiser, build_denoiser
@@ -23,8 +27,9 @@ from pspc.samplers import SamplerConfig, initial_noise, sample, sampler_step
 
 from auditor.errors import StoreError, UserError
 from auditor.store import database, datasets
+from auditor.store.jobs import job_of_this_process
 from auditor.store.recorder import ProvenanceRecorder
-from auditor.store.runs import create_run, load_run, mark_failed, reopen_run, writer_alive
+from auditor.store.runs import create_run, interruption, load_run, mark_failed, reopen_run, writer_alive
 from auditor.workflows.options import RECORDABLE_KINDS, Runtime, SamplingOptions
 
 __all__ = ["RECORDABLE_KINDS", "SamplingOptions", "chain", "check_kind", "record_sampling_run", "resume_run",
@@ -84,6 +89,7 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, options: Sampling
     run_id = create_run(db_path, dataset_id, denoiser=denoiser.describe(), sampler=sampler_record(config),
                         seed=options.seed, num_samples=options.num_samples, top_k=options.top_k, mass=options.mass,
                         command=runtime.command, timeout=runtime.timeout, comparison=comparison,
+                        job_id=job_of_this_process(),
                         details=None if comparison is None else {"comparison_id": comparison[0],
                                                                  "role": comparison[1]})
     started = time.perf_counter()
@@ -93,9 +99,18 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, options: Sampling
         z = initial_noise(options.num_samples, training_set.image_shape, options.seed, config.t_max, runtime.device)
         sample(denoiser, z, config, callback=chain(recorder, callback), request=request, progress=runtime.progress)
     except BaseException as exc:
-        mark_failed(db_path, run_id, exc, runtime.timeout)
-        raise
+        _fail(db_path, run_id, exc, runtime.timeout)
     return run_id
+
+
+def _fail(db_path, run_id: int, exc: BaseException, timeout: float) -> NoReturn:
+    """Mark the run failed and re-raise: a Ctrl-C as the KeyboardInterrupt it is (numba's compiled
+    code turns one into a SystemError), anything else as it came."""
+    mark_failed(db_path, run_id, exc, timeout)
+    interrupt = interruption(exc)
+    if interrupt is not None and interrupt is not exc:
+        raise interrupt from None
+    raise exc
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,6 +182,5 @@ def resume_run(db_path, run_id: int, training_set: TrainingSet, *, runtime: Runt
         sample(denoiser, z, config, callback=chain(recorder, callback), request=request, progress=runtime.progress,
                start=done + 1)
     except BaseException as exc:
-        mark_failed(db_path, run_id, exc, runtime.timeout)
-        raise
+        _fail(db_path, run_id, exc, runtime.timeout)
     return int(run_id)

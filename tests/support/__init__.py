@@ -9,5 +9,6 @@ from a conftest.py (which holds only the fixtures, built from these helpers).
              a study result, SQL fetches
   networks   tiny networks (the EDM U-Net, a fast random denoiser, a Gaussian one, SSCD stand-ins)
   cli        running `auditor` in-process
+  jobs       waiting for a report-service job to finish
   pages      HTML page checks and where artifacts go
 """

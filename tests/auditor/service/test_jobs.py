@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from auditor.service.jobs import SampleJobRequest, job_command
 from auditor.store.recorder import utcnow
 from auditor.service.app import ServiceSettings, create_app
 from tests.support.data import fashion_mnist
+from tests.support.jobs import wait_for_job
 
 JOB_TIMEOUT = 240  # seconds: a 1-sample, 3-step run on 200 images (most of it is importing torch)
 
@@ -31,14 +31,7 @@ def store(tmp_path) -> Path:
 
 
 def wait_for(client: TestClient, job_id: int, timeout: float = JOB_TIMEOUT) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] in ("complete", "failed"):
-            return job
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} still {job['status']} after {timeout} s: {job}")
-        time.sleep(0.25)
+    return wait_for_job(client, job_id, timeout)
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,7 +94,7 @@ def test_jobs_run_in_a_subprocess_queue_and_cancel(store):
     second = client.post("/api/jobs", json={**body, "seed": 5}).json()
     assert second["status"] == "queued"
     cancelled = client.post("/api/jobs/2/cancel").json()
-    assert cancelled["status"] == "failed" and "cancelled" in cancelled["error"]
+    assert cancelled["status"] == "cancelled" and cancelled["error"] == "cancelled before it started"
     third = client.post("/api/jobs", json={**body, "seed": 6}).json()
     assert third["status"] == "queued"
 
@@ -122,7 +115,8 @@ def test_jobs_run_in_a_subprocess_queue_and_cancel(store):
     assert last["status"] == "complete" and last["run_id"] != done["run_id"]
     listing = client.get("/api/jobs", params={"limit": 2}).json()
     assert listing["total"] == 3 and [j["id"] for j in listing["items"]] == [3, 2] and listing["next"]
-    assert client.get("/api/jobs", params={"status": "failed"}).json()["total"] == 1
+    assert client.get("/api/jobs", params={"status": "cancelled"}).json()["total"] == 1
+    assert client.get("/api/jobs", params={"status": "failed"}).json()["total"] == 0
     assert client.get("/api/jobs", params={"status": "nope"}).status_code == 400
     assert client.post("/api/jobs/1/cancel").status_code == 400  # already complete
 

@@ -127,3 +127,30 @@ def test_truncated_store_is_refused_and_left_unchanged(tmp_path, capsys, command
         with database.connect(half, read_only=True):
             pass
     assert half.read_bytes() == before
+
+
+class _InterruptedClose:
+    """A duckdb connection whose close() is hit by a Ctrl-C (after closing)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def close(self):
+        self.conn.close()
+        raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_while_closing_leaves_the_file_openable_in_this_thread(store, monkeypatch):
+    """A Ctrl-C (a job's cancel) that lands in close() must not leave this thread holding the
+    read-write configuration: marking the run failed and reading afterwards still work."""
+    real = database.open_raw
+    monkeypatch.setattr(database, "open_raw", lambda *args, **kwargs: _InterruptedClose(real(*args, **kwargs)))
+    with pytest.raises(KeyboardInterrupt):
+        with database.connect(store) as conn:
+            conn.execute("SELECT 1")
+    monkeypatch.undo()
+    with database.connect(store, read_only=True, timeout=0.5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
