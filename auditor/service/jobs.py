@@ -49,6 +49,7 @@ from auditor.store import catalog, datasets
 from auditor.store import jobs as job_rows
 from auditor.store.jobs import CANCEL_REQUESTED, FINISHED, JOB_ENV, JOB_STATUSES
 from auditor.store.runs import fail_abandoned_runs
+from auditor.workflows.options import SamplingOptions
 
 __all__ = ["JOB_STATUSES", "JobRunner", "MAX_SAMPLES", "MAX_STEPS", "MAX_TOP_K", "SampleJobRequest",
            "job_command", "job_outcome", "lower_priority", "public_text"]
@@ -79,10 +80,15 @@ class SampleJobRequest(BaseModel):
     xflip: bool = Field(True, description="include the mirrored training images")
 
     @model_validator(mode="after")
-    def _patch_size_needs_square(self):
-        if self.patch_size is not None and self.denoiser != "pspc-square":
-            raise ValueError(f"patch_size applies to denoiser pspc-square, not {self.denoiser}")
+    def _valid_options(self):
+        self.options()  # THE validation of a sampling request, shared with `auditor sample`
         return self
+
+    def options(self) -> SamplingOptions:
+        """The request as the workflow's options (raises UserError, a ValueError, when invalid)."""
+        return SamplingOptions(denoiser_kind=self.denoiser, patch_size=self.patch_size, num_samples=self.num_samples,
+                               steps=self.steps, sampler=self.sampler, seed=self.seed, top_k=self.top_k,
+                               mass=self.mass)
 
 
 def job_command(request: SampleJobRequest, db_path, lock_timeout: float, python: str | None = None) -> list[str]:
@@ -261,9 +267,7 @@ class JobRunner:
         if missing:
             raise StoreError(f"dataset {request.dataset_id} has no stored pixels for {missing} images (ingested "
                              "before schema revision 0003); run `auditor ingest` on the same data again")
-        if request.patch_size is not None and request.patch_size > min(dataset["height"], dataset["width"]):
-            raise StoreError(f"patch_size {request.patch_size} does not fit the {dataset['height']}x{dataset['width']} "
-                             f"images of dataset {request.dataset_id}")
+        request.options().check_fits(dataset["height"], dataset["width"])
         job_id = job_rows.insert_job(self.db_path, request.kind, request.model_dump_json(), self.timeout)
         self._start_queued()
         return self.get(job_id)

@@ -49,7 +49,7 @@ def wait_for(client: TestClient, job_id: int, timeout: float = JOB_TIMEOUT) -> d
     ({"dataset_id": 1, "mass": 0}, "mass"),
     ({"dataset_id": 1, "mass": 1.5}, "mass"),
     ({"dataset_id": 1, "seed": -1}, "seed"),
-    ({"dataset_id": 1, "denoiser": "empirical", "patch_size": 3}, "patch_size applies to denoiser pspc-square"),
+    ({"dataset_id": 1, "denoiser": "empirical", "patch_size": 3}, "patch_size applies to the pspc-square denoiser"),
     ({"dataset_id": 1, "patch_size": 29}, "does not fit the 28x28"),
     ({"dataset_id": 1, "data": "/etc/passwd"}, "data"),  # no file paths: unknown fields are refused
 ])
@@ -59,6 +59,25 @@ def test_bad_job_requests_are_400_and_store_nothing(store, body, words):
     assert response.status_code == 400, response.text
     assert words in response.json()["message"]
     assert client.get("/api/jobs").json()["total"] == 0
+
+
+def test_the_cli_and_the_api_refuse_the_same_sampling_requests(store, capsys):
+    """One validation (SamplingOptions) for both: `auditor sample --patch-size 99` on 28x28
+    images used to be recorded while the API refused it."""
+    from tests.support.cli import run_cli
+
+    client = TestClient(create_app(ServiceSettings(db_path=store)))
+    for body, argv, api_words, cli_words in (
+            ({"patch_size": 99}, ["--patch-size", "99"], "patch_size 99 does not fit the 28x28 images",
+             "patch_size 99 does not fit the 28x28 images"),
+            ({"patch_size": 2, "denoiser": "empirical"}, ["--patch-size", "2", "--denoiser", "empirical"],
+             "patch_size applies to the pspc-square denoiser", "--patch-size applies to the --denoiser pspc-square"),
+            ({"top_k": 0}, ["--top-k", "0"], "top_k", "--top-k must be an integer >= 1")):
+        api = client.post("/api/jobs", json={"dataset_id": 1, **body})
+        code, _, err = run_cli(capsys, "--db", store, "sample", "--dataset", "1", "--num", "1", "--steps", "1", *argv)
+        assert api.status_code == 400 and api_words in api.json()["message"], api.text
+        assert code == 2 and cli_words in err, err
+    assert client.get("/api/runs").json()["total"] == 0
 
 
 def test_unknown_dataset_is_404(store):
