@@ -11,6 +11,8 @@ import os
 import pytest
 
 pytest.register_assert_rewrite("tests.support")  # the helpers' asserts explain their failures too
+# starlette's TestClient sends "Host: testserver": a name the service answers only when told to
+os.environ.setdefault("AUDITOR_TRUSTED_HOSTS", "testserver")
 
 from auditor.workflows.options import SamplingOptions  # noqa: E402
 from auditor.workflows.sampling import record_sampling_run  # noqa: E402

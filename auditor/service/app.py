@@ -6,13 +6,18 @@ HTML pages at / (auditor.service.pages, rendered from reports/); both read the s
 through the same library functions, so a page and its JSON say the same thing.
 
 Errors are JSON objects {"status", "error", "message"} with the status saying what went
-wrong (auditor.service.errors): 400 bad parameter or malformed SQL, 401/403 key missing or
+wrong (auditor.service.errors): 400 bad parameter, malformed SQL or a Host header that does not
+name the service (settings.allowed_hosts), 401/403 key missing or
 without the scope, 404 unknown id, 409 store at another schema revision, 413 body too
 large, 500 a bug (logged), 503 store locked by another process past the lock timeout (with
 Retry-After).
 
 The store is opened per request, one short transaction at a time (auditor.store.database), so a
 sampling job running in another process can write between requests.
+
+Every response carries a Content-Security-Policy, X-Frame-Options and X-Content-Type-Options
+(auditor.service.middleware); the API docs (/api/docs, /api/openapi.json) need the read scope
+like the rest once keys are required (auditor.service.docs).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from fastapi import FastAPI
 from auditor.service.api import build_router
 from auditor.service.auth import KeyRing
 from auditor.service.cache import ResponseCache
+from auditor.service.docs import router as docs_router
 from auditor.service.errors import install_error_handlers
 from auditor.service.jobs import JobRunner
-from auditor.service.middleware import BodyLimit, RememberKey
+from auditor.service.middleware import BodyLimit, RememberKey, SecurityHeaders, TrustedHosts
+from auditor.service.login import router as login_router
 from auditor.service.pages import router as pages_router
 from auditor.service.settings import ServiceSettings, local_mode_message
 from auditor.store import database, keys
@@ -62,7 +69,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     if settings.keys_required is None:
         settings.keys_required = keys.has_active_keys(settings.db_path, settings.lock_timeout)
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=_version(),
-                  openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None)
+                  openapi_url=None, docs_url=None, redoc_url=None)  # the docs are docs_router's, behind the read scope
     app.state.settings = settings
     app.state.keys = KeyRing(settings.db_path, settings.lock_timeout, bool(settings.keys_required))
     app.state.jobs = JobRunner(settings)
@@ -70,9 +77,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.jobs.recover()
     install_error_handlers(app)
     app.include_router(build_router(), prefix="/api")
+    app.include_router(docs_router)
     app.include_router(pages_router)
+    app.include_router(login_router)
     app.add_middleware(RememberKey)
     app.add_middleware(BodyLimit, limit=int(settings.max_upload_bytes))
+    app.add_middleware(TrustedHosts, hosts=settings.allowed_hosts)
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, the refusals above included
     if not settings.keys_required:
         log.info(local_mode_message(settings.db_path))
     return app

@@ -9,6 +9,7 @@ from the store (auditor.store.read_models), builds the page (reports.pages) and 
   /runs/{run_id}/samples/{sample_index}/export.json  the report's data as JSON (what the page shows)
   /runs/{run_id}/samples/{sample_index}/export.csv   its attribution as CSV
   /datasets/{dataset_id}/images/{image_index}        a training image and every use of it
+  /datasets/{dataset_id}/images/{image_index}/export.csv|json   every output that used it (rights holder's export)
   /sql                                               read-only SQL with the documented example queries
   /fidelity                                          stored fidelity studies (denoisers against a network)
   /fidelity/{study_id}                               a study: MSE tables and plots, concentration, similarity
@@ -24,6 +25,7 @@ Errors are HTML pages here (404 for unknown ids, 400 for bad parameters, 401/403
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Callable
@@ -35,7 +37,9 @@ from fastapi.routing import APIRoute
 
 from auditor.service.limits import MAX_ID
 from auditor.service.auth import AccessDenied, get_settings, require_scope
-from auditor.store import comparisons, query, studies
+from auditor.service.errors import public_message
+from auditor.service.login import return_path
+from auditor.store import comparisons, datasets, query, studies
 from auditor.errors import AuditorError, NotFoundError, StoreError, outcome
 from auditor.store.database import DEFAULT_TIMEOUT
 from auditor.store.example_queries import EXAMPLE_QUERIES
@@ -60,11 +64,12 @@ def _links(request: Request) -> render.Links:
     return render.Links(request.scope.get("root_path", ""))
 
 
-def _error_page(request: Request, status: int, message: str, headers: dict | None = None) -> HTMLResponse:
-    settings = getattr(request.app.state, "settings", None)
-    if settings is not None:  # the store's path on the server is none of the reader's business
-        message = message.replace(f"{settings.db_path}: ", "").replace(str(settings.db_path), "the store")
-    return HTMLResponse(render.render_error(status, message, _links(request)), status_code=status, headers=headers)
+def _error_page(request: Request, status: int, message: str, headers: dict | None = None,
+                login_next: str | None = None) -> HTMLResponse:
+    # the store's path on the server (and any traceback) is none of the reader's business
+    message = public_message(message, getattr(request.app.state, "settings", None))
+    return HTMLResponse(render.render_error(status, message, _links(request), login_next=login_next),
+                        status_code=status, headers=headers)
 
 
 class PageRoute(APIRoute):
@@ -78,10 +83,10 @@ class PageRoute(APIRoute):
                 return await handler(request)
             except AccessDenied as exc:
                 headers = {"WWW-Authenticate": 'Bearer realm="auditor"'} if exc.status == 401 else None
-                message = exc.message
-                if exc.status == 401:
-                    message += ". In a browser, open the page once with ?key=<your key>."
-                return _error_page(request, exc.status, message, headers)
+                if exc.status == 401:  # the page holds the sign-in form (auditor.service.login)
+                    return _error_page(request, 401, exc.message + ". Sign in with your key:", headers,
+                                       login_next=return_path(request))
+                return _error_page(request, exc.status, exc.message, headers)
             except (AuditorError, InputError) as exc:  # the one table: user errors get their status
                 result = outcome(exc)
                 if not result.user:
@@ -157,25 +162,28 @@ def training_image_context(db_path, dataset_id: int, image_index: int, *, page: 
 
 
 def sql_context(db_path, sql_text: str | None = None, *, max_rows: int = 1000, query_timeout: float = 5.0,
-                timeout: float = DEFAULT_TIMEOUT) -> sql_pages.SqlPage:
+                max_bytes: int = query.DEFAULT_MAX_BYTES, timeout: float = DEFAULT_TIMEOUT) -> sql_pages.SqlPage:
     """Run `sql_text` (one read-only statement, auditor.store.query.run_query; none: just the form)
-    with at most `max_rows` rows and `query_timeout` seconds. A refused or failing statement
-    gives the page with `error` set (the store's message), never an exception."""
+    with at most `max_rows` rows and `max_bytes` bytes, query and display cells within
+    `query_timeout` seconds. A refused or failing statement gives the page with `error` set (the
+    store's message), never an exception."""
     statement = sql_pages.sql_text(sql_text)
-    found = dict(columns=(), rows=(), truncated=False, error=None, elapsed_ms=None, refused=False)
-    if statement is not None:
-        started = time.perf_counter()
-        try:
-            result = query.run_query(db_path, statement, max_rows=max_rows, timeout=timeout,
-                                     query_timeout=query_timeout)
-            found.update(columns=result.columns, rows=result.rows, truncated=result.truncated)
-        except NotFoundError:
-            raise
-        except StoreError as exc:
-            found.update(error=str(exc), refused=isinstance(exc, query.WriteRefused))
-        found["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    return sql_pages.build_sql_page(sql=statement, examples=EXAMPLE_QUERIES, max_rows=max_rows,
-                                    time_limit_s=query_timeout, **found)
+    built = functools.partial(sql_pages.build_sql_page, sql=statement, examples=EXAMPLE_QUERIES, max_rows=max_rows,
+                              time_limit_s=query_timeout)
+    if statement is None:
+        return built()
+    started = time.perf_counter()
+    try:
+        result = query.run_query(db_path, statement, max_rows=max_rows, timeout=timeout, query_timeout=query_timeout,
+                                 max_bytes=max_bytes)
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        return built(columns=result.columns, rows=query.timed(result.rows, result.time_limit),  # cells within the limit
+                     truncated=result.truncated, elapsed_ms=elapsed_ms)
+    except NotFoundError:
+        raise
+    except StoreError as exc:
+        return built(error=str(exc), refused=isinstance(exc, query.Refused),
+                     elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
 def fidelity_list_context(db_path, *, page: int = 1, per_page: int = 20,
@@ -188,7 +196,8 @@ def fidelity_list_context(db_path, *, page: int = 1, per_page: int = 20,
 def fidelity_context(db_path, study_id: int, *, timeout: float = DEFAULT_TIMEOUT) -> fidelity.FidelityPage:
     """Study `study_id` (auditor.store.studies.load_study). NotFoundError for an unknown id."""
     study = studies.load_study(db_path, integer_id(study_id, "fidelity study id"), timeout=timeout)
-    return fidelity.build_fidelity_page(study, finding_range=FINDING_RANGE)
+    return fidelity.build_fidelity_page(study, finding_range=FINDING_RANGE,
+                                        datasets=datasets.list_datasets(db_path, timeout=timeout))
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,6 +287,21 @@ def training_image_page(request: Request, dataset_id: int = DATASET_ID, image_in
     return _html(render.render_page(built, _links(request)))
 
 
+@router.get("/datasets/{dataset_id}/images/{image_index}/export.{fmt}")
+def training_image_export(dataset_id: int = DATASET_ID, image_index: int = IMAGE_INDEX,
+                          fmt: str = Path(pattern="^(csv|json)$", description="csv or json"),
+                          settings=Depends(get_settings)):
+    """The rights holder's export: every output that used the image, with its scores."""
+    data = training_image_data.load_training_image(settings.db_path, dataset_id, image_index, limit=0, offset=0,
+                                                   timeout=settings.lock_timeout)
+    export = training_image.build_training_image_export(data)
+    headers = _download(f"pspc-uses-dataset{dataset_id}-image{image_index}.{fmt}")
+    if fmt == "csv":
+        return PlainTextResponse(render.training_image_csv(export), media_type="text/csv; charset=utf-8",
+                                 headers=headers)
+    return Response(render.report_json(export, "none"), media_type="application/json", headers=headers)
+
+
 @router.get("/fidelity", response_class=HTMLResponse)
 def fidelity_list_page(request: Request, page: int = PAGE,
                        per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
@@ -294,7 +318,9 @@ def fidelity_page(request: Request, study_id: int = STUDY_ID, settings=Depends(g
 @router.get("/sql", response_class=HTMLResponse)
 def sql_page(request: Request, sql: str | None = Query(None, max_length=100_000), settings=Depends(get_settings)):
     built = sql_context(settings.db_path, sql, max_rows=settings.sql_row_cap, query_timeout=settings.sql_time_limit_s,
-                        timeout=settings.lock_timeout)
+                        max_bytes=settings.sql_max_bytes, timeout=settings.lock_timeout)
+    if built.error:
+        built.error = public_message(built.error, settings)
     status = (403 if built.refused else 400) if built.error else 200
     return HTMLResponse(render.render_page(built, _links(request)), status_code=status,
                         headers={"Cache-Control": "no-store"})

@@ -5,26 +5,36 @@ Every field can be given to the constructor (`ServiceSettings(db_path=..., sql_r
 as `auditor serve` and the tests do) or, when not given, read from the environment:
 AUDITOR_DB for the store (as everywhere in the auditor; default ./provenance.duckdb), and
 AUDITOR_<FIELD NAME> for the others (AUDITOR_LOCK_TIMEOUT, AUDITOR_SQL_ROW_CAP,
-AUDITOR_SQL_TIME_LIMIT_S, AUDITOR_MAX_UPLOAD_BYTES, AUDITOR_CACHE_BYTES, AUDITOR_JOBS_DIR,
-AUDITOR_KEYS_REQUIRED, AUDITOR_MAX_RUNNING_JOBS, AUDITOR_JOB_LOCK_TIMEOUT,
-AUDITOR_JOB_NICENESS, AUDITOR_PYTHON). An empty variable counts as unset. A bad value is a
-UserError naming the field.
+AUDITOR_SQL_TIME_LIMIT_S, AUDITOR_SQL_MAX_BYTES, AUDITOR_MAX_UPLOAD_BYTES, AUDITOR_CACHE_BYTES,
+AUDITOR_JOBS_DIR, AUDITOR_KEYS_REQUIRED, AUDITOR_MAX_RUNNING_JOBS, AUDITOR_JOB_LOCK_TIMEOUT,
+AUDITOR_JOB_NICENESS, AUDITOR_PYTHON, AUDITOR_HOST, AUDITOR_TRUSTED_HOSTS as comma-separated
+names). An empty variable counts as unset. A bad value is a UserError naming the field.
+
+The service answers only requests whose Host header names it (`allowed_hosts`: localhost,
+127.0.0.1, [::1], the bind host and trusted_hosts), so a web page on another site cannot reach
+a local service through a DNS name it points at 127.0.0.1 (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from auditor.errors import UserError
 from auditor.store import database
 
-__all__ = ["ENV_PREFIX", "ServiceSettings", "local_mode_message", "startup_message"]
+__all__ = ["ENV_PREFIX", "LOOPBACK_HOSTS", "ServiceSettings", "host_name", "local_mode_message", "startup_message"]
 
 ENV_PREFIX = "AUDITOR_"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # always trusted: no other site's name
+_WILDCARD_BINDS = ("0.0.0.0", "[::]")
 
 
 class ServiceSettings(BaseSettings):
@@ -43,8 +53,14 @@ class ServiceSettings(BaseSettings):
     lock_timeout: float = Field(database.DEFAULT_TIMEOUT, gt=0,
                                 description="seconds a request waits while another process holds the store")
     sql_row_cap: int = Field(1000, ge=1, description="rows the SQL endpoint returns at most")
-    sql_time_limit_s: float = Field(5.0, gt=0, description="seconds a SQL query may run")
+    sql_time_limit_s: float = Field(5.0, gt=0, description="seconds a SQL query may take, its answer included")
+    sql_max_bytes: int = Field(8 * 2**20, ge=1, description="largest SQL answer (text and blob bytes, estimated)")
     max_upload_bytes: int = Field(10 * 2**20, ge=1, description="largest request body")
+    host: str = Field("127.0.0.1", min_length=1, description="the address `auditor serve` listens on (--host); "
+                                                             "also a trusted Host name")
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host names the service answers besides localhost, 127.0.0.1, [::1] and "
+                                          "`host` ('*.example.org': its subdomains; '*': any)")
     cache_bytes: int = Field(256 * 2**20, ge=0, description="responses about complete runs kept in memory "
                                                             "(they never change); 0: no cache")
     jobs_dir: Path | None = Field(None, description="job logs; default: <store folder>/<store name>.jobs/")
@@ -54,6 +70,8 @@ class ServiceSettings(BaseSettings):
                                                              "(readers may be busy)")
     job_niceness: int = Field(10, description="jobs run this much nicer than the service (serving keeps the CPU)")
     python: str | None = Field(None, description="interpreter for job subprocesses (default: this one)")
+    c2pa_cert: Path | None = Field(None, description="certificate chain (PEM, signer first) that signs C2PA exports")
+    c2pa_key: Path | None = Field(None, description="its private key (PEM): read to sign, never stored or logged")
 
     def __init__(self, **values):
         if "db_path" in values:  # as its alias, so that it overrides AUDITOR_DB in every pydantic-settings 2.x
@@ -62,6 +80,28 @@ class ServiceSettings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             raise UserError(f"service settings: {_problems(exc)}") from None
+
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        return [part for part in value.replace(",", " ").split()] if isinstance(value, str) else value
+
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        return [host_name(h) for h in hosts]
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        host_name(host)
+        return host
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """The Host names the service answers (TrustedHosts): the loopback names, the bind host, trusted_hosts."""
+        names = [*LOOPBACK_HOSTS, host_name(self.host), *self.trusted_hosts]
+        return list(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _default_jobs_dir(self) -> "ServiceSettings":
@@ -79,6 +119,23 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+_HOST_NAME = re.compile(r"\*|(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+
+
+def host_name(host: str) -> str:
+    """`host` as a Host header names it: lower case, an IPv6 address in brackets; ValueError for
+    anything else (a port, a path, spaces, a '*' inside a name)."""
+    name = host.strip().lower()
+    if ":" in name:  # only an IPv6 address may have colons
+        try:
+            return f"[{ipaddress.IPv6Address(name.removeprefix('[').removesuffix(']'))}]"
+        except ValueError:
+            pass
+    elif _HOST_NAME.fullmatch(name):
+        return name
+    raise ValueError(f"{host!r} is not a host name (no port or scheme; '*' or '*.domain' for wildcards)")
+
+
 def local_mode_message(db_path: os.PathLike | str) -> str:
     return (f"LOCAL SINGLE-USER MODE: {db_path} holds no API key, so every request is allowed without one. "
             "Create a key with `auditor keys create NAME` to require keys.")
@@ -92,4 +149,7 @@ def startup_message(settings: ServiceSettings, url: str) -> str:
         lines.append("API keys REQUIRED: send 'Authorization: Bearer <key>' (API) or open a page with ?key=<key>")
     else:
         lines.append(local_mode_message(settings.db_path))
+    if host_name(settings.host) in _WILDCARD_BINDS and "*" not in settings.trusted_hosts:
+        lines.append(f"listening on every interface, answering Host names {', '.join(settings.allowed_hosts)} only: "
+                     "add the names clients use to AUDITOR_TRUSTED_HOSTS")
     return "\n".join(lines)

@@ -9,13 +9,12 @@ study's record (network sha256, dataset fingerprints, seeds, versions). The HTML
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 
-from auditor.service.api.common import MAX_ID, Page, Pagination, page
+from auditor.service.api.common import MAX_ID, Page, Pagination, UtcDateTime, errors, page
 from auditor.service.auth import get_settings
 from auditor.store import studies
 
@@ -25,9 +24,9 @@ StudyId = Path(ge=1, le=MAX_ID, description="fidelity study id")
 
 
 class StudySummary(BaseModel):
-    id: int
+    id: int = Field(ge=1)
     name: str
-    created_at: datetime | None = Field(None, description="UTC")
+    created_at: UtcDateTime | None = None
     source: str | None = Field(None, description="'auditor fidelity run', or the imported file")
     network_name: str | None = None
     network_sha256: str | None = Field(None, description="sha256 of the network's file")
@@ -65,9 +64,9 @@ class Concentration(BaseModel):
 class Study(BaseModel):
     """A stored study: the numbers of fidelity.json (less the per-state errors and per-sample scores)."""
 
-    id: int
+    id: int = Field(ge=1)
     name: str
-    created_at: datetime | None = None
+    created_at: UtcDateTime | None = None
     source: str | None = None
     network_name: str | None = None
     network_sha256: str | None = None
@@ -91,14 +90,16 @@ def _links(request: Request, study_id: int) -> dict[str, str]:
     return {"self": str(request.url_for("get_fidelity_study", study_id=study_id)), "page": f"/fidelity/{study_id}"}
 
 
-@router.get("/fidelity", response_model=Page[StudySummary], summary="List fidelity studies (newest first)")
+@router.get("/fidelity", response_model=Page[StudySummary], responses=errors(400, 422),
+            summary="List fidelity studies (newest first)")
 def list_fidelity_studies(request: Request, pagination: Pagination = Depends(), settings=Depends(get_settings)):
     rows = studies.list_studies(settings.db_path, timeout=settings.lock_timeout)
     chunk = rows[pagination.offset:pagination.offset + pagination.limit]
     return page(request, [{**r, "links": _links(request, r["id"])} for r in chunk], len(rows), pagination)
 
 
-@router.get("/fidelity/{study_id}", response_model=Study, summary="One fidelity study's stored numbers and record")
+@router.get("/fidelity/{study_id}", response_model=Study, responses=errors(400, 404, 422),
+            summary="One fidelity study's stored numbers and record")
 def get_fidelity_study(request: Request, study_id: int = StudyId, settings=Depends(get_settings)):
     return {**studies.load_study(settings.db_path, study_id, timeout=settings.lock_timeout),
             "links": _links(request, study_id)}

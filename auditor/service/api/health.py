@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
@@ -11,7 +13,7 @@ router = APIRouter(tags=["service"])
 
 
 class Health(BaseModel):
-    status: str = Field(description="'ok' when the store is readable at this version's schema")
+    status: Literal["ok"] = Field(description="the store is readable at this version's schema (else an error)")
     schema_revision: str
     keys_required: bool = Field(description="false: local single-user mode, nothing is checked")
     version: str

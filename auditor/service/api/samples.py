@@ -6,12 +6,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from auditor.errors import UserError
-from auditor.service.api.common import MAX_ID, Page, Pagination, json_body, page, png_bytes
+from auditor.service.api.common import (CACHED, MAX_ID, PNG, Page, Pagination, Shape, errors, json_body, page,
+                                        png_bytes)
+from auditor.service.api.runs import RunStatus
 from auditor.service.auth import get_settings
 from auditor.service.cache import cached_response
+from auditor.service.limits import MAX_PIXEL
 from auditor.store import attribution, catalog
 
 router = APIRouter(tags=["samples"])
@@ -20,33 +24,35 @@ RunId = Path(ge=1, le=MAX_ID, description="run id")
 SampleIndex = Path(ge=0, le=MAX_ID, description="sample index within the run (0-based)")
 MAX_TOP = 1000
 MAX_SCALE = 32
+FOUND = errors(400, 404, 422)  # what every route here can answer besides 200
+CACHED_FOUND = {**CACHED, **FOUND}  # and the routes answered through auditor.service.cache
 
 
 class SampleSummary(BaseModel):
-    run_id: int
-    sample_index: int
+    run_id: int = Field(ge=1)
+    sample_index: int = Field(ge=0)
     seed: int = Field(description="the seed of this sample's initial noise")
     complete: bool = Field(description="whether the final image is recorded")
-    steps_recorded: int
+    steps_recorded: int = Field(ge=0)
     links: dict[str, str] = Field(default_factory=dict)
 
 
 class StepInfo(BaseModel):
-    step: int
-    t: float = Field(description="noise level of z_t (EDM time)")
-    t_next: float
-    patch_set_id: int
+    step: int = Field(ge=0)
+    t: float = Field(ge=0, description="noise level of z_t (EDM time)")
+    t_next: float = Field(ge=0)
+    patch_set_id: int = Field(ge=1)
     patch_set: dict = Field(description="the patch set's description (kind, size, ...)")
-    num_patches: int
+    num_patches: int = Field(ge=1)
     mean_mass: float | None = Field(None, description="mean captured posterior mass of the kept weights")
     mean_entropy: float | None = Field(None, description="mean entropy (nats) of the full weight vectors")
     mean_ess: float | None = Field(None, description="mean effective sample size of the full weight vectors")
 
 
 class SampleDetail(SampleSummary):
-    shape: list[int] = Field(description="[C, H, W]")
-    dataset_id: int
-    run_status: str
+    shape: Shape
+    dataset_id: int = Field(ge=1)
+    run_status: RunStatus
     steps: list[StepInfo]
 
 
@@ -54,55 +60,55 @@ class PatchUse(BaseModel):
     """Where a source was used: patch `position` of `step`, read from the box (top, left, height,
     width) of the ORIGINAL training image (mirrored box for the flipped copy)."""
 
-    step: int
-    position: int
-    top: int
-    left: int
-    height: int
-    width: int
-    weight: float
+    step: int = Field(ge=0)
+    position: int = Field(ge=0, description="the patch's index in its patch set")
+    top: int = Field(ge=0, le=MAX_PIXEL)
+    left: int = Field(ge=0, le=MAX_PIXEL)
+    height: int = Field(ge=1, le=MAX_PIXEL)
+    width: int = Field(ge=1, le=MAX_PIXEL)
+    weight: float = Field(ge=0)
 
 
 class Source(BaseModel):
-    image_index: int
+    image_index: int = Field(ge=0)
     image_id: str | None = None
     label: int | None = None
     label_name: str | None = None
     source_uri: str | None = None
     owner: str | None = None
     license: str | None = None
-    share: float = Field(description="fraction of the image built from this training image (kept weights)")
-    flip_share: float = Field(description="the part of `share` from its mirrored copy")
+    share: float = Field(ge=0, description="fraction of the image built from this training image (kept weights)")
+    flip_share: float = Field(ge=0, description="the part of `share` from its mirrored copy")
     patches: list[PatchUse] = Field(default_factory=list, description="its largest kept weights")
     links: dict[str, str] = Field(default_factory=dict)
 
 
 class SourcesPage(Page[Source]):
-    run_id: int
-    sample_index: int
+    run_id: int = Field(ge=1)
+    sample_index: int = Field(ge=0)
     what: str = Field(description="'final image', 'D(z_t) at step N' or 'trajectory'")
-    step: int | None = None
+    step: int | None = Field(None, ge=0)
 
 
 class PixelSource(BaseModel):
-    image_index: int
+    image_index: int = Field(ge=0)
     image_id: str | None = None
     label: int | None = None
     label_name: str | None = None
     source_uri: str | None = None
     owner: str | None = None
     license: str | None = None
-    weight: float = Field(description="weight of this training image in the pixel (sum over its copies)")
-    flip_share: float
+    weight: float = Field(ge=0, description="weight of this training image in the pixel (sum over its copies)")
+    flip_share: float = Field(ge=0)
     links: dict[str, str] = Field(default_factory=dict)
 
 
 class PixelSourcesPage(Page[PixelSource]):
-    run_id: int
-    sample_index: int
-    step: int
-    y: int
-    x: int
+    run_id: int = Field(ge=1)
+    sample_index: int = Field(ge=0)
+    step: int = Field(ge=0)
+    y: int = Field(ge=0, le=MAX_PIXEL)
+    x: int = Field(ge=0, le=MAX_PIXEL)
 
 
 def sample_links(request: Request, run_id: int, sample_index: int) -> dict[str, str]:
@@ -121,7 +127,7 @@ def _training_links(request: Request, dataset_id: int, image_index: int) -> dict
             "thumbnail": str(request.url_for("training_image_png", **params))}
 
 
-@router.get("/runs/{run_id}/samples", response_model=Page[SampleSummary], summary="Samples of a run")
+@router.get("/runs/{run_id}/samples", response_model=Page[SampleSummary], responses=FOUND, summary="Samples of a run")
 def list_samples(request: Request, run_id: int = RunId, pagination: Pagination = Depends(),
                  settings=Depends(get_settings)):
     num_samples, rows = catalog.list_samples(settings.db_path, run_id, limit=pagination.limit,
@@ -130,7 +136,7 @@ def list_samples(request: Request, run_id: int = RunId, pagination: Pagination =
     return page(request, items, num_samples, pagination)
 
 
-@router.get("/runs/{run_id}/samples/{sample_index}", response_model=SampleDetail,
+@router.get("/runs/{run_id}/samples/{sample_index}", response_model=SampleDetail, responses=FOUND,
             summary="One sample: seed, status and its recorded steps")
 def get_sample(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                settings=Depends(get_settings)):
@@ -142,7 +148,7 @@ def get_sample(request: Request, run_id: int = RunId, sample_index: int = Sample
             "links": sample_links(request, run_id, sample_index)}
 
 
-@router.get("/runs/{run_id}/samples/{sample_index}/sources", response_model=SourcesPage,
+@router.get("/runs/{run_id}/samples/{sample_index}/sources", response_model=SourcesPage, responses=CACHED_FOUND,
             summary="Training images a sample was built from, largest share first")
 async def sample_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                    step: int | None = Query(None, ge=0, le=MAX_ID,
@@ -150,7 +156,8 @@ async def sample_sources(request: Request, run_id: int = RunId, sample_index: in
                    top: int = Query(10, ge=1, le=MAX_TOP, description="sources per page"),
                    offset: int = Query(0, ge=0, le=MAX_ID),
                    patches: int = Query(5, ge=0, le=50, description="largest patch uses listed per source"),
-                   trajectory: bool = Query(False, description="aggregate over the whole trajectory instead"),
+                   trajectory: bool = Query(False, description="aggregate over the whole trajectory instead "
+                                                                "(400 together with step)"),
                    settings=Depends(get_settings)):
     if trajectory and step is not None:
         raise UserError("give either step or trajectory=true, not both")
@@ -179,9 +186,12 @@ async def sample_sources(request: Request, run_id: int = RunId, sample_index: in
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/pixel-sources", response_model=PixelSourcesPage,
+            responses=CACHED_FOUND,
             summary="Training images output pixel (y, x) of D(z_t) at a step is composed from")
 async def pixel_sources(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
-                  step: int = Query(ge=0, le=MAX_ID), y: int = Query(ge=0, le=MAX_ID), x: int = Query(ge=0, le=MAX_ID),
+                  step: int = Query(ge=0, le=MAX_ID),
+                  y: int = Query(ge=0, le=MAX_PIXEL, description="the pixel's row (400 unless below the height)"),
+                  x: int = Query(ge=0, le=MAX_PIXEL, description="the pixel's column (400 unless below the width)"),
                   top: int = Query(10, ge=1, le=MAX_TOP), offset: int = Query(0, ge=0, le=MAX_ID),
                   settings=Depends(get_settings)):
     def compute():
@@ -199,7 +209,7 @@ async def pixel_sources(request: Request, run_id: int = RunId, sample_index: int
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/image.png", summary="The sample as PNG",
-            responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
+            response_class=Response, responses={**PNG, **CACHED_FOUND})
 async def sample_image(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                  step: int | None = Query(None, ge=0, le=MAX_ID, description="a step's image instead of the final one"),
                  what: Literal["denoised", "z"] = Query("denoised", description="at a step: D(z_t) or z_t"),
@@ -218,7 +228,7 @@ async def sample_image(request: Request, run_id: int = RunId, sample_index: int 
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/attribution-map.png", summary="Attribution map as PNG",
-            responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
+            response_class=Response, responses={**PNG, **CACHED_FOUND})
 async def attribution_map(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                     step: int | None = Query(None, ge=0, le=MAX_ID,
                                              description="D(z_t) at this step (default: the last step, "
@@ -242,7 +252,7 @@ async def attribution_map(request: Request, run_id: int = RunId, sample_index: i
     return await cached_response(request, run_id, compute)
 
 
-@router.get("/runs/{run_id}/samples/{sample_index}/report", response_model=dict[str, Any],
+@router.get("/runs/{run_id}/samples/{sample_index}/report", response_model=dict[str, Any], responses=CACHED_FOUND,
             summary="The sample report's data: exactly what the HTML report page shows")
 async def sample_report(request: Request, run_id: int = RunId, sample_index: int = SampleIndex,
                   step: int | None = Query(None, ge=0, le=MAX_ID,

@@ -3,36 +3,38 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from auditor.service.api.common import MAX_ID, Page, Pagination, page, png_response
+from auditor.service.api.common import MAX_ID, PNG, Page, Pagination, Shape, UtcDateTime, errors, page, png_response
 from auditor.service.auth import get_settings
 from auditor.store import attribution, catalog, datasets
+from auditor.store.read_models.training_images import label_number
 
 router = APIRouter(tags=["training images"])
 
 DatasetId = Path(ge=1, le=MAX_ID, description="dataset id")
 ImageIndex = Path(ge=0, le=MAX_ID, description="index of the training image in its dataset (0-based)")
+FOUND = errors(400, 404, 422)  # what the routes on one dataset can answer besides 200
 
 
 class DatasetInfo(BaseModel):
-    id: int
+    id: int = Field(ge=1)
     fingerprint: str = Field(description="sha256 over the images' shape and bytes")
     name: str
     source: str
-    count: int
-    shape: list[int] = Field(description="[C, H, W]")
-    created_at: datetime | None = None
+    count: int = Field(ge=0)
+    shape: Shape
+    created_at: UtcDateTime | None = None
     links: dict[str, str] = Field(default_factory=dict)
 
 
 class TrainingImage(BaseModel):
-    dataset_id: int
-    image_index: int
+    dataset_id: int = Field(ge=1)
+    image_index: int = Field(ge=0)
     image_id: str
     sha256: str = Field(description="sha256 of the image's bytes (shape-prefixed)")
     label: int | None = None
@@ -45,11 +47,11 @@ class TrainingImage(BaseModel):
 
 
 class Usage(BaseModel):
-    run_id: int
-    sample_index: int
-    step: int
-    share: float = Field(description="fraction of the output built from this training image")
-    flip_share: float = Field(description="the part of `share` from its mirrored copy")
+    run_id: int = Field(ge=1)
+    sample_index: int = Field(ge=0)
+    step: int = Field(ge=0)
+    share: float = Field(ge=0, description="fraction of the output built from this training image")
+    flip_share: float = Field(ge=0, description="the part of `share` from its mirrored copy")
     links: dict[str, str] = Field(default_factory=dict)
 
 
@@ -74,27 +76,30 @@ def _image(request: Request, dataset_id: int, row: dict) -> dict:
                       "page": f"/datasets/{dataset_id}/images/{row['image_index']}"}}
 
 
-@router.get("/datasets", response_model=Page[DatasetInfo], summary="Training sets in the store")
+@router.get("/datasets", response_model=Page[DatasetInfo], responses=errors(400, 422),
+            summary="Training sets in the store")
 def list_datasets(request: Request, pagination: Pagination = Depends(), settings=Depends(get_settings)):
     rows = datasets.list_datasets(settings.db_path, timeout=settings.lock_timeout)
     chunk = rows[pagination.offset:pagination.offset + pagination.limit]
     return page(request, [_dataset(request, r) for r in chunk], len(rows), pagination)
 
 
-@router.get("/datasets/{dataset_id}", response_model=DatasetInfo, summary="One training set")
+@router.get("/datasets/{dataset_id}", response_model=DatasetInfo, responses=FOUND, summary="One training set")
 def get_dataset(request: Request, dataset_id: int = DatasetId, settings=Depends(get_settings)):
     return _dataset(request, datasets.find_dataset(settings.db_path, dataset_id, timeout=settings.lock_timeout))
 
 
-@router.get("/datasets/{dataset_id}/training-images", response_model=Page[TrainingImage],
+@router.get("/datasets/{dataset_id}/training-images", response_model=Page[TrainingImage], responses=FOUND,
             summary="Training images of a dataset; search by id, source URI, owner or label")
 def list_training_images(request: Request, dataset_id: int = DatasetId, pagination: Pagination = Depends(),
                          image_id: str | None = Query(None, max_length=500, description="exact image id"),
                          source_uri: str | None = Query(None, max_length=2000,
                                                         description="part of the source URI (case-insensitive)"),
                          owner: str | None = Query(None, max_length=500, description="part of the owner's name"),
-                         label: int | None = Query(None, ge=-MAX_ID, le=MAX_ID, description="class label"),
+                         label: str | None = Query(None, max_length=200, description="class label: its number, or its "
+                                                   "name (label_name, case-insensitive, e.g. trouser)"),
                          settings=Depends(get_settings)):
+    label = label_number(settings.db_path, dataset_id, label, timeout=settings.lock_timeout)
     rows, total = catalog.list_training_images(settings.db_path, dataset_id, image_id=image_id, source_uri=source_uri,
                                                owner=owner, label=label, limit=pagination.limit,
                                                offset=pagination.offset, timeout=settings.lock_timeout)
@@ -106,14 +111,14 @@ def load_training_image(settings, dataset_id: int, image_index: int) -> dict:
     return catalog.training_image(settings.db_path, dataset_id, image_index, timeout=settings.lock_timeout)
 
 
-@router.get("/datasets/{dataset_id}/training-images/{image_index}", response_model=TrainingImage,
+@router.get("/datasets/{dataset_id}/training-images/{image_index}", response_model=TrainingImage, responses=FOUND,
             summary="One training image's metadata")
 def get_training_image(request: Request, dataset_id: int = DatasetId, image_index: int = ImageIndex,
                        settings=Depends(get_settings)):
     return _image(request, dataset_id, load_training_image(settings, dataset_id, image_index))
 
 
-@router.get("/datasets/{dataset_id}/training-images/{image_index}/usage", response_model=UsagePage,
+@router.get("/datasets/{dataset_id}/training-images/{image_index}/usage", response_model=UsagePage, responses=FOUND,
             summary="Reverse lookup: the samples (or steps) built from this training image, largest share first")
 def training_image_usage(request: Request, dataset_id: int = DatasetId, image_index: int = ImageIndex,
                          pagination: Pagination = Depends(),
@@ -132,10 +137,11 @@ def training_image_usage(request: Request, dataset_id: int = DatasetId, image_in
             "all_steps": all_steps}
 
 
-@router.get("/datasets/{dataset_id}/usage", response_model=UsagePage,
+@router.get("/datasets/{dataset_id}/usage", response_model=UsagePage, responses=FOUND,
             summary="Reverse lookup by training image id (as `usage` above)")
 def training_image_usage_by_id(request: Request, dataset_id: int = DatasetId,
-                               image_id: str = Query(max_length=500, description="the training image's id"),
+                               image_id: str = Query(min_length=1, max_length=500,
+                                                     description="the training image's id"),
                                pagination: Pagination = Depends(), all_steps: bool = Query(False),
                                min_share: float = Query(0.0, ge=0.0, le=1.0), settings=Depends(get_settings)):
     index = catalog.training_image_index(settings.db_path, dataset_id, image_id, timeout=settings.lock_timeout)
@@ -143,7 +149,7 @@ def training_image_usage_by_id(request: Request, dataset_id: int = DatasetId,
 
 
 @router.get("/datasets/{dataset_id}/training-images/{image_index}/image.png", summary="The training image as PNG",
-            responses={200: {"content": {"image/png": {}}, "description": "PNG image"}})
+            response_class=Response, responses={**PNG, **FOUND})
 def training_image_png(dataset_id: int = DatasetId, image_index: int = ImageIndex,
                        scale: int = Query(1, ge=1, le=32, description="enlarge by pixel repetition"),
                        flip: bool = Query(False, description="the mirrored copy"),

@@ -123,7 +123,8 @@ def test_keys_required_once_the_store_holds_one(store):
     assert client.post("/api/jobs", json=job).status_code == 401
     assert client.post("/api/jobs", json={"dataset_id": 1, "num_samples": 0},
                        headers={"X-API-Key": submit_token}).status_code == 400  # authorised, then validated
-    assert client.get("/api/openapi.json").status_code == 200  # the schema itself is public
+    assert client.get("/api/openapi.json").status_code == 401  # the schema and docs need the read scope too
+    assert client.get("/api/openapi.json", headers={"X-API-Key": read_token}).status_code == 200
 
 
 def test_revoking_a_key_takes_effect_and_last_use_is_recorded(store):
