@@ -1,8 +1,9 @@
 """Server-side plots of a sample report (matplotlib, Agg), as PNG or SVG bytes.
 
-- `step_stats_plot`: per step, the captured mass of the kept weights (mean and minimum over
-  patch positions), the entropy (nats) and the effective sample size of the full posterior
-  weight vector (mean and median): how sharply each step's composite is attributed.
+- `step_stats_plot`: per step, the captured share (the same figure as the report's
+  "Captured": the sum of the step's shares) with the lowest patch's kept mass, the entropy
+  (nats, mean over patches) and the effective sample size of the full posterior weight vector
+  (median over patches, the mean dashed): how sharply each step's composite is attributed.
 - `source_share_plot`: the share of each of the final image's top sources at every step,
   in the sources' legend colours, with the step's total captured mass.
 - `network_error_plot`: the per-step MSE between the network's and PSPC's denoiser
@@ -29,7 +30,7 @@ import io
 from typing import Sequence
 
 __all__ = ["FORMATS", "concentration_plot", "fidelity_curves_plot", "network_error_plot", "samples_plot",
-           "similarity_heatmap", "source_share_plot", "step_stats_plot"]
+           "similarity_figure", "similarity_heatmap", "source_share_plot", "step_stats_plot"]
 
 FORMATS = ("png", "svg")
 _TEXT = "#1f2933"
@@ -83,23 +84,26 @@ def _ylabel(ax, text: str) -> None:
 
 
 def step_stats_plot(timeline: Sequence, fmt: str = "png") -> bytes:
-    """Captured mass, entropy and ESS per step from StepSummary rows (t, mass_mean, mass_min,
-    entropy_mean, ess_mean, ess_median)."""
+    """Captured (%), entropy and ESS per step from StepSummary rows (t, captured, mass_min,
+    entropy_mean, ess_median, ess_mean)."""
     rows = [s for s in timeline if getattr(s, "mass_mean", None) is not None and s.t > 0]
     if not rows:
         raise ValueError("no recorded step has patch statistics to plot")
     t = [s.step for s in rows]
     figure, (mass, entropy, ess) = _figure(3, 4.6)
-    mass.plot(t, [s.mass_mean for s in rows], "o-", color="#4e79a7", markersize=3, linewidth=1.5, label="mean")
-    mass.plot(t, [s.mass_min for s in rows], "o--", color="#9aa5b1", markersize=2.5, linewidth=1, label="min")
-    mass.set_ylim(0, 1.05)
-    _ylabel(mass, "captured mass")
+    mass.plot(t, [100 * s.captured for s in rows], "o-", color="#4e79a7", markersize=3, linewidth=1.5,
+              label="captured")
+    mass.plot(t, [100 * s.mass_min for s in rows], "o--", color="#9aa5b1", markersize=2.5, linewidth=1,
+              label="lowest patch")
+    mass.set_ylim(0, 105)
+    _ylabel(mass, "captured (%)")
     mass.legend(fontsize=7, frameon=False, loc="best")
     entropy.plot(t, [s.entropy_mean for s in rows], "o-", color="#f28e2b", markersize=3, linewidth=1.5)
     entropy.set_ylim(bottom=0)
     _ylabel(entropy, "entropy (nats)")
-    ess.plot(t, [s.ess_mean for s in rows], "o-", color="#59a14f", markersize=3, linewidth=1.5, label="mean")
-    ess.plot(t, [s.ess_median for s in rows], "o--", color="#9aa5b1", markersize=2.5, linewidth=1, label="median")
+    ess.plot(t, [s.ess_median for s in rows], "o-", color="#59a14f", markersize=3, linewidth=1.5, label="median")
+    ess.plot(t, [s.ess_mean for s in rows], "o--", color="#9aa5b1", markersize=2.5, linewidth=1, label="mean")
+    ess.set_yscale("symlog", linthresh=1)  # median ~1 and mean ~10^4 on one axis
     ess.set_ylim(bottom=0)
     _ylabel(ess, "ESS")
     ess.legend(fontsize=7, frameon=False, loc="best")
@@ -207,28 +211,38 @@ def concentration_plot(times: Sequence[float], fractions: Sequence[float], mean_
     return _save(figure, fmt, dpi=110)
 
 
-def similarity_heatmap(names: Sequence[str], mean: Sequence[Sequence[float]], descriptor: str,
-                       fmt: str = "png") -> bytes:
-    """mean[i][j]: mean similarity of set i's sample to set j's from the same noise, by `descriptor`."""
+def similarity_figure(names: Sequence[str], mean: Sequence[Sequence[float]], descriptor: str):
+    """The figure of similarity_heatmap, sized to its labels: the longest denoiser name and the
+    descriptor's name (the title wraps) fit inside it at any number of denoisers."""
+    import textwrap
+
     import numpy as np
     from matplotlib.figure import Figure
 
     if not len(names):
         raise ValueError("no similarity matrix to plot")
     mean = np.asarray(mean, dtype=float)
-    figure = Figure(figsize=(1.0 * len(names) + 2, 0.9 * len(names) + 1.5))
+    label = 0.075 * max(len(str(n)) for n in names)  # inches of the longest tick label at 8 pt
+    width = max(4.5, 0.9 * len(names) + 1.6 + label)
+    title = "\n".join(textwrap.wrap(f"mean similarity ({descriptor})", max(20, int(width * 11))))
+    figure = Figure(figsize=(width, 0.8 * len(names) + 1.4 + 0.7 * label), layout="constrained")
     ax = figure.subplots()
     image = ax.imshow(mean, cmap="viridis", vmin=min(0.0, float(mean.min())), vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     for i in range(len(names)):
         for j in range(len(names)):
             ax.text(j, i, f"{mean[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if mean[i, j] < 0.6 else "black")
-    ax.set_title(f"mean similarity ({descriptor})", fontsize=9)
+    ax.set_title(title, fontsize=9)
     figure.colorbar(image, ax=ax, fraction=0.046)
-    figure.tight_layout()
-    return _save(figure, fmt, dpi=110)
+    return figure
+
+
+def similarity_heatmap(names: Sequence[str], mean: Sequence[Sequence[float]], descriptor: str,
+                       fmt: str = "png") -> bytes:
+    """mean[i][j]: mean similarity of set i's sample to set j's from the same noise, by `descriptor`."""
+    return _save(similarity_figure(names, mean, descriptor), fmt, dpi=110)
 
 
 def samples_plot(sets, fmt: str = "png") -> bytes:

@@ -7,7 +7,9 @@ in-page anchors). Images are inline data: URIs everywhere, so a page makes no re
 beyond itself and the export is the same page with every step's maps embedded. The
 per-pixel drill-down is a small inline script reading JSON embedded in the page
 (`<script type="application/json">`, with <, > and & escaped so no data can end the
-script element).
+script element): each step's distinct pixels as integer rows (DrillDown.pixel_rows) and,
+once for all steps, the listed images with thumbnails for those of largest weight within
+reports.pages.sample_views.THUMBNAIL_BUDGET (the quickstart's exported report: 1.7 MB).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from reports import maps, plots
 from reports.pages.common import Context, to_jsonable
 from reports.pages.fidelity import FidelityPage
 from reports.pages.sample import SampleReport
+from reports.pages.training_image import TrainingImageExport
 
-__all__ = ["CSV_COLUMNS", "Links", "environment", "export_html", "fidelity_plots", "render_error", "render_fidelity",
-           "render_page", "render_sample", "report_csv", "report_json", "sample_plots", "script_json"]
+__all__ = ["CSV_COLUMNS", "CSV_SECTIONS", "USAGE_COLUMNS", "Links", "environment", "export_html", "fidelity_plots",
+           "render_error", "render_fidelity", "render_login", "render_page", "render_sample", "report_csv",
+           "report_json",
+           "sample_plots", "script_json", "training_image_csv"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -62,6 +67,10 @@ class Links:
     def sql(self, **params) -> str | None:
         return self._url("/sql", **params)
 
+    def login(self, **params) -> str | None:
+        """The sign-in form (an API key in a form field, kept as a cookie: not in page URLs)."""
+        return self._url("/login", **params)
+
     def run(self, run_id: int, **params) -> str | None:
         return self._url(f"/runs/{int(run_id)}", **params)
 
@@ -75,6 +84,12 @@ class Links:
 
     def training_image(self, dataset_id: int, image_index: int, **params) -> str | None:
         return self._url(f"/datasets/{int(dataset_id)}/images/{int(image_index)}", **params)
+
+    def training_image_export(self, dataset_id: int, image_index: int, fmt: str) -> str | None:
+        """The rights holder's export of a training image: every output that used it (csv or json)."""
+        if fmt not in ("json", "csv"):
+            raise UserError(f"unknown export format {fmt!r}")
+        return self._url(f"/datasets/{int(dataset_id)}/images/{int(image_index)}/export.{fmt}")
 
     def fidelity(self, study_id: int | None = None, **params) -> str | None:
         return self._url("/fidelity" if study_id is None else f"/fidelity/{int(study_id)}", **params)
@@ -151,13 +166,22 @@ def render_page(context: Context, links: Links | None = None, **extra) -> str:
     return template.render(page=context, links=links or Links(""), generated=_now(), **extra)
 
 
-def render_error(status: int, message: str, links: Links | None = None, title: str | None = None) -> str:
-    """The error page (404 for unknown ids, 400 for bad parameters, ...)."""
+def render_error(status: int, message: str, links: Links | None = None, title: str | None = None,
+                 login_next: str | None = None) -> str:
+    """The error page (404 for unknown ids, 400 for bad parameters, ...); login_next: the page
+    to return to after signing in, for a 401 (the page then holds the sign-in form)."""
     titles = {400: "Bad request", 401: "API key needed", 403: "Not allowed", 404: "Not found",
               500: "Something went wrong", 503: "Store busy"}
     return environment().get_template("error.html").render(
         status=int(status), message=message, title=title or titles.get(int(status), "Error"),
-        links=links or Links(""), generated=_now())
+        links=links or Links(""), generated=_now(), login_next=login_next)
+
+
+def render_login(next_path: str, message: str | None = None, links: Links | None = None) -> str:
+    """The sign-in page: a form that posts an API key to /login, which keeps it in the HttpOnly
+    auditor_key cookie and returns to `next_path`; `message`: why the last try failed."""
+    return environment().get_template("login.html").render(
+        title="Sign in", message=message, login_next=next_path, links=links or Links(""), generated=_now())
 
 
 def _now() -> str:
@@ -194,7 +218,7 @@ def sample_plots(report: SampleReport) -> dict[str, str | None]:
     """The report's plots as data: URIs: 'stats' (captured mass, entropy, ESS per step),
     'shares' (top sources' share per step), 'network' (network-vs-PSPC error, if any)."""
     timeline = report.timeline
-    stats_key = [(s.step, s.t, s.mass_mean, s.mass_min, s.entropy_mean, s.ess_mean, s.ess_median) for s in timeline]
+    stats_key = [(s.step, s.t, s.captured, s.mass_min, s.entropy_mean, s.ess_mean, s.ess_median) for s in timeline]
     sources = report.sources or report.trajectory
     shares_key = ([(s.step, s.t) for s in timeline],
                   [(s.image_id, s.colour, tuple(s.share_by_step)) for s in sources[:6]])
@@ -240,9 +264,14 @@ def render_fidelity(page: FidelityPage, links: Links | None = None) -> str:
     return render_page(page, links, plots=fidelity_plots(page))
 
 
+_DRILLED = ("image_id", "label_name", "owner", "license", "thumbnail")  # what the drill-down shows of an image
+
+
 def _view_data(report: SampleReport) -> dict:
-    """What the page's script needs per step: map images, legend and the drill-down."""
-    steps = {}
+    """What the page's script needs per step: map images, legend and the drill-down (as
+    DrillDown.pixel_rows), and once for all steps what the drill-down shows of every image it
+    lists (`images`, by image index: _DRILLED, fields without a value left out)."""
+    steps, images = {}, {}
     for view in report.views:
         row = report.timeline_step(view.step)
         steps[str(view.step)] = {
@@ -251,10 +280,12 @@ def _view_data(report: SampleReport) -> dict:
             "concentration": view.concentration.data_uri(), "concentration_kind": view.concentration_kind,
             "concentration_mean": view.concentration_mean,
             "legend": [to_jsonable(item, "none") for item in view.legend],
-            "drilldown": view.drilldown.compact(),
+            "drilldown": view.drilldown.pixel_rows(),
         }
+        for index, info in view.drilldown.images.items():
+            images.setdefault(str(index), {k: info[k] for k in _DRILLED if info.get(k) is not None})
     return {"run_id": report.run_id, "sample_index": report.sample_index, "step": report.step,
-            "final_step": report.final_step, "steps": steps,
+            "final_step": report.final_step, "steps": steps, "images": images,
             "recorded_steps": [{"step": s.step, "t": s.t, "patch": s.patch} for s in report.timeline]}
 
 
@@ -273,13 +304,16 @@ def export_html(report: SampleReport) -> str:
     return render_sample(report, exported=True)
 
 
-def report_json(report: SampleReport, images: str = "data-uri") -> str:
-    """The report's data as JSON (what the page shows; images as data: URIs or left out)."""
+def report_json(report: Context, images: str = "data-uri") -> str:
+    """A page context's data as JSON (what the page shows; images as data: URIs or left out)."""
     return json.dumps(report.to_json(images), indent=1, allow_nan=False) + "\n"
 
 
 CSV_COLUMNS = ("section", "step", "t", "rank", "image_index", "image_id", "label", "label_name", "source_uri", "owner",
-               "license", "share", "flip_share", "patches")
+               "license", "share", "flip_share", "patches", "captured", "lowest_patch_mass", "entropy", "ess_median",
+               "ess_mean", "trajectory_weight", "descriptor", "score", "thresholds", "flagged", "mirrored",
+               "counterpart_run_id", "mse", "max_abs_error")
+CSV_SECTIONS = ("final", "trajectory", "step", "timeline", "copy", "similarity", "network-step")
 
 
 def _boxes(locations) -> str:
@@ -287,27 +321,90 @@ def _boxes(locations) -> str:
                      f"w={p.weight:.4g}" for p in locations)
 
 
+def _csv_value(value) -> str:
+    """Floats in full (repr), booleans as true/false, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _csv_rows(report: SampleReport):
+    """Every number the report page shows, one dict per row, by section (CSV_SECTIONS)."""
+    def source(section, step, t, rank, s, patches=""):
+        return {"section": section, "step": step, "t": t, "rank": rank, "image_index": s.image_index,
+                "image_id": s.image_id, "label": getattr(s, "label", None), "label_name": s.label_name,
+                "source_uri": getattr(s, "source_uri", None), "owner": getattr(s, "owner", None),
+                "license": getattr(s, "license", None), "share": float(s.share), "flip_share": float(s.flip_share),
+                "patches": patches}
+
+    final = report.timeline_step(report.final_step) if report.final_step is not None else None
+    for rank, s in enumerate(report.sources, 1):
+        yield source("final", report.final_step, final.t if final else None, rank, s, _boxes(s.patches))
+    for rank, s in enumerate(report.trajectory, 1):
+        yield source("trajectory", None, None, rank, s, _boxes(s.patches))
+    for step in report.timeline:
+        for rank, s in enumerate(step.top_sources, 1):
+            yield source("step", step.step, step.t, rank, s)
+    for step in report.timeline:
+        yield {"section": "timeline", "step": step.step, "t": step.t, "patches": step.patch,
+               "captured": step.captured, "lowest_patch_mass": step.mass_min, "entropy": step.entropy_mean,
+               "ess_median": step.ess_median, "ess_mean": step.ess_mean, "trajectory_weight": step.coefficient}
+    for c in report.copy_matches:
+        yield {"section": "copy", "rank": c.rank, "image_index": c.image_index, "image_id": c.image_id,
+               "descriptor": c.descriptor, "score": c.score, "thresholds": " ".join(map(repr, c.thresholds)),
+               "flagged": c.flagged, "mirrored": c.flip}
+    network = report.network
+    if network is not None:
+        for score in network.scores:
+            yield {"section": "similarity", "descriptor": score.descriptor, "score": score.score,
+                   "thresholds": " ".join(map(repr, score.thresholds)), "flagged": score.flagged,
+                   "counterpart_run_id": network.counterpart_run_id}
+        for step in network.steps:
+            yield {"section": "network-step", "step": step.step, "t": step.t, "mse": step.mse,
+                   "max_abs_error": step.max_abs_error, "counterpart_run_id": network.counterpart_run_id}
+
+
 def report_csv(report: SampleReport) -> str:
-    """The report's attribution as CSV, one row per (section, step, source): section 'final'
-    (the final image's sources, with their patch locations), 'trajectory', or 'step' (each
-    timeline step's top sources)."""
+    """The report's numbers as CSV, one row per (section, step, item), the columns a section
+    does not use empty: 'final' (the final image's sources, with their patch locations),
+    'trajectory', 'step' (each timeline step's top sources), 'timeline' (each step's captured
+    share, lowest patch mass, entropy, ESS and trajectory weight), 'copy' (copy detection:
+    nearest training images by descriptor), 'similarity' (the network counterpart's scores) and
+    'network-step' (network-vs-PSPC error per step)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    for row in _csv_rows(report):
+        writer.writerow([_csv_value(row.get(column)) for column in CSV_COLUMNS])
+    return buffer.getvalue()
 
-    def row(section, step, t, rank, source, patches=""):
-        writer.writerow([section, "" if step is None else step, "" if t is None else repr(float(t)), rank,
-                         source.image_index, source.image_id, getattr(source, "label", ""),
-                         source.label_name or "", getattr(source, "source_uri", None) or "",
-                         getattr(source, "owner", None) or "", getattr(source, "license", None) or "",
-                         repr(float(source.share)), repr(float(source.flip_share)), patches])
 
-    final = report.timeline_step(report.final_step) if report.final_step is not None else None
-    for rank, source in enumerate(report.sources, 1):
-        row("final", report.final_step, final.t if final else None, rank, source, _boxes(source.patches))
-    for rank, source in enumerate(report.trajectory, 1):
-        row("trajectory", None, None, rank, source, _boxes(source.patches))
-    for step in report.timeline:
-        for rank, source in enumerate(step.top_sources, 1):
-            row("step", step.step, step.t, rank, source)
+USAGE_COLUMNS = ("dataset_id", "image_index", "image_id", "label", "label_name", "source_uri", "owner", "license",
+                 "sha256", "run_id", "sample_index", "run_status", "run_kind", "final_share", "max_share",
+                 "max_share_step", "steps_using", "copy_descriptor", "copy_rank", "copy_score", "copy_flagged",
+                 "copy_mirrored")
+
+
+def training_image_csv(export: TrainingImageExport) -> str:
+    """The rights holder's export as CSV: one row per output that used the image (per copy
+    detection match naming it, when there are several), the image's identity on every row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(USAGE_COLUMNS)
+    image = {"dataset_id": export.dataset.id, "image_index": export.image_index, "image_id": export.image_id,
+             "label": export.label, "label_name": export.label_name, "source_uri": export.source_uri,
+             "owner": export.owner, "license": export.license, "sha256": export.sha256}
+    for use in export.outputs:
+        row = {**image, "run_id": use.run_id, "sample_index": use.sample_index, "run_status": use.run_status,
+               "run_kind": use.run_kind, "final_share": use.final_share, "max_share": float(use.max_share),
+               "max_share_step": use.max_share_step, "steps_using": use.steps_using}
+        for match in use.copy_matches or [{}]:
+            copy = {"copy_descriptor": match.get("descriptor"), "copy_rank": match.get("rank"),
+                    "copy_score": match.get("score"), "copy_flagged": match.get("flagged"),
+                    "copy_mirrored": match.get("flip")}
+            writer.writerow([_csv_value({**row, **copy}.get(column)) for column in USAGE_COLUMNS])
     return buffer.getvalue()

@@ -165,7 +165,8 @@ def serve_settings(args):
     given = {"sql_row_cap": args.sql_row_cap, "sql_time_limit_s": args.sql_time_limit,
              "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
              "jobs_dir": args.jobs_dir, "keys_required": True if args.require_keys else None,
-             "max_running_jobs": args.max_running_jobs}  # options not given: the environment, else the default
+             "max_running_jobs": args.max_running_jobs,
+             "host": args.host}  # options not given: the environment, else the default; host: a trusted Host name
     return ServiceSettings(db_path=db_path(args), lock_timeout=args.lock_timeout,  # UserError names a bad field
                            **{name: value for name, value in given.items() if value is not None})
 
@@ -174,27 +175,32 @@ def cmd_serve(args, argv=None) -> int:
     import uvicorn
 
     from auditor.service.app import create_app
+    from auditor.service.limits import MAX_REQUEST_HEAD_BYTES
     from auditor.service.settings import startup_message
 
     check_port(args.port)
     settings = serve_settings(args)
     app = create_app(settings)
     print(startup_message(settings, f"http://{url_host(args.host)}:{args.port}/"), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # h11 (when httptools is absent) buffers 16 KiB of request head by default: raise it to the URLs
+    # httptools takes (auditor.service.limits), so both hand the app the same long GETs
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
     return 0
 
 
 def cmd_quickstart(args, argv=None) -> int:
     from tqdm import tqdm
 
-    from auditor.workflows.quickstart import prepare
+    from auditor.workflows.quickstart import prepare, step_lines
 
     for option in ("num", "steps"):
         positive(getattr(args, option), f"--{option}")
     check_port(args.port)
     path = db_path(args)
     with tqdm(total=args.steps, desc="sampling", unit="step", file=sys.stderr, disable=None) as bar:
-        run = prepare(path, data=args.data, num_samples=args.num, steps=args.steps, progress=bar.update,
+        progress = step_lines(args.steps) if bar.disable else bar.update  # no terminal: a plain line per step
+        run = prepare(path, data=args.data, num_samples=args.num, steps=args.steps, progress=progress,
                       timeout=args.lock_timeout)
     host = url_host(args.host)
     print(f"sample report: http://{host}:{args.port}{run.report_path(0)}", flush=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 
 from auditor.cli.common import (
-    MAX_INT, PROG, CLIError, Parents, add_image_folder_options, db_path, integer, load_data, positive, print_table,
-    share, when
+    MAX_INT, PROG, CLIError, Parents, add_image_folder_options, db_path, integer, load_data, positive, print_table, when
 )
 from auditor.errors import StoreError
 from auditor.store import database
@@ -163,6 +162,14 @@ def _largest_patch(patches) -> str:
     return str(p)
 
 
+def significant_share(value, digits: int = 3) -> str:
+    """A fraction as a percentage to `digits` significant figures ('12.3%', '0.0412%'), so the
+    small shares of early steps read as numbers, not as 0.0%; empty for None."""
+    if value is None:
+        return ""
+    return f"{100 * float(value):.{digits}g}%"
+
+
 def cmd_show(args, argv=None) -> int:
     from auditor.store.attribution import sample_sources
 
@@ -175,7 +182,8 @@ def cmd_show(args, argv=None) -> int:
     rows = sample_sources(path, run_id, sample_index, step=args.step, top=args.top, timeout=args.lock_timeout)
     what = f"D(z_t) at step {args.step}" if args.step is not None else "final image"
     print(f"run {run_id}, sample {sample_index}, {what}: top {len(rows)} training sources (share of the pixels)")
-    table = [[rank, share(r.get("share")), share(r.get("flip_share")), r.get("image_index"), r.get("image_id"),
+    table = [[rank, significant_share(r.get("share")), significant_share(r.get("flip_share")), r.get("image_index"),
+              r.get("image_id"),
               r.get("label_name") or r.get("label"), r.get("owner"), r.get("license"), r.get("source_uri"),
               _largest_patch(r.get("patches") or [])] for rank, r in enumerate(rows, 1)]
     print_table(["#", "share", "mirrored", "index", "image id", "label", "owner", "license", "source", "largest patch"],

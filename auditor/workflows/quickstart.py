@@ -13,9 +13,12 @@ the network without a half-hour run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import json
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,10 +31,28 @@ from auditor.store.studies import find_study, store_study
 from auditor.workflows.options import Runtime, SamplingOptions
 from auditor.workflows.sampling import record_sampling_run
 
-__all__ = ["COMMITTED_STUDIES", "QuickstartRun", "import_studies", "prepare"]
+__all__ = ["COMMITTED_STUDIES", "QuickstartRun", "import_studies", "prepare", "say", "step_lines"]
 
 # The committed study ships with the package (bench/fidelity.py --quick --tune wrote it).
 COMMITTED_STUDIES = (Path(str(importlib.resources.files("auditor.workflows") / "studies" / "fidelity-quick.json")),)
+
+
+say = functools.partial(print, flush=True)  # a log line seen at once, also when stdout is a pipe or a file
+
+
+def step_lines(total: int, stream=None, clock: Callable[[], float] = time.monotonic) -> Callable[[int], None]:
+    """A progress callback (Runtime.progress: called with the steps just done) that writes one
+    plain line per step to `stream` (default: sys.stderr), flushed: what a log file or a pipe
+    gets instead of a progress bar, which only draws on a terminal."""
+    started, done = clock(), 0
+
+    def progress(steps: int = 1) -> None:
+        nonlocal done
+        done += int(steps)
+        print(f"sampling: step {done}/{total} recorded ({clock() - started:.0f} s)",
+              file=stream or sys.stderr, flush=True)
+
+    return progress
 
 
 @dataclass(frozen=True)
@@ -46,7 +67,7 @@ class QuickstartRun:
         return f"/runs/{self.run_id}/samples/{sample_index}"
 
 
-def import_studies(db_path, paths: Sequence[Path], *, log: Callable[[str], None] = print,
+def import_studies(db_path, paths: Sequence[Path], *, log: Callable[[str], None] = say,
                    timeout: float = database.DEFAULT_TIMEOUT) -> tuple[int, ...]:
     """Store each fidelity.json in `paths` unless a study from that file (by its sha256, kept
     in fidelity_studies.source) is there already; returns the studies' ids. Missing files are
@@ -70,7 +91,7 @@ def import_studies(db_path, paths: Sequence[Path], *, log: Callable[[str], None]
 
 def prepare(db_path, *, data: str = "fashion-mnist", num_samples: int = 8, steps: int = 18, seed: int = 0,
             studies: Sequence[Path] = COMMITTED_STUDIES, progress: Callable[[int], None] | None = None,
-            log: Callable[[str], None] = print, timeout: float = database.DEFAULT_TIMEOUT) -> QuickstartRun:
+            log: Callable[[str], None] = say, timeout: float = database.DEFAULT_TIMEOUT) -> QuickstartRun:
     """Upgrade the store, import the committed fidelity `studies`, ingest `data` (with
     x-flips), and record a PSPC-Square run unless a complete one with these settings exists;
     returns the run to show."""

@@ -14,7 +14,7 @@ import numpy as np
 from reports.pages.common import Context, Pagination
 
 __all__ = ["FidelityListPage", "FidelityPage", "MseRow", "MseTable", "build_fidelity_list_page",
-           "build_fidelity_page", "mse_table"]
+           "build_fidelity_page", "mse_table", "study_datasets"]
 
 
 @dataclass(kw_only=True)
@@ -64,7 +64,9 @@ class FidelityPage(Context):
     """One fidelity study (template fidelity.html): the network and data it ran on, the MSE
     table per process with the closest denoiser marked, the gradient-concentration table,
     the samples' similarity to the network's (with the descriptor's name), the tuned
-    schedule, the findings, and `study` (the stored study record: every stored number)."""
+    schedule, the findings, `study` (the stored study record: every stored number), and
+    `datasets`: the store's data sets the study's images come from, each saying whether the study
+    ran on all of its images or on a subset (a subset under the same name is not the same data)."""
 
     documented_template: ClassVar[str] = "fidelity.html"
 
@@ -83,6 +85,7 @@ class FidelityPage(Context):
     schedule: list[dict] | None
     findings: list[str]
     study: dict = field(repr=False)
+    datasets: list[dict] = field(default_factory=list)  # the store's data sets from the study's source (study_datasets)
 
     @property
     def title(self) -> str:
@@ -119,8 +122,19 @@ def mse_table(curve: dict, finding_range: tuple[float, float]) -> MseTable:
     return MseTable(process=curve["process"], names=names, rows=rows, states=curve.get("states"), range_means=means)
 
 
-def build_fidelity_page(study: dict, *, finding_range: tuple[float, float]) -> FidelityPage:
-    """The page of a stored study (load_study's dict); finding_range: the t range of the paper's finding."""
+def study_datasets(training_set: dict, datasets) -> list[dict]:
+    """The data sets (datasets rows) holding the study's training images: the same fingerprint
+    (same_images), or the same source file with other images (a subset of it, or a superset):
+    dicts id, name, count, fingerprint, same_images."""
+    fingerprint, source = training_set.get("fingerprint"), training_set.get("source")
+    return [{"id": int(d["id"]), "name": d["name"], "count": int(d["count"]), "fingerprint": d["fingerprint"],
+             "same_images": d["fingerprint"] == fingerprint}
+            for d in datasets if d["fingerprint"] == fingerprint or (source is not None and d.get("source") == source)]
+
+
+def build_fidelity_page(study: dict, *, finding_range: tuple[float, float], datasets=()) -> FidelityPage:
+    """The page of a stored study (load_study's dict); finding_range: the t range of the paper's
+    finding; datasets: the store's datasets rows (the page names those the study's images come from)."""
     record = study["record"]
     matrix = study["similarity"] or {}
     similarity = []
@@ -134,4 +148,5 @@ def build_fidelity_page(study: dict, *, finding_range: tuple[float, float]) -> F
                         seed=study["seed"],
                         tables=[mse_table(curve, finding_range) for curve in study["curves"].values()],
                         finding_range=finding_range, similarity=similarity, descriptor=study["descriptor"],
-                        schedule=study["tuned_schedule"], findings=study["findings"], study=study)
+                        schedule=study["tuned_schedule"], findings=study["findings"], study=study,
+                        datasets=study_datasets(record.get("training_set") or {}, datasets))

@@ -25,11 +25,12 @@ from reports import maps
 from reports.pages.common import (MAIN_SIZE, MAX_TOP, THUMB_SIZE, TIMELINE_SIZE, TINY_SIZE, Context, PatchLocation,
                                   Picture, RunRecord, check_options, display_scale, meta_dict, run_record,
                                   training_thumbnail)
+from reports.pages.glossary import SAMPLE_DEFINITIONS, Definition
 from reports.pages.network import CopyMatch, NetworkComparison, copy_matches
 from reports.pages.sample_views import StepAttribution, label_views, legend_images, step_attribution
 
-__all__ = ["SampleReport", "Source", "StepSource", "StepSummary", "build_sample_report", "check_report_options",
-           "report_images", "z_display"]
+__all__ = ["FidelityLink", "SampleReport", "Source", "StepSource", "StepSummary", "build_sample_report",
+           "check_report_options", "report_images", "z_display"]
 
 
 @dataclass(kw_only=True)
@@ -98,6 +99,19 @@ class StepSummary:
 
 
 @dataclass(kw_only=True)
+class FidelityLink:
+    """A fidelity study of how closely PSPC reproduces a network on the sample's training data:
+    on the same images (same_images), or on `images` other images of the same source file (a
+    subset, whose fingerprint differs)."""
+
+    study_id: int
+    name: str
+    network: str | None
+    images: int | None
+    same_images: bool
+
+
+@dataclass(kw_only=True)
 class SampleReport(Context):
     """The report on one generated image (template sample.html).
 
@@ -109,7 +123,8 @@ class SampleReport(Context):
     recorded step; network: the network counterpart when the run belongs to a network
     comparison (else None); copy_matches: the nearest training images by descriptor, when
     copy detection ran on the sample; notes: things the reader must know (run still running,
-    pixels not stored, ...)."""
+    pixels not stored, ...); definitions: what each figure means (reports.pages.glossary);
+    fidelity_studies: the fidelity studies of PSPC against a network on this training data."""
 
     documented_template: ClassVar[str] = "sample.html"
 
@@ -133,6 +148,8 @@ class SampleReport(Context):
     network: NetworkComparison | None = None
     copy_matches: list[CopyMatch] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    definitions: list[Definition] = field(default_factory=lambda: list(SAMPLE_DEFINITIONS))
+    fidelity_studies: list[FidelityLink] = field(default_factory=list)
     built_ms: float = 0.0
 
     @property
@@ -293,4 +310,6 @@ def build_sample_report(data: SampleProvenance, *, step: int | None = None, top:
         sources=sources, sources_total=sources_total, trajectory=trajectory, step=chosen, final_step=final_step,
         steps_recorded=len(data.steps), steps_planned=(data.run.get("sampler") or {}).get("num_steps"), views=views,
         timeline=timeline, network=network, copy_matches=copy_matches(data), notes=notes,
+        fidelity_studies=[FidelityLink(study_id=s["id"], name=s["name"], network=s["network_name"], images=s["count"],
+                                       same_images=s["same_images"]) for s in data.studies],
         built_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -11,8 +11,14 @@ from auditor.store.read_models.sample import SampleProvenance
 from reports import maps
 from reports.pages.common import MAIN_SIZE, TINY_SIZE, Picture, meta_dict, training_thumbnail
 
-__all__ = ["DrillDown", "LegendItem", "StepAttribution", "label_views", "legend_images", "palette_for",
-           "step_attribution"]
+__all__ = ["PIXEL_SCALE", "THUMBNAIL_BUDGET", "DrillDown", "LegendItem", "StepAttribution", "label_views",
+           "legend_images", "palette_for", "step_attribution"]
+
+PIXEL_SCALE = 100_000  # the drill-down's weights in the page's script data: integers of 1e-5 (five decimals)
+# Data-URI characters of drill-down thumbnails per report: the images with the largest weight in some
+# pixel get one until the budget is spent (early steps spread each pixel over thousands of images;
+# a thumbnail for each made the exported quickstart report 8.7 MB). The others are listed without.
+THUMBNAIL_BUDGET = 400_000
 
 
 @dataclass(kw_only=True)
@@ -44,17 +50,37 @@ class DrillDown:
     mass: np.ndarray = field(repr=False)  # float [H, W]
     images: dict[int, dict] = field(default_factory=dict, repr=False)
 
-    def to_json(self, images: str = "data-uri") -> dict:
-        return self.compact()
-
-    def compact(self, digits: int = 5) -> dict:
-        """The data the page's script reads: flat row-major lists, weights rounded."""
+    def to_json(self, images: str = "data-uri", digits: int = 5) -> dict:
+        """Flat row-major lists, weights rounded to `digits` decimals; images="none" leaves the
+        listed images' thumbnails out (None), as every other picture of the report."""
+        listed = {str(k): v if images != "none" else {**v, "thumbnail": None} for k, v in self.images.items()}
         return {"step": self.step, "height": self.height, "width": self.width, "top": self.top,
                 "image_index": self.image_index.reshape(-1).tolist(),
                 "weight": np.round(self.weight.reshape(-1), digits).tolist(),
                 "flip": np.round(self.flip.reshape(-1), digits).tolist(),
-                "mass": np.round(self.mass.reshape(-1), digits).tolist(),
-                "images": {str(k): v for k, v in self.images.items()}}
+                "mass": np.round(self.mass.reshape(-1), digits).tolist(), "images": listed}
+
+    def pixel_rows(self, scale: int = PIXEL_SCALE) -> dict:
+        """The compact form the page's script reads: each distinct pixel as one row [mass,
+        image_index, weight, mirrored part, ...] (its listed images, no padding) in integer units
+        of 1/scale, and `pixel_row` [H * W] (row-major) naming each pixel's row. Large patches give
+        every pixel the same row, so a whole-image step costs one row."""
+        rows: list[list[int]] = []
+        seen: dict[tuple, int] = {}
+        pixel_row = []
+        index = self.image_index.reshape(-1, self.top)
+        weight = np.rint(self.weight.reshape(-1, self.top) * scale).astype(np.int64)
+        flip = np.rint(self.flip.reshape(-1, self.top) * scale).astype(np.int64)
+        mass = np.rint(self.mass.reshape(-1) * scale).astype(np.int64)
+        for p in range(len(mass)):
+            kept = index[p] >= 0
+            row = (int(mass[p]), *np.stack([index[p][kept], weight[p][kept], flip[p][kept]], 1).reshape(-1).tolist())
+            if row not in seen:
+                seen[row] = len(rows)
+                rows.append(list(row))
+            pixel_row.append(seen[row])
+        return {"step": self.step, "height": self.height, "width": self.width, "scale": scale, "rows": rows,
+                "pixel_row": pixel_row}
 
 
 @dataclass(kw_only=True)
@@ -116,18 +142,29 @@ def step_attribution(data: SampleProvenance, step: int, top: int, drilldown_top:
         drilldown=drilldown)
 
 
-def label_views(data: SampleProvenance, views: list[StepAttribution]) -> None:
-    """Image ids in the legends, and metadata with tiny thumbnails for every image a drill-down lists."""
-    thumbs: dict[int, str | None] = {}
+def label_views(data: SampleProvenance, views: list[StepAttribution], budget: int | None = None) -> None:
+    """Image ids in the legends, and metadata for every image a drill-down lists, with a tiny
+    thumbnail for those with the largest weight in some pixel until `budget` data-URI
+    characters (default THUMBNAIL_BUDGET) are spent (None for the rest)."""
+    budget = THUMBNAIL_BUDGET if budget is None else int(budget)
+    largest: dict[int, float] = {}
     for v in views:
         for item in v.legend:
             if item.image_index is not None and item.image_index in data.images:
                 item.image_id = data.images[item.image_index].image_id
-        images = {}
-        for i in sorted(int(i) for i in np.unique(v.drilldown.image_index) if i >= 0):
-            meta = data.images.get(i)
-            if i not in thumbs:
-                thumb = training_thumbnail(data.dataset["fingerprint"], meta, TINY_SIZE)
-                thumbs[i] = thumb.data_uri() if thumb is not None else None
-            images[i] = {**meta_dict(meta, i), "thumbnail": thumbs[i]}
-        v.drilldown.images = images
+        listed = v.drilldown.image_index.reshape(-1)
+        keep = listed >= 0
+        for i, w in zip(listed[keep].tolist(), v.drilldown.weight.reshape(-1)[keep].tolist()):
+            if w > largest.get(i, -1.0):
+                largest[i] = w
+    thumbs: dict[int, str | None] = {}
+    for i in sorted(largest, key=lambda i: (-largest[i], i)):
+        thumb = training_thumbnail(data.dataset["fingerprint"], data.images.get(i), TINY_SIZE) if budget > 0 else None
+        uri = thumb.data_uri() if thumb is not None else None
+        if uri is not None and len(uri) > budget:
+            uri, budget = None, 0
+        budget -= len(uri or "")
+        thumbs[i] = uri
+    for v in views:
+        v.drilldown.images = {i: {**meta_dict(data.images.get(i), i), "thumbnail": thumbs[i]}
+                              for i in sorted(int(i) for i in np.unique(v.drilldown.image_index) if i >= 0)}

@@ -3,7 +3,7 @@ holder's view, from auditor.store.read_models.training_images.TrainingImageData.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -13,7 +13,8 @@ from reports import maps
 from reports.pages.common import (MAIN_SIZE, TINY_SIZE, Context, DatasetInfo, Pagination, PatchLocation, Picture,
                                   check_options, dataset_info, display_scale)
 
-__all__ = ["StepUse", "TrainingImagePage", "UsageRow", "build_training_image_page", "usage_overlay"]
+__all__ = ["ImageIdentity", "OutputUse", "StepUse", "TrainingImageExport", "TrainingImagePage", "UsageRow",
+           "build_training_image_export", "build_training_image_page", "usage_overlay"]
 
 
 @dataclass(kw_only=True)
@@ -45,12 +46,8 @@ class UsageRow:
 
 
 @dataclass(kw_only=True)
-class TrainingImagePage(Context):
-    """A training image (template training_image.html): its metadata, where in it PSPC took
-    patches for final images (usage map), and every sample, step and patch location that
-    used it, largest final share first (paginated by sample)."""
-
-    documented_template: ClassVar[str] = "training_image.html"
+class ImageIdentity:
+    """Which training image: its data set, index, id, sha256, label and rights metadata."""
 
     dataset: DatasetInfo
     image_index: int
@@ -61,6 +58,22 @@ class TrainingImagePage(Context):
     source_uri: str | None
     owner: str | None
     license: str | None
+
+
+def _identity(data: TrainingImageData) -> dict:
+    image = data.image
+    return {"dataset": dataset_info(data.dataset), **{f.name: image[f.name] for f in fields(ImageIdentity)
+                                                       if f.name != "dataset"}}
+
+
+@dataclass(kw_only=True)
+class TrainingImagePage(Context, ImageIdentity):
+    """A training image (template training_image.html): its metadata, where in it PSPC took
+    patches for final images (usage map), and every sample, step and patch location that
+    used it, largest final share first (paginated by sample)."""
+
+    documented_template: ClassVar[str] = "training_image.html"
+
     extra: dict | None
     thumbnail: Picture | None
     usage_map: Picture | None  # share of final images taken from each of its pixels (viridis)
@@ -119,9 +132,58 @@ def build_training_image_page(data: TrainingImageData, *, pagination: Pagination
         usage_map = Picture.of_rgb(usage_overlay(data.pixels, pixel_map / pixel_map.max()), MAIN_SIZE // 2 * 2,
                                    "share of final images taken from each pixel of the training image")
     return TrainingImagePage(
-        dataset=dataset_info(data.dataset), image_index=image["image_index"], image_id=image["image_id"],
-        sha256=image["sha256"], label=image["label"], label_name=image["label_name"], source_uri=image["source_uri"],
-        owner=image["owner"], license=image["license"], extra=image["extra"], thumbnail=thumbnail,
+        **_identity(data), extra=image["extra"], thumbnail=thumbnail,
         usage_map=usage_map, usage_total=data.usage["final_total"], samples_using=data.total,
         steps_using=data.usage["steps_using"], usages=usages, pagination=pagination.of(data.total),
         locations_per_step=locations)
+
+
+@dataclass(kw_only=True)
+class OutputUse:
+    """One output (a run's sample) that used the image or that copy detection matched to it:
+    the image's share of the final image (None when the final step kept none of it or the run
+    is not complete), its largest share of D(z_t) at any step and at which step, the steps
+    that kept it, and the copy detection matches that name it (descriptor, rank, score, flag,
+    flagged, flip)."""
+
+    run_id: int
+    sample_index: int
+    run_status: str
+    run_kind: str
+    final_share: float | None
+    max_share: float
+    max_share_step: int | None
+    steps_using: int
+    copy_matches: list[dict]
+
+
+@dataclass(kw_only=True)
+class TrainingImageExport(Context, ImageIdentity):
+    """The rights holder's export of a training image (export.csv / export.json of its page):
+    its identity and rights metadata and EVERY output that used it, largest final share first,
+    then the outputs only copy detection names."""
+
+    usage_total: float
+    samples_using: int
+    outputs: list[OutputUse]
+
+    @property
+    def title(self) -> str:
+        return f"Uses of training image {self.image_id}"
+
+
+def build_training_image_export(data: TrainingImageData) -> TrainingImageExport:
+    """Every output of the image `data` holds (read with any pagination: the export takes them all)."""
+    samples = data.usage["samples"]
+    keys = list(data.usage["order"]) + sorted(set(data.copy_matches) - set(samples))
+    outputs = []
+    for key in keys:
+        entry = samples.get(key, {"steps": {}, "final_share": None, "max_share": 0.0})
+        steps = entry["steps"]
+        largest = max(steps, key=lambda s: (steps[s]["share"], -s)) if steps else None
+        outputs.append(OutputUse(run_id=key[0], sample_index=key[1], run_status=data.statuses.get(key[0], "?"),
+                                 run_kind=data.kinds.get(key[0], "pspc"), final_share=entry["final_share"],
+                                 max_share=entry["max_share"], max_share_step=largest, steps_using=len(steps),
+                                 copy_matches=list(data.copy_matches.get(key, []))))
+    return TrainingImageExport(**_identity(data), usage_total=data.usage["final_total"], samples_using=data.total,
+                               outputs=outputs)

@@ -22,12 +22,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from auditor.store import attribution
+from auditor.workflows.quickstart import COMMITTED_STUDIES, import_studies
 from tests.support.pages import artifacts_dir
 from tests.support.paths import REPO
 
@@ -62,6 +64,7 @@ def _wait_http(url: str, process: subprocess.Popen, seconds: float = 90.0) -> No
 def server(fashion_store, tmp_path_factory):
     db = tmp_path_factory.mktemp("browser") / "provenance.duckdb"
     shutil.copy(fashion_store.db, db)
+    import_studies(db, COMMITTED_STUDIES, log=lambda line: None)  # a fidelity study for the /fidelity pages
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     process = subprocess.Popen([sys.executable, "-m", "auditor.cli", "--db", str(db), "serve", "--port", str(port)],
@@ -279,3 +282,54 @@ def test_exported_report_works_offline(server, browser, fashion_store, tmp_path)
     browser.settle()
     assert browser.problems() == []
     assert [url for url in browser.requests() if not url.startswith("data:")] == [path.as_uri()]
+
+
+# Elements sticking out past the right edge of the viewport, outside any container that scrolls
+# or clips them (what makes the page itself scroll sideways): named for the failure message.
+_OVERFLOWING = """(() => {
+  const limit = window.innerWidth + 0.5, out = [];
+  for (const e of document.querySelectorAll('body *')) {
+    const r = e.getBoundingClientRect();
+    if (r.right <= limit || r.width === 0) { continue; }
+    let p = e.parentElement, contained = false;
+    for (; p && p !== document.body; p = p.parentElement) {
+      if (getComputedStyle(p).overflowX !== 'visible') { contained = true; break; }
+    }
+    if (!contained) { out.push(e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+                               (e.className && typeof e.className === 'string' ? '.' + e.className.split(' ').join('.') : '') +
+                               ' right=' + Math.round(r.right)); }
+  }
+  return out.slice(0, 8);
+})()"""
+
+
+def _layout_pages(server: str, fashion_store) -> list[str]:
+    """Every kind of page of the service, with the sample report at its final and at an early step."""
+    run = fashion_store.complete_run
+    top = attribution.sample_sources(fashion_store.db, run, 0, top=1)[0]["image_index"]
+    return [f"{server}/", f"{server}/?q=train-0001", f"{server}/runs/{run}", f"{server}/runs/{run}/samples/0",
+            f"{server}/runs/{run}/samples/0?step=1", f"{server}/datasets/1/images/{top}",
+            f"{server}/sql?sql=" + urllib.parse.quote("SELECT * FROM runs"), f"{server}/sql", f"{server}/fidelity",
+            f"{server}/fidelity/1", f"{server}/runs/999"]
+
+
+@pytest.mark.parametrize("width", [390, 1400])
+def test_no_page_scrolls_sideways(server, fashion_store, tmp_path, width):
+    """At a phone's 390 px and a desktop's 1400 px, no page (nor the exported report) is wider
+    than the window: wide tables scroll inside their own container, never the page."""
+    browser = Browser(tmp_path / "profile", width=width, height=900)
+    try:
+        with urllib.request.urlopen(f"{server}/runs/{fashion_store.complete_run}/samples/0/export.html",
+                                    timeout=60) as response:
+            (tmp_path / "report.html").write_bytes(response.read())
+        wide = {}
+        for url in [*_layout_pages(server, fashion_store), (tmp_path / "report.html").as_uri()]:
+            browser.navigate(url)
+            if not browser.js("document.documentElement.scrollWidth <= window.innerWidth"):
+                wide[url] = (browser.js("document.documentElement.scrollWidth"), browser.js(_OVERFLOWING))
+        browser.navigate(f"{server}/runs/{fashion_store.complete_run}/samples/0")
+        browser.screenshot(artifacts_dir(tmp_path) / f"sample-report-{width}px.png")
+        assert wide == {}, f"pages wider than {width} px: {wide}"
+        assert [p for p in browser.problems() if "/runs/999" not in p] == []  # that one is the 404 page
+    finally:
+        browser.close()

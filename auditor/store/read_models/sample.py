@@ -40,7 +40,7 @@ from auditor.store.runs import check_sample_index, read_run
 from pspc.posterior.attribution import member_pixel_weights, trajectory_coefficients
 
 __all__ = ["CopyMatchRow", "PixelSources", "SampleProvenance", "Shares", "StepRow", "build_cached",
-           "per_image_weights", "pixel_top_sources"]
+           "per_image_weights", "pixel_top_sources", "related_studies"]
 
 T = TypeVar("T")
 DENSE_BYTES = 256 * 2**20  # dense per-step maps a SampleProvenance keeps (the latest step always)
@@ -112,6 +112,20 @@ class PixelSources:
     mass: np.ndarray = field(repr=False)
 
 
+def related_studies(conn, dataset: dict) -> list[dict]:
+    """The fidelity studies run on the data set `dataset` (same fingerprint: same_images) or on
+    other images of its source file (a subset, e.g. its first 5,000): dicts id, name,
+    network_name, count (the study's training images), fingerprint, same_images; oldest first."""
+    rows = conn.execute("""
+        SELECT id, name, network_name, training_fingerprint, json_extract_string(record, '$.training_set.source'),
+               TRY_CAST(json_extract(record, '$.training_set.count') AS BIGINT)
+        FROM fidelity_studies ORDER BY id""").fetchall()
+    return [{"id": int(i), "name": name, "network_name": network, "count": None if count is None else int(count),
+             "fingerprint": fingerprint, "same_images": fingerprint == dataset["fingerprint"]}
+            for i, name, network, fingerprint, source, count in rows
+            if fingerprint == dataset["fingerprint"] or (source is not None and source == dataset.get("source"))]
+
+
 def _numpy(value) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensor
         value = value.detach().cpu().numpy()
@@ -179,13 +193,14 @@ class SampleProvenance:
     seed; final_image (float32 [C, H, W] or None while the run is not complete); steps (list
     of StepRow, ascending); geometry (patch_set_id -> PatchGeometry); weights and stats
     (column arrays of the sample's patch_weights and patch_stats rows); copy_matches (its
-    CopyMatchRows, by descriptor and rank); images (image_index -> ImageMeta for the images
-    fetched so far). Per-step maps are kept on the instance (the dense ones up to
+    CopyMatchRows, by descriptor and rank); studies (the fidelity studies run on this data
+    set or on part of the same source file: dicts id, name, network_name, count, fingerprint,
+    same_images); images (image_index -> ImageMeta for the images fetched so far). Per-step maps are kept on the instance (the dense ones up to
     DENSE_BYTES): treat what they return as read-only.
     """
 
     def __init__(self, *, db_path, run: dict, dataset: dict, sample_index: int, seed: int, final_image, steps,
-                 geometry, weights, stats, shares, copy_matches=()):
+                 geometry, weights, stats, shares, copy_matches=(), studies=()):
         self.db_path = db_path
         self.run, self.dataset = run, dataset
         self.sample_index, self.seed, self.final_image = sample_index, seed, final_image
@@ -193,6 +208,7 @@ class SampleProvenance:
         self.geometry: dict[int, PatchGeometry] = geometry
         self.weights, self.stats, self.shares = weights, stats, shares
         self.copy_matches: list[CopyMatchRow] = list(copy_matches)
+        self.studies: list[dict] = list(studies)
         self.images: dict[int, ImageMeta] = {}
         self._by_step = {row.step: row for row in steps}
         self._step_shares: dict[int, Shares] | None = None
@@ -256,7 +272,7 @@ class SampleProvenance:
         geometry = patch_geometry(conn, [s.patch_set_id for s in steps])
         return cls(db_path=db_path, run=run, dataset=dataset, sample_index=sample_index, seed=int(seed),
                    final_image=final_image, steps=steps, geometry=geometry, weights=weights, stats=stats,
-                   shares=shares, copy_matches=matches)
+                   shares=shares, copy_matches=matches, studies=related_studies(conn, dataset))
 
     def fetch_images(self, conn, indices, pixels: bool = True) -> dict[int, ImageMeta]:
         """Read (on an open connection) the metadata of the images not fetched yet; returns them all."""
@@ -454,7 +470,7 @@ class SampleProvenance:
 # ---------------------------------------------------------------------------------------
 # A COMPLETE run's rows never change: the key holds the run's identity (file, id, creation and
 # completion time) and the counts of the rows that can still be added for it later
-# (similarity scores, copy matches, comparison membership).
+# (similarity scores, copy matches, comparison membership, fidelity studies of its data).
 _BUILT: "OrderedDict[tuple, object]" = OrderedDict()
 _BUILT_LOCK = threading.Lock()
 _BUILT_CACHE_SIZE = 32
@@ -469,7 +485,8 @@ def _state_key(conn, db_path, run_id, sample_index) -> tuple | None:
         SELECT r.status, r.created_at, r.finished_at,
                (SELECT count(*) FROM similarity_scores s WHERE s.run_a = r.id OR s.run_b = r.id),
                (SELECT count(*) FROM copy_matches c WHERE c.run_id = r.id),
-               (SELECT count(*) FROM comparison_runs m WHERE m.run_id = r.id)
+               (SELECT count(*) FROM comparison_runs m WHERE m.run_id = r.id),
+               (SELECT count(*) FROM fidelity_studies)
         FROM runs r WHERE r.id = ?""", [run_id]).fetchone()
     if row is None or row[0] != "complete":
         return None

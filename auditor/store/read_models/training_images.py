@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from auditor.errors import NotFoundError
+from auditor.errors import NotFoundError, UserError
 from auditor.store import database
 from auditor.store.database import json_value
 from auditor.store.read_models.common import float_image, integer_id
 from auditor.store.read_models.patches import patch_geometry
 
-__all__ = ["TrainingImageData", "image_usage", "load_training_image"]
+__all__ = ["TrainingImageData", "image_usage", "label_number", "load_training_image"]
 
 DATASET_COLUMNS = ("id", "name", "source", "fingerprint", "count", "channels", "height", "width")
 IMAGE_COLUMNS = ("image_id", "sha256", "label", "label_name", "source_uri", "owner", "license", "extra")
@@ -31,7 +31,9 @@ class TrainingImageData:
     owner, license, extra decoded); pixels: uint8 [C, H, W] (None when not stored); usage:
     image_usage's dict over every sample; statuses: run id -> status (the dataset's runs);
     shown: the requested slice of usage["order"]; finals: (run, sample) -> final image
-    (float32 [C, H, W]) of the shown samples that have one."""
+    (float32 [C, H, W]) of the shown samples that have one; kinds: run id -> kind ('pspc',
+    'network-explained', ...); copy_matches: (run, sample) -> the copy detection matches that
+    name the image (_copy_matches), for every sample of the dataset's runs."""
 
     dataset: dict
     image: dict
@@ -40,6 +42,8 @@ class TrainingImageData:
     statuses: dict[int, str]
     shown: list[tuple[int, int]]
     finals: dict[tuple[int, int], np.ndarray] = field(repr=False)
+    kinds: dict[int, str] = field(default_factory=dict)
+    copy_matches: dict[tuple[int, int], list[dict]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -49,6 +53,34 @@ class TrainingImageData:
     def total(self) -> int:
         """Samples that used the image."""
         return len(self.usage["order"])
+
+
+def label_number(db_path, dataset_id: int, label: str | int | None, *,
+                 timeout: float = database.DEFAULT_TIMEOUT) -> int | None:
+    """The class label a `label=` filter names: a number (as text or int) as it is, or a class name,
+    matched case-insensitively against the dataset's label_name ('trouser' -> 1 on Fashion-MNIST).
+    UserError naming the dataset's class names for a name none of its images has."""
+    if label is None:
+        return None
+    text = str(label).strip()
+    if text.lstrip("+-").isdigit():
+        number = int(text)
+        if not -2**31 <= number < 2**31:  # training_images.label is a 32-bit integer
+            raise UserError(f"label must be a class number in -2^31..2^31-1 or a class name, got {text[:40]}")
+        return number
+    with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
+        if conn.execute("SELECT count(*) FROM datasets WHERE id = ?", [int(dataset_id)]).fetchone()[0] == 0:
+            raise NotFoundError(f"{db_path}: no dataset {dataset_id}")
+        rows = conn.execute("SELECT DISTINCT label, label_name FROM training_images WHERE dataset_id = ? AND "
+                            "label_name IS NOT NULL ORDER BY label, label_name", [int(dataset_id)]).fetchall()
+    found = sorted({int(n) for n, name in rows if n is not None and name.lower() == text.lower()})
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(dict.fromkeys(f"{name} ({n})" for n, name in rows)) or "none"
+    if found:
+        raise UserError(f"label {text!r} names several class numbers in dataset {dataset_id} ({found}); give the number")
+    raise UserError(f"no training image of dataset {dataset_id} has the label {text!r}; give a class number or "
+                    f"one of its class names: {names}")
 
 
 def load_training_image(db_path, dataset_id: int, image_index: int, *, limit: int, offset: int,
@@ -82,7 +114,10 @@ def load_training_image(db_path, dataset_id: int, image_index: int, *, limit: in
             JOIN steps s ON s.run_id = v.run_id AND s.sample_index = v.sample_index AND s.step = v.step
             WHERE r.dataset_id = ? AND v.image_index = ?""", [dataset_id, image_index]).fetchall()
         geometry = patch_geometry(conn, np.unique(rows["patch_set_id"]).tolist())
-        statuses = dict(conn.execute("SELECT id, status FROM runs WHERE dataset_id = ?", [dataset_id]).fetchall())
+        run_rows = conn.execute("SELECT id, status, kind FROM runs WHERE dataset_id = ?", [dataset_id]).fetchall()
+        statuses = {int(r[0]): r[1] for r in run_rows}
+        kinds = {int(r[0]): r[2] or "pspc" for r in run_rows}
+        copies = _copy_matches(conn, dataset_id, image_index)
         usage = image_usage(share_rows, rows, geometry, statuses, (int(dataset["height"]), int(dataset["width"])))
         shown = usage["order"][int(offset):int(offset) + int(limit)]
         finals = _final_images(conn, shown, usage["samples"])
@@ -91,7 +126,23 @@ def load_training_image(db_path, dataset_id: int, image_index: int, *, limit: in
     image["extra"] = json_value(image["extra"])
     pixels = np.frombuffer(irow[8], np.uint8).reshape(shape) if irow[8] is not None else None
     return TrainingImageData(dataset=dataset, image=image, pixels=pixels, usage=usage, statuses=statuses, shown=shown,
-                             finals={key: float_image(blob, shape) for key, blob in finals.items()})
+                             finals={key: float_image(blob, shape) for key, blob in finals.items()}, kinds=kinds,
+                             copy_matches=copies)
+
+
+def _copy_matches(conn, dataset_id: int, image_index: int) -> dict[tuple[int, int], list[dict]]:
+    """(run, sample) -> the copy_matches rows that name the image (copy detection: descriptor,
+    rank (0 = nearest), score, flag, flagged, flip), by descriptor and rank."""
+    out: dict[tuple[int, int], list[dict]] = {}
+    for run_id, sample_index, descriptor, rank, score, flag, flagged, flip in conn.execute("""
+            SELECT c.run_id, c.sample_index, c.descriptor, c.rank, c.score, c.flag, c.flagged, c.flip
+            FROM copy_matches c JOIN runs r ON r.id = c.run_id
+            WHERE r.dataset_id = ? AND c.image_index = ?
+            ORDER BY c.run_id, c.sample_index, c.descriptor, c.rank""", [dataset_id, image_index]).fetchall():
+        out.setdefault((int(run_id), int(sample_index)), []).append(
+            {"descriptor": descriptor, "rank": int(rank), "score": float(score),
+             "flag": None if flag is None else float(flag), "flagged": bool(flagged), "flip": bool(flip)})
+    return out
 
 
 def _final_images(conn, shown: list[tuple[int, int]], samples: dict) -> dict[tuple[int, int], bytes]:

@@ -56,7 +56,7 @@ def test_exports_download(client, random_store):
     body = json.loads(data.text)
     assert body["page"] == "SampleReport" and body["image"] is None and body["sources"]
     rows = list(csv.DictReader(io.StringIO(client.get(f"{base}/export.csv").text)))
-    assert rows and {r["section"] for r in rows} == {"final", "trajectory", "step"}
+    assert rows and {r["section"] for r in rows} == {"final", "trajectory", "step", "timeline"}
 
 
 def test_unknown_ids_are_404_pages(client, random_store):
