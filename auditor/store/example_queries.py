@@ -31,12 +31,13 @@ WHERE s.run_id = 1 AND s.sample_index = 0
 ORDER BY s.share DESC, s.image_index
 LIMIT 10;"""),
     ExampleQuery("image-usage", "The rights holder's question: which generated samples used training image "
-                 "train-00029, and how much of each final image came from it", """\
-SELECT s.run_id, s.sample_index, s.share
+                 "train-58676 (the largest source of the Quick start's sample 0), and how much of each final image "
+                 "came from it (add AND s.share > 0.001 to keep only large uses)", """\
+SELECT s.run_id, s.sample_index, s.share, s.flip_share
 FROM sample_sources AS s
 JOIN runs AS r ON r.id = s.run_id
 JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = s.image_index
-WHERE i.image_id = 'train-00029' AND s.share > 0.001
+WHERE i.image_id = 'train-58676'
 ORDER BY s.share DESC, s.run_id, s.sample_index;"""),
     ExampleQuery("pixel-sources", "The sources of one pixel: (y, x) = (14, 14) of D(z_t) at step 12 of sample 0 "
                  "of run 1, each training image's weight in it (mirror image included)", """\
