@@ -16,8 +16,9 @@ The store is opened per request, one short transaction at a time (auditor.store.
 sampling job running in another process can write between requests.
 
 Every response carries a Content-Security-Policy, X-Frame-Options and X-Content-Type-Options
-(auditor.service.middleware); the API docs (/api/docs, /api/openapi.json) need the read scope
-like the rest once keys are required (auditor.service.docs).
+(auditor.service.middleware); the API's index (/api) and docs (/api/docs, /api/redoc,
+/api/openapi.json) need the read scope like the rest once keys are required, and are served
+with no request to another site (auditor.service.docs).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import os
 
 from fastapi import FastAPI
 
-from auditor.service.api import build_router
+from auditor.service.api import TAGS, build_router
 from auditor.service.auth import KeyRing
 from auditor.service.cache import ResponseCache
-from auditor.service.docs import router as docs_router
+from auditor.service.docs import assets_router, router as docs_router
 from auditor.service.errors import install_error_handlers
 from auditor.service.jobs import JobRunner
 from auditor.service.middleware import BodyLimit, RememberKey, SecurityHeaders, TrustedHosts
@@ -52,8 +53,11 @@ locations, built each generated image. Every list is paginated (`limit`, `offset
 carries `total` and `next`). Errors are `{"status", "error", "message"}`.
 
 Access: when the store holds an API key, send it as `Authorization: Bearer <key>` or
-`X-API-Key: <key>`; scope `read` for every GET, `submit` for POST /api/jobs. With no key in the
-store the service runs in local single-user mode and checks nothing.
+`X-API-Key: <key>`; scope `read` for every GET, `submit` for POST /api/jobs (and /api/jobs/{kind}).
+With no key in the store the service runs in local single-user mode and checks nothing.
+
+`GET /api` lists the resources; this documentation is served by the service itself (Swagger UI at
+/api/docs, ReDoc at /api/redoc), with no request to another site.
 """
 
 
@@ -68,7 +72,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     database.keep_open(settings.db_path)  # released whenever a writer (a job) waits for the lock
     if settings.keys_required is None:
         settings.keys_required = keys.has_active_keys(settings.db_path, settings.lock_timeout)
-    app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=_version(),
+    app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=_version(), openapi_tags=TAGS,
                   openapi_url=None, docs_url=None, redoc_url=None)  # the docs are docs_router's, behind the read scope
     app.state.settings = settings
     app.state.keys = KeyRing(settings.db_path, settings.lock_timeout, bool(settings.keys_required))
@@ -76,8 +80,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.cache = ResponseCache(settings.cache_bytes)
     app.state.jobs.recover()
     install_error_handlers(app)
-    app.include_router(build_router(), prefix="/api")
+    app.include_router(build_router())
     app.include_router(docs_router)
+    app.include_router(assets_router)
     app.include_router(pages_router)
     app.include_router(login_router)
     app.add_middleware(RememberKey)

@@ -1,31 +1,34 @@
-"""Sampling jobs submitted to the report service, run as subprocesses.
+"""Jobs submitted to the report service (sampling, comparisons, audits), run as subprocesses.
 
 A job is a row in `jobs` (status queued -> running -> complete | failed | cancelled) and,
-once started, a subprocess ``python -m auditor.cli sample --dataset ID ...`` that records the
-run exactly as the command line would (so the run's stored `command` reproduces it), with
-stdout and stderr in its own log file under the service's jobs folder. The writer is
-therefore another process: DuckDB lets one process write the file, and the service keeps
-reading between the job's short per-step transactions.
+once started, a subprocess ``python -m auditor.cli KIND-COMMAND ...`` (`auditor sample
+--dataset ID ...`, `auditor compare ...`, `auditor audit IMAGE ...`: the kind's request says
+which, auditor.service.job_kinds) that records its runs exactly as the command line would
+(so a run's stored `command` reproduces it), with stdout and stderr in its own log file under
+the service's jobs folder. The writer is therefore another process: DuckDB lets one process
+write the file, and the service keeps reading between the job's short transactions.
 
 The service gives the subprocess its job id in the environment (auditor.store.jobs.JOB_ENV);
-the transaction that creates the run also sets the job's run_id, so the job knows its run
-exactly, after a service restart too. A watcher thread per job waits for the exit, marks the
-run failed if the subprocess left it 'running' (auditor.store.runs.fail_abandoned_runs: it
-lost the store lock, or was killed) and sets the job complete (its run complete), cancelled
-(POST .../cancel: the row records the request, so it holds over a restart; the subprocess
-gets SIGINT and marks its run failed, resumable) or failed. At most `max_running_jobs` run
-at once; the others wait as 'queued'. Jobs survive a service restart: `JobRunner.recover`
-adopts those whose subprocess still runs and finishes those whose pid is gone by their run's
-state (a failed run can be continued with `auditor sample --resume`).
+the transaction that creates the job's first run (auditor.store.runs.create_run, for every
+run kind) also sets the job's run_id, so the job knows its run exactly, after a service
+restart too (a comparison's: its network-explained run). A watcher thread per job waits for
+the exit, marks the run failed if the subprocess left it 'running' (auditor.store.runs.
+fail_abandoned_runs: it lost the store lock, or was killed) and sets the job complete (its
+run complete), cancelled (POST .../cancel: the row records the request, so it holds over a
+restart; the subprocess gets SIGINT and marks its run failed) or failed. At most
+`max_running_jobs` run at once; the others wait as 'queued'. Jobs survive a service
+restart: `JobRunner.recover` adopts those whose subprocess still runs and finishes those
+whose pid is gone by their run's state (a failed sampling run can be continued with
+`auditor sample --resume`).
 
 What API clients see of a job holds no server paths and no tracebacks (`public_text`): the
 error says what happened in words, and the log is served with every absolute path cut to
 its last part and each traceback replaced by one line (the file on the server keeps all).
 
-Requests are validated with Pydantic (bounds on samples, steps, top-k; mass in (0, 1]; the
-dataset must exist in the store and hold its pixels; a fixed patch size must fit the image);
-the subprocess reads the training images from the store itself (`--dataset`), never a path
-from the request.
+Requests are validated by their kind's model (bounds; the workflow's options, as the CLI
+builds them) and against the store and the service's folders before the job is queued; the
+subprocess reads the training images from the store itself (`--dataset`), never a path from
+the request (uploads are kept by sha256 under the jobs folder: auditor.service.uploads).
 """
 
 from __future__ import annotations
@@ -39,74 +42,36 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from auditor.errors import StoreError
-from auditor.service.limits import MAX_ID, MAX_PIXEL
+from auditor.service.job_kinds import (
+    JOB_KINDS, MAX_SAMPLES, MAX_STEPS, MAX_TOP_K, JobFolders, JobRequest, SampleJobRequest, job_request
+)
+from auditor.service.uploads import store_upload, upload_path
 from auditor.store import catalog, datasets
 from auditor.store import jobs as job_rows
 from auditor.store.jobs import CANCEL_REQUESTED, FINISHED, JOB_ENV, JOB_STATUSES
 from auditor.store.runs import fail_abandoned_runs
-from auditor.workflows.options import SamplingOptions
 
 __all__ = ["JOB_STATUSES", "JobRunner", "MAX_SAMPLES", "MAX_STEPS", "MAX_TOP_K", "SampleJobRequest",
            "job_command", "job_outcome", "lower_priority", "public_text"]
 
-MAX_SAMPLES = 64
-MAX_STEPS = 256
-MAX_TOP_K = 1024
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # holds the auditor package: the checkout, or site-packages
 
 
-class SampleJobRequest(BaseModel):
-    """PSPC sampling on a dataset held in the store, every step recorded (as `auditor sample`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["sample"] = "sample"
-    dataset_id: int = Field(ge=1, le=MAX_ID,
-                            description="a dataset in the store (GET /api/datasets); its stored pixels are used")
-    num_samples: int = Field(4, ge=1, le=MAX_SAMPLES, description="samples to generate (sample i uses seed + i)")
-    steps: int = Field(18, ge=1, le=MAX_STEPS, description="sampling steps on the EDM schedule")
-    sampler: Literal["euler", "heun"] = "euler"
-    denoiser: Literal["pspc-square", "pspc-flex", "empirical"] = "pspc-square"
-    patch_size: int | None = Field(None, ge=1, le=MAX_PIXEL,
-                                   description="pspc-square only: fixed s x s patches instead of s(t)")
-    seed: int = Field(0, ge=0, le=2**53)
-    top_k: int = Field(16, ge=1, le=MAX_TOP_K, description="kept posterior weights per sample and patch")
-    mass: float = Field(0.99, gt=0, le=1, description="stop keeping weights once they hold this mass")
-    xflip: bool = Field(True, description="include the mirrored training images")
-
-    @model_validator(mode="after")
-    def _valid_options(self):
-        self.options()  # THE validation of a sampling request, shared with `auditor sample`
-        return self
-
-    def options(self) -> SamplingOptions:
-        """The request as the workflow's options (raises UserError, a ValueError, when invalid)."""
-        return SamplingOptions(denoiser_kind=self.denoiser, patch_size=self.patch_size, num_samples=self.num_samples,
-                               steps=self.steps, sampler=self.sampler, seed=self.seed, top_k=self.top_k,
-                               mass=self.mass)
+def job_command(request: JobRequest, db_path, lock_timeout: float, python: str | None = None, *,
+                folders: JobFolders | None = None) -> list[str]:
+    """The subprocess's argv: `auditor` with the store and the lock timeout, then the request's
+    command with every option spelled out. folders: where uploads and networks are (default:
+    beside the store, and ./checkpoints)."""
+    db_path = Path(db_path).resolve()
+    folders = folders or JobFolders(db_path.parent / f"{db_path.name}.jobs", Path("checkpoints"))
+    return [python or sys.executable, "-m", "auditor.cli", "--db", str(db_path), "--lock-timeout",
+            f"{lock_timeout:g}", *request.cli_args(folders)]
 
 
-def job_command(request: SampleJobRequest, db_path, lock_timeout: float, python: str | None = None) -> list[str]:
-    """The subprocess's argv: `auditor sample` on the stored dataset, with every option spelled out."""
-    argv = [python or sys.executable, "-m", "auditor.cli", "--db", str(Path(db_path).resolve()),
-            "--lock-timeout", f"{lock_timeout:g}", "sample", "--dataset", str(request.dataset_id),
-            "--num", str(request.num_samples), "--steps", str(request.steps), "--sampler", request.sampler,
-            "--denoiser", request.denoiser, "--seed", str(request.seed), "--top-k", str(request.top_k),
-            "--mass", repr(float(request.mass))]
-    if request.patch_size is not None:
-        argv += ["--patch-size", str(request.patch_size)]
-    if not request.xflip:
-        argv.append("--no-xflip")
-    return argv
-
-
-def _pid_running_job(pid: int | None) -> bool:
-    """Whether `pid` is alive on this host and is an `auditor.cli sample` process (not a reused pid)."""
+def _pid_running_job(pid: int | None, command: str = "sample") -> bool:
+    """Whether `pid` is alive on this host and is an `auditor.cli COMMAND` process (not a reused pid)."""
     if not pid:
         return False
     try:
@@ -123,7 +88,7 @@ def _pid_running_job(pid: int | None) -> bool:
             return False
         if not text:  # a zombie: exited, not yet reaped
             return False
-        return b"auditor.cli" in text and b"sample" in text
+        return b"auditor.cli" in text.split(b"\0") and command.encode() in text.split(b"\0")
     return True
 
 
@@ -192,8 +157,7 @@ def job_outcome(job: dict, code: int | None, run: dict, log: str, *, cancelled: 
     if status == "complete" and code in (0, None):
         return "complete", None
     steps = f"{run.get('steps_recorded', 0)} of {run.get('steps_planned') or '?'} steps"
-    resume = (f"; continue it with `auditor sample --dataset {job['request'].get('dataset_id')} --resume {run_id}`"
-              if status == "failed" else "")
+    resume = _request(job).resume_hint(run_id) if status == "failed" and _request(job) is not None else ""
     if cancelled:
         if run_id is None:
             return "cancelled", "cancelled before its run was created"
@@ -208,6 +172,19 @@ def job_outcome(job: dict, code: int | None, run: dict, log: str, *, cancelled: 
     lines = [line for line in public_text(log).splitlines()
              if line.strip() and not line.startswith("$ ") and line != TRACEBACK_OMITTED]
     return "failed", f"{why}; {what}" + "".join("\n" + line for line in lines[-5:])
+
+
+def _request(job: dict) -> JobRequest | None:
+    """The job's request as its kind's model (None for a row no model accepts any more)."""
+    try:
+        return job_request({"kind": "sample", **job})
+    except (ValueError, KeyError):
+        return None
+
+
+def _command(job: dict) -> str:
+    kind = JOB_KINDS.get(job.get("kind") or "sample")
+    return kind.request.command if kind else ""
 
 
 _STOPPING = threading.Event()  # set at interpreter exit: watchers end (jobs go on; `recover` adopts them)
@@ -230,6 +207,7 @@ class JobRunner:
         self.settings = settings
         self.db_path = Path(settings.db_path)
         self.timeout = settings.lock_timeout
+        self.folders = JobFolders(Path(settings.jobs_dir), Path(settings.networks_dir).resolve())
         self._lock = threading.RLock()
         self._procs: dict[int, subprocess.Popen] = {}
         self._watchers: dict[int, threading.Thread] = {}
@@ -244,8 +222,10 @@ class JobRunner:
         return job_rows.list_jobs(self.db_path, status=status, limit=limit, offset=offset, timeout=self.timeout)
 
     def progress(self, job: dict) -> dict:
-        """Steps recorded so far (all samples of a step are committed together) of the job's run."""
-        planned = job["request"].get("steps")
+        """Steps recorded so far (all samples of a step are committed together) of the job's run
+        (a comparison's: its network-explained run, the first it records)."""
+        request = _request(job)
+        planned = request.planned_steps() if request is not None else job["request"].get("steps")
         out = {"steps_recorded": 0, "steps_planned": planned, "run_status": None}
         if job.get("run_id") is None:
             return out
@@ -260,14 +240,42 @@ class JobRunner:
         return public_text(_log_tail(self.get(job_id)["log_path"], max_bytes))
 
     # -- submitting --------------------------------------------------------------------
-    def submit(self, request: SampleJobRequest) -> dict:
-        """Validate against the store, insert the job (queued) and start it if a slot is free."""
+    def submit(self, request: JobRequest) -> dict:
+        """Validate against the store and the folders (`check`), insert the job (queued) and start
+        it if a slot is free."""
+        self.check(request)
+        return self._queue(request)
+
+    def check(self, request: JobRequest) -> None:
+        """The checks that need the store (the dataset, with its pixels) and the folders (request.check)."""
         dataset = datasets.find_dataset(self.db_path, int(request.dataset_id), timeout=self.timeout)
         missing = catalog.images_without_pixels(self.db_path, request.dataset_id, self.timeout)
         if missing:
             raise StoreError(f"dataset {request.dataset_id} has no stored pixels for {missing} images (ingested "
                              "before schema revision 0003); run `auditor ingest` on the same data again")
-        request.options().check_fits(dataset["height"], dataset["width"])
+        request.check(dataset, self.folders)
+
+    def submit_upload(self, kind: str, form, files: dict[str, tuple[bytes, str | None]]) -> dict:
+        """Submit a job of a kind whose request comes with files (an audit's image): each of
+        `files` (form field -> (bytes, client file name)) is type-checked and kept under the
+        jobs folder by sha256 (auditor.service.uploads), the request records it, then as
+        `submit`. A file this upload added is removed again when the request is refused."""
+        added = []
+        try:
+            records = {}
+            for field, (data, name) in files.items():
+                records[field], created = store_upload(self.folders.jobs_dir, data, name)
+                if created:
+                    added.append(upload_path(self.folders.jobs_dir, records[field]))
+            request = JOB_KINDS[kind].request.model_validate({**form.model_dump(exclude=set(files)), **records})
+            self.check(request)
+        except BaseException:
+            for path in added:
+                path.unlink(missing_ok=True)
+            raise
+        return self._queue(request)
+
+    def _queue(self, request: JobRequest) -> dict:
         job_id = job_rows.insert_job(self.db_path, request.kind, request.model_dump_json(), self.timeout)
         self._start_queued()
         return self.get(job_id)
@@ -287,10 +295,15 @@ class JobRunner:
 
     def _start(self, job: dict) -> None:
         job_id = int(job["id"])
-        request = SampleJobRequest.model_validate(job["request"])
-        jobs_dir = Path(self.settings.jobs_dir)
+        jobs_dir = self.folders.jobs_dir
         log_path = jobs_dir / f"job-{job_id}.log"
-        argv = job_command(request, self.db_path, self.settings.job_lock_timeout, self.settings.python)
+        try:
+            argv = job_command(job_request(job), self.db_path, self.settings.job_lock_timeout, self.settings.python,
+                               folders=self.folders)
+        except (ValueError, KeyError) as exc:  # a kind or a network gone since it was queued
+            job_rows.finish_job(self.db_path, job_id, "failed", public_text(f"could not start the job: {exc}"),
+                                timeout=self.timeout)
+            return
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{JOB_ENV: str(job_id)})  # the run links itself to the job
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
         try:
@@ -309,13 +322,14 @@ class JobRunner:
         job_rows.mark_running(self.db_path, job_id, proc.pid, str(log_path), self.timeout)
         self._watch(job_id, proc.pid, proc)
 
-    def _watch(self, job_id: int, pid: int, proc: subprocess.Popen | None) -> None:
-        watcher = threading.Thread(target=self._watcher, args=(job_id, pid, proc), name=f"job-{job_id}", daemon=True)
+    def _watch(self, job_id: int, pid: int, proc: subprocess.Popen | None, command: str = "sample") -> None:
+        watcher = threading.Thread(target=self._watcher, args=(job_id, pid, proc, command), name=f"job-{job_id}",
+                                   daemon=True)
         self._watchers[job_id] = watcher
         watcher.start()
 
     # -- watching ----------------------------------------------------------------------
-    def _watcher(self, job_id: int, pid: int, proc: subprocess.Popen | None) -> None:
+    def _watcher(self, job_id: int, pid: int, proc: subprocess.Popen | None, command: str) -> None:
         while True:
             if _STOPPING.is_set():
                 return
@@ -326,7 +340,7 @@ class JobRunner:
                 except subprocess.TimeoutExpired:
                     pass
             else:  # adopted after a restart: not our child, poll the pid
-                if not _pid_running_job(pid):
+                if not _pid_running_job(pid, command):
                     code = None
                     break
                 time.sleep(0.5)
@@ -360,10 +374,10 @@ class JobRunner:
         for job in job_rows.running_jobs(self.db_path, self.timeout):
             if job["id"] in self._procs:
                 continue
-            if _pid_running_job(job["pid"]):
+            if _pid_running_job(job["pid"], _command(job)):
                 with self._lock:
                     self._procs[job["id"]] = None  # counts as running
-                self._watch(job["id"], job["pid"], None)
+                self._watch(job["id"], job["pid"], None, _command(job))
                 continue
             self._finish(int(job["id"]), None, restarted=True)
         self._start_queued()
@@ -377,7 +391,7 @@ class JobRunner:
                                 timeout=self.timeout)
         elif job["status"] == "running":
             job_rows.request_cancel(self.db_path, job_id, self.timeout)  # kept over a service restart
-            if _pid_running_job(job["pid"]):
+            if _pid_running_job(job["pid"], _command(job)):
                 os.kill(int(job["pid"]), signal.SIGINT)  # the CLI marks the run failed and exits
         else:
             raise StoreError(f"job {job_id} is already {job['status']}")

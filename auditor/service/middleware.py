@@ -16,7 +16,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 
 from auditor.service.auth import COOKIE_NAME, QUERY_PARAM, well_formed_token
-from auditor.service.docs import DOCS_PATH
+from auditor.service.docs import BROWSER_PATHS
 from auditor.service.errors import error_response
 
 __all__ = ["PAGE_CSP", "BodyLimit", "RememberKey", "SecurityHeaders", "TrustedHosts"]
@@ -123,14 +123,14 @@ class BodyLimit:
 
 
 class RememberKey:
-    """An HTML page (or /api/docs) opened with ?key=... sets the auditor_key cookie, so the page's
-    links (and the docs' fetch of the schema) work."""
+    """An HTML page (or /api, /api/docs, /api/redoc: BROWSER_PATHS) opened with ?key=... sets the
+    auditor_key cookie, so the page's links (and the docs' fetch of the schema) work."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or (scope["path"].startswith("/api") and scope["path"] != DOCS_PATH):
+        if scope["type"] != "http" or (scope["path"].startswith("/api") and scope["path"] not in BROWSER_PATHS):
             return await self.app(scope, receive, send)
         request = Request(scope)
         token = request.query_params.get(QUERY_PARAM)

@@ -6,7 +6,7 @@ as `auditor serve` and the tests do) or, when not given, read from the environme
 AUDITOR_DB for the store (as everywhere in the auditor; default ./provenance.duckdb), and
 AUDITOR_<FIELD NAME> for the others (AUDITOR_LOCK_TIMEOUT, AUDITOR_SQL_ROW_CAP,
 AUDITOR_SQL_TIME_LIMIT_S, AUDITOR_SQL_MAX_BYTES, AUDITOR_MAX_UPLOAD_BYTES, AUDITOR_CACHE_BYTES,
-AUDITOR_JOBS_DIR, AUDITOR_KEYS_REQUIRED, AUDITOR_MAX_RUNNING_JOBS, AUDITOR_JOB_LOCK_TIMEOUT,
+AUDITOR_JOBS_DIR, AUDITOR_NETWORKS_DIR, AUDITOR_KEYS_REQUIRED, AUDITOR_MAX_RUNNING_JOBS, AUDITOR_JOB_LOCK_TIMEOUT,
 AUDITOR_JOB_NICENESS, AUDITOR_PYTHON, AUDITOR_HOST, AUDITOR_TRUSTED_HOSTS as comma-separated
 names). An empty variable counts as unset. A bad value is a UserError naming the field.
 
@@ -63,7 +63,10 @@ class ServiceSettings(BaseSettings):
                                           "`host` ('*.example.org': its subdomains; '*': any)")
     cache_bytes: int = Field(256 * 2**20, ge=0, description="responses about complete runs kept in memory "
                                                             "(they never change); 0: no cache")
-    jobs_dir: Path | None = Field(None, description="job logs; default: <store folder>/<store name>.jobs/")
+    jobs_dir: Path | None = Field(None, description="job logs and uploads; default: <store folder>/<store name>.jobs/")
+    networks_dir: Path = Field(Path("checkpoints"), description="the network files comparison and audit jobs may use, "
+                                                                "named by file name (relative: from the folder the "
+                                                                "service starts in)")
     keys_required: bool | None = None
     max_running_jobs: int = Field(1, ge=1, description="sampling jobs at a time (each uses every CPU core it can)")
     job_lock_timeout: float = Field(120.0, gt=0, description="a job's writer waits this long for the lock "

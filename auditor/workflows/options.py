@@ -63,17 +63,10 @@ class SamplingOptions:
     def __post_init__(self):
         """THE validation of a sampling request: the CLI, the API's jobs and library callers all
         build a SamplingOptions, so they accept and refuse the same requests."""
-        for name in ("num_samples", "steps", "top_k"):
+        for name in ("num_samples", "steps"):
             _check_count(getattr(self, name), name)
-        _check_count(self.seed, "seed", low=0)
-        if self.patch_size is not None:
-            _check_count(self.patch_size, "patch_size")
-            if self.denoiser_kind != "pspc-square":
-                raise UserError(f"patch_size applies to the pspc-square denoiser, not {self.denoiser_kind}")
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not (isinstance(self.mass, (int, float)) and 0 < self.mass <= 1):
-            raise UserError(f"mass must be in (0, 1], got {self.mass}")
+        _check_sampler(self.sampler)
+        _check_kept(self, self.denoiser_kind, "denoiser")
 
     def check_fits(self, height: int, width: int) -> None:
         """Refuse a fixed patch size larger than the images (s(t) schedules clip to the side,
@@ -86,6 +79,32 @@ class SamplingOptions:
 def _check_count(value, name: str, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def _check_kept(options, kind: str, role: str) -> None:
+    """What sampling and explaining share: the seed, the kept weights (top_k, mass) and a fixed
+    patch size, which only the pspc-square `kind` (the denoiser or explainer: `role`) takes."""
+    _check_count(options.top_k, "top_k")
+    _check_count(options.seed, "seed", low=0)
+    if options.patch_size is not None:
+        _check_count(options.patch_size, "patch_size")
+        if kind != "pspc-square":
+            raise UserError(f"patch_size applies to the pspc-square {role}, not {kind}")
+    if not (isinstance(options.mass, (int, float)) and 0 < options.mass <= 1):
+        raise UserError(f"mass must be in (0, 1], got {options.mass}")
+
+
+def _check_copies(options) -> None:
+    """copy_k and the copy thresholds of a comparison or an audit (copy detection's own check)."""
+    from auditor.similarity.copy_detection import check_thresholds  # faiss and torch: only when checked
+
+    _check_count(options.copy_k, "copy_k", low=0)
+    check_thresholds(options.thresholds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,6 +120,16 @@ class ExplainOptions:
     seed: int = 0
     top_k: int = 16
     mass: float = 0.99
+
+    def __post_init__(self):
+        """THE validation of how a network is explained: `auditor compare` / `auditor audit` and
+        the API's comparison and audit jobs build these options, so they refuse the same requests
+        (the checks that need the data, the network or a file stay in the workflows)."""
+        if self.explainer not in RECORDABLE_KINDS:
+            raise UserError(f"the explaining denoiser must give posterior weights ({', '.join(RECORDABLE_KINDS)}), "
+                            f"got {self.explainer!r}")
+        _check_kept(self, self.explainer, "explainer")
+        _check_count(self.sensitivity_draws, "sensitivity_draws")
 
     def explain(self) -> ExplainOptions:
         """Only the ExplainOptions part (of a ComparisonOptions or AuditOptions)."""
@@ -122,6 +151,21 @@ class ComparisonOptions(ExplainOptions):
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS
     copy_k: int = 5
 
+    def __post_init__(self):
+        """THE validation of a comparison (with ExplainOptions'): counts, sampler, denoisers, copies."""
+        super().__post_init__()
+        for name in ("num_samples", "steps"):
+            _check_count(getattr(self, name), name)
+        _check_sampler(self.sampler)
+        kinds = [str(kind).strip() for kind in self.denoisers]
+        unknown = [kind for kind in kinds if kind not in KINDS]
+        if unknown or not kinds:
+            raise UserError(f"unknown denoiser(s) {unknown}; choose from {', '.join(KINDS)}" if unknown else
+                            "name at least one denoiser to compare the network with")
+        if len(set(kinds)) != len(kinds):
+            raise UserError(f"denoisers repeat: {kinds}")
+        _check_copies(self)
+
 
 @dataclass(frozen=True, kw_only=True)
 class AuditOptions(ExplainOptions):
@@ -135,6 +179,24 @@ class AuditOptions(ExplainOptions):
     descriptor: Descriptor | str | None = None
     copy_k: int = 5
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+
+    def __post_init__(self):
+        """THE validation of an audit (with ExplainOptions'): steps, sampler, noise levels, draws, copies."""
+        from pspc.schedules import check_noise_levels  # torch: only when checked
+
+        super().__post_init__()
+        for name in ("steps", "draws"):
+            _check_count(getattr(self, name), name)
+        _check_sampler(self.sampler)
+        levels = check_noise_levels(self.noise_levels, UserError)  # the engine's range
+        if len(set(levels)) != len(levels):
+            raise UserError(f"noise levels repeat: {levels}")
+        _check_copies(self)
+
+    def check_inversion(self) -> None:
+        """An audit with a network inverts its PF-ODE from t_min to t_max: at least 2 steps."""
+        if self.steps < 2:
+            raise UserError(f"inversion needs steps >= 2 (t_max down to t_min), got {self.steps}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,16 +1,20 @@
-"""Jobs: submit PSPC sampling to run in the background, then poll its status and progress."""
+"""Jobs: submit sampling, a network comparison or an audit of an uploaded image to run in the
+background (one route per kind of auditor.service.job_kinds.JOB_KINDS: POST /api/jobs/{kind};
+POST /api/jobs is sampling, as before), then poll its status, progress and log, or cancel it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Form, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile  # what a form field holds (fastapi.UploadFile is a subclass)
 
 from auditor.service.api.common import MAX_ID, Page, Pagination, UtcDateTime, errors, page
 from auditor.service.api.runs import RunStatus
 from auditor.service.auth import require_scope
+from auditor.service.job_kinds import JOB_KINDS, JobKind
 from auditor.service.jobs import JOB_STATUSES, SampleJobRequest
 
 router = APIRouter(tags=["jobs"])
@@ -18,17 +22,19 @@ read = [Depends(require_scope("read"))]
 submit = [Depends(require_scope("submit"))]
 JobId = Path(ge=1, le=MAX_ID, description="job id")
 JobState = Literal[JOB_STATUSES]
+SUBMITTED = dict(status_code=202, dependencies=submit, responses=errors(400, 404, 413, 422))  # every submit route
 
 
 class JobProgress(BaseModel):
-    steps_recorded: int = Field(ge=0, description="sampling steps stored so far (all samples of a step at once)")
+    steps_recorded: int = Field(ge=0, description="steps of the job's run stored so far (all samples of a step at "
+                                                  "once; a comparison's: its network-explained run)")
     steps_planned: int | None = Field(None, ge=0)
     run_status: RunStatus | None = Field(None, description="status of the job's run, once it exists")
 
 
 class JobStatus(BaseModel):
     id: int = Field(ge=1)
-    kind: Literal["sample"]
+    kind: Literal[tuple(JOB_KINDS)]
     status: JobState
     request: dict[str, Any] = Field(description="the validated request")
     run_id: int | None = Field(None, ge=1, description="the run the job records, once created")
@@ -55,13 +61,41 @@ def _status(request: Request, job: dict, with_progress: bool = True) -> dict:
     return {**{k: v for k, v in job.items() if k != "log_path"}, "progress": progress, "links": links}
 
 
-@router.post("/jobs", response_model=JobStatus, status_code=202, dependencies=submit,
-             responses=errors(400, 404, 413, 422),
-             summary="Submit PSPC sampling on a stored dataset (runs in the background; needs scope submit)")
-def submit_job(request: Request, response: Response, body: SampleJobRequest = Body()):
-    job = request.app.state.jobs.submit(body)
+def _submitted(request: Request, response: Response, job: dict) -> dict:
     response.headers["Location"] = str(request.url_for("get_job", job_id=job["id"]))
     return _status(request, job)
+
+
+@router.post("/jobs", response_model=JobStatus, **SUBMITTED,
+             summary="Submit PSPC sampling on a stored dataset (as POST /api/jobs/sample; runs in the background; "
+                     "needs scope submit)")
+def submit_job(request: Request, response: Response, body: SampleJobRequest = Body()):
+    return _submitted(request, response, request.app.state.jobs.submit(body))
+
+
+def _add_submit_route(kind: JobKind) -> None:
+    """POST /api/jobs/{kind.name}: a JSON body of the kind's request, or the kind's multipart
+    form when it comes with files (each UploadFile field is kept by sha256, JobRunner.submit_upload)."""
+
+    def submit_json(request: Request, response: Response, body):
+        return _submitted(request, response, request.app.state.jobs.submit(body))
+
+    def submit_form(request: Request, response: Response, body):
+        files = {name: (value.file.read(), value.filename) for name, value in body if isinstance(value, UploadFile)}
+        return _submitted(request, response, request.app.state.jobs.submit_upload(kind.name, body, files))
+
+    handler = submit_json if kind.upload is None else submit_form
+    body = Annotated[kind.request, Body()] if kind.upload is None else Annotated[
+        kind.upload, Form(media_type="multipart/form-data")]
+    handler.__annotations__ = {"request": Request, "response": Response, "body": body}
+    handler.__name__ = f"submit_{kind.name}_job"
+    router.add_api_route(f"/jobs/{kind.name}", handler, methods=["POST"], response_model=JobStatus, **SUBMITTED,
+                         summary=f"{kind.summary} (runs in the background; needs scope submit)",
+                         description=(kind.request.__doc__ or "").strip())
+
+
+for _kind in JOB_KINDS.values():
+    _add_submit_route(_kind)
 
 
 @router.get("/jobs", response_model=Page[JobStatus], dependencies=read, responses=errors(400, 422),

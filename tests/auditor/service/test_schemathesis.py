@@ -7,10 +7,11 @@ schema-violating (negative) requests, a fixed budget per operation and mode and 
 content_type_conformance, response_schema_conformance.
 
 Two services:
-- local single-user mode (no keys): every operation but POST /api/jobs, which starts a sampling
-  subprocess for a valid body (it writes to the store, and what it answers depends on timing);
-- keys required, with a read-scope key: every operation, POST /api/jobs and its cancel included:
-  they answer 403 before their body is read, so nothing starts.
+- local single-user mode (no keys): every operation but POST /api/jobs and POST /api/jobs/{kind}
+  (every kind of the registry, auditor.service.job_kinds.JOB_KINDS), which start a subprocess for
+  a valid body (it writes to the store, and what it answers depends on timing);
+- keys required, with a read-scope key: every operation, the job submissions and cancel included:
+  they answer 403 before anything starts.
 (The job request's own validation is tested in test_openapi.py and test_jobs.py.)
 """
 
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from auditor.service.app import ServiceSettings, create_app
 from auditor.service.auth import create_key
+from auditor.service.job_kinds import JOB_KINDS
 from auditor.service.jobs import SampleJobRequest
 from auditor.store import jobs as job_rows
 from auditor.store import studies
@@ -38,7 +40,8 @@ from schemathesis.core.failures import FailureGroup  # noqa: E402 - what call_an
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = {"local": 12, "keys": 5}  # per operation and generation mode
-MUTATING = {("POST", "/api/jobs")}  # fuzzed only where the key's scope refuses it
+# the job submissions, fuzzed only where the key's scope refuses them
+MUTATING = {("POST", "/api/jobs"), *(("POST", f"/api/jobs/{kind}") for kind in JOB_KINDS)}
 
 
 @pytest.fixture(scope="module")
