@@ -263,7 +263,8 @@ def test_an_adopted_audit_job_whose_run_completed_is_complete(store, networks, t
     """After a restart the service adopts a running `auditor.cli audit` process by its pid."""
     request = job_kinds.AuditJobFields(dataset_id=1, method="direct").model_dump()
     request["image"] = {"sha256": "0" * 64, "format": "png", "bytes": 1}
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3)", "auditor.cli", "audit"])
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "auditor.cli", "audit"],
+                            stdin=subprocess.PIPE)  # runs until its stdin closes, however slow the machine
     try:
         run_id = runs.create_run(store, 1, denoiser={"kind": "pspc-square"}, sampler={"num_steps": 2}, seed=0,
                                  num_samples=1, top_k=1, mass=1.0, kind="external-audit")
@@ -274,6 +275,7 @@ def test_an_adopted_audit_job_whose_run_completed_is_complete(store, networks, t
                                   [json.dumps(request), run_id, proc.pid, utcnow(), utcnow()]).fetchone()[0]
         client = TestClient(create_app(ServiceSettings(db_path=store, networks_dir=networks)))
         assert client.get(f"/api/jobs/{job_id}").json()["status"] == "running"  # adopted: its process is an audit
+        proc.stdin.close()
         job = wait_for_job(client, job_id, timeout=30)
     finally:
         proc.wait()

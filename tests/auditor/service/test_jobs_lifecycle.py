@@ -159,11 +159,14 @@ def _dead_pid() -> int:
 def test_an_adopted_job_whose_run_completed_is_complete(store):
     """The service restarts while a job runs; the job's process is adopted, and finishes
     (its exit status is unknown to the new service): its run is complete, so is the job."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)", "auditor.cli", "sample"])
+    # the stand-in runs until its stdin closes: adopted while it runs, however slow the machine
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "auditor.cli", "sample"],
+                            stdin=subprocess.PIPE)
     try:
         job_id = _running_job(store, proc.pid, _run_row(store, "complete", {"host": "h", "pid": proc.pid}))
         client = TestClient(create_app(ServiceSettings(db_path=store)))
         assert client.get(f"/api/jobs/{job_id}").json()["status"] == "running"  # adopted
+        proc.stdin.close()
         job = wait_for(client, job_id)
     finally:
         proc.wait()
