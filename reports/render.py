@@ -85,11 +85,11 @@ class Links:
     def training_image(self, dataset_id: int, image_index: int, **params) -> str | None:
         return self._url(f"/datasets/{int(dataset_id)}/images/{int(image_index)}", **params)
 
-    def training_image_export(self, dataset_id: int, image_index: int, fmt: str) -> str | None:
+    def training_image_export(self, dataset_id: int, image_index: int, fmt: str, **params) -> str | None:
         """The rights holder's export of a training image: every output that used it (csv or json)."""
         if fmt not in ("json", "csv"):
             raise UserError(f"unknown export format {fmt!r}")
-        return self._url(f"/datasets/{int(dataset_id)}/images/{int(image_index)}/export.{fmt}")
+        return self._url(f"/datasets/{int(dataset_id)}/images/{int(image_index)}/export.{fmt}", **params)
 
     def fidelity(self, study_id: int | None = None, **params) -> str | None:
         return self._url("/fidelity" if study_id is None else f"/fidelity/{int(study_id)}", **params)
@@ -384,7 +384,7 @@ def report_csv(report: SampleReport) -> str:
 
 
 USAGE_COLUMNS = ("dataset_id", "image_index", "image_id", "label", "label_name", "source_uri", "owner", "license",
-                 "sha256", "run_id", "sample_index", "run_status", "run_kind", "final_share", "max_share",
+                 "sha256", "run_id", "sample_index", "run_status", "run_kind", "kind", "final_share", "max_share",
                  "max_share_step", "steps_using", "copy_descriptor", "copy_rank", "copy_score", "copy_flagged",
                  "copy_mirrored")
 
@@ -400,8 +400,8 @@ def training_image_csv(export: TrainingImageExport) -> str:
              "owner": export.owner, "license": export.license, "sha256": export.sha256}
     for use in export.outputs:
         row = {**image, "run_id": use.run_id, "sample_index": use.sample_index, "run_status": use.run_status,
-               "run_kind": use.run_kind, "final_share": use.final_share, "max_share": float(use.max_share),
-               "max_share_step": use.max_share_step, "steps_using": use.steps_using}
+               "run_kind": use.run_kind, "kind": use.kind, "final_share": use.final_share,
+               "max_share": float(use.max_share), "max_share_step": use.max_share_step, "steps_using": use.steps_using}
         for match in use.copy_matches or [{}]:
             copy = {"copy_descriptor": match.get("descriptor"), "copy_rank": match.get("rank"),
                     "copy_score": match.get("score"), "copy_flagged": match.get("flagged"),

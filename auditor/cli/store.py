@@ -35,10 +35,15 @@ def add_ingest(commands, parents: Parents) -> None:
 
 
 def add_runs(commands, parents: Parents) -> None:
+    from auditor.store.run_kinds import KIND_NAMES
+
     runs = commands.add_parser("runs", parents=[parents.store], help="list runs",
-                               description="Runs, newest first: status, dataset, denoiser, samples, steps, time.")
+                               description="Runs, newest first: status, kind (sample, network-explained, audit), "
+                                           "where the image comes from (generator, or an audit's file), what "
+                                           "attributes it, method, dataset, samples, steps, time.")
     runs.set_defaults(handler=cmd_runs)
     runs.add_argument("--dataset", metavar="ID", help="only runs on this dataset (id or fingerprint prefix)")
+    runs.add_argument("--kind", choices=KIND_NAMES, help="only runs of this kind")
 
 
 def add_show(commands, parents: Parents) -> None:
@@ -121,25 +126,27 @@ def cmd_ingest(args, argv=None) -> int:
 
 def cmd_runs(args, argv=None) -> int:
     from auditor.store.datasets import find_dataset
+    from auditor.store.run_kinds import image_source
     from auditor.store.runs import run_summaries
 
     path = db_path(args)
     dataset_id = None
     if args.dataset is not None:
         dataset_id = find_dataset(path, args.dataset, timeout=args.lock_timeout)["id"]
-    rows = run_summaries(path, dataset_id, timeout=args.lock_timeout)
+    rows = run_summaries(path, dataset_id, kind=args.kind, timeout=args.lock_timeout)
     if not rows:
-        print("no runs" + (f" on dataset {dataset_id}" if dataset_id is not None else "")
-              + "; record one with `auditor sample`")
+        print("no runs" + (f" of kind {args.kind}" if args.kind else "")
+              + (f" on dataset {dataset_id}" if dataset_id is not None else "") + "; record one with `auditor sample`")
         return 0
     table = []
     for r in rows:
         steps = f"{r['steps']}/{r.get('planned_steps') or '?'}"
         seconds = r.get("seconds")
-        table.append([r["id"], r["status"], f"{r['dataset_id']} {r.get('dataset') or ''}".strip(),
-                      r.get("denoiser") or "", r["samples"], steps, when(r.get("created_at")),
-                      "" if seconds is None else f"{seconds:.1f}"])
-    print_table(["run", "status", "dataset", "denoiser", "samples", "steps", "started (UTC)", "seconds"], table)
+        table.append([r["id"], r["status"], r["kind"], image_source(r), r.get("explainer") or "none",
+                      r.get("method") or "", f"{r['dataset_id']} {r.get('dataset') or ''}".strip(), r["samples"],
+                      steps, when(r.get("created_at")), "" if seconds is None else f"{seconds:.1f}"])
+    print_table(["run", "status", "kind", "image from", "attributed by", "method", "dataset", "samples", "steps",
+                 "started (UTC)", "seconds"], table)
     failed = [r for r in rows if r.get("error")]
     for r in failed[:3]:
         print(f"run {r['id']} error: {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}")
@@ -172,6 +179,7 @@ def significant_share(value, digits: int = 3) -> str:
 
 def cmd_show(args, argv=None) -> int:
     from auditor.store.attribution import sample_sources
+    from auditor.store.runs import load_run
 
     path = db_path(args)
     run_id, sample_index = _parse_target(args.target)
@@ -180,8 +188,10 @@ def cmd_show(args, argv=None) -> int:
         raise CLIError(f"--step must be >= 0, got {args.step}")
     database.require_current(path, timeout=args.lock_timeout)
     rows = sample_sources(path, run_id, sample_index, step=args.step, top=args.top, timeout=args.lock_timeout)
-    what = f"D(z_t) at step {args.step}" if args.step is not None else "final image"
+    run = load_run(path, run_id, timeout=args.lock_timeout)[0]
+    what = f"D(z_t) at step {args.step}" if args.step is not None else _image_name(run)
     print(f"run {run_id}, sample {sample_index}, {what}: top {len(rows)} training sources (share of the pixels)")
+    print(f"run {run_id}: {_made_by(run)}")
     table = [[rank, significant_share(r.get("share")), significant_share(r.get("flip_share")), r.get("image_index"),
               r.get("image_id"),
               r.get("label_name") or r.get("label"), r.get("owner"), r.get("license"), r.get("source_uri"),
@@ -189,6 +199,27 @@ def cmd_show(args, argv=None) -> int:
     print_table(["#", "share", "mirrored", "index", "image id", "label", "owner", "license", "source", "largest patch"],
                 table)
     return 0
+
+
+def _image_name(run: dict) -> str:
+    """What `show` calls a run's final image: the audited image for an audit."""
+    from auditor.store.run_kinds import run_kind
+
+    return "audited image" if run_kind(run["kind"]).audit else "final image"
+
+
+def _made_by(run: dict) -> str:
+    """A run's kind, where its image comes from and what attributes it, in one line."""
+    from auditor.store.run_kinds import describe_run, image_source, run_kind
+
+    facts = describe_run(run["kind"], run["details"], run["denoiser"], run["sampler"])
+    kind = run_kind(run["kind"])
+    if kind.audit:
+        made = f"audited image {image_source(facts)}"
+    else:
+        made = f"generated by {image_source(facts) or '?'}"
+    attributed = f"attributed by PSPC ({facts['explainer']})" if facts["explainer"] else "no attribution"
+    return f"{kind.label}; {made}; {attributed}; method {facts['method'] or '?'}"
 
 
 def cmd_sql(args, argv=None) -> int:

@@ -103,13 +103,16 @@ class PageRoute(APIRoute):
 # ---------------------------------------------------------------------------------------
 # Page contexts: read model from the store -> page (reports.pages)
 # ---------------------------------------------------------------------------------------
-def index_context(db_path, *, q: str | None = None, page: int = 1, per_page: int = 20,
+def index_context(db_path, *, q: str | None = None, page: int = 1, per_page: int = 20, kind: str | None = None,
                   timeout: float = DEFAULT_TIMEOUT) -> index.IndexPage:
-    """Runs page `page` (or search hits page `page` when q is given) of `per_page`."""
+    """Runs page `page` (or search hits page `page` when q is given) of `per_page`; kind: only runs
+    of this kind (auditor.store.run_kinds: sample, network-explained, audit)."""
     window = Pagination.window(page, per_page)
     q = index.search_text(q)
-    data = index_data.load_index(db_path, q=q, limit=window.per_page, offset=window.offset, timeout=timeout)
-    return index.build_index_page(runs=data.runs, datasets=data.datasets, q=q, search=data.search, pagination=window)
+    data = index_data.load_index(db_path, q=q, limit=window.per_page, offset=window.offset, kind=kind,
+                                 timeout=timeout)
+    return index.build_index_page(runs=data.runs, datasets=data.datasets, q=q, search=data.search, pagination=window,
+                                  kind=kind)
 
 
 def run_context(db_path, run_id: int, *, page: int = 1, per_page: int = 24,
@@ -152,12 +155,15 @@ def sample_report(db_path, run_id: int, sample_index: int, *, step: int | None =
 
 
 def training_image_context(db_path, dataset_id: int, image_index: int, *, page: int = 1, per_page: int = 20,
-                           locations: int = 8, timeout: float = DEFAULT_TIMEOUT) -> training_image.TrainingImagePage:
-    """Training image `image_index` of dataset `dataset_id` and every use of it, samples page
-    `page` of `per_page` by largest final share. NotFoundError for unknown ids."""
+                           locations: int = 8, include_audits: bool = False,
+                           timeout: float = DEFAULT_TIMEOUT) -> training_image.TrainingImagePage:
+    """Training image `image_index` of dataset `dataset_id` and every use of it by an output (and
+    by an audit with include_audits), samples page `page` of `per_page` by largest final share.
+    NotFoundError for unknown ids."""
     window = Pagination.window(page, per_page)
     data = training_image_data.load_training_image(db_path, dataset_id, image_index, limit=window.per_page,
-                                                   offset=window.offset, timeout=timeout)
+                                                   offset=window.offset, include_audits=include_audits,
+                                                   timeout=timeout)
     return training_image.build_training_image_page(data, pagination=window, locations=locations)
 
 
@@ -213,6 +219,7 @@ SAMPLE_INDEX = Path(le=MAX_ID, description="sample index within the run")
 DATASET_ID = Path(le=MAX_ID, description="dataset id")
 IMAGE_INDEX = Path(le=MAX_ID, description="training image index")
 STUDY_ID = Path(le=MAX_ID, description="fidelity study id")
+INCLUDE_AUDITS = Query(False, description="count audits of outside images too (default: outputs only)")
 
 
 def _html(body: str) -> HTMLResponse:
@@ -221,8 +228,10 @@ def _html(body: str) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 def index_page(request: Request, q: str | None = Query(None, max_length=1000), page: int = PAGE,
-               per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
-    built = index_context(settings.db_path, q=q, page=page, per_page=per_page, timeout=settings.lock_timeout)
+               per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), kind: str | None = Query(None, max_length=100),
+               settings=Depends(get_settings)):
+    built = index_context(settings.db_path, q=q, page=page, per_page=per_page, kind=kind,
+                          timeout=settings.lock_timeout)
     return _html(render.render_page(built, _links(request)))
 
 
@@ -281,19 +290,20 @@ def export_csv(run_id: int = RUN_ID, sample_index: int = SAMPLE_INDEX, settings=
 
 @router.get("/datasets/{dataset_id}/images/{image_index}", response_class=HTMLResponse)
 def training_image_page(request: Request, dataset_id: int = DATASET_ID, image_index: int = IMAGE_INDEX, page: int = PAGE,
-                        per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), settings=Depends(get_settings)):
+                        per_page: int = Query(20, ge=1, le=MAX_PER_PAGE), include_audits: bool = INCLUDE_AUDITS,
+                        settings=Depends(get_settings)):
     built = training_image_context(settings.db_path, dataset_id, image_index, page=page, per_page=per_page,
-                                   timeout=settings.lock_timeout)
+                                   include_audits=include_audits, timeout=settings.lock_timeout)
     return _html(render.render_page(built, _links(request)))
 
 
 @router.get("/datasets/{dataset_id}/images/{image_index}/export.{fmt}")
 def training_image_export(dataset_id: int = DATASET_ID, image_index: int = IMAGE_INDEX,
                           fmt: str = Path(pattern="^(csv|json)$", description="csv or json"),
-                          settings=Depends(get_settings)):
+                          include_audits: bool = INCLUDE_AUDITS, settings=Depends(get_settings)):
     """The rights holder's export: every output that used the image, with its scores."""
     data = training_image_data.load_training_image(settings.db_path, dataset_id, image_index, limit=0, offset=0,
-                                                   timeout=settings.lock_timeout)
+                                                   include_audits=include_audits, timeout=settings.lock_timeout)
     export = training_image.build_training_image_export(data)
     headers = _download(f"pspc-uses-dataset{dataset_id}-image{image_index}.{fmt}")
     if fmt == "csv":

@@ -23,6 +23,7 @@ from pspc.posterior.attribution import pixel_weights, trajectory_coefficients
 from auditor.errors import NotFoundError, StoreError
 from auditor.store import database
 from auditor.store.recorder import from_blob
+from auditor.store.run_kinds import run_kind, usage_kinds
 from auditor.store.runs import check_sample_index, read_run
 
 __all__ = ["image_usage", "pixel_attribution", "pixel_sources", "recompose_step", "sample_sources",
@@ -172,11 +173,14 @@ def pixel_sources(db_path, run_id: int, sample_index: int, step: int, y: int, x:
 
 
 def image_usage(db_path, dataset_id: int, image_id: str, *, min_share: float = 0.0, all_steps: bool = False,
-                timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
-    """The rights holder's question: which generated samples used training image `image_id`
-    of dataset `dataset_id`, and how much. Rows (run_id, sample_index, step, share,
-    flip_share), largest share first: the final images (view sample_sources), or every
-    recorded step with all_steps=True (view step_sources)."""
+                include_audits: bool = False, timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
+    """The rights holder's question: which outputs used training image `image_id` of dataset
+    `dataset_id`, and how much. Rows (run_id, sample_index, step, share, flip_share, kind:
+    the run's public kind, auditor.store.run_kinds), largest share first: the final images
+    (view sample_sources), or every recorded step with all_steps=True (view step_sources).
+    Outputs are samples and network-explained samples; an audit of an outside image (which
+    may be anything, random noise included) is no output and counts only with include_audits."""
+    kinds = usage_kinds(include_audits)
     with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
         if not conn.execute("SELECT 1 FROM datasets WHERE id = ?", [int(dataset_id)]).fetchone():
             raise NotFoundError(f"{db_path}: no dataset {dataset_id}")
@@ -186,12 +190,14 @@ def image_usage(db_path, dataset_id: int, image_id: str, *, min_share: float = 0
             raise NotFoundError(f"{db_path}: dataset {dataset_id} has no training image {image_id!r}")
         view = "step_sources" if all_steps else "sample_sources"
         rows = conn.execute(f"""
-            SELECT v.run_id, v.sample_index, v.step, v.share, v.flip_share
+            SELECT v.run_id, v.sample_index, v.step, v.share, v.flip_share, coalesce(r.kind, 'pspc')
             FROM {view} v JOIN runs r ON r.id = v.run_id
             WHERE r.dataset_id = ? AND v.image_index = ? AND v.share > ?
+              AND list_contains(?::VARCHAR[], coalesce(r.kind, 'pspc'))
             ORDER BY v.share DESC, v.run_id, v.sample_index, v.step""",
-                            [int(dataset_id), found[0], float(min_share)]).fetchall()
-    return [dict(zip(("run_id", "sample_index", "step", "share", "flip_share"), r)) for r in rows]
+                            [int(dataset_id), found[0], float(min_share), list(kinds)]).fetchall()
+    return [{**dict(zip(("run_id", "sample_index", "step", "share", "flip_share"), r[:5])), "kind": run_kind(r[5]).name}
+            for r in rows]
 
 
 def _step_data(conn, db_path, run_id, sample_index, step):

@@ -26,7 +26,9 @@ from pathlib import Path
 from auditor.errors import InternalError, NotFoundError
 from auditor.store import database, schema as models
 from auditor.store.database import json_value
+from auditor.store.jobs import job_of_this_process
 from auditor.store.recorder import from_blob, utcnow, write_final_images
+from auditor.store.run_kinds import describe_run, stored_kinds
 from pspc.record import SOURCE_TREE, package_version, versions as engine_versions
 
 __all__ = ["DATASET_COLUMNS", "FAIL_WAIT", "RUN_COLUMNS", "check_sample_index", "complete_samples_only",
@@ -251,11 +253,14 @@ def create_run(db_path, dataset_id: int, *, denoiser: dict, sampler: dict, seed:
     """Insert a run as 'running' (its configuration, versions, writer host and pid) with one
     samples row per sample (seed + i), in one transaction; returns the run id. kind: one of
     schema.RUN_KINDS; comparison: (comparison id, role) links the run to a comparison; job_id:
-    the service's job this process runs, whose run_id is set in the same transaction (so the
-    service knows its run exactly). Runs abandoned by writers that are gone are marked failed
+    the service's job this process runs (default: auditor.store.jobs.job_of_this_process, so
+    every run kind links itself the same way), whose run_id is set in the same transaction if
+    it has none yet: the first run a job creates is its run (a comparison's network-explained
+    run), after a restart too. Runs abandoned by writers that are gone are marked failed
     first (`fail_abandoned_runs`)."""
     if kind not in models.RUN_KINDS:
         raise InternalError(f"unknown run kind {kind!r}; one of {', '.join(models.RUN_KINDS)}")
+    job_id = job_of_this_process() if job_id is None else job_id
     fail_abandoned_runs(db_path, timeout=timeout)
     with database.session(db_path, timeout=timeout) as s:
         run = models.Run(dataset_id=dataset_id, status="running", denoiser=denoiser, sampler=sampler, seed=seed,
@@ -383,12 +388,16 @@ def complete_samples_only(db_path, run_id: int, final, seconds: float, *,
 # ---------------------------------------------------------------------------------------
 # Listing
 # ---------------------------------------------------------------------------------------
-def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
+def run_summaries(db_path, dataset_id: int | None = None, *, kind: str | None = None,
+                  timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
     """One dict per run (newest first): id, dataset_id, dataset (name), status, denoiser
-    (kind), samples, steps (recorded / planned), created_at, finished_at, seconds, error,
-    kind (pspc, network-explained, samples-only, external-audit). A 'running' run whose
-    writer is gone (`writer_gone`) shows as "running (writer pid N gone)" (reading marks
-    nothing). Unknown dataset_id -> NotFoundError."""
+    (kind), samples, steps (recorded / planned), created_at, finished_at, seconds, error, and
+    what its kind makes it (auditor.store.run_kinds.describe_run: kind, kind_label,
+    recorded_kind, output, generator, explainer, method, network, audited_image). kind: only
+    runs of this public kind ('sample', 'network-explained', 'audit'; UserError for others).
+    A 'running' run whose writer is gone (`writer_gone`) shows as "running (writer pid N
+    gone)" (reading marks nothing). Unknown dataset_id -> NotFoundError."""
+    chosen = None if kind is None else list(stored_kinds(kind))
     database.require_current(db_path, timeout)
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
         if dataset_id is not None and not conn.execute("SELECT 1 FROM datasets WHERE id = ?",
@@ -397,15 +406,17 @@ def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = da
         rows = conn.execute("""
             SELECT r.id, r.dataset_id, d.name, r.status, r.denoiser, r.num_samples, r.sampler,
                    coalesce(s.steps, 0), r.created_at, r.finished_at, r.timings, r.writer, r.error,
-                   coalesce(r.kind, 'pspc')
+                   coalesce(r.kind, 'pspc'), r.details
             FROM runs r JOIN datasets d ON d.id = r.dataset_id
             LEFT JOIN (SELECT run_id, count(DISTINCT step) AS steps FROM steps GROUP BY run_id) s ON s.run_id = r.id
-            WHERE ? IS NULL OR r.dataset_id = ?
-            ORDER BY r.id DESC""", [dataset_id, dataset_id]).fetchall()
+            WHERE (? IS NULL OR r.dataset_id = ?)
+              AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], coalesce(r.kind, 'pspc')))
+            ORDER BY r.id DESC""", [dataset_id, dataset_id, chosen, chosen]).fetchall()
     out = []
     for (run_id, ds_id, ds_name, status, denoiser, num_samples, sampler, steps, created, finished, timings, writer_,
-         error, kind) in rows:
-        denoiser, sampler, timings, writer_ = (json_value(v) for v in (denoiser, sampler, timings, writer_))
+         error, stored, details) in rows:
+        denoiser, sampler, timings, writer_, details = (json_value(v) for v in (denoiser, sampler, timings, writer_,
+                                                                                details))
         shown = status
         if status == "running" and writer_gone(writer_):
             shown = f"running (writer pid {writer_['pid']} gone)"
@@ -415,5 +426,5 @@ def run_summaries(db_path, dataset_id: int | None = None, *, timeout: float = da
         out.append({"id": run_id, "dataset_id": ds_id, "dataset": ds_name, "status": shown,
                     "denoiser": denoiser.get("kind"), "samples": num_samples, "steps": steps,
                     "planned_steps": sampler.get("num_steps"), "created_at": created, "finished_at": finished,
-                    "seconds": seconds, "error": error, "kind": kind})
+                    "seconds": seconds, "error": error, **describe_run(stored, details, denoiser, sampler)})
     return out

@@ -19,11 +19,12 @@ import numpy as np
 
 from auditor.errors import UserError
 from auditor.store.read_models.common import ImageMeta
+from auditor.store.run_kinds import describe_run, run_kind
 from reports import maps
 
 __all__ = ["IMAGE_FORMATS", "MAIN_SIZE", "MAX_PER_PAGE", "MAX_TOP", "THUMB_SIZE", "TIMELINE_SIZE", "TINY_SIZE",
-           "Context", "DatasetInfo", "PatchLocation", "Pagination", "Picture", "RunRecord", "check_options",
-           "dataset_info", "display_scale", "meta_dict", "run_record", "to_jsonable", "training_thumbnail"]
+           "Context", "DatasetInfo", "KindInfo", "PatchLocation", "Pagination", "Picture", "RunRecord", "check_options",
+           "dataset_info", "display_scale", "kind_info", "meta_dict", "run_record", "to_jsonable", "training_thumbnail"]
 
 IMAGE_FORMATS = ("data-uri", "none")
 MAX_TOP = 100
@@ -249,6 +250,43 @@ def dataset_info(dataset: dict, xflip: bool | None = None) -> DatasetInfo:
 
 
 @dataclass(kw_only=True)
+class KindInfo:
+    """What a run's kind makes it, as pages show it (auditor.store.run_kinds): name (sample,
+    network-explained, audit), label, image_label (what its image is called), summary (one
+    sentence), output (a generator's output) and audit; generator (the denoiser's kind, the
+    network's name, None for an audited image), explainer (the PSPC denoiser whose weights are
+    the attribution, None without any), method (an audit's 'inversion' or 'direct', else the
+    sampler's), network ({id, name}) and audited_image ({file, sha256, format})."""
+
+    name: str
+    label: str
+    image_label: str
+    summary: str
+    output: bool
+    audit: bool
+    generator: str | None
+    explainer: str | None
+    method: str | None
+    network: dict | None = None
+    audited_image: dict | None = None
+
+    @property
+    def kind(self) -> str:
+        """The public kind (as the run lists' rows name it)."""
+        return self.name
+
+
+def kind_info(run: dict) -> KindInfo:
+    """The KindInfo of a run (auditor.store.runs.read_run's dict)."""
+    entry = run_kind(run.get("kind"))
+    facts = describe_run(run.get("kind"), run.get("details"), run.get("denoiser"), run.get("sampler"))
+    return KindInfo(name=entry.name, label=entry.label, image_label=entry.image_label, summary=entry.summary,
+                    output=entry.output, audit=entry.audit, generator=facts["generator"],
+                    explainer=facts["explainer"], method=facts["method"], network=facts["network"],
+                    audited_image=facts["audited_image"])
+
+
+@dataclass(kw_only=True)
 class RunRecord:
     """Everything needed to reproduce a run (and, with sample_seed, one sample of it)."""
 
@@ -270,8 +308,9 @@ class RunRecord:
     command: list | None
     writer: dict | None
     timings: dict | None
-    kind: str = "pspc"  # 'pspc', 'network-explained' (a network's sample attributed by PSPC), 'external-audit', ...
+    kind: str = "pspc"  # as stored (runs.kind): 'pspc', 'network-explained', 'external-audit', ...
     details: dict | None = None  # the kind's own record (comparison, audit method and input)
+    kind_info: KindInfo  # what the kind makes the run (labels, generator, audited file)
 
     @property
     def command_line(self) -> str | None:
@@ -292,7 +331,8 @@ def run_record(run: dict, dataset: dict, sample_seed: int | None) -> RunRecord:
                      run_seed=int(run["seed"]), sample_seed=sample_seed, num_samples=int(run["num_samples"]),
                      top_k=int(run["top_k"]), mass_threshold=float(run["mass_threshold"]),
                      versions=run.get("versions") or {}, command=run.get("command"), writer=run.get("writer"),
-                     timings=run.get("timings"), kind=run.get("kind") or "pspc", details=run.get("details"))
+                     timings=run.get("timings"), kind=run.get("kind") or "pspc", details=run.get("details"),
+                     kind_info=kind_info(run))
 
 
 @dataclass(kw_only=True)

@@ -301,12 +301,13 @@ def build_sample_report(data: SampleProvenance, *, step: int | None = None, top:
     if any(meta.pixels is None for meta in data.images.values()):
         notes.append("The store holds no pixels for some training images (ingested before schema revision 0003): "
                      "their thumbnails are missing. Run `auditor ingest` on the same data again to add them.")
-    image = Picture.of(data.final_image, MAIN_SIZE, f"generated sample {data.sample_index} of run {data.run['id']}") \
-        if data.final_image is not None else None
+    record = run_record(data.run, data.dataset, data.seed)
+    alt = f"{record.kind_info.image_label} of run {data.run['id']}, sample {data.sample_index}"
+    image = Picture.of(data.final_image, MAIN_SIZE, alt) if data.final_image is not None else None
     return SampleReport(
         run_id=int(data.run["id"]), sample_index=data.sample_index, seed=data.seed, status=data.run["status"],
         complete=data.complete, image=image, image_shape=data.shape,
-        record=run_record(data.run, data.dataset, data.seed),
+        record=record,
         sources=sources, sources_total=sources_total, trajectory=trajectory, step=chosen, final_step=final_step,
         steps_recorded=len(data.steps), steps_planned=(data.run.get("sampler") or {}).get("num_steps"), views=views,
         timeline=timeline, network=network, copy_matches=copy_matches(data), notes=notes,

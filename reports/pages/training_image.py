@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from auditor.store.read_models.training_images import TrainingImageData
+from auditor.store.run_kinds import run_kind
 from reports import maps
 from reports.pages.common import (MAIN_SIZE, TINY_SIZE, Context, DatasetInfo, Pagination, PatchLocation, Picture,
                                   check_options, dataset_info, display_scale)
@@ -32,12 +33,15 @@ class StepUse:
 
 @dataclass(kw_only=True)
 class UsageRow:
-    """One sample that used the image: its final image, the image's share of it (None if the
-    final step did not keep it or the run is not complete), and every step that used it."""
+    """One sample that used the image: its run's kind (public name and label,
+    auditor.store.run_kinds), its final image, the image's share of it (None if the final step
+    did not keep it or the run is not complete), and every step that used it."""
 
     run_id: int
     sample_index: int
     run_status: str
+    kind: str
+    kind_label: str
     image: Picture | None
     final_share: float | None
     max_share: float
@@ -70,7 +74,9 @@ def _identity(data: TrainingImageData) -> dict:
 class TrainingImagePage(Context, ImageIdentity):
     """A training image (template training_image.html): its metadata, where in it PSPC took
     patches for final images (usage map), and every sample, step and patch location that
-    used it, largest final share first (paginated by sample)."""
+    used it, largest final share first (paginated by sample). Only outputs (samples and
+    network samples) count unless include_audits; left_out: the audit samples that used it or
+    were matched to it and are not counted."""
 
     documented_template: ClassVar[str] = "training_image.html"
 
@@ -83,6 +89,8 @@ class TrainingImagePage(Context, ImageIdentity):
     usages: list[UsageRow]
     pagination: Pagination
     locations_per_step: int = 0
+    include_audits: bool = False
+    left_out: int = 0
 
     @property
     def title(self) -> str:
@@ -113,7 +121,9 @@ def _usage_row(data: TrainingImageData, key: tuple[int, int], locations: int) ->
         outlined = Picture(rgb=maps.outlined_thumbnail(data.pixels, [p.box for p in final_step.locations], scale),
                            scale=scale, display=1, alt="patches this sample's final image took from the training image")
     image = Picture.of(data.finals[key], TINY_SIZE, f"sample {key[1]} of run {key[0]}") if key in data.finals else None
-    return UsageRow(run_id=key[0], sample_index=key[1], run_status=data.statuses.get(key[0], "?"), image=image,
+    kind = run_kind(data.kinds.get(key[0]))
+    return UsageRow(run_id=key[0], sample_index=key[1], run_status=data.statuses.get(key[0], "?"),
+                    kind=kind.name, kind_label=kind.label, image=image,
                     final_share=entry["final_share"], max_share=entry["max_share"], steps=steps, outlined=outlined)
 
 
@@ -135,7 +145,7 @@ def build_training_image_page(data: TrainingImageData, *, pagination: Pagination
         **_identity(data), extra=image["extra"], thumbnail=thumbnail,
         usage_map=usage_map, usage_total=data.usage["final_total"], samples_using=data.total,
         steps_using=data.usage["steps_using"], usages=usages, pagination=pagination.of(data.total),
-        locations_per_step=locations)
+        locations_per_step=locations, include_audits=data.include_audits, left_out=data.left_out)
 
 
 @dataclass(kw_only=True)
@@ -144,12 +154,15 @@ class OutputUse:
     the image's share of the final image (None when the final step kept none of it or the run
     is not complete), its largest share of D(z_t) at any step and at which step, the steps
     that kept it, and the copy detection matches that name it (descriptor, rank, score, flag,
-    flagged, flip)."""
+    flagged, flip). run_kind: runs.kind as stored (pspc, network-explained, ...); kind: the
+    public kind (sample, network-explained, audit) and kind_label (auditor.store.run_kinds)."""
 
     run_id: int
     sample_index: int
     run_status: str
     run_kind: str
+    kind: str
+    kind_label: str
     final_share: float | None
     max_share: float
     max_share_step: int | None
@@ -161,11 +174,14 @@ class OutputUse:
 class TrainingImageExport(Context, ImageIdentity):
     """The rights holder's export of a training image (export.csv / export.json of its page):
     its identity and rights metadata and EVERY output that used it, largest final share first,
-    then the outputs only copy detection names."""
+    then the outputs only copy detection names. Audits of outside images are included only
+    with include_audits; left_out counts those not included."""
 
     usage_total: float
     samples_using: int
     outputs: list[OutputUse]
+    include_audits: bool = False
+    left_out: int = 0
 
     @property
     def title(self) -> str:
@@ -181,9 +197,11 @@ def build_training_image_export(data: TrainingImageData) -> TrainingImageExport:
         entry = samples.get(key, {"steps": {}, "final_share": None, "max_share": 0.0})
         steps = entry["steps"]
         largest = max(steps, key=lambda s: (steps[s]["share"], -s)) if steps else None
+        kind = run_kind(data.kinds.get(key[0]))
         outputs.append(OutputUse(run_id=key[0], sample_index=key[1], run_status=data.statuses.get(key[0], "?"),
-                                 run_kind=data.kinds.get(key[0], "pspc"), final_share=entry["final_share"],
+                                 run_kind=data.kinds.get(key[0], "pspc"), kind=kind.name, kind_label=kind.label,
+                                 final_share=entry["final_share"],
                                  max_share=entry["max_share"], max_share_step=largest, steps_using=len(steps),
                                  copy_matches=list(data.copy_matches.get(key, []))))
     return TrainingImageExport(**_identity(data), usage_total=data.usage["final_total"], samples_using=data.total,
-                               outputs=outputs)
+                               outputs=outputs, include_audits=data.include_audits, left_out=data.left_out)

@@ -12,11 +12,12 @@ from pydantic import BaseModel, Field
 from auditor.errors import UserError
 from auditor.service.api.common import (CACHED, MAX_ID, PNG, Page, Pagination, Shape, errors, json_body, page,
                                         png_bytes)
-from auditor.service.api.runs import RunStatus
+from auditor.service.api.runs import AuditedImage, RunKindName, RunStatus
 from auditor.service.auth import get_settings
 from auditor.service.cache import cached_response
 from auditor.service.limits import MAX_PIXEL
 from auditor.store import attribution, catalog
+from auditor.store.run_kinds import describe_run, run_kind
 
 router = APIRouter(tags=["samples"])
 
@@ -31,7 +32,9 @@ CACHED_FOUND = {**CACHED, **FOUND}  # and the routes answered through auditor.se
 class SampleSummary(BaseModel):
     run_id: int = Field(ge=1)
     sample_index: int = Field(ge=0)
-    seed: int = Field(description="the seed of this sample's initial noise")
+    kind: RunKindName = Field(description="its run's kind: sample, network-explained or audit (whose image is an "
+                                          "outside file, not a generated sample)")
+    seed: int = Field(description="the seed of this sample's initial noise (an audit's: of its noise draw)")
     complete: bool = Field(description="whether the final image is recorded")
     steps_recorded: int = Field(ge=0)
     links: dict[str, str] = Field(default_factory=dict)
@@ -50,6 +53,9 @@ class StepInfo(BaseModel):
 
 
 class SampleDetail(SampleSummary):
+    image_label: str = Field(description="what the sample's image is: a generated sample, the network's sample, "
+                                         "an audited image")
+    audited_image: AuditedImage | None = Field(None, description="an audit's input file; null for other kinds")
     shape: Shape
     dataset_id: int = Field(ge=1)
     run_status: RunStatus
@@ -132,7 +138,9 @@ def list_samples(request: Request, run_id: int = RunId, pagination: Pagination =
                  settings=Depends(get_settings)):
     num_samples, rows = catalog.list_samples(settings.db_path, run_id, limit=pagination.limit,
                                              offset=pagination.offset, timeout=settings.lock_timeout)
-    items = [{**r, "run_id": run_id, "links": sample_links(request, run_id, r["sample_index"])} for r in rows]
+    kind = run_kind(catalog.read_run_record(settings.db_path, run_id, timeout=settings.lock_timeout)[0]["kind"]).name
+    items = [{**r, "run_id": run_id, "kind": kind, "links": sample_links(request, run_id, r["sample_index"])}
+             for r in rows]
     return page(request, items, num_samples, pagination)
 
 
@@ -142,7 +150,10 @@ def get_sample(request: Request, run_id: int = RunId, sample_index: int = Sample
                settings=Depends(get_settings)):
     detail = catalog.sample_detail(settings.db_path, run_id, sample_index, timeout=settings.lock_timeout)
     run, dataset = detail["run"], detail["dataset"]
-    return {"run_id": run_id, "sample_index": sample_index, "seed": detail["seed"], "complete": detail["complete"],
+    facts = describe_run(run["kind"], run["details"], run["denoiser"], run["sampler"])
+    return {"run_id": run_id, "sample_index": sample_index, "kind": facts["kind"],
+            "image_label": run_kind(run["kind"]).image_label, "audited_image": facts["audited_image"],
+            "seed": detail["seed"], "complete": detail["complete"],
             "steps_recorded": len(detail["steps"]), "shape": [dataset["channels"], dataset["height"], dataset["width"]],
             "dataset_id": run["dataset_id"], "run_status": run["status"], "steps": detail["steps"],
             "links": sample_links(request, run_id, sample_index)}

@@ -1,5 +1,7 @@
 """Datasets and their training images, and the rights holder's view: every generated sample
-(and, optionally, every sampling step) that used a given training image, and how much."""
+(and, optionally, every sampling step) that used a given training image, and how much. Only
+outputs count (samples and network samples, auditor.store.run_kinds): audits of outside images
+only with include_audits=true."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from auditor.service.api.common import MAX_ID, PNG, Page, Pagination, Shape, UtcDateTime, errors, page, png_response
+from auditor.service.api.runs import RunKindName
 from auditor.service.auth import get_settings
 from auditor.store import attribution, catalog, datasets
 from auditor.store.read_models.training_images import label_number
@@ -19,6 +22,8 @@ router = APIRouter(tags=["training images"])
 DatasetId = Path(ge=1, le=MAX_ID, description="dataset id")
 ImageIndex = Path(ge=0, le=MAX_ID, description="index of the training image in its dataset (0-based)")
 FOUND = errors(400, 404, 422)  # what the routes on one dataset can answer besides 200
+INCLUDE_AUDITS = Query(False, description="count audits of outside images too (an audited image may be anything, "
+                                          "random noise included); default: outputs only")
 
 
 class DatasetInfo(BaseModel):
@@ -52,12 +57,15 @@ class Usage(BaseModel):
     step: int = Field(ge=0)
     share: float = Field(ge=0, description="fraction of the output built from this training image")
     flip_share: float = Field(ge=0, description="the part of `share` from its mirrored copy")
+    kind: RunKindName = Field(description="the run's kind: sample or network-explained (outputs), or audit (only "
+                                          "with include_audits)")
     links: dict[str, str] = Field(default_factory=dict)
 
 
 class UsagePage(Page[Usage]):
     training_image: TrainingImage
     all_steps: bool = Field(description="every recorded step (true) or only the final images (false)")
+    include_audits: bool = Field(description="whether audits of outside images are counted (false: outputs only)")
 
 
 def _dataset(request: Request, row: dict) -> dict:
@@ -124,17 +132,17 @@ def training_image_usage(request: Request, dataset_id: int = DatasetId, image_in
                          pagination: Pagination = Depends(),
                          all_steps: bool = Query(False, description="every recorded step, not only final images"),
                          min_share: float = Query(0.0, ge=0.0, le=1.0, description="only shares above this"),
-                         settings=Depends(get_settings)):
+                         include_audits: bool = INCLUDE_AUDITS, settings=Depends(get_settings)):
     image = load_training_image(settings, dataset_id, image_index)
     rows = attribution.image_usage(settings.db_path, dataset_id, image["image_id"], min_share=min_share,
-                                   all_steps=all_steps, timeout=settings.lock_timeout)
+                                   all_steps=all_steps, include_audits=include_audits, timeout=settings.lock_timeout)
     chunk = rows[pagination.offset:pagination.offset + pagination.limit]
     items = [{**r, "links": {
         "sample": str(request.url_for("get_sample", run_id=r["run_id"], sample_index=r["sample_index"])),
         "report": str(request.url_for("sample_report", run_id=r["run_id"], sample_index=r["sample_index"])),
         "page": f"/runs/{r['run_id']}/samples/{r['sample_index']}"}} for r in chunk]
     return {**page(request, items, len(rows), pagination), "training_image": _image(request, dataset_id, image),
-            "all_steps": all_steps}
+            "all_steps": all_steps, "include_audits": include_audits}
 
 
 @router.get("/datasets/{dataset_id}/usage", response_model=UsagePage, responses=FOUND,
@@ -143,9 +151,11 @@ def training_image_usage_by_id(request: Request, dataset_id: int = DatasetId,
                                image_id: str = Query(min_length=1, max_length=500,
                                                      description="the training image's id"),
                                pagination: Pagination = Depends(), all_steps: bool = Query(False),
-                               min_share: float = Query(0.0, ge=0.0, le=1.0), settings=Depends(get_settings)):
+                               min_share: float = Query(0.0, ge=0.0, le=1.0), include_audits: bool = INCLUDE_AUDITS,
+                               settings=Depends(get_settings)):
     index = catalog.training_image_index(settings.db_path, dataset_id, image_id, timeout=settings.lock_timeout)
-    return training_image_usage(request, dataset_id, index, pagination, all_steps, min_share, settings)
+    return training_image_usage(request, dataset_id, index, pagination, all_steps, min_share, include_audits,
+                                settings)
 
 
 @router.get("/datasets/{dataset_id}/training-images/{image_index}/image.png", summary="The training image as PNG",

@@ -43,18 +43,20 @@ def search_training_images(db_path, q: str, *, limit: int, offset: int,
 
 @dataclass(frozen=True, kw_only=True)
 class IndexData:
-    """runs: every run summary, newest first (auditor.store.runs.run_summaries); datasets: every
-    dataset row, oldest first; search: the search's slice (None without search text)."""
+    """runs: every run summary (of the kind asked for), newest first
+    (auditor.store.runs.run_summaries); datasets: every dataset row, oldest first; search: the
+    search's slice (None without search text)."""
 
     runs: list[dict]
     datasets: list[dict]
     search: ImageSearch | None
 
 
-def load_index(db_path, *, q: str | None = None, limit: int, offset: int,
+def load_index(db_path, *, q: str | None = None, limit: int, offset: int, kind: str | None = None,
                timeout: float = database.DEFAULT_TIMEOUT) -> IndexData:
-    """The start page's data; with search text `q`, its hits [offset, offset + limit)."""
-    summaries = runs.run_summaries(db_path, timeout=timeout)
+    """The start page's data; with search text `q`, its hits [offset, offset + limit); kind: only
+    runs of this public kind (auditor.store.run_kinds; UserError for an unknown one)."""
+    summaries = runs.run_summaries(db_path, kind=kind, timeout=timeout)
     rows = datasets.list_datasets(db_path, timeout=timeout)
     search = None if q is None else search_training_images(db_path, q, limit=limit, offset=offset, timeout=timeout)
     return IndexData(runs=summaries, datasets=rows, search=search)

@@ -17,6 +17,7 @@ from auditor.store import database
 from auditor.store.database import json_value
 from auditor.store.read_models.common import float_image, integer_id
 from auditor.store.read_models.patches import patch_geometry
+from auditor.store.run_kinds import usage_kinds
 
 __all__ = ["TrainingImageData", "image_usage", "label_number", "load_training_image"]
 
@@ -33,7 +34,10 @@ class TrainingImageData:
     shown: the requested slice of usage["order"]; finals: (run, sample) -> final image
     (float32 [C, H, W]) of the shown samples that have one; kinds: run id -> kind ('pspc',
     'network-explained', ...); copy_matches: (run, sample) -> the copy detection matches that
-    name the image (_copy_matches), for every sample of the dataset's runs."""
+    name the image (_copy_matches), for every sample of the runs counted; include_audits:
+    whether audits of outside images are counted (by default only outputs are:
+    auditor.store.run_kinds.usage_kinds); left_out: the samples of the runs NOT counted (audits)
+    that used the image or that copy detection matched to it."""
 
     dataset: dict
     image: dict
@@ -44,6 +48,8 @@ class TrainingImageData:
     finals: dict[tuple[int, int], np.ndarray] = field(repr=False)
     kinds: dict[int, str] = field(default_factory=dict)
     copy_matches: dict[tuple[int, int], list[dict]] = field(default_factory=dict)
+    include_audits: bool = False
+    left_out: int = 0
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -84,10 +90,11 @@ def label_number(db_path, dataset_id: int, label: str | int | None, *,
 
 
 def load_training_image(db_path, dataset_id: int, image_index: int, *, limit: int, offset: int,
-                        timeout: float = database.DEFAULT_TIMEOUT) -> TrainingImageData:
-    """Training image `image_index` of dataset `dataset_id` and every use of it, with the final
-    images of samples [offset, offset + limit) by largest final share. NotFoundError for
-    unknown ids."""
+                        include_audits: bool = False, timeout: float = database.DEFAULT_TIMEOUT) -> TrainingImageData:
+    """Training image `image_index` of dataset `dataset_id` and every use of it by an output
+    (and by an audit with include_audits), with the final images of samples [offset, offset +
+    limit) by largest final share. NotFoundError for unknown ids."""
+    kinds = list(usage_kinds(include_audits))
     dataset_id, image_index = integer_id(dataset_id, "dataset id"), integer_id(image_index, "image index")
     with database.connect(db_path, read_only=True, timeout=timeout, check_schema=True) as conn:
         drow = conn.execute(f"SELECT {', '.join(DATASET_COLUMNS)} FROM datasets WHERE id = ?",
@@ -106,18 +113,20 @@ def load_training_image(db_path, dataset_id: int, image_index: int, *, limit: in
             FROM patch_weights w
             JOIN runs r ON r.id = w.run_id
             JOIN steps s ON s.run_id = w.run_id AND s.sample_index = w.sample_index AND s.step = w.step
-            WHERE r.dataset_id = ? AND w.image_index = ?""", [dataset_id, image_index]).fetchnumpy()
+            WHERE r.dataset_id = ? AND w.image_index = ? AND list_contains(?::VARCHAR[], coalesce(r.kind, 'pspc'))""",
+                            [dataset_id, image_index, kinds]).fetchnumpy()
         share_rows = conn.execute("""
             SELECT v.run_id, v.sample_index, v.step, v.share, v.flip_share, s.t, s.t_next
             FROM step_shares v
             JOIN runs r ON r.id = v.run_id
             JOIN steps s ON s.run_id = v.run_id AND s.sample_index = v.sample_index AND s.step = v.step
-            WHERE r.dataset_id = ? AND v.image_index = ?""", [dataset_id, image_index]).fetchall()
+            WHERE r.dataset_id = ? AND v.image_index = ? AND list_contains(?::VARCHAR[], coalesce(r.kind, 'pspc'))""",
+                                  [dataset_id, image_index, kinds]).fetchall()
         geometry = patch_geometry(conn, np.unique(rows["patch_set_id"]).tolist())
         run_rows = conn.execute("SELECT id, status, kind FROM runs WHERE dataset_id = ?", [dataset_id]).fetchall()
         statuses = {int(r[0]): r[1] for r in run_rows}
-        kinds = {int(r[0]): r[2] or "pspc" for r in run_rows}
-        copies = _copy_matches(conn, dataset_id, image_index)
+        copies = _copy_matches(conn, dataset_id, image_index, kinds)
+        left_out = _left_out(conn, dataset_id, image_index, kinds)
         usage = image_usage(share_rows, rows, geometry, statuses, (int(dataset["height"]), int(dataset["width"])))
         shown = usage["order"][int(offset):int(offset) + int(limit)]
         finals = _final_images(conn, shown, usage["samples"])
@@ -126,23 +135,36 @@ def load_training_image(db_path, dataset_id: int, image_index: int, *, limit: in
     image["extra"] = json_value(image["extra"])
     pixels = np.frombuffer(irow[8], np.uint8).reshape(shape) if irow[8] is not None else None
     return TrainingImageData(dataset=dataset, image=image, pixels=pixels, usage=usage, statuses=statuses, shown=shown,
-                             finals={key: float_image(blob, shape) for key, blob in finals.items()}, kinds=kinds,
-                             copy_matches=copies)
+                             finals={key: float_image(blob, shape) for key, blob in finals.items()},
+                             kinds={int(run_id): kind or "pspc" for run_id, _, kind in run_rows}, copy_matches=copies,
+                             include_audits=include_audits, left_out=left_out)
 
 
-def _copy_matches(conn, dataset_id: int, image_index: int) -> dict[tuple[int, int], list[dict]]:
+def _copy_matches(conn, dataset_id: int, image_index: int, kinds: list[str]) -> dict[tuple[int, int], list[dict]]:
     """(run, sample) -> the copy_matches rows that name the image (copy detection: descriptor,
-    rank (0 = nearest), score, flag, flagged, flip), by descriptor and rank."""
+    rank (0 = nearest), score, flag, flagged, flip), by descriptor and rank, of runs of the
+    stored `kinds`."""
     out: dict[tuple[int, int], list[dict]] = {}
     for run_id, sample_index, descriptor, rank, score, flag, flagged, flip in conn.execute("""
             SELECT c.run_id, c.sample_index, c.descriptor, c.rank, c.score, c.flag, c.flagged, c.flip
             FROM copy_matches c JOIN runs r ON r.id = c.run_id
-            WHERE r.dataset_id = ? AND c.image_index = ?
-            ORDER BY c.run_id, c.sample_index, c.descriptor, c.rank""", [dataset_id, image_index]).fetchall():
+            WHERE r.dataset_id = ? AND c.image_index = ? AND list_contains(?::VARCHAR[], coalesce(r.kind, 'pspc'))
+            ORDER BY c.run_id, c.sample_index, c.descriptor, c.rank""", [dataset_id, image_index, kinds]).fetchall():
         out.setdefault((int(run_id), int(sample_index)), []).append(
             {"descriptor": descriptor, "rank": int(rank), "score": float(score),
              "flag": None if flag is None else float(flag), "flagged": bool(flagged), "flip": bool(flip)})
     return out
+
+
+def _left_out(conn, dataset_id: int, image_index: int, kinds: list[str]) -> int:
+    """How many samples of runs NOT of the stored `kinds` used the image or were matched to it."""
+    return int(conn.execute("""
+        SELECT count(*) FROM (
+            SELECT v.run_id, v.sample_index FROM step_shares v WHERE v.image_index = ?
+            UNION SELECT c.run_id, c.sample_index FROM copy_matches c WHERE c.image_index = ?) u
+        JOIN runs r ON r.id = u.run_id
+        WHERE r.dataset_id = ? AND NOT list_contains(?::VARCHAR[], coalesce(r.kind, 'pspc'))""",
+                            [image_index, image_index, dataset_id, kinds]).fetchone()[0])
 
 
 def _final_images(conn, shown: list[tuple[int, int]], samples: dict) -> dict[tuple[int, int], bytes]:
