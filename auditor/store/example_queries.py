@@ -37,7 +37,7 @@ SELECT s.run_id, s.sample_index, s.share, s.flip_share
 FROM sample_sources AS s
 JOIN runs AS r ON r.id = s.run_id
 JOIN training_images AS i ON i.dataset_id = r.dataset_id AND i.image_index = s.image_index
-WHERE i.image_id = 'train-58676'
+WHERE i.image_id = 'train-58676' AND coalesce(r.kind, 'pspc') IN ('pspc', 'samples-only', 'network-explained')
 ORDER BY s.share DESC, s.run_id, s.sample_index;"""),
     ExampleQuery("pixel-sources", "The sources of one pixel: (y, x) = (14, 14) of D(z_t) at step 12 of sample 0 "
                  "of run 1, each training image's weight in it (mirror image included)", """\
