@@ -52,6 +52,9 @@ def _explain_options() -> argparse.ArgumentParser:
     """The options `compare` and `audit` share (defaults: ExplainOptions, ComparisonOptions)."""
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--no-xflip", action="store_true", help="without the mirrored training images")
+    shared.add_argument("--dataset", type=integer(high=MAX_INT), metavar="ID",
+                        help="a dataset held in the store (its stored pixels, ids and metadata) instead of --data "
+                             "(the report service's jobs use this)")
     shared.add_argument("--steps", type=integer(), default=ComparisonOptions.steps,
                         help="sampling steps (default: %(default)s)")
     shared.add_argument("--seed", type=integer(high=MAX_INT), default=ExplainOptions.seed,
@@ -226,7 +229,14 @@ def _setup(args, network_path: Path | None, what: str, check_data=None):
         hint = " or --no-network to attribute the image directly" if what == "audit" else ""
         raise CLIError(f"{network_path}: no network file; train one with `auditor train-network`, or pass "
                        f"--network PATH{hint}")
-    data = load_data(args.data, args).with_xflip(not args.no_xflip)
+    if args.dataset is None:
+        data = load_data(args.data, args).with_xflip(not args.no_xflip)
+    elif args.data != "fashion-mnist" or args.limit is not None:
+        raise CLIError("--dataset takes the training images from the store; drop --data and --limit")
+    else:
+        from auditor.store.datasets import stored_training_set
+
+        data = stored_training_set(path, args.dataset, timeout=args.lock_timeout).with_xflip(not args.no_xflip)
     if check_data is not None:
         check_data(data)
     network = None
@@ -251,17 +261,28 @@ def _print_agreement(rows: list[dict]) -> None:
 
 
 def _print_copies(path, run_ids: dict, timeout: float) -> None:
-    """The nearest training image of every stored image, by descriptor."""
+    """The nearest training image of every stored image, by descriptor (a similarity, not a verdict:
+    its thresholds are not calibrated, so no flag is shown)."""
     from auditor.store.comparisons import nearest_copies
 
     rows = nearest_copies(path, list(run_ids.values()), timeout=timeout)
     if not rows:
         return
     role = {v: k for k, v in run_ids.items()}
-    print(f"nearest training image by descriptor {rows[0][6]}:")
-    print_table(["run", "role", "sample", "training image", "mirrored", "score", "flag"],
-                [[r, role[r], s, image, "yes" if flip else "", f"{score:.4f}", f">= {flag:g}" if flag else ""]
-                 for r, s, image, flip, score, flag, _ in rows])
+    print(f"nearest training image by descriptor {rows[0][6]} (similarity only; the copy verdict is calibrated "
+          f"separately):")
+    print_table(["run", "role", "sample", "training image", "mirrored", "score"],
+                [[r, role[r], s, image, "yes" if flip else "", f"{score:.4f}"]
+                 for r, s, image, flip, score, _, _ in rows])
+
+
+def _print_verdicts(verdicts: dict, run_ids: dict) -> None:
+    """One line per verdict: run, role, sample, verdict and its sentence."""
+    role = {v: k for k, v in run_ids.items()}
+    print("copy verdict (calibrated thresholds; `auditor calibrate` stores them):")
+    print_table(["run", "role", "sample", "verdict", "why"],
+                [[run_id, role.get(run_id, ""), i, v.verdict, v.sentence]
+                 for run_id, by_sample in verdicts.items() for i, v in sorted(by_sample.items())])
 
 
 def _print_similarity(matrix) -> None:
@@ -304,6 +325,7 @@ def cmd_compare(args, argv: list[str]) -> int:
     _print_agreement(result.agreement)
     _print_similarity(result.similarity)
     _print_copies(path, result.run_ids, args.lock_timeout)
+    _print_verdicts(result.verdicts, result.run_ids)
     print(f"see the network sample's sources with `auditor show {result.network_run_id}/0`")
     return 0
 
@@ -348,6 +370,7 @@ def cmd_audit(args, argv: list[str]) -> int:
             runtime=Runtime(command=[PROG, *argv], progress=bar.update, device=torch_device, timeout=args.lock_timeout))
     print(f"run {result.run_id}: audit of {args.image} (sha256 {result.details['input'].get('sha256', '')[:12]}) "
           f"in {path}")
+    print(f"verdict: {result.verdict.sentence}")
     _print_audit_method(result, network, args.seed)
     rows = sample_sources(path, result.run_id, 0, top=5, timeout=args.lock_timeout)
     print("top training sources (last step, sample 0):")

@@ -13,6 +13,8 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Column, DateTime, Double, Flo
                         LargeBinary, Sequence, SmallInteger, String, Table, Text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from auditor.store.run_kinds import STORED_KINDS
+
 DATASET_IDS = Sequence("dataset_ids")
 RUN_IDS = Sequence("run_ids")
 PATCH_SET_IDS = Sequence("patch_set_ids")
@@ -221,8 +223,9 @@ COMPARISON_IDS = Sequence("comparison_ids")
 # runs.kind: 'pspc' (PSPC sampling), 'network-explained' (a network's PF-ODE trajectory with
 # PSPC's posterior weights on each of its states as attribution), 'samples-only' (a
 # denoiser without posterior weights: final images only), 'external-audit' (an image from
-# outside, attributed by inversion + replay or directly at chosen noise levels).
-RUN_KINDS = ("pspc", "network-explained", "samples-only", "external-audit")
+# outside, attributed by inversion + replay or directly at chosen noise levels): the keys of
+# auditor.store.run_kinds.RUN_KIND_TABLE, the one table of kinds and their labels.
+RUN_KINDS = STORED_KINDS
 
 # Three columns of `runs`, added to the mapped class here so that the revision lives in one
 # block. They are nullable in the file: DuckDB cannot add a NOT NULL column to a table that
@@ -417,3 +420,46 @@ class FidelityScheduleStep(Base):
     patch_size: Mapped[int | None] = mapped_column(SmallInteger)  # PSPC-Square
     flex_lambda: Mapped[float | None] = mapped_column(Double)  # PSPC-Flex (LAMBDA is a DuckDB keyword)
     candidate_errors: Mapped[dict | None] = mapped_column(JSON)  # {"patch_size": {s: MSE}, "lambda": {l: MSE}}
+
+
+# Copy verdicts (revision 0008): calibrated thresholds and the verdicts they gave (auditor.similarity.verdict).
+COPY_CALIBRATION_IDS = Sequence("copy_calibration_ids")
+
+
+class CopyCalibration(Base):
+    """A threshold of one evidence source on one training set, with its measured TPR / FPR."""
+
+    __tablename__ = "copy_calibrations"
+    id: Mapped[int] = mapped_column(BigInteger, COPY_CALIBRATION_IDS, primary_key=True,
+                                    server_default=COPY_CALIBRATION_IDS.next_value())
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    evidence: Mapped[str] = mapped_column(String)  # aligned-correlation, region-match
+    evidence_fingerprint: Mapped[str] = mapped_column(String(64))  # the source's parameters
+    call: Mapped[str] = mapped_column(String)  # copy, partial copy
+    threshold: Mapped[float] = mapped_column(Double)
+    target_fpr: Mapped[float] = mapped_column(Double)
+    tpr: Mapped[float] = mapped_column(Double)  # on the calibration split's copies of this call
+    fpr: Mapped[float] = mapped_column(Double)  # on the calibration split's novel images
+    positives: Mapped[int] = mapped_column(Integer)
+    negatives: Mapped[int] = mapped_column(Integer)
+    record: Mapped[dict] = mapped_column(JSON)  # evidence describe(), cases, seed, novel images, command
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class CopyVerdict(Base):
+    """The copy verdict of a stored image (an audited image or a sample)."""
+
+    __tablename__ = "copy_verdicts"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    verdict: Mapped[str] = mapped_column(String)  # copy, partial copy, no copy found, inconclusive
+    reason: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[str | None] = mapped_column(String)
+    score: Mapped[float | None] = mapped_column(Double)
+    threshold: Mapped[float | None] = mapped_column(Double)
+    tpr: Mapped[float | None] = mapped_column(Double)
+    fpr: Mapped[float | None] = mapped_column(Double)
+    calibration_id: Mapped[int | None] = mapped_column(BigInteger)
+    sources: Mapped[list] = mapped_column(JSON)  # [{entry, image_index, image_id, flip}]
+    region: Mapped[dict | None] = mapped_column(JSON)  # {box, area, mask}
+    details: Mapped[dict] = mapped_column(JSON)  # every source's score and threshold

@@ -19,6 +19,9 @@ Two ways; the run (runs.kind 'external-audit') records which in runs.details['me
 
 Either way every sample's final image is the audited image itself, and copy detection
 (auditor.similarity.copy_detection) stores its nearest training images in copy_matches.
+The image's copy verdict (auditor.workflows.verdicts: copy / partial copy / no copy found /
+inconclusive, from the store's calibration) goes to copy_verdicts; a failed inversion makes
+it `inconclusive: inversion failed`.
 
 Input: a PNG / JPEG / BMP / WebP file (decoded by pspc.data.image_folder.decode_images: 8-bit
 gray or RGB, alpha composited onto black) or a .npy array ([H, W], [C, H, W] or
@@ -58,6 +61,7 @@ from auditor.workflows.comparison import (
     build_pspc, load_comparison_network, record_copy_matches, record_explained_run, schedule_kinds
 )
 from auditor.workflows.options import DEFAULT_NOISE_LEVELS, RECORDABLE_KINDS, AuditOptions, Runtime
+from auditor.workflows.verdicts import record_verdicts
 
 __all__ = ["DEFAULT_NOISE_LEVELS", "AuditInputError", "AuditOptions", "AuditResult", "invert", "load_audit_image",
            "record_audit"]
@@ -163,6 +167,7 @@ class AuditResult:
     details: dict
     agreement: list[dict] = field(default_factory=list)  # per step (inversion only)
     copies: object | None = None  # copy_detection.CopyDetectionResult of the image
+    verdict: object | None = None  # similarity.verdict.Verdict of the image (stored in copy_verdicts)
 
 
 
@@ -302,4 +307,7 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, opt
     if options.copy_k:
         copies = record_copy_matches(db_path, [run_id], training_set, descriptor, k=options.copy_k,
                                      thresholds=thresholds, timeout=runtime.timeout)[run_id]
-    return AuditResult(run_id, details["method"], network_id, details, agreement, copies)
+    verdict = record_verdicts(db_path, training_set, dataset_id, run_id, x[None],
+                              reconstruction=details.get("reconstruction"),
+                              repeat=1 if network is not None else options.draws, timeout=runtime.timeout)[0]
+    return AuditResult(run_id, details["method"], network_id, details, agreement, copies, verdict)

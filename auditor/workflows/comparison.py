@@ -44,6 +44,7 @@ from auditor.errors import StoreError, UserError
 from auditor.similarity.copy_detection import (
     DEFAULT_THRESHOLDS, CopyDetectionIndex, check_thresholds, flag, similarity_matrix
 )
+from auditor.similarity.calibration import CopyEvidence
 from auditor.similarity.descriptors import Descriptor, load_descriptor
 from auditor.store import database, datasets
 from auditor.store.comparisons import (
@@ -57,6 +58,7 @@ from auditor.workflows.options import (
     RECORDABLE_KINDS, ComparisonOptions, ExplainOptions, Runtime, SamplingOptions
 )
 from auditor.workflows.sampling import record_sampling_run, sampler_record
+from auditor.workflows.verdicts import record_verdicts
 
 __all__ = ["ComparisonOptions", "ComparisonResult", "ExplainOptions", "build_pspc", "explain_trajectory",
            "load_comparison_network", "record_comparison", "record_copy_matches", "record_explained_run",
@@ -279,6 +281,7 @@ class ComparisonResult:
     agreement: list[dict] = field(default_factory=list)  # agreement_table of the network run
     similarity: object | None = None  # copy_detection.SimilarityMatrix
     copies: dict[int, object] = field(default_factory=dict)  # run id -> CopyDetectionResult
+    verdicts: dict[int, dict] = field(default_factory=dict)  # run id -> sample index -> similarity.verdict.Verdict
 
 
 def _check_options(options: ComparisonOptions) -> list[str]:
@@ -377,6 +380,11 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, options: C
         if options.copy_k:
             copies = record_copy_matches(db_path, list(run_ids.values()), training_set, descriptor, k=options.copy_k,
                                          thresholds=thresholds, timeout=runtime.timeout)
+        evidence = CopyEvidence(training_set.images, xflip=training_set.xflip)
+        verdicts = {run_id: record_verdicts(db_path, training_set, dataset_id, run_id,
+                                            run_final_images(db_path, run_id, timeout=runtime.timeout),
+                                            evidence=evidence, timeout=runtime.timeout)
+                    for run_id in run_ids.values()}
         set_comparison_status(db_path, comparison_id, "complete", timeout=runtime.timeout)
     except BaseException as exc:
         try:
@@ -386,4 +394,5 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, options: C
         raise
     network_run = run_ids[NETWORK_ROLE]
     return ComparisonResult(comparison_id, network_id, network_run, run_ids,
-                            agreement_table(db_path, network_run, timeout=runtime.timeout), similarity, copies)
+                            agreement_table(db_path, network_run, timeout=runtime.timeout), similarity, copies,
+                            verdicts)

@@ -1,0 +1,344 @@
+"""Shift-tolerant copy evidence: which training entry an image copies, how closely, and where.
+
+PSPC and the pixel-correlation descriptor compare an image with every training image at the
+same position, so a copy shifted by one pixel is missed. The two evidence sources here
+tolerate small shifts and rescalings:
+
+- :class:`AlignedCorrelation` ("aligned-correlation"): candidates are retrieved by the
+  magnitude of the low-frequency 2-D Fourier spectrum (|F| does not change when an image is
+  translated, so a shifted copy has its source's descriptor), queried at three scales
+  (1, 26/28, 24/28, for slight crops resized back), and re-ranked by the best Pearson
+  correlation of the full-resolution pixels over every shift of up to ``max_shift`` pixels
+  and those scales. Score: that correlation (1 = identical up to brightness and contrast).
+- :class:`RegionMatch` ("region-match"): partial copies. The image's 7x7 blocks (two grids)
+  are looked up among the same-position blocks of every training entry (faiss, L2); the
+  entries found for most blocks, plus the aligned-correlation candidates, are compared
+  pixel by pixel. The region is the largest connected set of pixels (4-neighbours) that
+  agree with the candidate to within ``tolerance`` levels in a whole 3x3 neighbourhood;
+  its score is its non-background area minus that of the best other training image. The
+  region is returned as a mask and bounding box. Pasted regions are found at their
+  original position (the benchmark's partial copies); a moved region is not.
+
+Both take uint8 images [B, C, H, W]; colour images are compared in luma. Their
+``fingerprint`` names every parameter, so a calibration is stored against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from auditor.similarity.cases import blur
+from auditor.similarity.copy_detection import CopyDetectionError
+
+__all__ = ["AlignedCorrelation", "Evidence", "RegionMatch", "gray", "largest_region"]
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def gray(images) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float32 [B, H, W] in 0..255 (luma for RGB)."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4 \
+            or images.shape[1] not in (1, 3):
+        raise CopyDetectionError("evidence needs uint8 images [B, C, H, W] with C = 1 or 3, got "
+                                 f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+    x = images.float()
+    if x.shape[1] == 3:
+        return torch.einsum("bchw,c->bhw", x, x.new_tensor(LUMA))
+    return x[:, 0]
+
+
+def _entries(training: torch.Tensor, xflip: bool) -> torch.Tensor:
+    """Gray training entries [E, H, W] (mirrored images after the originals when xflip)."""
+    x = gray(training)
+    return torch.cat([x, x.flip(-1)]) if xflip else x
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return blur(x[:, None], sigma)[:, 0]
+
+
+def _unit(rows: torch.Tensor) -> torch.Tensor:
+    rows = rows - rows.mean(-1, keepdim=True)
+    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+@dataclass
+class Evidence:
+    """One image's best-supported training entry under an evidence source."""
+
+    score: float
+    entry: int  # -1: none
+    candidates: list[tuple[int, float]]  # (entry, score), best first
+    mask: np.ndarray | None = None  # bool [H, W]: the region taken from the entry (region-match)
+    box: tuple[int, int, int, int] | None = None  # top, left, height, width of the region
+    alignment: dict | None = None  # shift and scale found (aligned-correlation)
+
+
+def _inner_product_index(vectors: np.ndarray, exact_max: int = 1_000_000) -> faiss.Index:
+    """Exact inner-product search up to `exact_max` vectors, IVF (seeded, nlist 4 sqrt(N),
+    nprobe nlist / 16) beyond: retrieval only proposes candidates, re-ranked exactly."""
+    if len(vectors) <= exact_max:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    else:
+        nlist = int(round(4 * np.sqrt(len(vectors))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(vectors.shape[1]), vectors.shape[1], nlist,
+                                   faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 0
+        sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = max(8, nlist // 16)
+    index.add(vectors)
+    return index
+
+
+class _Source:
+    name: str
+
+    def parameters(self) -> dict:
+        raise NotImplementedError
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the name and every parameter: what a calibration is stored against."""
+        record = {"name": self.name, **self.parameters()}
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.name, **self.parameters(), "fingerprint": self.fingerprint}
+
+
+class AlignedCorrelation(_Source):
+    """Copy score from the best pixel correlation over shifts and scales; Fourier retrieval.
+
+    For each candidate, c = the best Pearson correlation of the pixels over shifts
+    (|dy|, |dx| <= max_shift) and (vertical, horizontal) scales, on the raw pixels and on
+    both images blurred (Gaussian, sigma 1 px: a blurred copy matches its blurred source).
+    The score is Lowe's ratio test in log form, log((1 - c2) / (1 - c1)) with c1 the best
+    candidate's correlation and c2 the best among other training images: a copy stands out
+    from its source's look-alikes, a novel image is about as close to several of them.
+    """
+
+    name = "aligned-correlation"
+
+    def __init__(self, training: torch.Tensor, *, xflip: bool = True, max_shift: int = 3, frequencies: int = 7,
+                 candidates: int = 64, scales: tuple[float, ...] = (1.0, 26 / 28, 24 / 28), blur_sigma: float = 1.0):
+        self.entries = _entries(training, xflip)
+        self.num_images = len(training)
+        self.max_shift, self.frequencies, self.k = int(max_shift), int(frequencies), int(candidates)
+        self.scales = [(float(a), float(a)) for a in scales]
+        self.xflip, self.blur_sigma = bool(xflip), float(blur_sigma)
+        described = torch.cat([self._spectrum(self.entries[i:i + 20000]) for i in range(0, len(self.entries), 20000)])
+        self.index = _inner_product_index(np.ascontiguousarray(described.numpy()))
+        self._prepare_shifts(*self.entries.shape[1:])
+
+    def parameters(self) -> dict:
+        return {"max_shift": self.max_shift, "frequencies": self.frequencies, "candidates": self.k,
+                "scales": [[round(a, 6), round(b, 6)] for a, b in self.scales], "xflip": self.xflip,
+                "blur_sigma": self.blur_sigma,
+                "retrieval": "|FFT| low frequencies, sqrt, centred, L2 (faiss inner product)",
+                "score": "log((1 - c2) / (1 - c1)): c = max Pearson correlation over shifts, scales, raw or blurred"}
+
+    def _spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        k, pad = self.frequencies, 32
+        f = torch.fft.rfft2(x / 255.0, s=(pad, pad)).abs()
+        rows = torch.cat([torch.arange(0, k + 1), torch.arange(pad - k, pad)])
+        return _unit(f[:, rows][:, :, :k + 1].flatten(1).sqrt())
+
+    def _versions(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, V, H, W]: the query at each scale (downscaled and centred on a black canvas)."""
+        h, w = x.shape[-2:]
+        out = [x]
+        for sy, sx in self.scales[1:]:
+            sh, sw = max(1, round(h * sy)), max(1, round(w * sx))
+            small = F.interpolate(x[:, None], size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
+            top, left = (h - sh) // 2, (w - sw) // 2
+            out.append(F.pad(small, (left, w - sw - left, top, h - sh - top))[:, 0])
+        return torch.stack(out, 1)
+
+    def _shifted(self, versions: torch.Tensor) -> torch.Tensor:
+        """[V*S, H*W] unit rows: every version at every shift (labels: `self._labels`)."""
+        s = self.max_shift
+        padded = F.pad(versions, (s, s, s, s)).flatten(1)  # [V, (H+2s)(W+2s)]
+        return _unit(padded[:, self._gather].flatten(0, 1))
+
+    def _prepare_shifts(self, h: int, w: int) -> None:
+        s, width = self.max_shift, w + 2 * self.max_shift
+        y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        offsets = [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)]
+        self._gather = torch.stack([((y + s - dy) * width + (x + s - dx)).flatten() for dy, dx in offsets])
+        self._labels = [(v, dy, dx) for v in range(len(self.scales)) for dy, dx in offsets]
+
+    def __call__(self, images) -> list[Evidence]:
+        x = gray(images)
+        if tuple(x.shape[1:]) != tuple(self.entries.shape[1:]):
+            raise CopyDetectionError(f"images are {tuple(x.shape[1:])}, the training entries "
+                                     f"{tuple(self.entries.shape[1:])}")
+        versions = self._versions(x)
+        b = versions.shape[0]
+        _, found = self.index.search(np.ascontiguousarray(self._spectrum(versions.flatten(0, 1)).numpy()), self.k)
+        found = found.reshape(b, -1)
+        return [self._score(versions[i], np.unique(found[i][found[i] >= 0])) for i in range(b)]
+
+    def _score(self, versions: torch.Tensor, entries: np.ndarray) -> Evidence:
+        """Re-rank the candidates of one image (its scaled versions [V, H, W]); the view (raw or
+        blurred) with the larger ratio score decides."""
+        candidates = self.entries[torch.from_numpy(entries)]
+        views = [("raw", versions, candidates)]
+        if self.blur_sigma > 0:
+            views.append(("blurred", _blur(versions, self.blur_sigma), _blur(candidates, self.blur_sigma)))
+        images = entries % self.num_images
+        results = []
+        for view, v, c in views:
+            best, where = (_unit(c.flatten(1)) @ self._shifted(v).T).max(1)
+            order = torch.argsort(best, descending=True)[:self.k]
+            top = int(order[0])
+            others = [float(best[j]) for j in order if images[j] != images[top]]
+            c1, c2 = float(best[top]), (others[0] if others else 0.0)
+            score = float(np.log((1 - c2 + 1e-4) / (1 - c1 + 1e-4)))
+            version, dy, dx = self._labels[int(where[top])]
+            results.append(Evidence(score, int(entries[top]), [(int(entries[j]), float(best[j])) for j in order],
+                                    alignment={"correlation": c1, "runner_up": c2, "shift": [dy, dx],
+                                               "scale": [round(a, 4) for a in self.scales[version]], "view": view}))
+        return max(results, key=lambda e: e.score)
+
+
+# -- partial copies ------------------------------------------------------------------------
+
+def largest_region(mask: torch.Tensor) -> torch.Tensor:
+    """The largest 4-connected component of each boolean mask [B, H, W] (label propagation)."""
+    b, h, w = mask.shape
+    labels = torch.where(mask, torch.arange(1, h * w + 1, dtype=torch.float32).view(h, w).expand(b, h, w), torch.zeros(()))
+    while True:
+        padded = F.pad(labels, (1, 1, 1, 1))
+        grown = torch.stack([labels, padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2],
+                             padded[:, 1:-1, 2:]]).amax(0)
+        grown = torch.where(mask, grown, torch.zeros(()))
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    out = torch.zeros_like(mask)
+    for i in range(b):
+        values, counts = torch.unique(labels[i][mask[i]], return_counts=True)
+        if len(values):
+            out[i] = labels[i] == values[counts.argmax()]
+    return out
+
+
+def _box_masks(masks: torch.Tensor, margin: int) -> torch.Tensor:
+    """[B, H, W]: the bounding box of each mask, grown by `margin` pixels (empty for an empty mask)."""
+    rows, cols = masks.any(2), masks.any(1)
+    grow = lambda m: F.max_pool1d(m.float()[:, None], 2 * margin + 1, 1, margin)[:, 0] > 0.5  # noqa: E731
+    first = lambda m: torch.cummax(m.int(), 1)[0].bool()  # noqa: E731
+    inside = lambda m: first(m) & first(m.flip(1)).flip(1)  # noqa: E731
+    return grow(inside(rows))[:, :, None] & grow(inside(cols))[:, None, :]
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return None
+    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+class RegionMatch(_Source):
+    """Partial copies: the largest region of the image that equals a training entry's same pixels.
+
+    Candidates: entries whose same-position 7x7 block (grid at offsets 0 and 3) is nearest to
+    one of the image's non-background blocks (faiss L2, `votes` per block; the mirrored
+    image is looked up as a mirrored query), plus the aligned-correlation candidates when
+    given. Region: pixels within `tolerance` levels of the candidate throughout their 3x3
+    neighbourhood, its largest 4-connected component grown back by one pixel (within the
+    agreeing pixels), cut to the bounding box (plus one pixel) of its non-background pixels.
+    Its area a is the fraction of the image's pixels in it that are not background in both
+    images (> `background` levels); the score is a1 - a2, the best candidate's area minus the
+    best other training image's, so look-alike garments (large agreeing areas with several
+    images) score near 0 and a pasted region scores its area.
+    """
+
+    name = "region-match"
+
+    def __init__(self, training: torch.Tensor, *, xflip: bool = True, block: int = 7, votes: int = 4,
+                 keep: int = 24, regions: int = 8, tolerance: float = 3.0, background: float = 30.0):
+        self.images = gray(training)
+        self.num_images, (self.h, self.w) = len(training), self.images.shape[1:]
+        self.xflip, self.block, self.votes, self.keep = bool(xflip), int(block), int(votes), int(keep)
+        self.regions = int(regions)
+        self.tolerance, self.background = float(tolerance), float(background)
+        self.positions = [(y, x) for offset in (0, 3) for y in range(offset, self.h - self.block + 1, self.block)
+                          for x in range(offset, self.w - self.block + 1, self.block)]
+        self.indexes = []
+        for y, x in self.positions:
+            blocks = np.ascontiguousarray(self.images[:, y:y + self.block, x:x + self.block].flatten(1).numpy())
+            index = faiss.IndexFlatL2(blocks.shape[1])
+            index.add(blocks)
+            self.indexes.append(index)
+
+    def parameters(self) -> dict:
+        return {"block": self.block, "grids": [0, 3], "votes": self.votes, "keep": self.keep, "regions": self.regions,
+                "tolerance": self.tolerance,
+                "background": self.background, "xflip": self.xflip,
+                "score": "a1 - a2: fraction of the image in the largest agreeing non-background region, best "
+                         "candidate minus the best other training image"}
+
+    def _block_candidates(self, x: torch.Tensor) -> list[set[int]]:
+        """The `keep` entries voted for by most non-background blocks of each image [B, H, W]."""
+        found = [Counter() for _ in range(len(x))]
+        queries = [(x, 0)] + ([(x.flip(-1), self.num_images)] if self.xflip else [])
+        for images, offset in queries:
+            for (y, left), index in zip(self.positions, self.indexes):
+                blocks = images[:, y:y + self.block, left:left + self.block].flatten(1)
+                rows = torch.nonzero(blocks.amax(1) > self.background).flatten()
+                if not len(rows):
+                    continue
+                _, hits = index.search(np.ascontiguousarray(blocks[rows].numpy()), self.votes)
+                for row, entries in zip(rows.tolist(), hits):
+                    found[row].update(int(e) + offset for e in entries if e >= 0)
+        return [{entry for entry, _ in votes.most_common(self.keep)} for votes in found]
+
+    def _entry_images(self, entries: np.ndarray) -> torch.Tensor:
+        images = self.images[torch.from_numpy(entries % self.num_images)]
+        flips = torch.from_numpy(entries >= self.num_images)[:, None, None]
+        return torch.where(flips, images.flip(-1), images)
+
+    def _regions(self, query: torch.Tensor, entries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score [K], region [K, H, W]) of one image [H, W] against candidate entries."""
+        candidates = self._entry_images(entries)
+        agree = (candidates - query).abs() <= self.tolerance
+        core = -F.max_pool2d(-(agree.float())[:, None], 3, 1, 1)[:, 0] > 0.5  # erosion: 3x3 all agree
+        region = torch.zeros_like(core)
+        kept = torch.argsort(core.flatten(1).sum(1), descending=True)[:self.regions]  # the rest cannot win
+        region[kept] = largest_region(core[kept])
+        region = (F.max_pool2d(region.float()[:, None], 3, 1, 1)[:, 0] > 0.5) & agree  # grow back by one
+        informative = region & ((candidates > self.background) | (query > self.background))
+        return informative.flatten(1).float().mean(1), region & _box_masks(informative, 1)
+
+    def __call__(self, images, extra_candidates: list[list[int]] | None = None) -> list[Evidence]:
+        x = gray(images)
+        if tuple(x.shape[1:]) != (self.h, self.w):
+            raise CopyDetectionError(f"images are {tuple(x.shape[1:])}, the training images {(self.h, self.w)}")
+        found = self._block_candidates(x)
+        results = []
+        for i in range(len(x)):
+            pool = found[i] | set(extra_candidates[i] if extra_candidates is not None else ())
+            if not pool:
+                results.append(Evidence(0.0, -1, []))
+                continue
+            entries = np.array(sorted(pool), dtype=np.int64)
+            scores, regions = self._regions(x[i], entries)
+            order = torch.argsort(scores, descending=True)
+            top = int(order[0])
+            mask = regions[top].numpy()
+            images = entries % self.num_images
+            others = [float(scores[j]) for j in order if images[j] != images[top]]
+            margin = float(scores[top]) - (others[0] if others else 0.0)
+            results.append(Evidence(margin, int(entries[top]),
+                                    [(int(entries[j]), float(scores[j])) for j in order[:16]], mask=mask, box=_box(mask)))
+        return results

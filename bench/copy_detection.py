@@ -1,0 +1,201 @@
+"""Benchmark: copy detection on labelled Fashion-MNIST cases, one table per evidence source.
+
+    PYTHONPATH=. .venv/bin/python bench/copy_detection.py --out bench/results/copy_detection   # ~10 min, 2 cores
+    PYTHONPATH=. .venv/bin/python bench/copy_detection.py --per-family 10 --novel 200 --no-pspc --no-network  # smoke
+
+Cases (auditor.similarity.cases) come from the 60k training images (with mirrored entries)
+and the 10k test images (novel images, and the hosts of partial copies): exact and mirrored
+copies, near copies (noise, brightness, contrast, 1-2 px shifts, crop-and-resize, JPEG q20,
+blur), partial copies (25 / 50 % regions) and novel images, split into disjoint calibration
+and test halves. Thresholds are calibrated on the calibration half at --target-fpr per source
+(auditor.similarity.calibration) and every number below is measured on the test half.
+
+Evidence sources: exact pixel hashes; the pixel-correlation descriptor with faiss
+(auditor.similarity.copy_detection, the audit's default descriptor); aligned correlation
+(shift and scale tolerant, auditor.similarity.evidence); region match (partial copies);
+the verdict that combines them (auditor.similarity.verdict); PSPC's own attribution of the
+image (top share of PSPC-Square's posterior at t, patch size s) on a training subset
+(--pspc-limit: PSPC over 60k images costs seconds per image on 2 cores). With the network
+(--network) the inversion bound: the reconstruction error of inverting and replaying
+training, novel and noise images.
+
+Writes OUT.md (tables, command, timings, machine load) and OUT.json (every number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auditor.similarity.benchmark import Scored, family_rows, markdown_table, verdict_rows
+from auditor.similarity.calibration import CopyEvidence, calibrate
+from auditor.similarity.cases import build_cases, split_cases, split_rows
+from auditor.similarity.copy_detection import CopyDetectionIndex
+from auditor.similarity.descriptors import PixelCorrelationDescriptor
+from auditor.similarity.verdict import decide
+from pspc.data.loaders import load_fashion_mnist
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-family", type=int, default=60, help="cases per copy family, both splits (default 60)")
+    parser.add_argument("--novel", type=int, default=2000, help="novel images, both splits (default 2000)")
+    parser.add_argument("--target-fpr", type=float, default=0.005, help="per-source calibration target (0.005)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pspc-limit", type=int, default=5000, help="training subset for PSPC (default 5000)")
+    parser.add_argument("--pspc-per-family", type=int, default=16)
+    parser.add_argument("--pspc-t", type=float, default=0.3)
+    parser.add_argument("--pspc-patch", type=int, default=7)
+    parser.add_argument("--no-pspc", action="store_true")
+    parser.add_argument("--network", type=Path, default=Path("checkpoints/fmnist-unet.pt"))
+    parser.add_argument("--no-network", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/copy_detection"))
+    return parser.parse_args(argv)
+
+
+def pixel_correlation(train, images) -> list[Scored]:
+    descriptor = PixelCorrelationDescriptor()
+    index = CopyDetectionIndex.build(train, descriptor)
+    entries, scores = index.nearest(descriptor(images), k=5)
+    return [Scored(float(s[0]), [int(e) for e in row]) for row, s in zip(entries, scores)]
+
+
+def pspc_tables(args, test_images, timings) -> dict:
+    """PSPC-share on a training subset: its own cases (same families), split, calibrated like the rest."""
+    from auditor.similarity.pspc_evidence import PSPCShare
+
+    subset = load_fashion_mnist("train", limit=args.pspc_limit).with_xflip()
+    cases = build_cases(subset.images, test_images, per_family=args.pspc_per_family, seed=args.seed + 7,
+                        novel_count=8 * args.pspc_per_family)
+    calibration, test = split_cases(cases, args.seed)
+    start = time.perf_counter()
+    source = PSPCShare(subset, t=args.pspc_t, patch_size=args.pspc_patch, seed=args.seed)
+    scored = {}
+    for name, part in (("calibration", calibration), ("test", test)):
+        scored[name] = [Scored(e.score, [c for c, _ in e.candidates]) for e in source(part.images)]
+    timings["pspc-share"] = time.perf_counter() - start
+    negatives = [s.score for s, f in zip(scored["calibration"], calibration.family) if f == "novel"]
+    threshold = float(np.nextafter(np.sort(negatives)[-1], np.inf))  # few negatives: above all of them
+    return {"record": {**source.describe(), "training_images": len(subset), "cases": len(cases),
+                       "threshold": threshold, "threshold_rule": "just above every calibration novel score"},
+            "rows": family_rows(scored["test"], test, len(subset), threshold)}
+
+
+def inversion_errors(args, train, test_images) -> dict:
+    """max |replay - image| after inverting and replaying with the network (18 Heun steps)."""
+    from pspc.networks import load_network
+    from pspc.samplers import SamplerConfig, invert, sample
+
+    network = load_network(args.network, train)
+    config = SamplerConfig(method="heun", num_steps=18)
+    rng = torch.Generator().manual_seed(args.seed)
+    groups = {"training": train.as_float()[:16], "novel": test_images[-16:].float() / 127.5 - 1,
+              "uniform noise": torch.rand(8, *train.image_shape, generator=rng) * 2 - 1}
+    out = {}
+    with torch.no_grad():
+        for name, x in groups.items():
+            replay = sample(network, invert(network, x, config), config)
+            error = (replay - x).abs().flatten(1).amax(1)
+            out[name] = {"images": len(x), "max_abs_error_max": float(error.max()),
+                         "max_abs_error_median": float(error.median()), "max_abs_error_min": float(error.min())}
+    return out
+
+
+def score_sources(evidence, train, cases, timings) -> dict[str, list[Scored]]:
+    start = time.perf_counter()
+    scores = evidence.score(cases.images)
+    timings["aligned + region + hash (all cases)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scored = {"pixel-correlation": pixel_correlation(train, cases.images)}
+    timings["pixel-correlation (index + all cases)"] = time.perf_counter() - start
+    scored["exact-hash"] = [Scored(1.0 if e else 0.0, list(e)) for e in scores["exact-hash"]]
+    scored["aligned-correlation"] = [Scored(e.score, [c for c, _ in e.candidates]) for e in scores["aligned-correlation"]]
+    scored["region-match"] = [Scored(e.score, [c for c, _ in e.candidates], e.mask) for e in scores["region-match"]]
+    return scores, scored
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    timings, load = {}, os.getloadavg()
+    train = load_fashion_mnist("train").with_xflip()
+    test_images = load_fashion_mnist("test").images
+    cases = build_cases(train.images, test_images, per_family=args.per_family, seed=args.seed, novel_count=args.novel)
+    cal_rows, test_rows = split_rows(cases, args.seed)
+    calibration, test = cases.select(cal_rows), cases.select(test_rows)
+    start = time.perf_counter()
+    evidence = CopyEvidence(train.images)
+    timings["build evidence (60k images + flips)"] = time.perf_counter() - start
+    raw, scored = score_sources(evidence, train, cases, timings)
+    cal_raw = {k: [v[i] for i in cal_rows] for k, v in raw.items()}
+    thresholds = calibrate(evidence, calibration, args.target_fpr, scores=cal_raw)
+    by_name = {t.evidence: t.to_dict() for t in thresholds}
+    tables = {}
+    for name, values in scored.items():
+        threshold = {"exact-hash": 1.0}.get(name, by_name.get(name, {}).get("threshold"))
+        tables[name] = family_rows([values[i] for i in test_rows], test, len(train), threshold,
+                                   regions=name == "region-match")
+    verdicts = [decide(raw["exact-hash"][i], raw["aligned-correlation"][i], raw["region-match"][i], by_name,
+                       train.ids).to_dict() for i in test_rows]
+    result = {"command": " ".join(["PYTHONPATH=. .venv/bin/python", "bench/copy_detection.py", *sys.argv[1:]]),
+              "machine": {"cpus": os.cpu_count(), "load_average_at_start": load, "load_average_at_end": None,
+                          "python": platform.python_version(), "torch": torch.__version__},
+              "cases": {"calibration": len(calibration), "test": len(test), "per_family": args.per_family,
+                        "novel": args.novel, "seed": args.seed},
+              "calibration": [t.to_dict() for t in thresholds], "tables": tables,
+              "verdict": verdict_rows(verdicts, test, len(train)), "timings": timings}
+    if not args.no_pspc:
+        result["pspc-share"] = pspc_tables(args, test_images, timings)
+    if not args.no_network and args.network.is_file():
+        start = time.perf_counter()
+        result["inversion"] = inversion_errors(args, train, test_images)
+        timings["inversion"] = time.perf_counter() - start
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    return result
+
+
+def report(result: dict) -> str:
+    lines = ["# Copy detection benchmark", "", f"Command: `{result['command']}`", "",
+             f"Machine: {result['machine']['cpus']} CPUs, load average {result['machine']['load_average_at_start']} "
+             f"at start and {result['machine']['load_average_at_end']} at end (shared machine).", "",
+             f"Cases: {result['cases']}", "", "## Calibration (calibration split)", "",
+             markdown_table(result["calibration"], ("evidence", "call", "threshold", "target_fpr", "tpr", "fpr",
+                                                     "positives", "negatives")), ""]
+    for name, rows in result["tables"].items():
+        lines += [f"## {name} (test split)", "", markdown_table(rows), ""]
+    lines += ["## Verdict (test split)", "", markdown_table(result["verdict"], (
+        "family", "cases", "copy", "partial copy", "no copy found", "inconclusive", "right source")), ""]
+    if "pspc-share" in result:
+        lines += [f"## pspc-share on a {result['pspc-share']['record']['training_images']}-image subset (test split)",
+                  "", f"`{json.dumps(result['pspc-share']['record'])}`", "",
+                  markdown_table(result["pspc-share"]["rows"]), ""]
+    if "inversion" in result:
+        lines += ["## Inversion (network, 18 Heun steps): max |replay - image| on [-1, 1]", "",
+                  markdown_table([{"family": k, **v} for k, v in result["inversion"].items()],
+                                 ("family", "images", "max_abs_error_min", "max_abs_error_median",
+                                  "max_abs_error_max")), ""]
+    lines += ["## Timings (s)", "", *[f"- {k}: {v:.1f}" for k, v in result["timings"].items()], ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    result = run(args)
+    text = report(result)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

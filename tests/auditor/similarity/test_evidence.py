@@ -1,0 +1,124 @@
+"""Shift-tolerant copy evidence (auditor.similarity.evidence), the labelled cases and the metrics.
+
+Data: the first 400 Fashion-MNIST training images and 200 test images (skipped without the package).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from auditor.similarity.cases import (
+    FAMILIES, PARTIAL_FAMILIES, CasesError, build_cases, region_mask, shift, split_rows
+)
+from auditor.similarity.copy_detection import CopyDetectionError
+from auditor.similarity.evidence import AlignedCorrelation, RegionMatch, largest_region
+from auditor.similarity.metrics import auroc, iou, recall_at, threshold_for_fpr, tpr_at_fpr
+from pspc.data.loaders import load_fashion_mnist
+from tests.support.data import fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def images():
+    train = fashion_mnist(400).images
+    return train, load_fashion_mnist("test", limit=200).images
+
+
+# -- metrics -------------------------------------------------------------------------------
+def test_auroc_counts_ties_half_and_thresholds_keep_the_fpr():
+    assert auroc([3, 4], [1, 2]) == 1.0 and auroc([1], [2]) == 0.0 and auroc([1], [1]) == 0.5
+    assert math.isnan(auroc([], [1]))
+    negatives = np.arange(100) / 100  # 0.00 .. 0.99
+    threshold = threshold_for_fpr(negatives, 0.01)
+    assert np.mean(negatives >= threshold) == 0.01 and 0.98 < threshold <= 0.99
+    assert tpr_at_fpr([0.985, 0.995, 0.5], negatives, 0.01) == pytest.approx(2 / 3)
+    assert recall_at([[1, 2], [3, 4]], [2, 5], 1) == 0.0 and recall_at([[1, 2], [3, 4]], [2, 5], 2) == 0.5
+    truth = np.zeros((4, 4), bool)
+    truth[:2] = True
+    assert iou(truth, truth) == 1.0 and iou(None, truth) == 0.0 and iou(truth[::-1].copy(), truth) == 0.0
+
+
+# -- cases ---------------------------------------------------------------------------------
+def test_cases_are_labelled_seeded_and_split_disjointly(images):
+    train, test = images
+    cases = build_cases(train, test, per_family=6, seed=3, novel_count=20)
+    assert len(cases) == 6 * (len(FAMILIES) - 1) + 20
+    again = build_cases(train, test, per_family=6, seed=3, novel_count=20)
+    assert torch.equal(cases.images, again.images) and (cases.source == again.source).all()
+    exact = cases.of("exact")
+    assert torch.equal(exact.images, train[torch.from_numpy(exact.source)])
+    mirrored = cases.of("exact-mirrored")
+    assert torch.equal(mirrored.images, train[torch.from_numpy(mirrored.source - len(train))].flip(-1))
+    for family in PARTIAL_FAMILIES:
+        part = cases.of(family)
+        share = int(family.split("-")[1]) / 100
+        assert abs(part.mask.mean() - share) < 0.06, family
+        inside = torch.from_numpy(part.mask)[:, None]
+        assert torch.equal(part.images[inside.expand_as(part.images)],
+                           train[torch.from_numpy(part.source)][inside.expand_as(part.images)])
+    assert (cases.of("novel").source == -1).all()
+    cal, held = split_rows(cases, 0)
+    assert not set(cal) & set(held) and len(cal) + len(held) == len(cases)
+    with pytest.raises(CasesError, match="unknown case families"):
+        build_cases(train, test, families=("exact", "nope"))
+    with pytest.raises(CasesError, match="need"):
+        build_cases(train[:5], test, per_family=6)
+
+
+def test_region_masks_cover_their_share():
+    rng = np.random.default_rng(0)
+    for family in PARTIAL_FAMILIES:
+        share = int(family.split("-")[1]) / 100
+        assert abs(region_mask(family, 28, 28, rng).mean() - share) < 0.06, family
+
+
+# -- evidence ------------------------------------------------------------------------------
+def test_aligned_correlation_finds_shifted_copies_that_same_position_correlation_misses(images):
+    train, _ = images
+    aligned = AlignedCorrelation(train)
+    sources = list(range(0, 400, 25))  # 16 images
+    shifted = torch.stack([shift(train[i].float()[None], 1, -1)[0] for i in sources]).round().to(torch.uint8)
+    found = [e.entry % len(train) for e in aligned(shifted)]
+    # the same-position (pixel) correlation of the shifted image, as the pixel-correlation descriptor sees it
+    flat = lambda x: x.float().flatten(1) - x.float().flatten(1).mean(1, keepdim=True)  # noqa: E731
+    unit = lambda x: flat(x) / flat(x).norm(dim=1, keepdim=True)  # noqa: E731
+    same_position = (unit(shifted) @ unit(train).T).argmax(1).tolist()
+    hits = sum(f == s for f, s in zip(found, sources))
+    assert hits >= 15 and hits > sum(f == s for f, s in zip(same_position, sources))
+    exact = aligned(train[sources[:4]])
+    assert all(e.alignment["correlation"] > 0.9999 and e.alignment["shift"] == [0, 0] and e.score > 3 for e in exact)
+
+
+def test_region_match_finds_a_pasted_region_and_its_mask(images):
+    train, test = images
+    region = RegionMatch(train)
+    cases = build_cases(train, test, per_family=4, seed=1, families=("partial-50-rect", "partial-50-half", "novel"))
+    found = region(cases.images)
+    ious = []
+    for e, source, mask, family in zip(found, cases.source, cases.mask, cases.family):
+        if family == "novel":
+            assert e.score < 0.05
+            continue
+        assert e.entry % len(train) == source % len(train) and e.box is not None
+        ious.append(iou(e.mask, mask))
+    assert min(ious) > 0.5 and np.mean(ious) > 0.7
+
+
+def test_largest_region_keeps_the_biggest_component():
+    mask = torch.zeros(1, 6, 6, dtype=torch.bool)
+    mask[0, 0, 0] = True
+    mask[0, 2:5, 2:5] = True
+    out = largest_region(mask)
+    assert out.sum() == 9 and not out[0, 0, 0]
+
+
+def test_evidence_refuses_other_sizes_and_dtypes(images):
+    train, _ = images
+    aligned = AlignedCorrelation(train[:50])
+    with pytest.raises(CopyDetectionError, match="uint8"):
+        aligned(train[:2].float())
+    with pytest.raises(CopyDetectionError, match="training entries"):
+        aligned(torch.zeros(1, 1, 20, 20, dtype=torch.uint8))
