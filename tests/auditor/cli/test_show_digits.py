@@ -16,6 +16,6 @@ def test_show_prints_significant_digits(random_store, capsys):
     rows = attribution.sample_sources(random_store.db, run, 0, step=0, top=5)
     code, out, _ = run_cli(capsys, "--db", random_store.db, "show", f"{run}/0", "--step", "0", "--top", "5")
     assert code == 0
-    printed = [line.split()[1] for line in out.splitlines()[3:3 + len(rows)]]
+    printed = [line.split()[1] for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
     assert printed == [f"{100 * r['share']:.3g}%" for r in rows]
     assert printed != [f"{100 * r['share']:.1f}%" for r in rows]  # what 0.1% rounding printed
