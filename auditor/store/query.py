@@ -48,7 +48,7 @@ VISIBLE_TABLES = frozenset({
     "datasets", "training_images", "runs", "samples", "steps", "patch_sets", "patch_positions", "patch_pixels",
     "patch_weights", "patch_stats", "step_shares", "networks", "comparisons", "comparison_runs", "descriptors",
     "similarity_scores", "copy_matches", "step_agreement", "fidelity_studies", "fidelity_errors",
-    "fidelity_concentration", "fidelity_similarity", "fidelity_schedule",
+    "fidelity_concentration", "fidelity_similarity", "fidelity_schedule", "copy_calibrations", "copy_verdicts",
     "pixel_weights", "step_sources", "sample_sources", "trajectory_sources",  # the attribution views
 })
 HIDDEN_TABLES = frozenset({"api_keys", "jobs", "alembic_version"})  # the service's own records
