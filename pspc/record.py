@@ -81,14 +81,17 @@ def module_sha256(module: torch.nn.Module) -> str:
 
 def environment(device: torch.device, *, packages: tuple[str, ...] = (), processor: bool = False,
                 with_commit: bool = False) -> dict:
-    """Where a result was computed: device, threads, platform (and processor) and the versions
-    of python, pspc-auditor, torch, numpy and `packages`."""
+    """Where a result was computed: device, threads (torch's, and numba's, which run the
+    fused CPU kernels), platform (and processor) and the versions of python, pspc-auditor,
+    torch, numpy and `packages`."""
+    import numba
     import numpy
 
     record = {
         "device": str(device),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
+        "numba_threads": numba.get_num_threads(),
         "platform": platform.platform(),
     }
     if processor:

@@ -16,6 +16,15 @@ than the exp it would save. Weights below exp(-CUTOFF) of the running maximum co
 at most e^-CUTOFF (pass 1) or 0 (pass 2): with CUTOFF = 60 that changes any sum by at most
 N e^-60 < 1e-20 relative, below float64 rounding; a block with no logit within CUTOFF of
 the maximum at any patch is skipped after one cheap counting loop.
+
+Determinism: the image blocks are cut into groups of consecutive blocks, as many as the data
+size gives (`num_groups`), whatever the thread count; thread j takes groups j, j + threads, ...
+Each group sums its blocks in order into its own accumulators and the groups are added in
+group order, so every sum (normaliser, numerator, entropy, sum w^2), hence every weight, is
+bit-identical for any number of threads. Each thread meets its entries in ascending order,
+so of equal weights its top-k keeps the lowest entries; the threads' lists are merged by
+(weight descending, entry ascending) (`merge_top`), so the top-k too is the same for any
+thread count.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ from numba.extending import intrinsic
 
 LANES = 8
 CUTOFF = 60.0
-EQUALIZE = 16  # pass 1: blocks between two equalisations of the lanes' running maxima
+EQUALIZE = 16  # pass 1: blocks of a group between two equalisations of the lanes' running maxima
+GROUPS = 64  # at most this many groups of consecutive blocks (see above): also the most threads used
+GROUP_BLOCKS = 32  # at least this many blocks per group: folding its lanes (about one block's work) stays <= 3%
 # exp() as plain arithmetic so that the compiler can vectorise it (libm's exp is a scalar
 # call and dominated small-patch runs): exp(v) = 2^k p(r), k = round(v / ln 2),
 # r = v - k ln 2 in [-ln2/2, ln2/2], p the degree-9 Taylor polynomial (relative error
@@ -162,15 +173,21 @@ def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indic
 
     queries [Q, C, H, W] float64; images_t [N_padded / LANES, C, H, W, LANES] float32
     (see block_images; entries >= padded_from are padding). Returns [Q, P] float64.
-    Threads split the image blocks; each block, once in cache, meets every query.
+    Threads split the groups of image blocks; each block, once in cache, meets every query.
     Each (query, patch, lane) keeps its own online log-sum-exp (running max m, sum s of
     exp(logit - m)), so that the update is one branch-free loop over patches x lanes with
     one exp per logit; every EQUALIZE blocks the lanes of a patch are brought to a common
-    max so that blocks with nothing within CUTOFF of it are recognised and skipped."""
+    max so that blocks with nothing within CUTOFF of it are recognised and skipped.
+    Each group's lanes are folded into one (m, s) per (query, patch), then the groups in
+    group order: the result does not depend on `parts` (the thread count)."""
     num_queries, _, height, width = queries.shape
-    run_max = np.full((parts, num_queries, num_patches, LANES), -1e300)
-    run_sum = np.zeros((parts, num_queries, num_patches, LANES))
     blocks = images_t.shape[0]
+    groups = num_groups(blocks)
+    parts = min(parts, groups)
+    run_max = np.empty((parts, num_queries, num_patches, LANES))
+    run_sum = np.empty((parts, num_queries, num_patches, LANES))
+    group_max = np.empty((groups, num_queries, num_patches))
+    group_sum = np.empty((groups, num_queries, num_patches))
     size = num_patches * LANES
     for part in numba.prange(parts):
         integral = np.zeros((height + 1, width + 1, LANES))
@@ -178,41 +195,78 @@ def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indic
         logits = np.empty((num_patches, LANES))
         row = np.zeros(LANES)
         flat = logits.reshape(size)
-        for block in range(part, blocks, parts):
-            valid = min(LANES, padded_from - block * LANES)
+        folded = np.empty(size)
+        for group in range(part, groups, parts):
+            run_max[part] = -1e300
+            run_sum[part] = 0.0
+            first = group * blocks // groups
+            for block in range(first, (group + 1) * blocks // groups):
+                valid = min(LANES, padded_from - block * LANES)
+                for q in range(num_queries):
+                    _block_logits(queries[q], images_t[block], structure, patch_h, patch_w, indptr, indices,
+                                  integral, row, squares, scales[q], valid, logits)
+                    if (block - first) % EQUALIZE == 0:
+                        _equalize(logits, run_max[part, q], run_sum[part, q])
+                    m = run_max[part, q].reshape(size)
+                    s = run_sum[part, q].reshape(size)
+                    active = 0
+                    for i in range(size):
+                        active += flat[i] > m[i] - CUTOFF
+                    if active == 0:
+                        continue
+                    for i in range(size):  # s <- s e^(m - l) + 1 if the logit l is a new max, else s + e^(l - m)
+                        v = max(-abs(flat[i] - m[i]), -CUTOFF)
+                        e = _exp(v)
+                        up = flat[i] > m[i]
+                        s[i] = s[i] * e + 1.0 if up else s[i] + e
+                        m[i] = flat[i] if up else m[i]
             for q in range(num_queries):
-                _block_logits(queries[q], images_t[block], structure, patch_h, patch_w, indptr, indices,
-                              integral, row, squares, scales[q], valid, logits)
-                if (block // parts) % EQUALIZE == 0:
-                    _equalize(logits, run_max[part, q], run_sum[part, q])
-                m = run_max[part, q].reshape(size)
-                s = run_sum[part, q].reshape(size)
-                active = 0
-                for i in range(size):
-                    active += flat[i] > m[i] - CUTOFF
-                if active == 0:
-                    continue
-                for i in range(size):  # s <- s e^(m - l) + 1 if the logit l is a new max, else s + e^(l - m)
-                    v = max(-abs(flat[i] - m[i]), -CUTOFF)
-                    e = _exp(v)
-                    up = flat[i] > m[i]
-                    s[i] = s[i] * e + 1.0 if up else s[i] + e
-                    m[i] = flat[i] if up else m[i]
+                _fold_lanes(run_max[part, q], run_sum[part, q], folded, group_max[group, q], group_sum[group, q])
     out = np.empty((num_queries, num_patches))
-    for q in range(num_queries):
+    for q in numba.prange(num_queries):  # each (q, p) adds its groups in group order
         for p in range(num_patches):
             top = -np.inf
-            for part in range(parts):
-                for lane in range(LANES):
-                    if run_sum[part, q, p, lane] > 0.0:
-                        top = max(top, run_max[part, q, p, lane])
+            for group in range(groups):
+                top = max(top, group_max[group, q, p])
             total = 0.0
-            for part in range(parts):
-                for lane in range(LANES):
-                    if run_sum[part, q, p, lane] > 0.0:
-                        total += run_sum[part, q, p, lane] * math.exp(run_max[part, q, p, lane] - top)
+            for group in range(groups):
+                total += group_sum[group, q, p] * math.exp(group_max[group, q, p] - top)
             out[q, p] = top + math.log(total)
     return out
+
+
+@numba.njit(inline="always")
+def _fold_lanes(run_max, run_sum, folded, top, total):
+    """Per patch p, the lanes' log-sum-exps (run_max[p, l], run_sum[p, l]) as one: top[p] =
+    max_l, total[p] = sum_l run_sum e^(run_max - top), added in lane order; like the
+    updates, lanes more than CUTOFF below count as at most e^-CUTOFF (a lane that met no
+    entry, run_sum 0, adds nothing). The exps run in one flat loop (vectorised); folded is
+    scratch of P x LANES."""
+    num_patches = run_max.shape[0]
+    for p in range(num_patches):
+        top[p] = _lane_max(run_max, p)
+        for lane in range(LANES):
+            folded[p * LANES + lane] = top[p]
+    m = run_max.reshape(folded.shape[0])
+    s = run_sum.reshape(folded.shape[0])
+    for i in range(folded.shape[0]):
+        folded[i] = s[i] * _exp(max(m[i] - folded[i], -CUTOFF))
+    for p in range(num_patches):
+        acc = 0.0
+        for lane in range(LANES):
+            acc += folded[p * LANES + lane]
+        total[p] = acc
+
+
+@numba.njit(cache=True)
+def num_groups(blocks: int) -> int:
+    """Groups the kernels cut `blocks` image blocks into: the largest power of two <= GROUPS
+    leaving each group at least GROUP_BLOCKS blocks (1 for small sets), a function of the
+    data size only. Powers of two split evenly over 2, 4, 8, ... threads."""
+    groups = 1
+    while groups * 2 <= GROUPS and groups * 2 * GROUP_BLOCKS <= blocks:
+        groups *= 2
+    return groups
 
 
 @numba.njit(inline="always")
@@ -235,23 +289,29 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
     sum_i spread(w_i) * x_i, entropy and sum w^2 per (query, patch), and the top_k entries
     per (query, patch) (top_k = 0 skips them). Entries >= padded_from are padding.
     For masks, spread uses the transposed CSR: the masks covering each pixel, with counts.
+    Sums are per group of blocks, added in group order (independent of `parts`); each part
+    meets its entries in ascending order, so of equal weights its top-k keeps the lowest.
 
     Returns numerator [Q, C, H, W], entropy [Q, P], sum_sq [Q, P], top_w, top_i [Q, parts, P, k]."""
     num_queries, channels, height, width = queries.shape
     rows, cols = height - patch_h + 1, width - patch_w + 1
-    numerator = np.zeros((parts, num_queries, channels, height, width))
+    blocks = images_t.shape[0]
+    groups = num_groups(blocks)
+    parts = min(parts, groups)
+    numerator = np.zeros((groups, num_queries, channels, height, width))
     size = num_patches * LANES
     norms = np.empty((num_queries, size))  # log_norm repeated per lane
     for q in range(num_queries):
         for p in range(num_patches):
             norms[q, p * LANES:(p + 1) * LANES] = log_norm[q, p]
-    entropy_lanes = np.zeros((parts, num_queries, size))  # -sum w log w and sum w^2 per (patch, lane)
-    sum_sq_lanes = np.zeros((parts, num_queries, size))
+    entropy_lanes = np.empty((parts, num_queries, size))  # -sum w log w and sum w^2 per (patch, lane)
+    sum_sq_lanes = np.empty((parts, num_queries, size))
+    group_entropy = np.empty((groups, num_queries, num_patches))
+    group_sum_sq = np.empty((groups, num_queries, num_patches))
     kept = max(top_k, 1)
     top_w = np.zeros((num_queries, parts, num_patches, kept))
     top_i = np.full((num_queries, parts, num_patches, kept), -1, dtype=np.int64)
     floor = np.zeros((parts, num_queries, num_patches))  # smallest kept top-k weight (0 until full)
-    blocks = images_t.shape[0]
     for part in numba.prange(parts):
         integral = np.zeros((height + 1, width + 1, LANES))
         squares = np.zeros((height * width, LANES))
@@ -259,40 +319,55 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
         flat = logits.reshape(size)
         grid = np.zeros((rows + 1, cols + 1, LANES))  # integral image of the weights
         row = np.zeros(LANES)
-        for block in range(part, blocks, parts):
-            start = block * LANES
-            valid = min(LANES, padded_from - start)
-            images = images_t[block]
+        for group in range(part, groups, parts):
+            entropy_lanes[part] = 0.0
+            sum_sq_lanes[part] = 0.0
+            for block in range(group * blocks // groups, (group + 1) * blocks // groups):
+                start = block * LANES
+                valid = min(LANES, padded_from - start)
+                images = images_t[block]
+                for q in range(num_queries):
+                    _block_logits(queries[q], images, structure, patch_h, patch_w, indptr, indices,
+                                  integral, row, squares, scales[q], valid, logits)
+                    norm, plogp, squared = norms[q], entropy_lanes[part, q], sum_sq_lanes[part, q]
+                    # weights in place of the logits, in one branch-free loop over patches x lanes;
+                    # most blocks carry no weight at small t
+                    active = 0
+                    for i in range(size):
+                        active += flat[i] - norm[i] > -CUTOFF
+                    if active == 0:
+                        continue
+                    for i in range(size):
+                        v = max(flat[i] - norm[i], -CUTOFF)
+                        w = _exp(v) if v > -CUTOFF else 0.0
+                        flat[i] = w
+                        plogp[i] -= w * v
+                        squared[i] += w * w
+                    if top_k > 0:
+                        for p in range(num_patches):
+                            for lane in range(LANES):
+                                if logits[p, lane] > floor[part, q, p]:
+                                    _insert(top_w[q, part, p], top_i[q, part, p], logits[p, lane], start + lane)
+                                    floor[part, q, p] = top_w[q, part, p, kept - 1]
+                    if structure == WINDOW:
+                        _spread_windows(logits, grid, row, images, patch_h, patch_w, rows, cols, numerator[group, q])
+                    else:
+                        _spread_masks(logits, images, pixel_indptr, pixel_masks, pixel_counts, row, numerator[group, q])
             for q in range(num_queries):
-                _block_logits(queries[q], images, structure, patch_h, patch_w, indptr, indices,
-                              integral, row, squares, scales[q], valid, logits)
-                norm, plogp, squared = norms[q], entropy_lanes[part, q], sum_sq_lanes[part, q]
-                # weights in place of the logits, in one branch-free loop over patches x lanes;
-                # most blocks carry no weight at small t
-                active = 0
-                for i in range(size):
-                    active += flat[i] - norm[i] > -CUTOFF
-                if active == 0:
-                    continue
-                for i in range(size):
-                    v = max(flat[i] - norm[i], -CUTOFF)
-                    w = _exp(v) if v > -CUTOFF else 0.0
-                    flat[i] = w
-                    plogp[i] -= w * v
-                    squared[i] += w * w
-                if top_k > 0:
-                    for p in range(num_patches):
-                        for lane in range(LANES):
-                            if logits[p, lane] > floor[part, q, p]:
-                                _insert(top_w[q, part, p], top_i[q, part, p], logits[p, lane], start + lane)
-                                floor[part, q, p] = top_w[q, part, p, kept - 1]
-                if structure == WINDOW:
-                    _spread_windows(logits, grid, row, images, patch_h, patch_w, rows, cols, numerator[part, q])
-                else:
-                    _spread_masks(logits, images, pixel_indptr, pixel_masks, pixel_counts, row, numerator[part, q])
-    entropy = entropy_lanes.sum(axis=0).reshape(num_queries, num_patches, LANES).sum(axis=2)
-    sum_sq = sum_sq_lanes.sum(axis=0).reshape(num_queries, num_patches, LANES).sum(axis=2)
-    return numerator.sum(axis=0), entropy, sum_sq, top_w, top_i
+                for p in range(num_patches):
+                    group_entropy[group, q, p] = entropy_lanes[part, q, p * LANES:(p + 1) * LANES].sum()
+                    group_sum_sq[group, q, p] = sum_sq_lanes[part, q, p * LANES:(p + 1) * LANES].sum()
+    return (_sum_in_order(numerator), _sum_in_order(group_entropy), _sum_in_order(group_sum_sq),
+            top_w, top_i)
+
+
+@numba.njit
+def _sum_in_order(per_group):
+    """per_group[0] + per_group[1] + ... in that order (elementwise)."""
+    total = per_group[0].copy()
+    for group in range(1, per_group.shape[0]):
+        total += per_group[group]
+    return total
 
 
 @numba.njit(inline="always")
@@ -349,9 +424,38 @@ def _spread_masks(weights, images, pixel_indptr, pixel_masks, pixel_counts, spre
                 numerator[c, y, x] += acc
 
 
+@numba.njit(parallel=True, cache=True)
+def merge_top(top_w, top_i, k):
+    """The k best of L lists per (query, patch): top_w, top_i [Q, P, L, kept], each list by
+    weight descending, then entry ascending (empty slots: weight 0, index -1, last). Returns
+    [Q, P, k] in that order, whatever the order of the lists (k-way merge)."""
+    num_queries, num_patches, lists, kept = top_w.shape
+    out_w = np.zeros((num_queries, num_patches, k))
+    out_i = np.full((num_queries, num_patches, k), -1, dtype=np.int64)
+    for q in numba.prange(num_queries):
+        heads = np.zeros(lists, dtype=np.int64)
+        for p in range(num_patches):
+            heads[:] = 0
+            for j in range(k):
+                best = -1
+                for candidate in range(lists):
+                    h = heads[candidate]
+                    if h == kept or top_i[q, p, candidate, h] < 0:
+                        continue
+                    w, i = top_w[q, p, candidate, h], top_i[q, p, candidate, h]
+                    if best < 0 or w > out_w[q, p, j] or (w == out_w[q, p, j] and i < out_i[q, p, j]):
+                        best, out_w[q, p, j], out_i[q, p, j] = candidate, w, i
+                if best < 0:
+                    break
+                heads[best] += 1
+    return out_w, out_i
+
+
 @numba.njit(inline="always")
 def _insert(weights, indices, w, index):
-    """Insert (w, index) into the descending list `weights`, dropping its last element."""
+    """Insert (w, index) into the descending list `weights` after its equal weights
+    (entries come in ascending index order: of equal weights the lowest stay), dropping
+    its last element."""
     position = weights.shape[0] - 1
     while position > 0 and weights[position - 1] < w:
         weights[position] = weights[position - 1]

@@ -113,16 +113,35 @@ class _WeightTracker:
         w = weights.transpose(1, 2)  # [B, K, n]
         if self.full is not None:
             self.full[:, :, offset : offset + w.shape[2]] = w
-        k = min(self.k, w.shape[2])
-        chunk_w, chunk_i = w.topk(k, dim=2)
-        merged_w = torch.cat([self.top_w, chunk_w], 2)
-        merged_i = torch.cat([self.top_i, chunk_i + offset], 2)
-        self.top_w, order = merged_w.topk(min(self.k, merged_w.shape[2]), dim=2)
-        self.top_i = merged_i.gather(2, order)
+        # candidates in entry order where weights tie: the kept ones (lower entries, already in
+        # (weight, entry) order), then this chunk's
+        candidates = torch.cat([self.top_w, w], 2)
+        self.top_w, positions = top_k_in_order(candidates, min(self.k, candidates.shape[2]))
+        chunk_i = torch.arange(offset, offset + w.shape[2], device=w.device).expand_as(w)
+        self.top_i = torch.cat([self.top_i, chunk_i], 2).gather(2, positions)
 
     def result(self, patch_set: PatchSet, t: torch.Tensor, num_images: int) -> PosteriorWeights:
         return _finish(self.request, patch_set, t, num_images, self.top_w, self.top_i,
                        self.entropy, self.sum_sq, self.full)
+
+
+def top_k_in_order(weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, positions) of the k (<= size) largest weights along the last dimension, by
+    weight descending, then position ascending: of equal weights the first wins, which
+    torch.topk does not promise. One topk; rows where more entries reach the k-th value
+    than fit are redone exactly (a running count of the ties)."""
+    values, positions = weights.topk(k, dim=-1)  # the right values; at the k-th, maybe the wrong entries
+    threshold = values[..., -1:]
+    short = (weights >= threshold).sum(-1) > k
+    if short.any():
+        row, bar = weights[short], threshold[short]
+        above, tied = row > bar, row == bar
+        room = k - above.sum(-1, keepdim=True)
+        chosen = above | (tied & (tied.cumsum(-1) <= room))  # exactly k per row, in position order
+        positions[short] = chosen.nonzero()[:, -1].view(-1, k)
+    positions = positions.sort(dim=-1).values
+    values, order = weights.gather(-1, positions).sort(dim=-1, descending=True, stable=True)
+    return values, positions.gather(-1, order)
 
 
 def _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq, full=None) -> PosteriorWeights:
@@ -205,12 +224,13 @@ def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip,
         x_hat += numerator.flip(-1) if half["flipped"] else numerator
         entropy += half_entropy[:, half["to_global"]]
         sum_sq += half_sum_sq[:, half["to_global"]]
-        # [Q, parts, P_own, k] -> [Q, K, parts * k]; flipped entries are numbered N..2N-1.
-        index = half_top_i[:, :, half["to_global"]].permute(0, 2, 1, 3).flatten(2)
-        top_w.append(half_top_w[:, :, half["to_global"]].permute(0, 2, 1, 3).flatten(2))
+        # [Q, parts, P_own, k] -> [Q, K, parts, k] lists; flipped entries are numbered N..2N-1.
+        index = half_top_i[:, :, half["to_global"]].permute(0, 2, 1, 3)
+        top_w.append(half_top_w[:, :, half["to_global"]].permute(0, 2, 1, 3))
         top_i.append(torch.where(index >= 0, index + offset * num_images, -1))
     x_hat = (x_hat / patch_set.coverage()).to(z.dtype)
     if request is None:
         return x_hat, None
-    top_w, order = torch.cat(top_w, 2).topk(min(request.top_k, sum(w.shape[2] for w in top_w)), dim=2)
-    return x_hat, _finish(request, patch_set, t, num_images, top_w, torch.cat(top_i, 2).gather(2, order), entropy, sum_sq)
+    top_w, top_i = (torch.from_numpy(a) for a in fused_kernels.merge_top(
+        torch.cat(top_w, 2).contiguous().numpy(), torch.cat(top_i, 2).contiguous().numpy(), request.top_k))
+    return x_hat, _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq)
