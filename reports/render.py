@@ -312,8 +312,9 @@ def report_json(report: Context, images: str = "data-uri") -> str:
 CSV_COLUMNS = ("section", "step", "t", "rank", "image_index", "image_id", "label", "label_name", "source_uri", "owner",
                "license", "share", "flip_share", "patches", "captured", "lowest_patch_mass", "entropy", "ess_median",
                "ess_mean", "trajectory_weight", "descriptor", "score", "thresholds", "flagged", "mirrored",
-               "counterpart_run_id", "mse", "max_abs_error")
-CSV_SECTIONS = ("final", "trajectory", "step", "timeline", "copy", "similarity", "network-step")
+               "counterpart_run_id", "mse", "max_abs_error", "verdict", "reason", "threshold", "tpr", "fpr",
+               "calibration_id", "region")
+CSV_SECTIONS = ("final", "trajectory", "step", "timeline", "copy", "similarity", "network-step", "verdict")
 
 
 def _boxes(locations) -> str:
@@ -357,6 +358,16 @@ def _csv_rows(report: SampleReport):
         yield {"section": "copy", "rank": c.rank, "image_index": c.image_index, "image_id": c.image_id,
                "descriptor": c.descriptor, "score": c.score, "thresholds": " ".join(map(repr, c.thresholds)),
                "flagged": c.flagged, "mirrored": c.flip}
+    verdict = report.verdict
+    if verdict is not None:
+        region = verdict.region or {}
+        yield {"section": "verdict", "verdict": verdict.verdict, "reason": verdict.reason,
+               "descriptor": verdict.evidence, "score": verdict.score, "threshold": verdict.threshold,
+               "tpr": verdict.tpr, "fpr": verdict.fpr, "calibration_id": verdict.calibration_id,
+               "image_index": " ".join(str(s["image_index"]) for s in verdict.sources) or None,
+               "image_id": " ".join(s["image_id"] for s in verdict.sources) or None,
+               "mirrored": any(s.get("flip") for s in verdict.sources) if verdict.sources else None,
+               "region": " ".join(map(str, region["box"])) if region.get("box") else None}
     network = report.network
     if network is not None:
         for score in network.scores:
@@ -374,7 +385,9 @@ def report_csv(report: SampleReport) -> str:
     'trajectory', 'step' (each timeline step's top sources), 'timeline' (each step's captured
     share, lowest patch mass, entropy, ESS and trajectory weight), 'copy' (copy detection:
     nearest training images by descriptor), 'similarity' (the network counterpart's scores) and
-    'network-step' (network-vs-PSPC error per step)."""
+    'network-step' (network-vs-PSPC error per step) and 'verdict' (the stored copy verdict, when
+    there is one: verdict, reason, evidence in `descriptor`, score, threshold, TPR, FPR, source
+    ids, a partial copy's box top left height width in `region`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)

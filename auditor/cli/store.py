@@ -9,6 +9,9 @@ from auditor.cli.common import (
 )
 from auditor.errors import StoreError
 from auditor.store import database
+from auditor.store.calibrations import VERDICTS
+
+VERDICT_OPTIONS = tuple(v.replace(" ", "-") for v in VERDICTS)  # copy, partial-copy, no-copy-found, inconclusive
 
 
 # ---------------------------------------------------------------------------------------
@@ -44,6 +47,8 @@ def add_runs(commands, parents: Parents) -> None:
     runs.set_defaults(handler=cmd_runs)
     runs.add_argument("--dataset", metavar="ID", help="only runs on this dataset (id or fingerprint prefix)")
     runs.add_argument("--kind", choices=KIND_NAMES, help="only runs of this kind")
+    runs.add_argument("--verdict", choices=VERDICT_OPTIONS,
+                      help="only runs with at least one image of this stored copy verdict")
 
 
 def add_show(commands, parents: Parents) -> None:
@@ -133,9 +138,10 @@ def cmd_runs(args, argv=None) -> int:
     dataset_id = None
     if args.dataset is not None:
         dataset_id = find_dataset(path, args.dataset, timeout=args.lock_timeout)["id"]
-    rows = run_summaries(path, dataset_id, kind=args.kind, timeout=args.lock_timeout)
+    rows = run_summaries(path, dataset_id, kind=args.kind, verdict=args.verdict, timeout=args.lock_timeout)
     if not rows:
         print("no runs" + (f" of kind {args.kind}" if args.kind else "")
+              + (f" with a {args.verdict.replace('-', ' ')} verdict" if args.verdict else "")
               + (f" on dataset {dataset_id}" if dataset_id is not None else "") + "; record one with `auditor sample`")
         return 0
     table = []
@@ -192,6 +198,7 @@ def cmd_show(args, argv=None) -> int:
     what = f"D(z_t) at step {args.step}" if args.step is not None else _image_name(run)
     print(f"run {run_id}, sample {sample_index}, {what}: top {len(rows)} training sources (share of the pixels)")
     print(f"run {run_id}: {_made_by(run)}")
+    print(f"verdict: {_verdict_line(path, run_id, sample_index, args.lock_timeout)}")
     table = [[rank, significant_share(r.get("share")), significant_share(r.get("flip_share")), r.get("image_index"),
               r.get("image_id"),
               r.get("label_name") or r.get("label"), r.get("owner"), r.get("license"), r.get("source_uri"),
@@ -199,6 +206,15 @@ def cmd_show(args, argv=None) -> int:
     print_table(["#", "share", "mirrored", "index", "image id", "label", "owner", "license", "source", "largest patch"],
                 table)
     return 0
+
+
+def _verdict_line(path, run_id: int, sample_index: int, timeout: float) -> str:
+    """The sample's stored copy verdict in one sentence (Verdict.sentence), or that there is none."""
+    from auditor.store.calibrations import load_verdicts
+    from reports.pages.sample import NO_VERDICT, verdict_badge
+
+    badge = verdict_badge(load_verdicts(path, run_id, timeout=timeout).get(sample_index))
+    return NO_VERDICT if badge is None else badge.sentence
 
 
 def _image_name(run: dict) -> str:

@@ -23,8 +23,9 @@ import socket
 import traceback
 from pathlib import Path
 
-from auditor.errors import InternalError, NotFoundError
+from auditor.errors import InternalError, NotFoundError, UserError
 from auditor.store import database, schema as models
+from auditor.store.calibrations import VERDICTS
 from auditor.store.database import json_value
 from auditor.store.jobs import job_of_this_process
 from auditor.store.recorder import from_blob, utcnow, write_final_images
@@ -34,7 +35,7 @@ from pspc.record import SOURCE_TREE, package_version, versions as engine_version
 __all__ = ["DATASET_COLUMNS", "FAIL_WAIT", "RUN_COLUMNS", "check_sample_index", "complete_samples_only",
            "create_run", "error_text", "fail_abandoned_runs", "failure_note", "find_complete_run", "interruption",
            "load_run", "mark_failed", "pid_alive", "read_run", "remaining_steps", "reopen_run", "run_summaries",
-           "versions", "writer", "writer_alive", "writer_gone"]
+           "verdict_name", "versions", "writer", "writer_alive", "writer_gone"]
 
 FAIL_WAIT = 60.0  # seconds mark_failed waits for the lock at least (a step's write may have failed on it)
 
@@ -388,16 +389,29 @@ def complete_samples_only(db_path, run_id: int, final, seconds: float, *,
 # ---------------------------------------------------------------------------------------
 # Listing
 # ---------------------------------------------------------------------------------------
-def run_summaries(db_path, dataset_id: int | None = None, *, kind: str | None = None,
+def verdict_name(verdict: str) -> str:
+    """A verdict as stored ('partial copy') from it or its option spelling ('partial-copy');
+    UserError for anything else."""
+    stored = verdict.replace("-", " ")
+    if stored not in VERDICTS:
+        raise UserError(f"unknown verdict {verdict!r}; expected one of "
+                        f"{', '.join(v.replace(' ', '-') for v in VERDICTS)}")
+    return stored
+
+
+def run_summaries(db_path, dataset_id: int | None = None, *, kind: str | None = None, verdict: str | None = None,
                   timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
     """One dict per run (newest first): id, dataset_id, dataset (name), status, denoiser
     (kind), samples, steps (recorded / planned), created_at, finished_at, seconds, error, and
     what its kind makes it (auditor.store.run_kinds.describe_run: kind, kind_label,
     recorded_kind, output, generator, explainer, method, network, audited_image). kind: only
     runs of this public kind ('sample', 'network-explained', 'audit'; UserError for others).
+    verdict: only runs with at least one image of that copy verdict (copy_verdicts; 'copy',
+    'partial copy' or 'partial-copy', 'no copy found', 'inconclusive'; UserError for others).
     A 'running' run whose writer is gone (`writer_gone`) shows as "running (writer pid N
     gone)" (reading marks nothing). Unknown dataset_id -> NotFoundError."""
     chosen = None if kind is None else list(stored_kinds(kind))
+    verdict = None if verdict is None else verdict_name(verdict)
     database.require_current(db_path, timeout)
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
         if dataset_id is not None and not conn.execute("SELECT 1 FROM datasets WHERE id = ?",
@@ -411,7 +425,9 @@ def run_summaries(db_path, dataset_id: int | None = None, *, kind: str | None = 
             LEFT JOIN (SELECT run_id, count(DISTINCT step) AS steps FROM steps GROUP BY run_id) s ON s.run_id = r.id
             WHERE (? IS NULL OR r.dataset_id = ?)
               AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], coalesce(r.kind, 'pspc')))
-            ORDER BY r.id DESC""", [dataset_id, dataset_id, chosen, chosen]).fetchall()
+              AND (?::VARCHAR IS NULL OR EXISTS (SELECT 1 FROM copy_verdicts v WHERE v.run_id = r.id
+                                                 AND v.verdict = ?::VARCHAR))
+            ORDER BY r.id DESC""", [dataset_id, dataset_id, chosen, chosen, verdict, verdict]).fetchall()
     out = []
     for (run_id, ds_id, ds_name, status, denoiser, num_samples, sampler, steps, created, finished, timings, writer_,
          error, stored, details) in rows:

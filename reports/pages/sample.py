@@ -29,8 +29,8 @@ from reports.pages.glossary import SAMPLE_DEFINITIONS, Definition
 from reports.pages.network import CopyMatch, NetworkComparison, copy_matches
 from reports.pages.sample_views import StepAttribution, label_views, legend_images, step_attribution
 
-__all__ = ["FidelityLink", "SampleReport", "Source", "StepSource", "StepSummary", "build_sample_report",
-           "check_report_options", "report_images", "z_display"]
+__all__ = ["NO_VERDICT", "FidelityLink", "SampleReport", "Source", "StepSource", "StepSummary", "VerdictBadge",
+           "build_sample_report", "check_report_options", "report_images", "verdict_badge", "z_display"]
 
 
 @dataclass(kw_only=True)
@@ -111,6 +111,62 @@ class FidelityLink:
     same_images: bool
 
 
+NO_VERDICT = "no verdict recorded for this sample"
+
+
+@dataclass(kw_only=True)
+class VerdictBadge:
+    """The stored copy verdict of the sample (copy_verdicts, issue 17) as the page shows it.
+
+    sentence: the verdict in one sentence (Verdict.sentence: reason, score vs threshold,
+    measured TPR/FPR, source image ids, a partial copy's box); alarm: whether the badge is red,
+    only for copy / partial copy from a calibrated threshold or identical pixels (an
+    inconclusive verdict, or a call without calibration, is never red); region: a partial
+    copy's box [top, left, height, width] and area (the mask stays in the store)."""
+
+    verdict: str
+    reason: str
+    sentence: str
+    alarm: bool
+    evidence: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+    tpr: float | None = None
+    fpr: float | None = None
+    calibration_id: int | None = None
+    sources: list[dict] = field(default_factory=list)
+    region: dict | None = None
+
+
+def _verdict_sentence(row: dict) -> str:
+    """The verdict in one sentence, worded as auditor.similarity.verdict.Verdict.sentence (which
+    reports may not import): source ids, a partial copy's box, the reason, the measured rates."""
+    if row["verdict"] not in ("copy", "partial copy"):
+        return f"{row['verdict']}: {row['reason']}"
+    sources = ", ".join(s["image_id"] + (" (mirrored)" if s.get("flip") else "") for s in row.get("sources") or [])
+    region = row.get("region")
+    where = f" in box {region['box']} ({region['area']:.0%} of the image)" if region else ""
+    rates = ("" if row.get("tpr") is None else
+             f"; at this threshold the benchmark's calibration found {row['tpr']:.0%} of copies and called "
+             f"{row['fpr']:.1%} of novel images copies")
+    return f"{row['verdict']} of {sources}{where}: {row['reason']}{rates}"
+
+
+def verdict_badge(row: dict | None) -> VerdictBadge | None:
+    """The badge of a stored verdict row (SampleProvenance.verdict, calibrations.load_verdicts);
+    None when there is none."""
+    if row is None:
+        return None
+    region = row.get("region")
+    calibrated = row.get("calibration_id") is not None or row.get("evidence") == "exact-hash"
+    return VerdictBadge(verdict=row["verdict"], reason=row["reason"], sentence=_verdict_sentence(row),
+                        alarm=row["verdict"] in ("copy", "partial copy") and calibrated,
+                        evidence=row.get("evidence"), score=row.get("score"), threshold=row.get("threshold"),
+                        tpr=row.get("tpr"), fpr=row.get("fpr"), calibration_id=row.get("calibration_id"),
+                        sources=list(row.get("sources") or []),
+                        region=None if region is None else {"box": region.get("box"), "area": region.get("area")})
+
+
 @dataclass(kw_only=True)
 class SampleReport(Context):
     """The report on one generated image (template sample.html).
@@ -124,7 +180,8 @@ class SampleReport(Context):
     comparison (else None); copy_matches: the nearest training images by descriptor, when
     copy detection ran on the sample; notes: things the reader must know (run still running,
     pixels not stored, ...); definitions: what each figure means (reports.pages.glossary);
-    fidelity_studies: the fidelity studies of PSPC against a network on this training data."""
+    fidelity_studies: the fidelity studies of PSPC against a network on this training data;
+    verdict: the stored copy verdict (VerdictBadge), None when no verdict is recorded."""
 
     documented_template: ClassVar[str] = "sample.html"
 
@@ -150,6 +207,7 @@ class SampleReport(Context):
     notes: list[str] = field(default_factory=list)
     definitions: list[Definition] = field(default_factory=lambda: list(SAMPLE_DEFINITIONS))
     fidelity_studies: list[FidelityLink] = field(default_factory=list)
+    verdict: VerdictBadge | None = None
     built_ms: float = 0.0
 
     @property
@@ -313,4 +371,4 @@ def build_sample_report(data: SampleProvenance, *, step: int | None = None, top:
         timeline=timeline, network=network, copy_matches=copy_matches(data), notes=notes,
         fidelity_studies=[FidelityLink(study_id=s["id"], name=s["name"], network=s["network_name"], images=s["count"],
                                        same_images=s["same_images"]) for s in data.studies],
-        built_ms=round((time.perf_counter() - started) * 1000, 1))
+        verdict=verdict_badge(data.verdict), built_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -1,4 +1,4 @@
-"""Runs: the list (newest first, filtered by dataset, status or kind) and one run's full
+"""Runs: the list (newest first, filtered by dataset, status, kind or copy verdict) and one run's full
 reproducibility record. Every run says what its kind makes it (auditor.store.run_kinds): a
 sample, a network's sample explained by PSPC, or an audit of an outside image (its file's
 name and sha256), what generated its image and what attributes it."""
@@ -14,6 +14,7 @@ from auditor.errors import NotFoundError
 from auditor.service.api.common import MAX_ID, Page, Pagination, Shape, UtcDateTime, errors, page
 from auditor.service.auth import get_settings
 from auditor.store import catalog, runs
+from auditor.store.calibrations import VERDICTS
 from auditor.store.run_kinds import KIND_NAMES, STORED_KINDS
 from auditor.store.schema import RUN_STATUSES
 
@@ -22,6 +23,7 @@ router = APIRouter(tags=["runs"])
 RunStatus = Literal[RUN_STATUSES]  # running, complete, failed
 RunKindName = Literal[KIND_NAMES]  # sample, network-explained, audit
 StoredRunKind = Literal[STORED_KINDS]  # runs.kind: pspc, samples-only, network-explained, external-audit
+VerdictName = Literal[tuple(v.replace(" ", "-") for v in VERDICTS)]  # copy, partial-copy, no-copy-found, inconclusive
 
 
 class NetworkRef(BaseModel):
@@ -123,8 +125,10 @@ def list_runs(request: Request, pagination: Pagination = Depends(),
               dataset_id: int | None = Query(None, ge=1, le=MAX_ID, description="only runs on this dataset"),
               status: RunStatus | None = Query(None, description="only runs with this status"),
               kind: RunKindName | None = Query(None, description="only runs of this kind"),
+              verdict: VerdictName | None = Query(None, description="only runs with at least one image of this "
+                                                                    "stored copy verdict"),
               settings=Depends(get_settings)):
-    rows = [_with_status(r) for r in runs.run_summaries(settings.db_path, dataset_id, kind=kind,
+    rows = [_with_status(r) for r in runs.run_summaries(settings.db_path, dataset_id, kind=kind, verdict=verdict,
                                                         timeout=settings.lock_timeout)]
     if status is not None:
         rows = [r for r in rows if r["status"] == status]

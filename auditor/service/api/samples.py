@@ -16,7 +16,8 @@ from auditor.service.api.runs import AuditedImage, RunKindName, RunStatus
 from auditor.service.auth import get_settings
 from auditor.service.cache import cached_response
 from auditor.service.limits import MAX_PIXEL
-from auditor.store import attribution, catalog
+from auditor.store import attribution, calibrations, catalog
+from auditor.store.calibrations import VERDICTS
 from auditor.store.run_kinds import describe_run, run_kind
 
 router = APIRouter(tags=["samples"])
@@ -52,6 +53,24 @@ class StepInfo(BaseModel):
     mean_ess: float | None = Field(None, description="mean effective sample size of the full weight vectors")
 
 
+class SampleVerdict(BaseModel):
+    """A sample's stored copy verdict (copy_verdicts): what it is, why, and how often the tool is wrong there."""
+
+    verdict: Literal[VERDICTS] = Field(description="copy, partial copy, no copy found or inconclusive")
+    reason: str
+    sentence: str = Field(description="the verdict in one sentence, as the report page and `auditor show` give it")
+    alarm: bool = Field(description="true only for copy / partial copy from a calibrated threshold or identical pixels")
+    evidence: str | None = Field(None, description="the evidence source that decided it (exact-hash, "
+                                                   "aligned-correlation, region-match)")
+    score: float | None = None
+    threshold: float | None = None
+    tpr: float | None = Field(None, description="true-positive rate measured at the threshold on calibration")
+    fpr: float | None = Field(None, description="false-positive rate measured at the threshold on calibration")
+    calibration_id: int | None = None
+    sources: list[dict[str, Any]] = Field(default_factory=list, description="entry, image_index, image_id, flip")
+    region: dict[str, Any] | None = Field(None, description="a partial copy's box [top, left, height, width] and area")
+
+
 class SampleDetail(SampleSummary):
     image_label: str = Field(description="what the sample's image is: a generated sample, the network's sample, "
                                          "an audited image")
@@ -60,6 +79,8 @@ class SampleDetail(SampleSummary):
     dataset_id: int = Field(ge=1)
     run_status: RunStatus
     steps: list[StepInfo]
+    verdict: SampleVerdict | None = Field(None, description="the stored copy verdict; null: no verdict recorded "
+                                                           "for this sample")
 
 
 class PatchUse(BaseModel):
@@ -156,7 +177,16 @@ def get_sample(request: Request, run_id: int = RunId, sample_index: int = Sample
             "seed": detail["seed"], "complete": detail["complete"],
             "steps_recorded": len(detail["steps"]), "shape": [dataset["channels"], dataset["height"], dataset["width"]],
             "dataset_id": run["dataset_id"], "run_status": run["status"], "steps": detail["steps"],
-            "links": sample_links(request, run_id, sample_index)}
+            "verdict": _verdict(settings, run_id, sample_index), "links": sample_links(request, run_id, sample_index)}
+
+
+def _verdict(settings, run_id: int, sample_index: int) -> dict | None:
+    from reports.pages.common import to_jsonable
+    from reports.pages.sample import verdict_badge
+
+    badge = verdict_badge(calibrations.load_verdicts(settings.db_path, run_id, timeout=settings.lock_timeout)
+                          .get(sample_index))
+    return None if badge is None else to_jsonable(badge, "none")
 
 
 @router.get("/runs/{run_id}/samples/{sample_index}/sources", response_model=SourcesPage, responses=CACHED_FOUND,

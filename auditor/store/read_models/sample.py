@@ -33,6 +33,7 @@ import numpy as np
 
 from auditor.errors import NotFoundError
 from auditor.store import database
+from auditor.store.calibrations import JSON_COLUMNS as VERDICT_JSON_COLUMNS, VERDICT_COLUMNS
 from auditor.store.database import json_value
 from auditor.store.read_models.common import ImageMeta, image_metadata
 from auditor.store.read_models.patches import PatchGeometry, patch_geometry
@@ -40,7 +41,7 @@ from auditor.store.runs import check_sample_index, read_run
 from pspc.posterior.attribution import member_pixel_weights, trajectory_coefficients
 
 __all__ = ["CopyMatchRow", "PixelSources", "SampleProvenance", "Shares", "StepRow", "build_cached",
-           "per_image_weights", "pixel_top_sources", "related_studies"]
+           "per_image_weights", "pixel_top_sources", "related_studies", "stored_verdict"]
 
 T = TypeVar("T")
 DENSE_BYTES = 256 * 2**20  # dense per-step maps a SampleProvenance keeps (the latest step always)
@@ -126,6 +127,16 @@ def related_studies(conn, dataset: dict) -> list[dict]:
             if fingerprint == dataset["fingerprint"] or (source is not None and source == dataset.get("source"))]
 
 
+def stored_verdict(conn, run_id: int, sample_index: int) -> dict | None:
+    """The sample's copy_verdicts row (columns VERDICT_COLUMNS, JSON ones parsed), or None."""
+    row = conn.execute(f"SELECT {', '.join(VERDICT_COLUMNS)} FROM copy_verdicts WHERE run_id = ? AND sample_index = ?",
+                       [run_id, sample_index]).fetchone()
+    if row is None:
+        return None
+    return {c: (json_value(v) if c in VERDICT_JSON_COLUMNS and v is not None else v)
+            for c, v in zip(VERDICT_COLUMNS, row)}
+
+
 def _numpy(value) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensor
         value = value.detach().cpu().numpy()
@@ -195,12 +206,13 @@ class SampleProvenance:
     (column arrays of the sample's patch_weights and patch_stats rows); copy_matches (its
     CopyMatchRows, by descriptor and rank); studies (the fidelity studies run on this data
     set or on part of the same source file: dicts id, name, network_name, count, fingerprint,
-    same_images); images (image_index -> ImageMeta for the images fetched so far). Per-step maps are kept on the instance (the dense ones up to
+    same_images); verdict (its copy_verdicts row as auditor.store.calibrations.load_verdicts
+    gives it, or None); images (image_index -> ImageMeta for the images fetched so far). Per-step maps are kept on the instance (the dense ones up to
     DENSE_BYTES): treat what they return as read-only.
     """
 
     def __init__(self, *, db_path, run: dict, dataset: dict, sample_index: int, seed: int, final_image, steps,
-                 geometry, weights, stats, shares, copy_matches=(), studies=()):
+                 geometry, weights, stats, shares, copy_matches=(), studies=(), verdict=None):
         self.db_path = db_path
         self.run, self.dataset = run, dataset
         self.sample_index, self.seed, self.final_image = sample_index, seed, final_image
@@ -209,6 +221,7 @@ class SampleProvenance:
         self.weights, self.stats, self.shares = weights, stats, shares
         self.copy_matches: list[CopyMatchRow] = list(copy_matches)
         self.studies: list[dict] = list(studies)
+        self.verdict: dict | None = verdict
         self.images: dict[int, ImageMeta] = {}
         self._by_step = {row.step: row for row in steps}
         self._step_shares: dict[int, Shares] | None = None
@@ -272,7 +285,8 @@ class SampleProvenance:
         geometry = patch_geometry(conn, [s.patch_set_id for s in steps])
         return cls(db_path=db_path, run=run, dataset=dataset, sample_index=sample_index, seed=int(seed),
                    final_image=final_image, steps=steps, geometry=geometry, weights=weights, stats=stats,
-                   shares=shares, copy_matches=matches, studies=related_studies(conn, dataset))
+                   shares=shares, copy_matches=matches, studies=related_studies(conn, dataset),
+                   verdict=stored_verdict(conn, run_id, sample_index))
 
     def fetch_images(self, conn, indices, pixels: bool = True) -> dict[int, ImageMeta]:
         """Read (on an open connection) the metadata of the images not fetched yet; returns them all."""
@@ -486,7 +500,9 @@ def _state_key(conn, db_path, run_id, sample_index) -> tuple | None:
                (SELECT count(*) FROM similarity_scores s WHERE s.run_a = r.id OR s.run_b = r.id),
                (SELECT count(*) FROM copy_matches c WHERE c.run_id = r.id),
                (SELECT count(*) FROM comparison_runs m WHERE m.run_id = r.id),
-               (SELECT count(*) FROM fidelity_studies)
+               (SELECT count(*) FROM fidelity_studies),
+               (SELECT string_agg(v.sample_index || v.verdict || v.reason, '|' ORDER BY v.sample_index)
+                FROM copy_verdicts v WHERE v.run_id = r.id)
         FROM runs r WHERE r.id = ?""", [run_id]).fetchone()
     if row is None or row[0] != "complete":
         return None
