@@ -10,6 +10,7 @@ callers that catch ValueError for bad input keep working; a *plain* ValueError i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pspc.errors import InputError
@@ -93,3 +94,14 @@ def outcome(exc: BaseException) -> Outcome:
 
 def is_user_error(exc: BaseException) -> bool:
     return outcome(exc).user
+
+
+# The folders of an absolute path ("/srv/data/" of "/srv/data/provenance.duckdb"): a "/" that
+# starts a token (not in "1/3", "s/step", "a/b" or a URL's "//host/path"), then name/ parts.
+_FOLDERS = re.compile(r"(?<![\w/.~-])/(?!/)(?:[^\s'\"/:()<>\[\],;=]+/)+")
+
+
+def without_folders(text: str | None) -> str | None:
+    """`text` with every absolute path cut to its last part: how a stored error (a run's, a job's)
+    is shown to clients, so that no server path (store, checkout, environment) leaves the server."""
+    return None if text is None else _FOLDERS.sub("", text)

@@ -43,7 +43,7 @@ import threading
 import time
 from pathlib import Path
 
-from auditor.errors import StoreError
+from auditor.errors import StoreError, without_folders
 from auditor.service.job_kinds import (
     JOB_KINDS, MAX_SAMPLES, MAX_STEPS, MAX_TOP_K, JobFolders, JobRequest, SampleJobRequest, job_request
 )
@@ -121,9 +121,6 @@ def _log_tail(path: str | os.PathLike | None, max_bytes: int = 4000) -> str:
     return "\n".join(line.split("\r")[-1] for line in text.splitlines())
 
 
-# The folders of an absolute path ("/srv/data/" of "/srv/data/provenance.duckdb"): a "/" that
-# starts a token (not in "1/3", "s/step", "a/b" or a URL's "//host/path"), then name/ parts.
-_FOLDERS = re.compile(r"(?<![\w/.~-])/(?!/)(?:[^\s'\"/:()<>\[\],;=]+/)+")
 _TRACEBACK_STARTS = ("Traceback (most recent call last):", "During handling of the above exception",
                      "The above exception was the direct cause")
 _FRAME = re.compile(r'^\s+File "[^"]*", line \d+')
@@ -143,7 +140,7 @@ def public_text(text: str) -> str:
             in_traceback = True
             continue
         in_traceback = False
-        out.append(_FOLDERS.sub("", line))
+        out.append(without_folders(line))
     return "\n".join(out)
 
 

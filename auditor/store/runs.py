@@ -154,8 +154,13 @@ def _process_stat(pid: int) -> tuple[str, int] | None:
 
 def writer() -> dict:
     """This process as a run's writer: host and pid, and (on Linux) the boot id and the process's
-    start time, which tell the writer from a later process that got the same pid."""
-    record = {"host": socket.gethostname(), "pid": os.getpid()}
+    start time, which tell the writer from a later process that got the same pid; and its torch
+    and numba thread counts (attribution no longer depends on them, but a run says how it ran)."""
+    import numba
+    import torch
+
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+              "numba_threads": numba.get_num_threads()}
     boot, stat = _boot_id(), _process_stat(os.getpid())
     if boot:
         record["boot"] = boot

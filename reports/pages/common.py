@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from auditor.errors import UserError
+from auditor.errors import UserError, without_folders
 from auditor.store.read_models.common import ImageMeta
 from auditor.store.run_kinds import describe_run, run_kind
 from reports import maps
@@ -325,7 +325,7 @@ def run_record(run: dict, dataset: dict, sample_seed: int | None) -> RunRecord:
     """The RunRecord of a run and its dataset (auditor.store.runs.read_run's dicts)."""
     denoiser = run.get("denoiser") or {}
     return RunRecord(run_id=int(run["id"]), status=run["status"], created_at=run.get("created_at"),
-                     finished_at=run.get("finished_at"), error=run.get("error"),
+                     finished_at=run.get("finished_at"), error=without_folders(run.get("error")),
                      dataset=dataset_info(dataset, (denoiser.get("dataset") or {}).get("xflip")),
                      denoiser_kind=denoiser.get("kind"), denoiser=denoiser, sampler=run.get("sampler") or {},
                      run_seed=int(run["seed"]), sample_seed=sample_seed, num_samples=int(run["num_samples"]),

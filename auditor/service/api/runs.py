@@ -10,7 +10,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from auditor.errors import NotFoundError
+from auditor.errors import NotFoundError, without_folders
 from auditor.service.api.common import MAX_ID, Page, Pagination, Shape, UtcDateTime, errors, page
 from auditor.service.auth import get_settings
 from auditor.store import catalog, runs
@@ -112,7 +112,8 @@ def run_links(request: Request, run_id: int) -> dict[str, str]:
 def _with_status(row: dict) -> dict:
     """run_summaries' row with its status split: the stored status, and the note that follows it."""
     status, _, note = row["status"].partition(" ")
-    return {**row, "status": status, "status_note": note.strip(" ()") or None}
+    return {**row, "status": status, "status_note": note.strip(" ()") or None,
+            "error": without_folders(row.get("error"))}  # a lock error names the store's and the holder's paths
 
 
 def _summary(request: Request, row: dict) -> dict:

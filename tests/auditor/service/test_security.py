@@ -5,6 +5,7 @@ and the SQL byte cap and time limit (the answer's encoding included) are setting
 
 from __future__ import annotations
 
+import html
 import shutil
 import time
 from pathlib import Path
@@ -97,6 +98,27 @@ def test_error_bodies_name_no_path_of_the_store(client, store, monkeypatch):
     monkeypatch.setattr(runs, "run_summaries", locked)
     body = assert_error(client.get("/api/runs"), 503, "locked", 'file "the store"')
     assert_private(body["message"], store)
+
+
+def test_a_failed_run_s_stored_error_is_shown_without_server_paths(store, tmp_path):
+    """A run that lost the lock stores DuckDB's message, which names the store's and the lock
+    holder's paths: the API and the run's page show it with the folders cut."""
+    from auditor.store import database
+    from tests.support.store import fetch
+
+    copy = tmp_path / "provenance.duckdb"
+    shutil.copy(store, copy)
+
+    message = (f'the writer lost the store lock at step 1 of run 1: IO Error: Could not set lock on file '
+               f'"{copy.resolve()}": Conflicting lock is held in /opt/venv/bin/python3.11 (PID 4242)')
+    with database.connect(copy) as conn:
+        conn.execute("UPDATE runs SET status = 'failed', error = ? WHERE id = 1", [message])
+    assert fetch(copy, "SELECT error FROM runs WHERE id = 1") == [(message,)]  # the store keeps it all
+    client = TestClient(create_app(ServiceSettings(db_path=copy)))
+    for shown in (client.get("/api/runs/1").json()["error"], client.get("/api/runs").json()["items"][0]["error"],
+                  html.unescape(client.get("/runs/1").text)):
+        assert 'lock on file "provenance.duckdb"' in shown and "held in python3.11 (PID 4242)" in shown
+        assert str(copy.parent) not in shown and "/opt/venv" not in shown
 
 
 # ---------------------------------------------------------------------------------------

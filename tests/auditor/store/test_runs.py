@@ -197,3 +197,15 @@ def test_error_text_of_an_interrupt_inside_numba_and_without_server_paths():
     text = runs.error_text(_raised(RuntimeError("boom")))
     assert text.startswith("RuntimeError: boom (at tests/auditor/store/test_runs.py:")
     assert str(REPO) not in text
+
+
+def test_a_run_records_its_thread_counts(store):
+    """Issue 13, item 6: the run's record says how many torch and numba threads computed it."""
+    import numba
+    import torch
+
+    run_id = runs.create_run(store, 1, denoiser={"kind": "pspc-square"}, sampler={"num_steps": 1}, seed=0,
+                             num_samples=1, top_k=1, mass=1.0)
+    run, _ = runs.load_run(store, run_id)
+    assert run["writer"]["torch_threads"] == torch.get_num_threads()
+    assert run["writer"]["numba_threads"] == numba.get_num_threads()
