@@ -127,7 +127,10 @@ def _print_assertion(claim: dict) -> None:
     if claim.get("network"):
         print(f"network: {claim['network'].get('name')} (sha256 {str(claim['network'].get('sha256'))[:16]}...)")
     verdict = claim.get("verdict") or {}
-    print(f"verdict: {verdict.get('status')} ({verdict.get('note')})")
+    if verdict.get("status") == "assessed":
+        print(f"verdict: {verdict.get('verdict')} ({verdict.get('reason')})")
+    else:
+        print(f"verdict: {verdict.get('status')} ({verdict.get('note')})")
     rows = []
     for source in claim.get("top_sources") or []:
         regions = source.get("regions_of_interest") or []

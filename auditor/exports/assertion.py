@@ -11,7 +11,9 @@ stored for the sample (copy detection); and the run's, sample's and store's iden
 generator (the tool and its version, the denoiser, sampler, schedule and seeds: `generator`)
 goes with the C2PA action that created the sample.
 
-There is no copy verdict yet: `verdict` says so, and the top sources stand in for it.
+`verdict` is the sample's stored copy verdict (auditor.similarity.verdict: copy / partial copy /
+no copy found / inconclusive, with its score, calibrated threshold and measured TPR/FPR), or
+"not assessed" when none is recorded, in which case the top sources stand in for it.
 """
 
 from __future__ import annotations
@@ -27,16 +29,28 @@ from pspc.record import own_version
 
 __all__ = ["ASSERTION_VERSION", "ATTRIBUTION_LABEL", "PARTIAL_COPY_WEIGHT", "TOOL_NAME", "assertion_images",
            "attribution_assertion", "compare_with_store", "dataset_uri", "generator", "number_lists_as_text",
-           "partial_copy_regions"]
+           "partial_copy_regions", "verdict_record"]
 
 ATTRIBUTION_LABEL = "org.pspc-auditor.attribution"
 ASSERTION_VERSION = 1
 TOOL_NAME = "pspc-auditor"
 PARTIAL_COPY_WEIGHT = 0.5  # a pixel belongs to a source's region where the source holds at least this weight
 SHARE_TOLERANCE = 1e-9  # shares are compared with the store to this (JSON keeps 17 significant digits)
-VERDICT = {"status": "not assessed", "basis": "top sources",
-           "note": "pspc-auditor computes no copy verdict yet; the top sources (their shares of the final image) "
-                   "and the regions where one source dominates are the attribution evidence"}
+NOT_ASSESSED = {"status": "not assessed", "basis": "top sources",
+                "note": "no copy verdict is recorded for this sample (`auditor audit` and `auditor compare` record "
+                        "one, `auditor calibrate` calibrates its thresholds); the top sources (their shares of the "
+                        "final image) and the regions where one source dominates are the attribution evidence"}
+VERDICT_FIELDS = ("verdict", "reason", "evidence", "score", "threshold", "tpr", "fpr", "calibration_id", "sources")
+
+
+def verdict_record(stored: dict | None) -> dict:
+    """The assertion's `verdict`: the stored copy verdict (its region as box and area, the mask
+    stays in the store), or NOT_ASSESSED."""
+    if not stored:
+        return NOT_ASSESSED
+    region = stored.get("region") or None
+    return {"status": "assessed", **{k: stored.get(k) for k in VERDICT_FIELDS},
+            "region": None if region is None else {k: region.get(k) for k in ("box", "area")}}
 
 
 def dataset_uri(source: str | None) -> str | None:
@@ -133,7 +147,7 @@ def attribution_assertion(record: ExportRecord, top: int = 10) -> dict:
         "dataset": {"name": dataset["name"], "fingerprint": dataset["fingerprint"], "source": dataset["source"],
                     "uri": dataset_uri(dataset["source"]), "images": int(dataset["count"])},
         "network": None if record.network is None else {k: record.network[k] for k in ("name", "kind", "sha256")},
-        "verdict": VERDICT,
+        "verdict": verdict_record(data.verdict),
         "score": "share: the fraction of the final image built from the training image (kept PSPC posterior "
                  "weights averaged over the pixels, Eq. 11); flip_share: the part from its mirrored copy; "
                  "trajectory_share: weighted over the sampling steps",
@@ -164,6 +178,9 @@ def compare_with_store(claimed: dict, stored: dict) -> list[str]:
     if not _close(claimed.get("captured_mass"), stored["captured_mass"]):
         problems.append(f"captured mass: the image says {claimed.get('captured_mass')!r}, "
                         f"the store {stored['captured_mass']!r}")
+    verdict = (claimed.get("verdict") or {}).get("verdict"), stored["verdict"].get("verdict")
+    if verdict[0] != verdict[1]:
+        problems.append(f"copy verdict: the image says {verdict[0]!r}, the store {verdict[1]!r}")
     mine = claimed.get("top_sources") or []
     theirs = stored["top_sources"][:len(mine)] if mine else stored["top_sources"]
     if len(mine) != len(theirs):

@@ -108,7 +108,7 @@ def test_the_attribution_assertion_is_what_the_store_says(signed, random_store):
     assert claim["store"]["run_fingerprint"] == run_fingerprint(run, dataset)
     assert claim["store"]["sample_sha256"] == hashlib.sha256(blob).hexdigest()
     assert claim["store"]["file"] == "provenance.duckdb" and claim["dataset"]["fingerprint"] == dataset["fingerprint"]
-    assert claim["verdict"]["status"] == "not assessed" and "no copy verdict" in claim["verdict"]["note"]
+    assert claim["verdict"]["status"] == "not assessed" and "no copy verdict is recorded" in claim["verdict"]["note"]
 
 
 def test_regions_of_interest_are_where_a_source_holds_most_of_each_pixel(signed, random_store):
