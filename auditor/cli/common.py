@@ -157,8 +157,10 @@ def when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
 
 
-def share(value) -> str:
-    return f"{100 * value:.1f}%" if value is not None else ""
+def share(value, digits: int = 3) -> str:
+    """A fraction as a percentage to `digits` significant figures ('12.3%', '0.0412%'), so the
+    small shares of early steps read as numbers, not as 0.0%; empty for None."""
+    return "" if value is None else f"{100 * float(value):.{digits}g}%"
 
 
 def url_host(host: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from auditor.cli.common import (
-    MAX_INT, PROG, CLIError, Parents, add_image_folder_options, db_path, integer, load_data, positive, print_table, when
+    MAX_INT, PROG, CLIError, Parents, add_image_folder_options, db_path, integer, load_data, positive, print_table, share,
+    when
 )
 from auditor.errors import StoreError
 from auditor.store import database
@@ -175,14 +176,6 @@ def _largest_patch(patches) -> str:
     return str(p)
 
 
-def significant_share(value, digits: int = 3) -> str:
-    """A fraction as a percentage to `digits` significant figures ('12.3%', '0.0412%'), so the
-    small shares of early steps read as numbers, not as 0.0%; empty for None."""
-    if value is None:
-        return ""
-    return f"{100 * float(value):.{digits}g}%"
-
-
 def cmd_show(args, argv=None) -> int:
     from auditor.store.attribution import sample_sources
     from auditor.store.runs import load_run
@@ -199,7 +192,7 @@ def cmd_show(args, argv=None) -> int:
     print(f"run {run_id}, sample {sample_index}, {what}: top {len(rows)} training sources (share of the pixels)")
     print(f"run {run_id}: {_made_by(run)}")
     print(f"verdict: {_verdict_line(path, run_id, sample_index, args.lock_timeout)}")
-    table = [[rank, significant_share(r.get("share")), significant_share(r.get("flip_share")), r.get("image_index"),
+    table = [[rank, share(r.get("share")), share(r.get("flip_share")), r.get("image_index"),
               r.get("image_id"),
               r.get("label_name") or r.get("label"), r.get("owner"), r.get("license"), r.get("source_uri"),
               _largest_patch(r.get("patches") or [])] for rank, r in enumerate(rows, 1)]

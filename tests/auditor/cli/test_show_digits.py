@@ -1,13 +1,13 @@
-"""`auditor show` prints shares to three significant figures: the small shares of early steps
-read as numbers (0.0412%), not as 0.0% everywhere."""
+"""`auditor show` (and every command that prints shares) prints them to three significant
+figures: the small shares of early steps read as numbers (0.0412%), not as 0.0% everywhere."""
 
-from auditor.cli.store import significant_share
+from auditor.cli.common import share
 from auditor.store import attribution
 from tests.support.cli import run_cli
 
 
-def test_significant_share():
-    assert [significant_share(v) for v in (0.123456, 0.0304, 0.000412, 3e-7, 0.0, None)] == \
+def test_shares_print_three_significant_figures():
+    assert [share(v) for v in (0.123456, 0.0304, 0.000412, 3e-7, 0.0, None)] == \
         ["12.3%", "3.04%", "0.0412%", "3e-05%", "0%", ""]
 
 
