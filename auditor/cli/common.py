@@ -93,6 +93,18 @@ def integer(low: int = -MAX_INT, high: int = MAX_COUNT):
     return parse
 
 
+def sample_target(text: str) -> tuple[int, int]:
+    """RUN/SAMPLE (e.g. 3/0) as (run id, sample index), for argparse `type=`: two whole numbers,
+    each at most MAX_INT."""
+    run, slash, sample = text.partition("/")
+    if not slash or not (run.strip().isdigit() and sample.strip().isdigit()):
+        raise argparse.ArgumentTypeError(f"expected RUN/SAMPLE (two numbers, e.g. 3/0), got {text!r}")
+    ids = int(run), int(sample)
+    if max(ids) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"RUN/SAMPLE: each number must be at most {MAX_INT}, got {text!r}")
+    return ids
+
+
 def positive(value, option: str) -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise CLIError(f"{option} must be > 0, got {value}")

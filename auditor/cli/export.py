@@ -3,24 +3,12 @@ auditor.exports): provenance records that third parties' tools read and verify."
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
-import re
 import sys
 from pathlib import Path
 
-from auditor.cli.common import Parents, db_path, integer, print_table, share
-
-_TARGET = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
-
-
-def sample_target(text: str) -> tuple[int, int]:
-    """RUN/SAMPLE (e.g. 3/0) as (run id, sample index), for argparse."""
-    match = _TARGET.fullmatch(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"expected RUN/SAMPLE (two numbers, e.g. 3/0), got {text!r}")
-    return int(match.group(1)), int(match.group(2))
+from auditor.cli.common import Parents, db_path, integer, print_table, sample_target, share
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from auditor.cli.common import (
-    MAX_INT, PROG, CLIError, Parents, add_image_folder_options, db_path, integer, load_data, positive, print_table, share,
-    when
+    MAX_INT, PROG, CLIError, Parents, add_image_folder_options, db_path, integer, load_data, positive, print_table,
+    sample_target, share, when
 )
 from auditor.errors import StoreError
 from auditor.store import database
@@ -57,7 +57,7 @@ def add_show(commands, parents: Parents) -> None:
                                description="The training images a sample was built from (share of its pixels), "
                                            "for the final image or the denoiser output at one step.")
     show.set_defaults(handler=cmd_show)
-    show.add_argument("target", metavar="RUN/SAMPLE", help="e.g. 3/0: run 3, sample 0")
+    show.add_argument("target", type=sample_target, metavar="RUN/SAMPLE", help="e.g. 3/0: run 3, sample 0")
     show.add_argument("--step", type=integer(), metavar="N", help="D(z_t) at step N instead of the final image")
     show.add_argument("--top", type=integer(), default=10, metavar="N", help="how many sources (default: %(default)s)")
 
@@ -160,13 +160,6 @@ def cmd_runs(args, argv=None) -> int:
     return 0
 
 
-def _parse_target(text: str) -> tuple[int, int]:
-    parts = text.split("/")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise CLIError(f"expected RUN/SAMPLE (two numbers, e.g. 3/0), got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
 def _largest_patch(patches) -> str:
     if not patches:
         return ""
@@ -181,7 +174,7 @@ def cmd_show(args, argv=None) -> int:
     from auditor.store.runs import load_run
 
     path = db_path(args)
-    run_id, sample_index = _parse_target(args.target)
+    run_id, sample_index = args.target
     positive(args.top, "--top")
     if args.step is not None and args.step < 0:
         raise CLIError(f"--step must be >= 0, got {args.step}")

@@ -22,6 +22,7 @@ their sha256 (auditor.service.uploads). Exports need no job: they are synchronou
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -74,7 +75,9 @@ class JobFolders:
 
 
 class JobRequest(BaseModel):
-    """What every job request has: the stored dataset it runs on, with or without mirrored images."""
+    """What every job request has: the stored dataset it runs on, with or without mirrored images.
+    A kind that runs (a JOB_KINDS entry) adds `cli_args(folders)`: the `auditor` command and its
+    options, after `auditor --db ... --lock-timeout ...`; form-field models (AuditUpload) have none."""
 
     model_config = ConfigDict(extra="forbid")
     command: ClassVar[str]  # the `auditor` command the job runs
@@ -88,16 +91,12 @@ class JobRequest(BaseModel):
         self.options()  # THE validation of the request, shared with the command line
         return self
 
+    @abstractmethod
     def options(self):
         """The request as the workflow's options (raises UserError, a ValueError, when invalid)."""
-        raise NotImplementedError
 
     def check(self, dataset: dict, folders: JobFolders) -> None:
         """The checks that need the dataset (its row: height, width, channels) or the folders."""
-
-    def cli_args(self, folders: JobFolders) -> list[str]:
-        """The `auditor` command and its options, after `auditor --db ... --lock-timeout ...`."""
-        raise NotImplementedError
 
     def planned_steps(self) -> int | None:
         """The steps the job's run records (its progress), until the run says."""

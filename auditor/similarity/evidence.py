@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 
@@ -99,11 +100,12 @@ def _inner_product_index(vectors: np.ndarray, exact_max: int = 1_000_000) -> fai
     return index
 
 
-class _Source:
+class _Source(ABC):
     name: str
 
+    @abstractmethod
     def parameters(self) -> dict:
-        raise NotImplementedError
+        """The source's parameters: what its calibration is stored against (with its name)."""
 
     @property
     def fingerprint(self) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 
 from auditor.similarity.calibration import CopyEvidence
 from auditor.similarity.evidence import Evidence
+from auditor.store.calibrations import verdict_sentence
 
 __all__ = ["INVERSION_BOUND", "VERDICTS", "Verdict", "decide", "judge_image"]
 
@@ -59,15 +60,8 @@ class Verdict:
 
     @property
     def sentence(self) -> str:
-        """One sentence for a badge or a terminal."""
-        source = ", ".join(s["image_id"] + (" (mirrored)" if s["flip"] else "") for s in self.sources)
-        if self.verdict in ("copy", "partial copy"):
-            rates = ("" if self.tpr is None else
-                     f"; at this threshold the benchmark's calibration found {self.tpr:.0%} of copies and called "
-                     f"{self.fpr:.1%} of novel images copies")
-            where = f" in box {self.region['box']} ({self.region['area']:.0%} of the image)" if self.region else ""
-            return f"{self.verdict} of {source}{where}: {self.reason}{rates}"
-        return f"{self.verdict}: {self.reason}"
+        """One sentence for a badge or a terminal (auditor.store.calibrations.verdict_sentence)."""
+        return verdict_sentence(self.to_dict())
 
 
 def _source(entry: int, ids: Sequence[str]) -> dict:

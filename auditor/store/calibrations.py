@@ -19,7 +19,8 @@ from auditor.store.database import json_value
 from auditor.store.recorder import utcnow
 
 __all__ = ["CALIBRATION_COLUMNS", "VERDICT_COLUMNS", "VERDICTS", "current_calibrations", "list_calibrations",
-           "load_verdicts", "runs_with_verdict", "store_calibrations", "store_verdicts"]
+           "load_verdicts", "runs_with_verdict", "store_calibrations", "store_verdicts", "verdict_rows",
+           "verdict_sentence"]
 
 CALIBRATION_COLUMNS = ("id", "dataset_id", "evidence", "evidence_fingerprint", "call", "threshold", "target_fpr",
                        "tpr", "fpr", "positives", "negatives", "record", "created_at")
@@ -92,12 +93,33 @@ def store_verdicts(db_path, run_id: int, verdicts: Mapping[int, Mapping], *,
                              f"VALUES ({', '.join('?' * len(VERDICT_COLUMNS))})", rows)
 
 
+def verdict_rows(conn, run_id: int, sample_index: int | None = None) -> dict[int, dict]:
+    """sample index -> the stored verdict row of run `run_id` (JSON columns parsed), on an open
+    connection; only `sample_index` when given."""
+    where, params = ("AND sample_index = ?", [run_id, sample_index]) if sample_index is not None else ("", [run_id])
+    rows = conn.execute(f"SELECT {', '.join(VERDICT_COLUMNS)} FROM copy_verdicts WHERE run_id = ? {where} "
+                        "ORDER BY sample_index", params).fetchall()
+    return {int(r[1]): _row(VERDICT_COLUMNS, r) for r in rows}
+
+
 def load_verdicts(db_path, run_id: int, *, timeout: float = database.DEFAULT_TIMEOUT) -> dict[int, dict]:
     """sample index -> the stored verdict of run `run_id` (empty when it has none)."""
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
-        rows = conn.execute(f"SELECT {', '.join(VERDICT_COLUMNS)} FROM copy_verdicts WHERE run_id = ? "
-                            "ORDER BY sample_index", [run_id]).fetchall()
-    return {int(r[1]): _row(VERDICT_COLUMNS, r) for r in rows}
+        return verdict_rows(conn, run_id)
+
+
+def verdict_sentence(row: Mapping) -> str:
+    """A verdict (a stored row, or Verdict.to_dict()) in one sentence, for a badge or a terminal:
+    the source ids, a partial copy's box, the reason and the rates measured at the threshold."""
+    if row["verdict"] not in ("copy", "partial copy"):
+        return f"{row['verdict']}: {row['reason']}"
+    sources = ", ".join(s["image_id"] + (" (mirrored)" if s.get("flip") else "") for s in row.get("sources") or [])
+    region = row.get("region")
+    where = f" in box {region['box']} ({region['area']:.0%} of the image)" if region else ""
+    rates = ("" if row.get("tpr") is None else
+             f"; at this threshold the benchmark's calibration found {row['tpr']:.0%} of copies and called "
+             f"{row['fpr']:.1%} of novel images copies")
+    return f"{row['verdict']} of {sources}{where}: {row['reason']}{rates}"
 
 
 def runs_with_verdict(db_path, verdict: str, *, timeout: float = database.DEFAULT_TIMEOUT) -> list[int]:

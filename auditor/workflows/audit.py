@@ -32,7 +32,6 @@ is resized. An RGB picture whose three channels are equal counts as grayscale.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +46,6 @@ from pspc.denoisers import NetworkDenoiser
 from pspc.posterior.weights import WeightRequest
 from pspc.record import file_sha256
 from pspc.samplers import SamplerConfig, denoise_step, initial_noise, invert
-from pspc.schedules import check_noise_levels
 
 from auditor.errors import UserError
 from auditor.similarity.copy_detection import check_thresholds
@@ -60,7 +58,7 @@ from auditor.store.runs import create_run, load_run, mark_failed
 from auditor.workflows.comparison import (
     build_pspc, load_comparison_network, record_copy_matches, record_explained_run, schedule_kinds
 )
-from auditor.workflows.options import DEFAULT_NOISE_LEVELS, RECORDABLE_KINDS, AuditOptions, Runtime
+from auditor.workflows.options import DEFAULT_NOISE_LEVELS, AuditOptions, Runtime
 from auditor.workflows.verdicts import record_verdicts
 
 __all__ = ["DEFAULT_NOISE_LEVELS", "AuditInputError", "AuditOptions", "AuditResult", "invert", "load_audit_image",
@@ -171,21 +169,6 @@ class AuditResult:
 
 
 
-def _check_levels(noise_levels: Sequence[float]) -> list[float]:
-    try:
-        levels = [float(t) for t in noise_levels]
-    except (TypeError, ValueError):
-        raise AuditInputError(f"noise levels must be numbers, got {noise_levels!r}") from None
-    if not levels:
-        raise AuditInputError("give at least one noise level")
-    if not all(math.isfinite(t) and t > 0 for t in levels):
-        raise AuditInputError(f"noise levels must be finite and > 0, got {levels}")
-    check_noise_levels(levels, AuditInputError)  # the engine's range [T_VALID_MIN, T_VALID_MAX]
-    if len(set(levels)) != len(levels):
-        raise AuditInputError(f"noise levels repeat: {levels}")
-    return sorted(levels, reverse=True)
-
-
 def _audit_input(image, training_set: TrainingSet) -> tuple[torch.Tensor, dict]:
     """The image as float32 [C, H, W] and the record of the input (a file, or a tensor)."""
     if not isinstance(image, torch.Tensor):
@@ -195,18 +178,6 @@ def _audit_input(image, training_set: TrainingSet) -> tuple[torch.Tensor, dict]:
         raise AuditInputError(f"the image tensor must be finite, of shape {tuple(training_set.image_shape)}; "
                               f"got {tuple(x.shape)}")
     return x, {"path": None, "format": "tensor", "shape": list(x.shape)}
-
-
-def _check_options(options: AuditOptions) -> tuple[float, ...]:
-    """The checks that need no file: the explainer, kept weights, thresholds (returned) and copy_k."""
-    if options.explainer not in RECORDABLE_KINDS:
-        raise AuditInputError(f"the attributing denoiser must give posterior weights "
-                              f"({', '.join(RECORDABLE_KINDS)}), got {options.explainer!r}")
-    WeightRequest(top_k=options.top_k, mass=options.mass)  # validates
-    thresholds = check_thresholds(options.thresholds)
-    if options.copy_k < 0:
-        raise AuditInputError(f"copy_k must be >= 0, got {options.copy_k}")
-    return thresholds
 
 
 def _record_inversion(db_path, training_set: TrainingSet, x: torch.Tensor, network: NetworkDenoiser, source: dict,
@@ -279,17 +250,14 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, opt
     copy_k = 0 skips copy detection. schedule / sensitivity_draws: see
     auditor.workflows.comparison.build_pspc (with a network, pspc-flex takes its masks from
     it). Everything is checked before anything is written."""
-    thresholds = _check_options(options)
+    thresholds = check_thresholds(options.thresholds)  # the options validated themselves when built
     x, source = _audit_input(image, training_set)
     if network is not None:
-        if options.steps < 2:
-            raise AuditInputError(f"inversion needs steps >= 2 (t_max down to t_min), got {options.steps}")
+        options.check_inversion()
         config = SamplerConfig(method=options.sampler, num_steps=options.steps)
         network = load_comparison_network(network, training_set, runtime.device)
     else:
-        levels = _check_levels(options.noise_levels)
-        if options.draws < 1:
-            raise AuditInputError(f"draws must be >= 1, got {options.draws}")
+        levels = sorted((float(t) for t in options.noise_levels), reverse=True)
     if options.schedule is not None and options.explainer not in schedule_kinds(options.schedule, training_set):
         raise AuditInputError(f"{options.schedule}: the schedule file has no schedule for the explainer "
                               f"{options.explainer}")

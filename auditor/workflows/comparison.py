@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 
 from pspc.data.training_set import TrainingSet
-from pspc.denoisers import DENOISER_KINDS, Denoiser, NetworkDenoiser, build_denoiser
+from pspc.denoisers import Denoiser, NetworkDenoiser, build_denoiser
 from pspc.denoisers import network_flex
 from pspc.posterior.sensitivity import SensitivityMaps
 from pspc.posterior.weights import WeightRequest
@@ -284,27 +284,6 @@ class ComparisonResult:
     verdicts: dict[int, dict] = field(default_factory=dict)  # run id -> sample index -> similarity.verdict.Verdict
 
 
-def _check_options(options: ComparisonOptions) -> list[str]:
-    """The denoiser kinds, once the options that need no file are checked."""
-    if options.num_samples < 1 or options.steps < 1:
-        raise UserError(f"need num_samples >= 1 and steps >= 1, got {options.num_samples} and {options.steps}")
-    if options.copy_k < 0:
-        raise UserError(f"copy_k must be >= 0, got {options.copy_k}")
-    kinds = [str(d).strip() for d in options.denoisers]
-    unknown = [d for d in kinds if d not in DENOISER_KINDS]
-    if unknown:
-        raise UserError(f"unknown denoiser(s) {unknown}; choose from {', '.join(DENOISER_KINDS)}")
-    if len(set(kinds)) != len(kinds):
-        raise UserError(f"denoisers repeat: {kinds}")
-    if not kinds:
-        raise UserError("name at least one denoiser to compare the network with")
-    if options.explainer not in RECORDABLE_KINDS:
-        raise UserError(f"the explaining denoiser must give posterior weights ({', '.join(RECORDABLE_KINDS)}), "
-                        f"got {options.explainer!r}")
-    WeightRequest(top_k=options.top_k, mass=options.mass)  # validates
-    return kinds
-
-
 def _network_details(comparison_id: int, network_id: int, network: NetworkDenoiser, explainer: str) -> dict:
     return {"comparison_id": comparison_id, "role": NETWORK_ROLE, "network": {"id": network_id, "name": network.name},
             "explained_by": explainer,
@@ -350,7 +329,7 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, options: C
     runtime.progress(1) after every sampling step of every run. Everything is validated
     before anything is written."""
     options, runtime = options or ComparisonOptions(), runtime or Runtime()
-    kinds = _check_options(options)
+    kinds = [str(kind).strip() for kind in options.denoisers]  # the options validated themselves when built
     thresholds = check_thresholds(options.thresholds)
     config = SamplerConfig(method=options.sampler, num_steps=options.steps)
     database.require_current(db_path, runtime.timeout)

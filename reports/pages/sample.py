@@ -20,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from auditor.errors import UserError
+from auditor.store.calibrations import verdict_sentence
 from auditor.store.read_models.sample import SampleProvenance, Shares
 from reports import maps
 from reports.pages.common import (MAIN_SIZE, MAX_TOP, THUMB_SIZE, TIMELINE_SIZE, TINY_SIZE, Context, PatchLocation,
@@ -138,20 +139,6 @@ class VerdictBadge:
     region: dict | None = None
 
 
-def _verdict_sentence(row: dict) -> str:
-    """The verdict in one sentence, worded as auditor.similarity.verdict.Verdict.sentence (which
-    reports may not import): source ids, a partial copy's box, the reason, the measured rates."""
-    if row["verdict"] not in ("copy", "partial copy"):
-        return f"{row['verdict']}: {row['reason']}"
-    sources = ", ".join(s["image_id"] + (" (mirrored)" if s.get("flip") else "") for s in row.get("sources") or [])
-    region = row.get("region")
-    where = f" in box {region['box']} ({region['area']:.0%} of the image)" if region else ""
-    rates = ("" if row.get("tpr") is None else
-             f"; at this threshold the benchmark's calibration found {row['tpr']:.0%} of copies and called "
-             f"{row['fpr']:.1%} of novel images copies")
-    return f"{row['verdict']} of {sources}{where}: {row['reason']}{rates}"
-
-
 def verdict_badge(row: dict | None) -> VerdictBadge | None:
     """The badge of a stored verdict row (SampleProvenance.verdict, calibrations.load_verdicts);
     None when there is none."""
@@ -159,7 +146,7 @@ def verdict_badge(row: dict | None) -> VerdictBadge | None:
         return None
     region = row.get("region")
     calibrated = row.get("calibration_id") is not None or row.get("evidence") == "exact-hash"
-    return VerdictBadge(verdict=row["verdict"], reason=row["reason"], sentence=_verdict_sentence(row),
+    return VerdictBadge(verdict=row["verdict"], reason=row["reason"], sentence=verdict_sentence(row),
                         alarm=row["verdict"] in ("copy", "partial copy") and calibrated,
                         evidence=row.get("evidence"), score=row.get("score"), threshold=row.get("threshold"),
                         tpr=row.get("tpr"), fpr=row.get("fpr"), calibration_id=row.get("calibration_id"),

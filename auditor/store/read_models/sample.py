@@ -33,7 +33,7 @@ import numpy as np
 
 from auditor.errors import NotFoundError
 from auditor.store import database
-from auditor.store.calibrations import JSON_COLUMNS as VERDICT_JSON_COLUMNS, VERDICT_COLUMNS
+from auditor.store.calibrations import verdict_rows
 from auditor.store.database import json_value
 from auditor.store.read_models.common import ImageMeta, image_metadata
 from auditor.store.read_models.patches import PatchGeometry, patch_geometry
@@ -129,12 +129,7 @@ def related_studies(conn, dataset: dict) -> list[dict]:
 
 def stored_verdict(conn, run_id: int, sample_index: int) -> dict | None:
     """The sample's copy_verdicts row (columns VERDICT_COLUMNS, JSON ones parsed), or None."""
-    row = conn.execute(f"SELECT {', '.join(VERDICT_COLUMNS)} FROM copy_verdicts WHERE run_id = ? AND sample_index = ?",
-                       [run_id, sample_index]).fetchone()
-    if row is None:
-        return None
-    return {c: (json_value(v) if c in VERDICT_JSON_COLUMNS and v is not None else v)
-            for c, v in zip(VERDICT_COLUMNS, row)}
+    return verdict_rows(conn, run_id, sample_index).get(sample_index)
 
 
 def _numpy(value) -> np.ndarray:
