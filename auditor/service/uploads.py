@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from auditor.errors import NotFoundError, StoreError, UserError
+from auditor.exports.files import write_private
 from pspc.data.arrays import NPY_MAGIC
 
 __all__ = ["SUFFIXES", "UploadError", "UploadedImage", "check_upload", "identify", "store_upload", "upload_path"]
@@ -101,14 +101,7 @@ def store_upload(jobs_dir: str | os.PathLike, data: bytes, name: str | None = No
     if path.is_file():
         return record, False
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".upload-")  # mode 0600
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_private(path, data)  # mode 0600, through a temporary file renamed into place
     return record, True
 
 
