@@ -36,7 +36,7 @@ from auditor.errors import StoreError
 from auditor.store import database
 
 __all__ = ["ALLOWED", "FORMATS", "HIDDEN_TABLES", "NotVisible", "QueryResult", "Refused", "TABLE_FUNCTIONS",
-           "TimeLimit", "VISIBLE_TABLES", "WriteRefused", "check_read_only", "check_visible", "format_csv",
+           "TimeLimit", "VISIBLE_TABLES", "WriteRefused", "answer", "check_read_only", "check_visible", "format_csv",
            "format_json", "format_result", "format_table", "json_rows", "jsonable", "run_query", "timed"]
 
 FORMATS = ("table", "csv", "json")
@@ -49,6 +49,7 @@ VISIBLE_TABLES = frozenset({
     "patch_weights", "patch_stats", "step_shares", "networks", "comparisons", "comparison_runs", "descriptors",
     "similarity_scores", "copy_matches", "step_agreement", "fidelity_studies", "fidelity_errors",
     "fidelity_concentration", "fidelity_similarity", "fidelity_schedule", "copy_calibrations", "copy_verdicts",
+    "counterfactuals", "counterfactual_removed",
     "pixel_weights", "step_sources", "sample_sources", "trajectory_sources",  # the attribution views
 })
 HIDDEN_TABLES = frozenset({"api_keys", "jobs", "alembic_version"})  # the service's own records
@@ -372,23 +373,34 @@ def run_query(db_path: str | os.PathLike, sql: str, *, max_rows: int = 10000,
         raise StoreError(f"max_bytes must be >= 1, got {max_bytes}")
     statement = check_read_only(sql, interface)
     with database.connect(db_path, read_only=True, timeout=timeout, config=SQL_CONFIG, check_schema=True) as conn:
-        time_limit = TimeLimit.start(query_timeout, interface)  # waiting for the lock is the lock timeout's
-        timer = threading.Timer(query_timeout, conn.interrupt) if query_timeout else None
+        result = answer(conn, sql, statement, max_rows=max_rows, query_timeout=query_timeout, interface=interface,
+                        max_bytes=max_bytes)
+    result.time_limit.check()
+    return result
+
+
+def answer(conn: duckdb.DuckDBPyConnection, sql: str, statement: duckdb.Statement, *, max_rows: int | None,
+           query_timeout: float | None, interface: str, max_bytes: int | None) -> QueryResult:
+    """Run `sql`, whose `statement` check_read_only accepted, on an open connection within run_query's limits:
+    check_visible on the connection's catalog, then the statement and its rows (at most max_rows,
+    within max_bytes), interrupted after query_timeout seconds. Shared by run_query and the Parquet
+    reader (auditor.store.parquet); the caller checks the result's time_limit once it closed `conn`."""
+    time_limit = TimeLimit.start(query_timeout, interface)  # waiting for the lock is the lock timeout's
+    timer = threading.Timer(query_timeout, conn.interrupt) if query_timeout else None
+    if timer is not None:
+        timer.start()
+    try:
+        check_visible(conn, statement, interface)
+        cursor = conn.execute(sql)
+        columns = [d[0] for d in (cursor.description or [])]
+        rows, truncated = _fetch(cursor, max_rows, max_bytes, time_limit)
+    except duckdb.InterruptException:
+        raise time_limit.exceeded() from None
+    except duckdb.Error as exc:
+        raise StoreError(f"{interface}: {exc}") from None
+    finally:
         if timer is not None:
-            timer.start()
-        try:
-            check_visible(conn, statement, interface)
-            cursor = conn.execute(sql)
-            columns = [d[0] for d in (cursor.description or [])]
-            rows, truncated = _fetch(cursor, max_rows, max_bytes, time_limit)
-        except duckdb.InterruptException:
-            raise time_limit.exceeded() from None
-        except duckdb.Error as exc:
-            raise StoreError(f"{interface}: {exc}") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
-    time_limit.check()
+            timer.cancel()
     return QueryResult(columns, rows, truncated, time_limit)
 
 

@@ -17,15 +17,12 @@ audits only when asked (include_audits). The CLI (`auditor runs --kind`), the AP
 (`/api/runs?kind=`) and the pages read kinds, labels and filters from here, and
 schema.RUN_KINDS (what create_run accepts) is this table's keys.
 
-Adding a kind (counterfactuals, once their workflow lands) is one entry in RUN_KIND_TABLE,
-for example
+- 'counterfactual' is a sample re-run (or an explained trajectory replayed) without some
+  training images (auditor.workflows.counterfactual): nobody's output, so a rights holder's
+  usage never counts it; its parent and removed set are in runs.details and the
+  counterfactuals tables.
 
-    "counterfactual": RunKind(name="counterfactual", label="counterfactual sample", plural="counterfactuals",
-                              output=False, generator="denoiser", image_label="Counterfactual sample",
-                              summary="The sample re-run without some training images."),
-
-(output=False and audit=False: a rights holder's usage never counts it; its parent run and the
-removed set belong in runs.details).
+Adding a kind is one entry in RUN_KIND_TABLE.
 """
 
 from __future__ import annotations
@@ -82,6 +79,11 @@ RUN_KIND_TABLE: dict[str, RunKind] = {
         generator="external", image_label="Audited image",
         summary="An external image audited with PSPC: the training images its patches are composed from. It is "
                 "not a generated sample."),
+    "counterfactual": RunKind(
+        name="counterfactual", label="counterfactual (training images removed)", plural="counterfactuals",
+        output=False, generator="denoiser", image_label="Counterfactual image",
+        summary="What a sample becomes when some training images are removed: the same noise, denoiser and sampler "
+                "(or the same recorded trajectory), those images' weights exactly zero."),
 }
 
 STORED_KINDS = tuple(RUN_KIND_TABLE)  # what runs.kind may hold

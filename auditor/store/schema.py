@@ -463,3 +463,35 @@ class CopyVerdict(Base):
     sources: Mapped[list] = mapped_column(JSON)  # [{entry, image_index, image_id, flip}]
     region: Mapped[dict | None] = mapped_column(JSON)  # {box, area, mask}
     details: Mapped[dict] = mapped_column(JSON)  # every source's score and threshold
+
+
+# Counterfactual runs (revision 0009): a sample without some training images (auditor.workflows.counterfactual).
+class Counterfactual(Base):
+    """A complete counterfactual run and how its image differs from its parent sample's."""
+
+    __tablename__ = "counterfactuals"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)  # kind 'counterfactual'
+    parent_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    parent_sample: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String)  # resample (same initial noise), replay (the parent's states)
+    selector: Mapped[dict] = mapped_column(JSON)  # how the removed set was chosen: {by, value, seed, score}
+    removed_count: Mapped[int] = mapped_column(Integer)
+    removed_sha256: Mapped[str] = mapped_column(String(64))  # of the sorted indices as int64 LE bytes
+    mse: Mapped[float] = mapped_column(Double)  # mean over pixels of (counterfactual - parent)^2, [-1, 1] units
+    max_abs: Mapped[float] = mapped_column(Double)
+    similarity: Mapped[float | None] = mapped_column(Double)  # descriptor cosine similarity of the two images
+    descriptor: Mapped[str | None] = mapped_column(String)
+    diverged_step: Mapped[int | None] = mapped_column(SmallInteger)  # first step whose D differs by > 1 grey level
+    step_changes: Mapped[list] = mapped_column(JSON)  # per step: {step, t, mse, max_abs} of D(z_t)
+    change_map: Mapped[bytes] = mapped_column(LargeBinary)  # float32 [C, H, W]: counterfactual - parent
+    seconds: Mapped[float | None] = mapped_column(Double)  # the counterfactual's compute
+    parent_seconds: Mapped[float | None] = mapped_column(Double)  # the parent's sampling time, when recorded
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class CounterfactualRemoved(Base):
+    """A training image removed in a counterfactual run (its mirrored entry with it)."""
+
+    __tablename__ = "counterfactual_removed"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    image_index: Mapped[int] = mapped_column(Integer, primary_key=True)

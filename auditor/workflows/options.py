@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from auditor.similarity.descriptors import Descriptor
 
-__all__ = ["DEFAULT_NETWORK", "DEFAULT_NOISE_LEVELS", "DEFAULT_THRESHOLDS", "FULL", "KINDS", "QUICK",
+__all__ = ["COUNTERFACTUAL_SELECTORS", "CounterfactualOptions", "DEFAULT_NETWORK", "DEFAULT_NOISE_LEVELS", "DEFAULT_THRESHOLDS", "FULL", "KINDS", "QUICK",
            "RECORDABLE_KINDS", "SAMPLERS", "AuditOptions", "ComparisonOptions", "ExplainOptions", "Runtime", "SamplingOptions",
            "StudyOptions", "parse_floats"]
 
@@ -207,6 +207,56 @@ FULL = {"limit": None, "test_images": 64, "samples": 64, "steps": 18, "ts": "0.0
         "sensitivity_grid": "0.01,0.03,0.1,0.3,1,3,10,30", "sensitivity_samples": 16, "tune_states": 16}
 QUICK = {"limit": 5000, "test_images": 8, "samples": 8, "steps": 18, "ts": "0.03,0.1,0.3,1,3,10",
          "sensitivity_grid": "0.03,0.1,0.3,1,3,10", "sensitivity_samples": 8, "tune_states": 4}
+
+
+COUNTERFACTUAL_SELECTORS = ("without", "owner", "source_uri_prefix", "top", "random")
+MAX_REMOVED_IDS = 100_000  # ids listed in one request (owners and prefixes select any number)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CounterfactualOptions:
+    """A counterfactual of one recorded sample (`auditor counterfactual`): exactly one way to
+    choose the removed training images: `without` (image ids), `owner` (every image of that
+    owner), `source_uri_prefix`, `top` (the K highest by the headline score of that sample)
+    or `random` (K drawn with `seed`: the control). `verdict`: give the counterfactual image
+    its copy verdict too (the parent's is compared with it); `descriptor`: the similarity of
+    the two images (auditor.similarity.descriptors.load_descriptor spec)."""
+
+    without: tuple[str, ...] = ()
+    owner: str | None = None
+    source_uri_prefix: str | None = None
+    top: int | None = None
+    random: int | None = None
+    seed: int = 0
+    verdict: bool = True
+    descriptor: str = "pixel-correlation"
+
+    def __post_init__(self):
+        """THE validation of a counterfactual request (the CLI and the API's job build these)."""
+        chosen = [name for name in COUNTERFACTUAL_SELECTORS if getattr(self, name) not in (None, (), "")]
+        if len(chosen) != 1:
+            names = ", ".join(name.replace("_", "-") for name in COUNTERFACTUAL_SELECTORS)
+            raise UserError(f"choose the removed training images in exactly one way ({names}); got "
+                            f"{', '.join(chosen) if chosen else 'none'}")
+        if self.without:
+            object.__setattr__(self, "without", tuple(str(i).strip() for i in self.without))
+            if any(not i for i in self.without):
+                raise UserError("an empty training image id in the removal list")
+            if len(self.without) > MAX_REMOVED_IDS:
+                raise UserError(f"at most {MAX_REMOVED_IDS} image ids in one removal list, got {len(self.without)}")
+        for name in ("top", "random"):
+            if getattr(self, name) is not None:
+                _check_count(getattr(self, name), name)
+        _check_count(self.seed, "seed", low=0)
+
+    def selector(self) -> dict:
+        """How the removed set was chosen, as the run records it."""
+        for name in COUNTERFACTUAL_SELECTORS:
+            value = getattr(self, name)
+            if value not in (None, (), ""):
+                record = {"by": name, "value": list(value) if name == "without" else value}
+                return {**record, "seed": self.seed} if name == "random" else record
+        raise AssertionError("validated in __post_init__")
 
 
 def parse_floats(text: str, option: str) -> list[float]:

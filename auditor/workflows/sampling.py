@@ -28,12 +28,13 @@ from pspc.samplers import SamplerConfig, initial_noise, sample, sampler_step
 from auditor.errors import StoreError, UserError
 from auditor.store import database, datasets
 from auditor.store.jobs import job_of_this_process
+from auditor.store.parquet_recorder import start_parquet_run
 from auditor.store.recorder import ProvenanceRecorder
 from auditor.store.runs import create_run, interruption, load_run, mark_failed, reopen_run, writer_alive
 from auditor.workflows.options import RECORDABLE_KINDS, Runtime, SamplingOptions
 
-__all__ = ["RECORDABLE_KINDS", "SamplingOptions", "chain", "check_kind", "record_sampling_run", "resume_run",
-           "sampler_record"]
+__all__ = ["RECORDABLE_KINDS", "SamplingOptions", "chain", "check_kind", "fail_run", "record_parquet_run",
+           "record_sampling_run", "resume_run", "sampler_record", "stored_sampler"]
 
 
 def check_kind(kind: str) -> None:
@@ -46,6 +47,18 @@ def check_kind(kind: str) -> None:
 def sampler_record(config: SamplerConfig) -> dict:
     """What runs.sampler holds: the sampler's settings and its time steps."""
     return {**asdict(config), "time_steps": config.time_steps().tolist()}
+
+
+def stored_sampler(run: dict) -> tuple[SamplerConfig, list[float]]:
+    """The SamplerConfig a PSPC run recorded (runs.sampler) and its time steps; StoreError when
+    this version computes other time steps from it (the run could not be continued or re-run)."""
+    sampler = run["sampler"]
+    config = SamplerConfig(**{k: sampler[k] for k in ("method", "num_steps", "t_min", "t_max", "rho")})
+    times = config.time_steps().tolist()
+    if len(times) != len(sampler["time_steps"]) or any(
+            abs(a - b) > 1e-12 * max(1.0, abs(b)) for a, b in zip(times, sampler["time_steps"])):
+        raise StoreError(f"run {run['id']}: the recorded time steps differ from the ones this version computes")
+    return config, times
 
 
 def chain(recorder, callback):
@@ -99,11 +112,11 @@ def record_sampling_run(db_path, training_set: TrainingSet, *, options: Sampling
         z = initial_noise(options.num_samples, training_set.image_shape, options.seed, config.t_max, runtime.device)
         sample(denoiser, z, config, callback=chain(recorder, callback), request=request, progress=runtime.progress)
     except BaseException as exc:
-        _fail(db_path, run_id, exc, runtime.timeout)
+        fail_run(db_path, run_id, exc, runtime.timeout)
     return run_id
 
 
-def _fail(db_path, run_id: int, exc: BaseException, timeout: float) -> NoReturn:
+def fail_run(db_path, run_id: int, exc: BaseException, timeout: float) -> NoReturn:
     """Mark the run failed and re-raise: a Ctrl-C as the KeyboardInterrupt it is (numba's compiled
     code turns one into a SystemError), anything else as it came."""
     mark_failed(db_path, run_id, exc, timeout)
@@ -160,11 +173,7 @@ def resume_run(db_path, run_id: int, training_set: TrainingSet, *, runtime: Runt
     _check_resumable(db_path, run, dataset, training_set)
     training_set = training_set.with_xflip(bool(run["denoiser"].get("dataset", {}).get("xflip", training_set.xflip)))
     denoiser = _rebuild_denoiser(run, training_set).to(runtime.device)
-    sampler = run["sampler"]
-    config = SamplerConfig(**{k: sampler[k] for k in ("method", "num_steps", "t_min", "t_max", "rho")})
-    times = config.time_steps().tolist()
-    if any(abs(a - b) > 1e-12 * max(1.0, abs(b)) for a, b in zip(times, sampler["time_steps"])):
-        raise StoreError(f"run {run_id}: the recorded time steps differ from the ones this version computes")
+    config, times = stored_sampler(run)
     shape = (dataset["channels"], dataset["height"], dataset["width"])
     request = WeightRequest(top_k=run["top_k"], mass=run["mass_threshold"])
     done, z_s, d_s = reopen_run(db_path, run_id, run["num_samples"], shape, timeout=runtime.timeout)
@@ -182,5 +191,34 @@ def resume_run(db_path, run_id: int, training_set: TrainingSet, *, runtime: Runt
         sample(denoiser, z, config, callback=chain(recorder, callback), request=request, progress=runtime.progress,
                start=done + 1)
     except BaseException as exc:
-        _fail(db_path, run_id, exc, runtime.timeout)
+        fail_run(db_path, run_id, exc, runtime.timeout)
     return int(run_id)
+
+
+# ---------------------------------------------------------------------------------------
+# Recording into a Parquet folder (many machines)
+# ---------------------------------------------------------------------------------------
+def record_parquet_run(out_dir, training_set: TrainingSet, *, options: SamplingOptions | None = None,
+                       runtime: Runtime | None = None, run_id: int | None = None, callback=None) -> int:
+    """record_sampling_run into a Parquet folder shared by many writers instead of a store (the same
+    rows, auditor.store.parquet_recorder): no lock, so any number of processes and machines record
+    into one folder at once. run_id: the run's id (ConflictError when the folder has it), else a
+    62-bit one drawn for this host and process. On any exception the run's completion marker
+    says 'failed' with the error, and the exception is re-raised (no resume: record it again)."""
+    options, runtime = options or SamplingOptions(), runtime or Runtime()
+    check_kind(options.denoiser_kind)
+    options.check_fits(*training_set.resolution)
+    config = SamplerConfig(method=options.sampler, num_steps=options.steps)
+    denoiser = build_denoiser(options.denoiser_kind, training_set, patch_size=options.patch_size).to(runtime.device)
+    run = start_parquet_run(out_dir, training_set, denoiser=denoiser.describe(), sampler=sampler_record(config),
+                            seed=options.seed, num_samples=options.num_samples, top_k=options.top_k,
+                            mass=options.mass, command=runtime.command, run_id=run_id)
+    try:
+        recorder = run.recorder(len(training_set), config.time_steps().tolist(), sampling_started=time.perf_counter())
+        z = initial_noise(options.num_samples, training_set.image_shape, options.seed, config.t_max, runtime.device)
+        sample(denoiser, z, config, callback=chain(recorder, callback),
+               request=WeightRequest(top_k=options.top_k, mass=options.mass), progress=runtime.progress)
+    except BaseException as exc:
+        run.fail(exc)
+        raise interruption(exc) or exc  # a Ctrl-C that numba turned into a SystemError as the KeyboardInterrupt
+    return run.run_id

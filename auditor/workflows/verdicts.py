@@ -26,7 +26,7 @@ from auditor.similarity.metrics import rate_at
 from auditor.similarity.verdict import Verdict, decide
 from auditor.store import calibrations, datasets
 
-__all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_store", "record_verdicts"]
+__all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_store", "judge", "record_verdicts"]
 
 
 @dataclass(frozen=True)
@@ -93,20 +93,28 @@ def calibrate_store(db_path, training_set: TrainingSet, novel: TrainingSet, opti
     return CalibrationResult(dataset_id, ids, thresholds, record)
 
 
-def record_verdicts(db_path, training_set: TrainingSet, dataset_id: int, run_id: int, images: torch.Tensor, *,
-                    reconstruction: dict | None = None, evidence: CopyEvidence | None = None, repeat: int = 1,
-                    timeout: float = 10.0) -> dict[int, Verdict]:
-    """The verdict of each image (float [B, C, H, W] in [-1, 1], or uint8) of run `run_id`, stored
-    as sample i's; repeat > 1 (one image): the same verdict for samples 0..repeat-1 (an audit's draws)."""
+def judge(db_path, training_set: TrainingSet, dataset_id: int, images: torch.Tensor, *,
+          reconstruction: dict | None = None, evidence: CopyEvidence | None = None,
+          timeout: float = 10.0) -> list[Verdict]:
+    """The verdict of each image (float [B, C, H, W] in [-1, 1], or uint8) from the store's newest
+    calibration of exactly these evidence parameters on the dataset, without storing it."""
     pixels = images if images.dtype == torch.uint8 else to_uint8(images.detach().cpu())
     evidence = evidence or CopyEvidence(training_set.images, xflip=training_set.xflip)
     fingerprints = {name: source.fingerprint for name, source in evidence.sources.items()}
     current = calibrations.current_calibrations(db_path, dataset_id, fingerprints, timeout=timeout)
     scored = evidence.score(pixels)
-    verdicts = {i: decide(scored["exact-hash"][i], scored["aligned-correlation"][i], scored["region-match"][i],
-                          current, training_set.ids, reconstruction=reconstruction)
-                for i in range(len(pixels))}
-    if repeat > 1 and len(pixels) == 1:
+    return [decide(scored["exact-hash"][i], scored["aligned-correlation"][i], scored["region-match"][i], current,
+                   training_set.ids, reconstruction=reconstruction) for i in range(len(pixels))]
+
+
+def record_verdicts(db_path, training_set: TrainingSet, dataset_id: int, run_id: int, images: torch.Tensor, *,
+                    reconstruction: dict | None = None, evidence: CopyEvidence | None = None, repeat: int = 1,
+                    timeout: float = 10.0) -> dict[int, Verdict]:
+    """The verdict of each image (float [B, C, H, W] in [-1, 1], or uint8) of run `run_id`, stored
+    as sample i's; repeat > 1 (one image): the same verdict for samples 0..repeat-1 (an audit's draws)."""
+    verdicts = dict(enumerate(judge(db_path, training_set, dataset_id, images, reconstruction=reconstruction,
+                                    evidence=evidence, timeout=timeout)))
+    if repeat > 1 and len(verdicts) == 1:
         verdicts = {i: verdicts[0] for i in range(repeat)}
     calibrations.store_verdicts(db_path, run_id, {i: v.to_dict() for i, v in verdicts.items()}, timeout=timeout)
     return verdicts

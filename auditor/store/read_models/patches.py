@@ -11,9 +11,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from auditor.errors import StoreError
 from auditor.store.database import json_value
+from auditor.store.recorder import patch_set_fingerprint
 from pspc.posterior.attribution import member_coverage, member_patch_shares
+from pspc.posterior.patch_sets import MaskPatches, PatchSet, WindowPatches
 
 __all__ = ["PatchGeometry", "patch_geometry"]
 
@@ -59,6 +63,24 @@ class PatchGeometry:
         if d.get("kind") == "window" and size and size[0] == size[1]:
             return int(size[0])
         return None
+
+    def patch_set(self) -> PatchSet:
+        """The engine's patch set this geometry stores: windows rebuilt as WindowPatches (the
+        fused kernels' fast structure), any other set as MaskPatches of its membership; the
+        result's mask fingerprint must equal the stored one (else StoreError)."""
+        d = self.description or {}
+        if d.get("kind") == "window" and len(d.get("size") or []) == 2:
+            rebuilt = WindowPatches(self.height, self.width, int(d["size"][0]), int(d["size"][1]))
+        else:
+            masks = torch.zeros(self.num_patches, self.height * self.width, dtype=torch.bool)
+            masks[torch.from_numpy(self.member_position), torch.from_numpy(self.member_pixel)] = True
+            details = {k: v for k, v in d.items() if k not in ("kind", "num_masks", "image", "mean_mask_pixels")}
+            rebuilt = MaskPatches(masks.view(self.num_patches, self.height, self.width), name=d.get("kind", "masks"),
+                                  details=details)
+        if patch_set_fingerprint(rebuilt) != self.fingerprint:
+            raise StoreError(f"stored patch set {self.id} does not rebuild to the masks it was recorded with "
+                             f"(fingerprint {self.fingerprint[:12]}...)")
+        return rebuilt
 
     @property
     def member_starts(self) -> np.ndarray:
