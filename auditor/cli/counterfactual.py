@@ -38,6 +38,8 @@ def add_counterfactual(commands, parents: Parents) -> None:
                                 help="descriptor for the similarity of the two images (default: %(default)s)")
     counterfactual.add_argument("--no-verdict", action="store_true", help="skip the copy verdicts (faster)")
     counterfactual.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    counterfactual.add_argument("--dataset", type=integer(low=1), metavar="ID",
+                                help="the stored dataset the run must be on (checked; the pixels come from the store)")
     counterfactual.add_argument("--list", action="store_true",
                                 help="list the stored counterfactuals of RUN/SAMPLE instead of running one")
     counterfactual.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -71,6 +73,12 @@ def cmd_counterfactual(args, argv: list[str]) -> int:
     from auditor.workflows.options import Runtime
 
     options = _options(args)
+    if args.dataset is not None:
+        from auditor.store.runs import load_run
+
+        recorded = load_run(path, run_id, timeout=args.lock_timeout)[0]["dataset_id"]
+        if recorded != args.dataset:
+            raise CLIError(f"run {run_id} was recorded on dataset {recorded}, not on dataset {args.dataset}")
     with tqdm(desc="counterfactual", unit="step", file=sys.stderr, disable=None) as bar:
         result = record_counterfactual(path, run_id, sample_index, options=options,
                                        runtime=Runtime(command=[PROG, *argv], progress=bar.update,

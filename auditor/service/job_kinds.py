@@ -30,16 +30,17 @@ from typing import Annotated, ClassVar, Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from auditor.errors import NotFoundError
+from auditor.errors import NotFoundError, UserError
 from auditor.service.limits import MAX_ID, MAX_PIXEL
 from auditor.service.uploads import UploadedImage, check_upload, upload_path
 from auditor.workflows.options import (
-    DEFAULT_NETWORK, DEFAULT_NOISE_LEVELS, DEFAULT_THRESHOLDS, AuditOptions, ComparisonOptions,
-    ExplainOptions, SamplingOptions
+    DEFAULT_NETWORK, DEFAULT_NOISE_LEVELS, DEFAULT_THRESHOLDS, MAX_REMOVED_IDS, AuditOptions, ComparisonOptions,
+    CounterfactualOptions, ExplainOptions, SamplingOptions
 )
 
 __all__ = ["JOB_KINDS", "MAX_SAMPLES", "MAX_STEPS", "MAX_TOP_K", "AuditJobRequest", "AuditUpload",
-           "CompareJobRequest", "JobFolders", "JobKind", "JobRequest", "SampleJobRequest", "job_request"]
+           "CompareJobRequest", "CounterfactualJobRequest", "JobFolders", "JobKind", "JobRequest", "SampleJobRequest",
+           "job_request"]
 
 MAX_SAMPLES = 64
 MAX_STEPS = 256
@@ -97,6 +98,9 @@ class JobRequest(BaseModel):
 
     def check(self, dataset: dict, folders: JobFolders) -> None:
         """The checks that need the dataset (its row: height, width, channels) or the folders."""
+
+    def check_store(self, db_path, timeout: float) -> None:
+        """The checks that need the store's other records (a counterfactual's parent run)."""
 
     def planned_steps(self) -> int | None:
         """The steps the job's run records (its progress), until the run says."""
@@ -267,6 +271,51 @@ class AuditUpload(AuditJobFields):
                                           "dataset's size and channels (at most the service's max_upload_bytes)")
 
 
+class CounterfactualJobRequest(JobRequest):
+    """Sample RUN/SAMPLE re-run without some training images, chosen in exactly one way (as `auditor
+    counterfactual`): its images' weights are exactly zero; the change against the parent is stored."""
+
+    command: ClassVar[str] = "counterfactual"
+    kind: Literal["counterfactual"] = "counterfactual"
+    xflip: Literal[True] = Field(True, description="counterfactuals keep their parent run's x-flip setting")
+    run_id: int = Field(ge=1, le=MAX_ID, description="the parent run (GET /api/runs); it must be on dataset_id")
+    sample_index: int = Field(ge=0, le=MAX_ID, description="the parent run's sample")
+    without: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, min_length=1, max_length=MAX_REMOVED_IDS, description="training image ids to remove")
+    owner: str | None = Field(None, min_length=1, max_length=256, description="remove every image of this owner")
+    source_uri_prefix: str | None = Field(None, min_length=1, max_length=2048,
+                                          description="remove the images whose source URI starts with this")
+    top: int | None = Field(None, ge=1, le=MAX_ID, description="remove the sample's K largest sources (headline score)")
+    random: int | None = Field(None, ge=1, le=MAX_ID, description="remove K random images (the control)")
+    seed: int = Field(0, ge=0, le=2**53, description="the seed of `random`")
+    verdict: bool = Field(True, description="also give the counterfactual image its copy verdict")
+
+    def options(self) -> CounterfactualOptions:
+        return CounterfactualOptions(without=tuple(self.without or ()), owner=self.owner,
+                                     source_uri_prefix=self.source_uri_prefix, top=self.top, random=self.random,
+                                     seed=self.seed, verdict=self.verdict)
+
+    def check_store(self, db_path, timeout: float) -> None:
+        """The parent must be a sample of a complete run on dataset_id."""
+        from auditor.store.runs import check_sample_index, load_run
+
+        run = load_run(db_path, self.run_id, timeout=timeout)[0]
+        check_sample_index(db_path, run, self.sample_index)
+        if run["dataset_id"] != self.dataset_id:
+            raise UserError(f"run {self.run_id} was recorded on dataset {run['dataset_id']}, not on dataset "
+                            f"{self.dataset_id}")
+        if run["status"] != "complete":
+            raise UserError(f"run {self.run_id} is {run['status']}, not complete: a counterfactual re-runs a "
+                            f"complete sample")
+
+    def cli_args(self, folders: JobFolders) -> list[str]:
+        chosen = {"without": ",".join(self.without or ()), "owner": self.owner,
+                  "source-uri-prefix": self.source_uri_prefix, "top": self.top, "random": self.random}
+        name, value = next((k, v) for k, v in chosen.items() if v)
+        return ["counterfactual", f"{self.run_id}/{self.sample_index}", "--dataset", str(self.dataset_id),
+                f"--{name}", str(value), "--seed", str(self.seed), *([] if self.verdict else ["--no-verdict"])]
+
+
 @dataclass(frozen=True)
 class JobKind:
     """A kind of job: its name (the request's `kind`; the route POST /api/jobs/{name}), the
@@ -283,6 +332,8 @@ JOB_KINDS: dict[str, JobKind] = {kind.name: kind for kind in (
     JobKind("sample", SampleJobRequest, "Submit PSPC sampling on a stored dataset (as `auditor sample`)"),
     JobKind("compare", CompareJobRequest, "Submit a network comparison on a stored dataset: the network vs PSPC from "
                                           "shared noise, its samples explained (as `auditor compare`)"),
+    JobKind("counterfactual", CounterfactualJobRequest, "Submit a counterfactual: a recorded sample re-run without "
+                                                        "some training images (as `auditor counterfactual`)"),
     JobKind("audit", AuditJobRequest, "Submit an audit of an uploaded image against a stored dataset (as `auditor "
                                       "audit IMAGE`; multipart/form-data)", upload=AuditUpload),
 )}

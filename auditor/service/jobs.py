@@ -251,6 +251,7 @@ class JobRunner:
             raise StoreError(f"dataset {request.dataset_id} has no stored pixels for {missing} images (ingested "
                              "before schema revision 0003); run `auditor ingest` on the same data again")
         request.check(dataset, self.folders)
+        request.check_store(self.db_path, self.timeout)
 
     def submit_upload(self, kind: str, form, files: dict[str, tuple[bytes, str | None]]) -> dict:
         """Submit a job of a kind whose request comes with files (an audit's image): each of

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from auditor.service.api import fidelity, health, index, jobs, provenance, query, runs, samples, training_images
+from auditor.service.api import (counterfactuals, fidelity, health, index, jobs, provenance, query, runs, samples,
+                                 training_images)
 from auditor.service.api.common import errors
 from auditor.service.auth import require_scope
 
@@ -29,11 +30,14 @@ TAGS = [
                                        "pixel), its images, attribution maps and the report's data"},
     {"name": "training images", "description": "Datasets and their training images, and the rights holder's view: "
                                                "the generated samples that used an image"},
+    {"name": "counterfactuals", "description": "A sample re-run without some training images (exact): the change "
+                                               "of its image, step by step, and its copy verdict beside the parent's"},
     {"name": "provenance", "description": "A sample's provenance records for third parties: C2PA manifests and "
                                           "W3C PROV documents"},
     {"name": "sql", "description": "Read-only SQL over the store's provenance tables and views, and example queries"},
     {"name": "fidelity", "description": "Fidelity studies: how closely training-free denoisers reproduce a network"},
-    {"name": "jobs", "description": "Background jobs (PSPC sampling, network comparisons, audits of uploaded images): "
+    {"name": "jobs", "description": "Background jobs (PSPC sampling, network comparisons, audits of uploaded images, "
+                                    "counterfactuals): "
                                     "submit one, then follow its status, progress and log, or cancel it"},
     {"name": "service", "description": "The service itself: this index (with the docs' links) and its health"},
 ]
@@ -45,7 +49,7 @@ def build_router() -> APIRouter:
     router.include_router(health.router)  # public
     read, keyed = [Depends(require_scope("read"))], errors(401, 403)
     index.add_index(router, dependencies=[Depends(require_scope("read", browser=True))], responses=keyed)
-    for resource in (runs, samples, training_images, query, fidelity, provenance):
+    for resource in (runs, samples, counterfactuals, training_images, query, fidelity, provenance):
         router.include_router(resource.router, dependencies=read, responses=keyed)
     router.include_router(jobs.router, responses=keyed)  # per route: read to look, submit to submit
     return router
