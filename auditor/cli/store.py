@@ -185,6 +185,9 @@ def cmd_show(args, argv=None) -> int:
     print(f"run {run_id}, sample {sample_index}, {what}: top {len(rows)} training sources (share of the pixels)")
     print(f"run {run_id}: {_made_by(run)}")
     print(f"verdict: {_verdict_line(path, run_id, sample_index, args.lock_timeout)}")
+    counterfactual = _counterfactual_line(path, run, sample_index, args.lock_timeout)
+    if counterfactual:
+        print(counterfactual)
     table = [[rank, share(r.get("share")), share(r.get("flip_share")), r.get("image_index"),
               r.get("image_id"),
               r.get("label_name") or r.get("label"), r.get("owner"), r.get("license"), r.get("source_uri"),
@@ -201,6 +204,26 @@ def _verdict_line(path, run_id: int, sample_index: int, timeout: float) -> str:
 
     badge = verdict_badge(load_verdicts(path, run_id, timeout=timeout).get(sample_index))
     return NO_VERDICT if badge is None else badge.sentence
+
+
+def _counterfactual_line(path, run: dict, sample_index: int, timeout: float) -> str:
+    """For a counterfactual run, what it removed and changed; for any other sample, how many
+    counterfactuals it has ('' when none)."""
+    from auditor.store.counterfactuals import counterfactuals_of, load_counterfactual
+
+    if run["kind"] == "counterfactual":
+        if run["status"] != "complete":
+            details = run["details"]
+            return f"counterfactual of {details['parent_run_id']}/{details['parent_sample']} ({run['status']})"
+        o = load_counterfactual(path, run["id"], removed_ids=5, timeout=timeout)
+        ids = ", ".join(r["image_id"] for r in o["removed"]) + (", ..." if o["removed_count"] > 5 else "")
+        return (f"counterfactual of {o['parent_run_id']}/{o['parent_sample']} ({o['mode']}) without {o['removed_count']} "
+                f"training image(s) ({ids}): MSE {o['mse']:.3g}, max |change| {o['max_abs']:.3g} against the parent")
+    found = counterfactuals_of(path, run["id"], sample_index, timeout=timeout)
+    if not found:
+        return ""
+    return (f"counterfactuals: {len(found)} (`{PROG} counterfactual {run['id']}/{sample_index} --list`); largest change "
+            f"MSE {max(r['mse'] for r in found):.3g}")
 
 
 def _image_name(run: dict) -> str:

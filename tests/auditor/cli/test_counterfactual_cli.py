@@ -55,3 +55,11 @@ def test_two_selections_are_a_usage_error(store, capsys):
 
 def test_the_cli_limit_matches_the_options():
     assert cli_counterfactual.MAX_REMOVED_IDS == options.MAX_REMOVED_IDS
+
+
+def test_show_says_what_a_counterfactual_removed_and_a_parent_how_many_it_has(store, capsys):
+    run_cli(capsys, "--db", store.db, "counterfactual", "1/0", "--without", "img-2", "--no-verdict")
+    code, out, _ = run_cli(capsys, "--db", store.db, "show", "2/0", "--top", "2")
+    assert code == 0 and "counterfactual of 1/0 (resample) without 1 training image(s) (img-2): MSE" in out
+    code, out, _ = run_cli(capsys, "--db", store.db, "show", "1/0", "--top", "2")
+    assert "counterfactuals: 1 (`auditor counterfactual 1/0 --list`)" in out
