@@ -7,15 +7,19 @@ return their patch posterior weights (`posterior`), which are the attribution.
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
+import numbers
 from abc import ABC, abstractmethod
 from typing import Callable
 
+import numpy as np
 import torch
 
 from pspc.errors import InputError
 from pspc.posterior import fused_kernels
-from pspc.posterior.patch_posterior import DEFAULT_CHUNK_BYTES, patch_posterior
+from pspc.posterior.patch_posterior import DEFAULT_CHUNK_BYTES, ExclusionError, check_excluded, patch_posterior
 from pspc.posterior.patch_sets import PatchSet, WindowPatches, flex_patches, square_patches
 from pspc.posterior.weights import PosteriorWeights, WeightRequest
 from pspc.schedules import T_VALID_MAX, T_VALID_MIN, Schedule, default_flex_schedule, default_patch_schedule
@@ -61,6 +65,35 @@ class Denoiser(torch.nn.Module, ABC):
         buffers = list(self.buffers())
         return buffers[0].device if buffers else torch.device("cpu")
 
+    @property
+    def excluded(self) -> torch.Tensor | None:
+        """The training images removed by `without` (bool [N]), or None."""
+        return None
+
+    def without(self, image_indices) -> "Denoiser":
+        """The counterfactual denoiser: the same one with these training images (and their
+        mirrored entries) removed. Only denoisers that weigh training images can."""
+        kind = self.describe().get("kind", type(self).__name__)
+        raise ExclusionError(f"counterfactual removal needs a PSPC denoiser (pspc-square, pspc-flex, empirical) "
+                             f"or cfdm; a {kind} denoiser has no per-image weights to remove")
+
+    def _removal_record(self) -> dict:
+        """{"removed": {count, sha256 of the sorted indices as little-endian int64}} when
+        images are removed, else {} (so the unmasked record is unchanged)."""
+        if self.excluded is None:
+            return {}
+        indices = self.excluded.nonzero()[:, 0].numpy().astype("<i8")
+        return {"removed": {"count": len(indices), "sha256": hashlib.sha256(indices.tobytes()).hexdigest()}}
+
+    def _sharing_copy(self) -> "Denoiser":
+        """A shallow copy: the same tensors, submodules and caches (nothing is copied), with
+        its own module registries, so that changing its attributes leaves self alone."""
+        clone = copy.copy(self)
+        for name, value in vars(self).items():
+            if name.startswith("_") and isinstance(value, (dict, set)):
+                clone.__dict__[name] = copy.copy(value)
+        return clone
+
     def check_input(self, z: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, t [B] float64 on z's device): z a finite float batch of the training images'
         shape, t finite and > 0 (a scalar is broadcast); else DenoiserInputError."""
@@ -102,7 +135,43 @@ class TrainingSetDenoiser(Denoiser):
         self.register_buffer("data", training_set.as_float(), persistent=False)
 
     def _record(self, kind: str, **params) -> dict:
-        return {"kind": kind, "dataset": self.training_set.describe(), **params}
+        return {"kind": kind, "dataset": self.training_set.describe(), **params, **self._removal_record()}
+
+
+def removal_mask(image_indices, num_images: int) -> torch.Tensor:
+    """bool [num_images], True at the given training image indices (integers in
+    [0, num_images), repeats allowed); ExclusionError naming the first bad one."""
+    if isinstance(image_indices, (torch.Tensor, np.ndarray)):
+        if image_indices.ndim > 1:
+            raise ExclusionError(f"training image indices must be a flat list, got shape {tuple(image_indices.shape)}")
+        image_indices = image_indices.tolist()
+    if isinstance(image_indices, (str, bytes)) or not hasattr(image_indices, "__iter__"):
+        raise ExclusionError(f"training image indices must be a list of integers, got {image_indices!r}")
+    values = list(image_indices)
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ExclusionError(f"training image indices must be integers, got {value!r}")
+    for value in values:
+        if not 0 <= value < num_images:
+            raise ExclusionError(f"training image index {value} is out of range: the training set has "
+                                 f"{num_images} images (0..{num_images - 1})")
+    mask = torch.zeros(num_images, dtype=torch.bool)
+    mask[torch.tensor([int(value) for value in values], dtype=torch.long)] = True
+    return mask
+
+
+class _BlockedImages:
+    """The data laid out for the fused CPU kernels, built on first use and shared by every
+    denoiser derived with `without` (one layout of the images, not one per counterfactual)."""
+
+    def __init__(self, training_set: TrainingSet):
+        self.training_set = training_set
+        self.value = None
+
+    def __call__(self):
+        if self.value is None:
+            self.value = fused_kernels.block_images(self.training_set.as_float().numpy())
+        return self.value
 
 
 class PSPCDenoiser(TrainingSetDenoiser):
@@ -119,6 +188,23 @@ class PSPCDenoiser(TrainingSetDenoiser):
         self.kind = kind
         self.schedule = schedule or {}
         self.chunk_bytes = chunk_bytes
+        self._images_t = _BlockedImages(training_set)
+        self._excluded = None
+
+    @property
+    def excluded(self) -> torch.Tensor | None:
+        return self._excluded
+
+    def without(self, image_indices) -> "PSPCDenoiser":
+        """The same denoiser with these training images (and their mirrors) removed, in
+        addition to any removed already: it shares the training set, the data and the
+        fused layout (no copy of the images), and numbers the entries as the whole set does."""
+        removed = removal_mask(image_indices, len(self.training_set))
+        if self._excluded is not None:
+            removed |= self._excluded
+        clone = self._sharing_copy()
+        clone._excluded = check_excluded(removed, len(self.training_set))
+        return clone
 
     def denoise(self, z, t):
         return self._run(z, t, None)[0]
@@ -140,17 +226,11 @@ class PSPCDenoiser(TrainingSetDenoiser):
             index = torch.tensor(members, device=z.device)
             out, w = patch_posterior(z[index], t[index], self.data.to(z.dtype), patch_set,
                                      self.training_set.xflip, request, self.chunk_bytes,
-                                     self._images_t() if z.device.type == "cpu" else None)
+                                     self._images_t() if z.device.type == "cpu" else None, self._excluded)
             x_hat[index] = out
             if w is not None:
                 weights.append((index.cpu(), w))
         return x_hat, weights
-
-    def _images_t(self):
-        """The data laid out for the fused CPU kernels (built once, on first CPU call)."""
-        if getattr(self, "_images_t_cache", None) is None:
-            self._images_t_cache = fused_kernels.block_images(self.training_set.as_float().numpy())
-        return self._images_t_cache
 
     def describe(self):
         return self._record(self.kind, schedule=self.schedule)
@@ -276,9 +356,19 @@ class CFDMDenoiser(Denoiser):
             total += self.empirical.denoise(z + scale * noise, t)
         return (total / self.draws).to(z.dtype)
 
+    @property
+    def excluded(self) -> torch.Tensor | None:
+        return self.empirical.excluded
+
+    def without(self, image_indices) -> "CFDMDenoiser":
+        """The same smoothing over the empirical denoiser without these training images."""
+        clone = self._sharing_copy()
+        clone.empirical = self.empirical.without(image_indices)
+        return clone
+
     def describe(self):
         return {"kind": "cfdm", "dataset": self.training_set.describe(),
-                "sigma": self.sigma, "draws": self.draws, "seed": self.seed}
+                "sigma": self.sigma, "draws": self.draws, "seed": self.seed, **self._removal_record()}
 
 
 class NetworkDenoiser(Denoiser):

@@ -17,6 +17,11 @@ at most e^-CUTOFF (pass 1) or 0 (pass 2): with CUTOFF = 60 that changes any sum 
 N e^-60 < 1e-20 relative, below float64 rounding; a block with no logit within CUTOFF of
 the maximum at any patch is skipped after one cheap counting loop.
 
+Counterfactual removal: an exclusion mask over the images (`block_mask`) gives their lanes
+logit -inf exactly as the padding lanes get, so they carry weight 0 (pass 1 counts each at
+most e^-CUTOFF, like padding) while every entry keeps its number; a block whose images are
+all excluded is skipped before any distance is computed.
+
 Determinism: the image blocks are cut into groups of consecutive blocks, as many as the data
 size gives (`num_groups`), whatever the thread count; thread j takes groups j, j + threads, ...
 Each group sums its blocks in order into its own accumulators and the groups are added in
@@ -134,8 +139,9 @@ def _mask_logits(query, block, squares, indptr, indices, scale, logits):
 
 @numba.njit(inline="always")
 def _block_logits(query, block, structure, patch_h, patch_w, indptr, indices, integral, row, squares,
-                  scale, valid, logits):
-    """Logits of one query against one block of images; padding lanes (>= valid) get -inf."""
+                  scale, valid, excluded, logits):
+    """Logits of one query against one block of images; padding lanes (>= valid) and the
+    lanes of excluded images (excluded[lane] != 0, the block's slice of the mask) get -inf."""
     channels, height, width = query.shape
     if structure == WINDOW and patch_h == height and patch_w == width:  # one patch: the whole image
         for lane in range(LANES):
@@ -154,8 +160,18 @@ def _block_logits(query, block, structure, patch_h, patch_w, indptr, indices, in
         _logits(integral, patch_h, patch_w, height - patch_h + 1, width - patch_w + 1, scale, logits)
     else:
         _mask_logits(query, block, squares, indptr, indices, scale, logits)
-    for lane in range(valid, LANES):
-        logits[:, lane] = -np.inf
+    for lane in range(LANES):
+        if lane >= valid or excluded[lane]:
+            logits[:, lane] = -np.inf
+
+
+@numba.njit(inline="always")
+def _all_excluded(excluded, valid):
+    """Whether every image of a block (its first `valid` lanes) is excluded: then the block is skipped."""
+    for lane in range(valid):
+        if not excluded[lane]:
+            return False
+    return True
 
 
 @numba.njit(inline="always")
@@ -168,11 +184,12 @@ def _lane_max(logits, p):
 
 @numba.njit(parallel=True, cache=True)
 def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indices, num_patches,
-                   scales, parts, padded_from):
+                   scales, parts, padded_from, excluded):
     """Pass 1: per (query, patch) log sum_i exp(logit), over all images.
 
     queries [Q, C, H, W] float64; images_t [N_padded / LANES, C, H, W, LANES] float32
-    (see block_images; entries >= padded_from are padding). Returns [Q, P] float64.
+    (see block_images; entries >= padded_from are padding); excluded [N_padded] uint8
+    (block_mask): images that get weight 0, like the padding. Returns [Q, P] float64.
     Threads split the groups of image blocks; each block, once in cache, meets every query.
     Each (query, patch, lane) keeps its own online log-sum-exp (running max m, sum s of
     exp(logit - m)), so that the update is one branch-free loop over patches x lanes with
@@ -202,9 +219,12 @@ def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indic
             first = group * blocks // groups
             for block in range(first, (group + 1) * blocks // groups):
                 valid = min(LANES, padded_from - block * LANES)
+                lanes_excluded = excluded[block * LANES:(block + 1) * LANES]
+                if _all_excluded(lanes_excluded, valid):
+                    continue
                 for q in range(num_queries):
                     _block_logits(queries[q], images_t[block], structure, patch_h, patch_w, indptr, indices,
-                                  integral, row, squares, scales[q], valid, logits)
+                                  integral, row, squares, scales[q], valid, lanes_excluded, logits)
                     if (block - first) % EQUALIZE == 0:
                         _equalize(logits, run_max[part, q], run_sum[part, q])
                     m = run_max[part, q].reshape(size)
@@ -284,10 +304,11 @@ def _equalize(logits, run_max, run_sum):
 
 @numba.njit(parallel=True, cache=True)
 def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num_patches,
-            pixel_indptr, pixel_masks, pixel_counts, scales, log_norm, parts, top_k, padded_from):
+            pixel_indptr, pixel_masks, pixel_counts, scales, log_norm, parts, top_k, padded_from, excluded):
     """Pass 2: exact weights w = exp(logit - log_norm), the composite numerator
     sum_i spread(w_i) * x_i, entropy and sum w^2 per (query, patch), and the top_k entries
-    per (query, patch) (top_k = 0 skips them). Entries >= padded_from are padding.
+    per (query, patch) (top_k = 0 skips them). Entries >= padded_from are padding; excluded
+    ones (excluded [N_padded] uint8, block_mask) get weight 0 and never enter the top-k.
     For masks, spread uses the transposed CSR: the masks covering each pixel, with counts.
     Sums are per group of blocks, added in group order (independent of `parts`); each part
     meets its entries in ascending order, so of equal weights its top-k keeps the lowest.
@@ -325,10 +346,13 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
             for block in range(group * blocks // groups, (group + 1) * blocks // groups):
                 start = block * LANES
                 valid = min(LANES, padded_from - start)
+                lanes_excluded = excluded[start:start + LANES]
+                if _all_excluded(lanes_excluded, valid):
+                    continue
                 images = images_t[block]
                 for q in range(num_queries):
                     _block_logits(queries[q], images, structure, patch_h, patch_w, indptr, indices,
-                                  integral, row, squares, scales[q], valid, logits)
+                                  integral, row, squares, scales[q], valid, lanes_excluded, logits)
                     norm, plogp, squared = norms[q], entropy_lanes[part, q], sum_sq_lanes[part, q]
                     # weights in place of the logits, in one branch-free loop over patches x lanes;
                     # most blocks carry no weight at small t
@@ -473,3 +497,12 @@ def block_images(data: np.ndarray) -> np.ndarray:
     padded = np.zeros((blocks * LANES,) + data.shape[1:], dtype=np.float32)
     padded[:count] = data
     return np.ascontiguousarray(padded.reshape((blocks, LANES) + data.shape[1:]).transpose(0, 2, 3, 4, 1))
+
+
+def block_mask(excluded: np.ndarray | None, count: int) -> np.ndarray:
+    """The per-image exclusion mask (bool [count], or None: none excluded) as the kernels'
+    uint8 [ceil(count / LANES) * LANES], zero-padded like block_images."""
+    padded = np.zeros(-(-count // LANES) * LANES, dtype=np.uint8)
+    if excluded is not None:
+        padded[:count] = excluded
+    return padded

@@ -10,6 +10,10 @@ output as sum_i spread(w[b, :, i]) * x_i (O(H W) per image, whatever the patch s
 The running max is per sample and per patch, never across the batch. x-flip entries are
 handled without copying the data: the flipped query is compared to the original images
 under the mirrored masks.
+
+Counterfactual removal: `excluded` [N] masks training images out of the softmax (logit
+-inf, weight exactly 0, for the image and its mirrored entry) without copying the data or
+renumbering the entries; chunks whose images are all excluded are skipped.
 """
 
 from __future__ import annotations
@@ -18,11 +22,31 @@ import numba
 import numpy as np
 import torch
 
+from pspc.errors import InputError
 from pspc.posterior import fused_kernels
 from pspc.posterior.patch_sets import PatchSet, WindowPatches
 from pspc.posterior.weights import PosteriorWeights, WeightRequest
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+class ExclusionError(InputError):
+    """A bad counterfactual removal: not a per-image mask or list of image indices, out of
+    range, or nothing left to compose from."""
+
+
+def check_excluded(excluded, num_images: int) -> torch.Tensor | None:
+    """The exclusion mask as a CPU bool tensor [num_images], or None when it excludes
+    nothing (the unmasked run); ExclusionError for a mask of the wrong kind or one that
+    leaves no training image."""
+    if excluded is None:
+        return None
+    if not isinstance(excluded, torch.Tensor) or excluded.dtype != torch.bool or excluded.shape != (num_images,):
+        shape = tuple(excluded.shape) if isinstance(excluded, torch.Tensor) else type(excluded).__name__
+        raise ExclusionError(f"excluded must be a bool tensor [{num_images}] (one flag per training image), got {shape}")
+    if bool(excluded.all()):
+        raise ExclusionError(f"at least one training image must remain: all {num_images} are excluded")
+    return excluded.cpu() if excluded.any() else None
 
 
 def _chunk_size(num_queries: int, height: int, width: int, num_patches: int, channels: int, chunk_bytes: int) -> int:
@@ -46,16 +70,20 @@ def patch_posterior(
     request: WeightRequest | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     images_t=None,
+    excluded: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, PosteriorWeights | None]:
     """PSPC denoiser output for z [B, C, H, W] at per-sample t [B] (> 0), over training
     images data [N, C, H, W] in [-1, 1] (same device). Returns (x_hat, weights or None).
 
     images_t (fused_kernels.block_images(data), CPU only) enables the fused kernels;
-    without it, on other devices, or when dense weights are requested, the torch path runs."""
-    if images_t is not None and z.device.type == "cpu" and not (request and request.full):
-        return _fused_posterior_cpu(z, t, data.shape[0], images_t, patch_set, xflip, request)
-    batch, channels, height, width = z.shape
+    without it, on other devices, or when dense weights are requested, the torch path runs.
+    excluded (bool [N]): images given weight 0, with their mirrored entries; entry ids stay
+    those of the whole set (image i, flip N + i)."""
     num_images = data.shape[0]
+    excluded = check_excluded(excluded, num_images)
+    if images_t is not None and z.device.type == "cpu" and not (request and request.full):
+        return _fused_posterior_cpu(z, t, num_images, images_t, patch_set, xflip, request, excluded)
+    batch, channels, height, width = z.shape
     patch_set = patch_set.to(z.device)
     halves = [(z, patch_set.patch_sums, patch_set.spread)]
     if xflip:
@@ -63,14 +91,15 @@ def patch_posterior(
     scale = -0.5 / t.to(torch.float64).square()  # [B]
     num_patches = patch_set.num_patches
     chunk = _chunk_size(batch * (2 if request else 1), height, width, num_patches, channels, chunk_bytes)
-    starts = range(0, num_images, chunk)
+    chunks = _chunks(num_images, chunk, excluded, z.device)
 
-    # Pass 1: online log-sum-exp over all entries, per (sample, patch).
+    # Pass 1: online log-sum-exp over all entries, per (sample, patch). Every chunk has a
+    # kept image, so each (sample, patch) gets a finite max (no -inf - -inf).
     run_max = torch.full((batch, num_patches), -torch.inf, dtype=torch.float64, device=z.device)
     run_sum = torch.zeros_like(run_max)
     for queries, sums, _ in halves:
-        for start in starts:
-            logits = _logits(queries, data[start : start + chunk], sums, scale)
+        for start, removed in chunks:
+            logits = _masked(_logits(queries, data[start : start + chunk], sums, scale), removed)
             new_max = torch.maximum(run_max, logits.amax(1))
             run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(1)
             run_max = new_max
@@ -81,9 +110,9 @@ def patch_posterior(
     tracker = _WeightTracker(request, batch, num_patches, num_images * len(halves), z.device) if request else None
     for half, (queries, sums, spread) in enumerate(halves):
         numerator = torch.zeros(batch, channels, height, width, dtype=torch.float64, device=z.device)
-        for start in starts:
+        for start, removed in chunks:
             images = data[start : start + chunk]
-            log_w = _logits(queries, images, sums, scale) - log_normaliser[:, None]  # [B, n, K]
+            log_w = _masked(_logits(queries, images, sums, scale), removed) - log_normaliser[:, None]  # [B, n, K]
             weights = log_w.exp()
             numerator += torch.einsum("bnhw,nchw->bchw", spread(weights), images.to(torch.float64))
             if tracker:
@@ -92,6 +121,24 @@ def patch_posterior(
     numerator = numerators[0] + (numerators[1].flip(-1) if xflip else 0)
     x_hat = (numerator / patch_set.coverage(z.device)).to(z.dtype)
     return x_hat, (tracker.result(patch_set, t, num_images) if tracker else None)
+
+
+def _chunks(num_images: int, chunk: int, excluded: torch.Tensor | None, device) -> list[tuple[int, torch.Tensor | None]]:
+    """(start, the chunk's excluded flags on `device`, or None if it has none) for every
+    chunk that keeps at least one image."""
+    if excluded is None:
+        return [(start, None) for start in range(0, num_images, chunk)]
+    chunks = []
+    for start in range(0, num_images, chunk):
+        removed = excluded[start : start + chunk]
+        if not removed.all():
+            chunks.append((start, removed.to(device) if removed.any() else None))
+    return chunks
+
+
+def _masked(logits: torch.Tensor, removed: torch.Tensor | None) -> torch.Tensor:
+    """logits [Q, n, K] (fresh, so changed in place) with the excluded images' set to -inf (weight exactly 0)."""
+    return logits if removed is None else logits.masked_fill_(removed[None, :, None], -torch.inf)
 
 
 class _WeightTracker:
@@ -189,7 +236,7 @@ def _fused_halves(patch_set: PatchSet, xflip: bool) -> list[dict]:
     return halves
 
 
-def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip, request):
+def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip, request, excluded):
     """The fused-kernel path (fused_kernels): same result as the torch path, CPU only.
 
     Each half runs in its own frame (flipped queries against mirrored masks); per-patch
@@ -197,13 +244,14 @@ def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip,
     batch = z.shape[0]
     scales = (-0.5 / t.to(torch.float64).square()).cpu().numpy()
     parts = numba.get_num_threads()
+    mask = fused_kernels.block_mask(None if excluded is None else excluded.numpy(), num_images)
     halves = _fused_halves(patch_set, xflip)
     for half in halves:
         queries = z.flip(-1) if half["flipped"] else z
         half["args"] = (queries.to(torch.float64).contiguous().numpy(), images_t)
         k = half["kernel"]
         own = fused_kernels.log_normaliser(*half["args"], k["structure"], k["patch_h"], k["patch_w"], k["indptr"],
-                                           k["indices"], k["num_patches"], scales, parts, num_images)
+                                           k["indices"], k["num_patches"], scales, parts, num_images, mask)
         half["log_norm"] = torch.from_numpy(own)[:, half["to_global"]]
     log_norm = halves[0]["log_norm"]
     for half in halves[1:]:
@@ -220,7 +268,7 @@ def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip,
         numerator, half_entropy, half_sum_sq, half_top_w, half_top_i = (torch.from_numpy(a) for a in fused_kernels.compose(
             *half["args"], k["structure"], k["patch_h"], k["patch_w"], k["indptr"], k["indices"], k["num_patches"],
             k["pixel_indptr"], k["pixel_masks"], k["pixel_counts"], scales, own_log_norm.numpy(), parts, top_k,
-            num_images))
+            num_images, mask))
         x_hat += numerator.flip(-1) if half["flipped"] else numerator
         entropy += half_entropy[:, half["to_global"]]
         sum_sq += half_sum_sq[:, half["to_global"]]

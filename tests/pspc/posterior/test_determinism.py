@@ -215,10 +215,11 @@ def test_kernel_sums_are_bit_identical_for_any_split(tied_set, structure):
         kernel = (fused_kernels.MASKS, 1, 1, csr["indptr"], csr["indices"], csr["num_patches"])
         spread = (csr["pixel_indptr"], csr["pixel_masks"], csr["pixel_counts"])
     results = []
+    kept = fused_kernels.block_mask(None, len(data))  # no image excluded
     for parts in (1, 2, 3, 5):
-        log_norm = fused_kernels.log_normaliser(queries, images_t, *kernel, scales, parts, len(data))
+        log_norm = fused_kernels.log_normaliser(queries, images_t, *kernel, scales, parts, len(data), kept)
         numerator, entropy, sum_sq, _, _ = fused_kernels.compose(queries, images_t, *kernel, *spread, scales, log_norm,
-                                                                 parts, 4, len(data))
+                                                                 parts, 4, len(data), kept)
         results.append((log_norm, numerator, entropy, sum_sq))
     for other in results[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(results[0], other))
