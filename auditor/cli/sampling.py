@@ -51,6 +51,10 @@ def add_sample(commands, parents: Parents) -> None:
     sample.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     sample.add_argument("--resume", type=integer(high=MAX_INT), metavar="RUN_ID",
                         help="continue an interrupted run with its stored configuration (pass the same --data)")
+    sample.add_argument("--parquet", metavar="DIR", help="record into this Parquet folder, which many machines may "
+                                                         "share, instead of the store (`auditor parquet sql DIR ...`)")
+    sample.add_argument("--run-id", type=integer(low=1, high=MAX_INT - 1), metavar="N",
+                        help="with --parquet: the run's id (default: a 62-bit id drawn for this host and process)")
 
 
 def add_serve(commands, parents: Parents) -> None:
@@ -131,6 +135,10 @@ def cmd_sample(args, argv: list[str]) -> int:
     from auditor.workflows.options import Runtime
     from auditor.workflows.sampling import record_sampling_run, resume_run
 
+    if args.parquet is not None or args.run_id is not None:  # into a Parquet folder, not the store
+        from auditor.cli.parquet import sample_into_parquet
+
+        return sample_into_parquet(args, argv, _sampling_options)
     path = db_path(args)
     database.require_current(path, timeout=args.lock_timeout)
     torch_device = device(args.device)

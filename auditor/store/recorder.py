@@ -275,10 +275,9 @@ class ProvenanceRecorder:
                 "z": blobs(z),
                 "denoised": blobs(denoised),
             })
-            insert_table(conn, "steps", steps)
-            insert_table(conn, "patch_weights", weight_rows)
-            insert_table(conn, "patch_stats", stat_rows)
-            insert_table(conn, "step_shares", share_rows)
+            for table, rows in (("steps", steps), ("patch_weights", weight_rows), ("patch_stats", stat_rows),
+                                ("step_shares", share_rows)):
+                self._insert(conn, table, rows)
             self._write_extras(conn, step)
             if last:
                 self._complete(conn, final, started)
@@ -298,6 +297,10 @@ class ProvenanceRecorder:
             raise LockedError(f"the writer lost the store lock at step {step} of run {self.run_id} (nothing of "
                               f"that step was written): {exc}") from None
 
+    def _insert(self, conn, table: str, rows: pa.Table) -> None:
+        """Write one table's rows of the step (subclasses: another sink, auditor.store.parquet_recorder)."""
+        insert_table(conn, table, rows)
+
     def _write_extras(self, conn, step: int) -> None:
         """Rows that belong in this step's transaction besides the attribution (subclasses:
         the network's output at the step: ExplainedRecorder)."""
@@ -315,12 +318,16 @@ class ProvenanceRecorder:
         insert_table(conn, "patch_pixels", info.pixels_table(ps_id))
         return int(ps_id)
 
-    def _complete(self, conn, final: torch.Tensor, started: float) -> None:
-        write_final_images(conn, self.run_id, final)
+    def _timings(self, started: float) -> dict:
+        """runs.timings of the run completed by the step that started at `started` (perf_counter)."""
         recording = sum(self.step_seconds) + (time.perf_counter() - started)
         total = time.perf_counter() - self.sampling_started
-        timings = {**self.extra_timings, "total": total, "recording": recording, "sampling": total - recording,
-                   "steps_recorded": len(self.steps_written) + 1}
+        return {**self.extra_timings, "total": total, "recording": recording, "sampling": total - recording,
+                "steps_recorded": len(self.steps_written) + 1}
+
+    def _complete(self, conn, final: torch.Tensor, started: float) -> None:
+        write_final_images(conn, self.run_id, final)
+        timings = self._timings(started)
         # (no RETURNING: DuckDB treats UPDATE ... RETURNING on a referenced table as delete + insert)
         status = conn.execute("SELECT status FROM runs WHERE id = ?", [self.run_id]).fetchall()
         if not status or status[0][0] != "running":
