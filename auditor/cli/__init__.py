@@ -14,9 +14,15 @@
   auditor compare               a network vs PSPC from shared noise, the network's samples explained
   auditor audit IMAGE           attribute an external image to training images
   auditor fidelity run|import|list|show   denoisers against a network (auditor.workflows.fidelity), stored
+  auditor export|verify RUN/SAMPLE   C2PA / W3C PROV exports of a sample, and their verification
+  auditor c2pa init-ca          a signing CA and certificate for the exports
+  auditor calibrate             the copy verdict's thresholds on a training set;  auditor hash IMAGE
+  auditor counterfactual RUN/SAMPLE   the sample re-run without some training images (exact)
+  auditor parquet export|sql    the provenance as Hive-partitioned Parquet; `sample --parquet DIR` appends
 
-Modules: common (shared options and helpers), parser (the parser), store, sampling, network
-and fidelity (each command group's arguments and handlers).
+Modules: common (shared options and helpers), parser (the parser), and one module per command
+group with its arguments and handlers (store, sampling, network, fidelity, export, copies,
+counterfactual, parquet, descriptor).
 
 The store is one DuckDB file: --db PATH, else $AUDITOR_DB, else ./provenance.duckdb. Bad
 input (auditor.errors.outcome: a user error, the engine's InputError, an OSError on the
