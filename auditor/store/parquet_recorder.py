@@ -69,11 +69,18 @@ PUBLISH_ORDER = ("training_images", "datasets", "patch_pixels", "patch_positions
                  "patch_weights", "patch_stats", "step_shares", "step_agreement", "steps", "samples", RUN_COMPLETIONS)
 
 
+_LAST_ID = [0]  # this process's last drawn id: ids it draws only increase, so they never repeat here
+
+
 def new_run_id() -> int:
-    """A 62-bit run id for a run started now on this host by this process (module doc)."""
+    """A 62-bit run id for a run started now on this host by this process (module doc). Within a
+    process the ids increase strictly (the random low bits alone repeat within a millisecond once
+    about 2,000 are drawn); between processes the claim of its folder settles a collision."""
     millis = (time.time_ns() // 1_000_000 - EPOCH_MS) % 2**40
     digest = hashlib.blake2b(f"{socket.gethostname()}\0{os.getpid()}".encode() + os.urandom(16), digest_size=8)
-    return max(1, (millis << 22) | (int.from_bytes(digest.digest(), "big") & (2**22 - 1)))
+    drawn = max(1, (millis << 22) | (int.from_bytes(digest.digest(), "big") & (2**22 - 1)))
+    _LAST_ID[0] = max(drawn, _LAST_ID[0] + 1)
+    return _LAST_ID[0]
 
 
 def _fingerprint_id(fingerprint: str) -> int:
