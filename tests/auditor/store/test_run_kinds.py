@@ -30,13 +30,13 @@ def audit_top_image(kinds) -> tuple[int, str]:
 
 def test_one_table_names_every_stored_kind():
     assert schema.RUN_KINDS == tuple(RUN_KIND_TABLE)  # create_run accepts exactly the table's kinds
-    assert KIND_NAMES == ("sample", "network-explained", "audit")
+    assert KIND_NAMES == ("sample", "network-explained", "audit", "counterfactual")
     assert stored_kinds("sample") == ("pspc", "samples-only") and stored_kinds("audit") == ("external-audit",)
     assert set(usage_kinds()) == {"pspc", "samples-only", "network-explained"}
-    assert set(usage_kinds(include_audits=True)) == set(RUN_KIND_TABLE)
+    assert set(usage_kinds(include_audits=True)) == set(RUN_KIND_TABLE) - {"counterfactual"}  # nobody's output
     assert run_kind(None) is RUN_KIND_TABLE["pspc"]  # runs from before kinds existed
     assert not run_kind("from-a-newer-version").output  # unknown kinds never count as outputs
-    with pytest.raises(UserError, match="unknown run kind 'pspc-square'; choose from sample, network-explained, audit"):
+    with pytest.raises(UserError, match="unknown run kind 'pspc-square'; choose from sample, network-explained, audit, counterfactual"):
         stored_kinds("pspc-square")
 
 
