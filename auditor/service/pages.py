@@ -44,6 +44,7 @@ from auditor.errors import AuditorError, NotFoundError, StoreError, outcome
 from auditor.store.database import DEFAULT_TIMEOUT
 from auditor.store.example_queries import EXAMPLE_QUERIES
 from auditor.store.read_models import index as index_data, runs as run_data, sample as sample_data
+from auditor.store.read_models.counterfactual import load_sample_counterfactuals
 from auditor.store.read_models import training_images as training_image_data
 from auditor.store.read_models.common import integer_id
 from auditor.workflows.fidelity import FINDING_RANGE
@@ -130,7 +131,9 @@ def sample_report(db_path, run_id: int, sample_index: int, *, step: int | None =
     """The report on sample `sample_index` of run `run_id` (options: reports.pages.sample.build_sample_report).
 
     network: 'auto' reads the sample's network comparison (auditor.store.comparisons.sample_counterpart),
-    None leaves the section out, or pass a NetworkComparison. The store is read in one short
+    None leaves the section out, or pass a NetworkComparison. The counterfactual panel (of a
+    counterfactual run) or list (of any other sample) is read the same way
+    (auditor.store.read_models.counterfactual). The store is read in one short
     read-only transaction; the report of a complete run is kept per process
     (auditor.store.read_models.sample.build_cached) and shared: treat it as read-only.
     NotFoundError for an unknown run, sample or step; UserError for bad options."""
@@ -146,7 +149,8 @@ def sample_report(db_path, run_id: int, sample_index: int, *, step: int | None =
         if isinstance(network, str):  # 'auto'
             shown = network_comparison(comparisons.sample_counterpart(
                 db_path, data.run["id"], data.sample_index, timeout=timeout))
-        return sample.build_sample_report(data, network=shown, started=started, **options)
+        found = load_sample_counterfactuals(db_path, data.run, data.dataset, data.sample_index, timeout=timeout)
+        return sample.build_sample_report(data, network=shown, counterfactuals=found, started=started, **options)
 
     cacheable = network is None or isinstance(network, str)
     return sample_data.build_cached(db_path, run_id, sample_index, build,

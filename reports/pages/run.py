@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from auditor.store.read_models.counterfactual import CounterfactualOrigin, counterfactual_origin
 from auditor.store.read_models.runs import RunPageData
 from reports.pages.common import THUMB_SIZE, Context, Pagination, Picture, RunRecord, run_record
+from reports.pages.counterfactual import mode_sentence
 
 __all__ = ["GalleryItem", "RunPage", "build_run_page"]
 
@@ -28,7 +30,9 @@ class GalleryItem:
 
 @dataclass(kw_only=True)
 class RunPage(Context):
-    """A run (template run.html): its reproducibility record and a paginated gallery of samples."""
+    """A run (template run.html): its reproducibility record and a paginated gallery of samples;
+    for a counterfactual run, its origin (parent sample, mode, selector) and `origin_sentence`,
+    what it is in one sentence."""
 
     documented_template: ClassVar[str] = "run.html"
 
@@ -36,6 +40,8 @@ class RunPage(Context):
     steps_recorded: int
     samples: list[GalleryItem]
     pagination: Pagination
+    origin: CounterfactualOrigin | None = None
+    origin_sentence: str | None = None
 
     @property
     def title(self) -> str:
@@ -59,6 +65,8 @@ def build_run_page(data: RunPageData, *, pagination: Pagination) -> RunPage:
             item.top_image_id = meta.image_id if meta else str(image_index)
             item.top_label_name = meta.label_name if meta else None
         items.append(item)
+    origin = counterfactual_origin(data.run)
     return RunPage(record=run_record(data.run, data.dataset, None),
                    steps_recorded=max(data.step_counts.values(), default=0), samples=items,
-                   pagination=pagination.of(data.total))
+                   pagination=pagination.of(data.total), origin=origin,
+                   origin_sentence=None if origin is None else mode_sentence(origin, origin.removed_count))

@@ -20,15 +20,18 @@ from typing import ClassVar
 import numpy as np
 
 from auditor.errors import UserError
-from auditor.store.calibrations import verdict_sentence
+from auditor.store.read_models.counterfactual import SampleCounterfactuals
 from auditor.store.read_models.sample import SampleProvenance, Shares
 from reports import maps
 from reports.pages.common import (MAIN_SIZE, MAX_TOP, THUMB_SIZE, TIMELINE_SIZE, TINY_SIZE, Context, PatchLocation,
                                   Picture, RunRecord, check_options, display_scale, meta_dict, run_record,
                                   training_thumbnail)
+from reports.pages.counterfactual import (CounterfactualList, CounterfactualPanel, counterfactual_list,
+                                          counterfactual_panel)
 from reports.pages.glossary import SAMPLE_DEFINITIONS, Definition
 from reports.pages.network import CopyMatch, NetworkComparison, copy_matches
 from reports.pages.sample_views import StepAttribution, label_views, legend_images, step_attribution
+from reports.pages.verdicts import NO_VERDICT, VerdictBadge, verdict_badge  # the badge's home; kept importable here
 
 __all__ = ["NO_VERDICT", "FidelityLink", "SampleReport", "Source", "StepSource", "StepSummary", "VerdictBadge",
            "build_sample_report", "check_report_options", "report_images", "verdict_badge", "z_display"]
@@ -112,48 +115,6 @@ class FidelityLink:
     same_images: bool
 
 
-NO_VERDICT = "no verdict recorded for this sample"
-
-
-@dataclass(kw_only=True)
-class VerdictBadge:
-    """The stored copy verdict of the sample (copy_verdicts, issue 17) as the page shows it.
-
-    sentence: the verdict in one sentence (Verdict.sentence: reason, score vs threshold,
-    measured TPR/FPR, source image ids, a partial copy's box); alarm: whether the badge is red,
-    only for copy / partial copy from a calibrated threshold or identical pixels (an
-    inconclusive verdict, or a call without calibration, is never red); region: a partial
-    copy's box [top, left, height, width] and area (the mask stays in the store)."""
-
-    verdict: str
-    reason: str
-    sentence: str
-    alarm: bool
-    evidence: str | None = None
-    score: float | None = None
-    threshold: float | None = None
-    tpr: float | None = None
-    fpr: float | None = None
-    calibration_id: int | None = None
-    sources: list[dict] = field(default_factory=list)
-    region: dict | None = None
-
-
-def verdict_badge(row: dict | None) -> VerdictBadge | None:
-    """The badge of a stored verdict row (SampleProvenance.verdict, calibrations.load_verdicts);
-    None when there is none."""
-    if row is None:
-        return None
-    region = row.get("region")
-    calibrated = row.get("calibration_id") is not None or row.get("evidence") == "exact-hash"
-    return VerdictBadge(verdict=row["verdict"], reason=row["reason"], sentence=verdict_sentence(row),
-                        alarm=row["verdict"] in ("copy", "partial copy") and calibrated,
-                        evidence=row.get("evidence"), score=row.get("score"), threshold=row.get("threshold"),
-                        tpr=row.get("tpr"), fpr=row.get("fpr"), calibration_id=row.get("calibration_id"),
-                        sources=list(row.get("sources") or []),
-                        region=None if region is None else {"box": region.get("box"), "area": region.get("area")})
-
-
 @dataclass(kw_only=True)
 class SampleReport(Context):
     """The report on one generated image (template sample.html).
@@ -168,7 +129,9 @@ class SampleReport(Context):
     copy detection ran on the sample; notes: things the reader must know (run still running,
     pixels not stored, ...); definitions: what each figure means (reports.pages.glossary);
     fidelity_studies: the fidelity studies of PSPC against a network on this training data;
-    verdict: the stored copy verdict (VerdictBadge), None when no verdict is recorded."""
+    verdict: the stored copy verdict (VerdictBadge), None when no verdict is recorded;
+    counterfactual: on a counterfactual run's sample, its panel (reports.pages.counterfactual);
+    counterfactuals: on any other sample, its counterfactual runs (None when not read)."""
 
     documented_template: ClassVar[str] = "sample.html"
 
@@ -195,6 +158,8 @@ class SampleReport(Context):
     definitions: list[Definition] = field(default_factory=lambda: list(SAMPLE_DEFINITIONS))
     fidelity_studies: list[FidelityLink] = field(default_factory=list)
     verdict: VerdictBadge | None = None
+    counterfactual: CounterfactualPanel | None = None
+    counterfactuals: CounterfactualList | None = None
     built_ms: float = 0.0
 
     @property
@@ -302,9 +267,22 @@ def _timeline(data: SampleProvenance, step_top: int, coefficients: dict[int, flo
     return timeline
 
 
+def _counterfactual_sections(data: SampleProvenance, found: SampleCounterfactuals | None
+                             ) -> tuple[CounterfactualPanel | None, CounterfactualList | None]:
+    """The counterfactual panel (a counterfactual's sample) and list (any other sample), kept
+    apart from the sources: (None, None) when nothing was read."""
+    if found is None:
+        return None, None
+    parent_verdict = found.outcome.parent_verdict if found.outcome is not None else None
+    panel = counterfactual_panel(found, data.run, data.dataset, data.final_image, verdict=verdict_badge(data.verdict),
+                                 parent_verdict=verdict_badge(parent_verdict))
+    return panel, counterfactual_list(found, data.run, data.sample_index)
+
+
 def build_sample_report(data: SampleProvenance, *, step: int | None = None, top: int = 10, step_top: int = 3,
                         patches: int = 12, drilldown_top: int = 5, all_steps: bool = False,
                         concentration: str = "top1", network: NetworkComparison | None = None,
+                        counterfactuals: SampleCounterfactuals | None = None,
                         started: float | None = None) -> SampleReport:
     """The report on the sample `data` holds (read with `images=report_images(...)` of the same
     options, or its thumbnails and ids are missing).
@@ -315,7 +293,9 @@ def build_sample_report(data: SampleProvenance, *, step: int | None = None, top:
     locations per source; drilldown_top: training images listed per pixel; all_steps: build
     the maps and drill-down of every recorded step (the self-contained export, whose step
     selector works offline); concentration: 'top1' or 'entropy'; network: the network section
-    (network_comparison of the sample's counterpart) or None; started: time.perf_counter()
+    (network_comparison of the sample's counterpart) or None; counterfactuals: what
+    auditor.store.read_models.counterfactual.load_sample_counterfactuals read for the sample
+    (None: the counterfactual sections are left out); started: time.perf_counter()
     when the request began (built_ms counts from it; default: now).
 
     NotFoundError for a step not recorded; ValueError for bad options."""
@@ -349,6 +329,7 @@ def build_sample_report(data: SampleProvenance, *, step: int | None = None, top:
     record = run_record(data.run, data.dataset, data.seed)
     alt = f"{record.kind_info.image_label} of run {data.run['id']}, sample {data.sample_index}"
     image = Picture.of(data.final_image, MAIN_SIZE, alt) if data.final_image is not None else None
+    panel, listed = _counterfactual_sections(data, counterfactuals)
     return SampleReport(
         run_id=int(data.run["id"]), sample_index=data.sample_index, seed=data.seed, status=data.run["status"],
         complete=data.complete, image=image, image_shape=data.shape,
@@ -358,4 +339,5 @@ def build_sample_report(data: SampleProvenance, *, step: int | None = None, top:
         timeline=timeline, network=network, copy_matches=copy_matches(data), notes=notes,
         fidelity_studies=[FidelityLink(study_id=s["id"], name=s["name"], network=s["network_name"], images=s["count"],
                                        same_images=s["same_images"]) for s in data.studies],
-        verdict=verdict_badge(data.verdict), built_ms=round((time.perf_counter() - started) * 1000, 1))
+        verdict=verdict_badge(data.verdict), counterfactual=panel, counterfactuals=listed,
+        built_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -8,6 +8,7 @@ The presentation layer (reports/) builds its pages from these; it never opens th
 - sample: one sample's provenance (SampleProvenance) and the per-process cache of what is
   built from a complete run's sample (build_cached);
 - runs: a run's page (record, gallery of samples, their largest source);
+- counterfactual: a counterfactual's origin and outcome, and a sample's counterfactual runs;
 - training_images: a training image's page (its rows and every use of it, the usage map);
 - index: the search for training images by id or source URI;
 - sql: the read-only SQL page's statement check.

@@ -479,7 +479,8 @@ class SampleProvenance:
 # ---------------------------------------------------------------------------------------
 # A COMPLETE run's rows never change: the key holds the run's identity (file, id, creation and
 # completion time) and the counts of the rows that can still be added for it later
-# (similarity scores, copy matches, comparison membership, fidelity studies of its data).
+# (similarity scores, copy matches, comparison membership, fidelity studies of its data, its
+# counterfactual runs and, for a counterfactual, its parent's verdict).
 _BUILT: "OrderedDict[tuple, object]" = OrderedDict()
 _BUILT_LOCK = threading.Lock()
 _BUILT_CACHE_SIZE = 32
@@ -497,7 +498,12 @@ def _state_key(conn, db_path, run_id, sample_index) -> tuple | None:
                (SELECT count(*) FROM comparison_runs m WHERE m.run_id = r.id),
                (SELECT count(*) FROM fidelity_studies),
                (SELECT string_agg(v.sample_index || v.verdict || v.reason, '|' ORDER BY v.sample_index)
-                FROM copy_verdicts v WHERE v.run_id = r.id)
+                FROM copy_verdicts v WHERE v.run_id = r.id),
+               -- its counterfactual runs and their status; a counterfactual's parent's verdict
+               (SELECT string_agg(c.id || c.status, '|' ORDER BY c.id) FROM runs c WHERE c.kind = 'counterfactual'
+                AND TRY_CAST(json_extract_string(c.details, '$.parent_run_id') AS BIGINT) = r.id),
+               (SELECT string_agg(v.verdict || v.reason, '|') FROM counterfactuals c JOIN copy_verdicts v
+                ON v.run_id = c.parent_run_id AND v.sample_index = c.parent_sample WHERE c.run_id = r.id)
         FROM runs r WHERE r.id = ?""", [run_id]).fetchone()
     if row is None or row[0] != "complete":
         return None
