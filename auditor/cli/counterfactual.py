@@ -102,12 +102,14 @@ def _jsonable(outcome: dict, before: dict | None, after: dict | None) -> dict:
 
 
 def _print(run_id: int, o: dict, before: dict | None, after: dict | None) -> None:
+    from auditor.store.read_models.counterfactual import selector_text
+
     how = ("re-sampled from the same initial noise, denoiser, patch sets and sampler" if o["mode"] == "resample" else
            "the parent's recorded trajectory replayed (its states kept, PSPC's composite recomputed)")
     print(f"counterfactual run {run_id} of sample {o['parent_run_id']}/{o['parent_sample']}: {how}")
     ids = ", ".join(r["image_id"] for r in o["removed"][:10])
     more = f" and {o['removed_count'] - 10} more" if o["removed_count"] > 10 else ""
-    print(f"removed {o['removed_count']} training image(s) ({_selector(o['selector'])}): {ids}{more}")
+    print(f"removed {o['removed_count']} training image(s) ({selector_text(o['selector'])}): {ids}{more}")
     print(f"change of the image: MSE {_num(o['mse'])}, max |change| {_num(o['max_abs'])} (pixels in [-1, 1]); "
           f"similarity {_num(o['similarity'])} by {o['descriptor']}")
     if o["diverged_step"] is None:
@@ -125,19 +127,10 @@ def _print(run_id: int, o: dict, before: dict | None, after: dict | None) -> Non
     print(f"see it with `{PROG} show {run_id}/0`")
 
 
-def _selector(selector: dict) -> str:
-    by, value = selector["by"], selector["value"]
-    if by == "without":
-        return "by id"
-    if by == "random":
-        return f"{value} at random, seed {selector['seed']}"
-    return {"owner": f"owner {value!r}", "source_uri_prefix": f"source URI starting {value!r}",
-            "top": f"the top {value} by headline score"}[by]
-
-
 def _list(path, run_id: int, sample_index: int, args) -> int:
     from auditor.cli.common import print_table
     from auditor.store.counterfactuals import counterfactuals_of
+    from auditor.store.read_models.counterfactual import selector_text
 
     rows = counterfactuals_of(path, run_id, sample_index, timeout=args.lock_timeout)
     if args.json:
@@ -148,7 +141,7 @@ def _list(path, run_id: int, sample_index: int, args) -> int:
               f"{sample_index} --top 10`")
         return 0
     print_table(["run", "mode", "removed", "how", "MSE", "max |change|", "similarity", "diverges at"],
-                [[r["run_id"], r["mode"], r["removed_count"], _selector(r["selector"]), _num(r["mse"]),
+                [[r["run_id"], r["mode"], r["removed_count"], selector_text(r["selector"]), _num(r["mse"]),
                   _num(r["max_abs"]), _num(r["similarity"]),
                   "-" if r["diverged_step"] is None else r["diverged_step"]] for r in rows])
     return 0
