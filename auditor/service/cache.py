@@ -106,13 +106,16 @@ def with_etag(body: bytes, media_type: str) -> tuple[bytes, str, str]:
     return body, media_type, etag(body)
 
 
-async def cached_response(request: Request, run_id: int, compute: Callable[[], tuple[bytes, str]]) -> Response:
+async def cached_response(request: Request, run_id: int, compute: Callable[[], tuple[bytes, str]], *,
+                          by_run: bool = True) -> Response:
     """`compute()` -> (body, media type), from the cache when run `run_id` is complete; with an
     ETag (If-None-Match answers 304). A cache hit is answered on the event loop; reading the
-    store and computing run in a worker thread."""
+    store and computing run in a worker thread. by_run=False: never from this cache (an answer
+    that changes after its run completes, as the report does with later verdicts and
+    counterfactuals: `compute` caches by the sample's state itself), still with its ETag."""
     settings = request.app.state.settings
     cache: ResponseCache = request.app.state.cache
-    final = cache.known_final(run_id) or await run_in_threadpool(cache.run_is_final, settings, run_id)
+    final = by_run and (cache.known_final(run_id) or await run_in_threadpool(cache.run_is_final, settings, run_id))
     if final:  # cached with its ETag: a hit costs no hashing of the body
         key = (request.url.path, tuple(sorted(request.query_params.multi_items())))
         found = cache.peek(key)

@@ -313,4 +313,4 @@ async def sample_report(request: Request, run_id: int = RunId, sample_index: int
                               concentration=concentration, timeout=settings.lock_timeout)
         return json_body(None, report.to_json(images))
 
-    return await cached_response(request, run_id, compute)
+    return await cached_response(request, run_id, compute, by_run=False)  # the report is cached by its state

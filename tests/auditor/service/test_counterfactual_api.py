@@ -95,3 +95,14 @@ def test_a_real_counterfactual_job_records_its_run(recorded, tmp_path):
     done = wait_for_job(client, job["id"], timeout=300)
     assert done["status"] == "complete", done
     assert done["run_id"] == 3 and client.get("/api/runs/3/counterfactual").json()["removed_count"] == 2
+
+
+def test_the_report_of_a_complete_run_shows_a_later_counterfactual(recorded, tmp_path):
+    client = client_for(recorded, tmp_path)
+    first = client.get("/api/runs/1/samples/0/report?images=none")
+    assert first.status_code == 200 and len(first.json()["counterfactuals"]["rows"]) == 1
+    record_counterfactual(recorded, 1, 0, options=CounterfactualOptions(random=2, verdict=False))
+    again = client.get("/api/runs/1/samples/0/report?images=none")  # was cached by path once its run completed
+    assert len(again.json()["counterfactuals"]["rows"]) == 2 and again.headers["etag"] != first.headers["etag"]
+    assert client.get("/api/runs/1/samples/0/report?images=none",
+                      headers={"If-None-Match": again.headers["etag"]}).status_code == 304
