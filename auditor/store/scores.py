@@ -1,0 +1,93 @@
+"""Attribution scores of a stored sample: pspc.posterior.scores computed from the store's rows.
+
+The engine's scores take one `StepEvidence` per sampling step; `sample_evidence` builds them
+from what the store keeps of a sample (steps: t, t_next, z_t, D(z_t), patch set; patch_weights:
+the kept weights per position and rank; patch_stats: mass, entropy, ESS; the patch set's
+membership), so the report, the CLI, the API and the exports rank training images by the same
+numbers the attribution benchmark measured (bench/attribution.py). `HEADLINE_SCORE` is the
+score chosen by that measurement; every other score of `SCORES` stays available.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pspc.posterior.scores import SCORES, StepEvidence, compute_scores
+
+from auditor.errors import NotFoundError
+from auditor.store import database
+from auditor.store.read_models.common import image_metadata
+from auditor.store.read_models.patches import patch_geometry
+from auditor.store.recorder import from_blob
+from auditor.store.runs import check_sample_index, read_run
+
+__all__ = ["HEADLINE_SCORE", "SCORES", "sample_evidence", "sample_scores", "score_sources"]
+
+HEADLINE_SCORE = "trajectory-share"
+
+
+def _num_entries(run: dict, count: int) -> int:
+    xflip = bool(((run.get("denoiser") or {}).get("dataset") or {}).get("xflip", False))
+    return count * (2 if xflip else 1)
+
+
+def _read(conn, run_id: int, sample_index: int):
+    steps = conn.execute("SELECT step, t, t_next, patch_set_id, z, denoised FROM steps WHERE run_id = ? AND "
+                         "sample_index = ? ORDER BY step", [run_id, sample_index]).fetchall()
+    weights = conn.execute("SELECT step, position, rank, image_index, flip, weight FROM patch_weights WHERE "
+                           "run_id = ? AND sample_index = ?", [run_id, sample_index]).fetchnumpy()
+    stats = conn.execute("SELECT step, position, mass, entropy, ess FROM patch_stats WHERE run_id = ? AND "
+                         "sample_index = ?", [run_id, sample_index]).fetchnumpy()
+    return steps, weights, stats, patch_geometry(conn, {int(s[3]) for s in steps})
+
+
+def sample_evidence(db_path, run_id: int, sample_index: int, *,
+                    timeout: float = database.DEFAULT_TIMEOUT) -> list[StepEvidence]:
+    """The stored sample as StepEvidence, one per recorded step (NotFoundError when it has none)."""
+    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+        run, dataset = read_run(conn, db_path, run_id)
+        sample_index = check_sample_index(db_path, run, sample_index)
+        steps, weights, stats, geometry = _read(conn, int(run_id), sample_index)
+    if not steps:
+        raise NotFoundError(f"{db_path}: run {run_id} has no recorded steps for sample {sample_index}")
+    count = int(dataset["count"])
+    shape = (dataset["channels"], dataset["height"], dataset["width"])
+    entries = _num_entries(run, count)
+    out = []
+    for step, t, t_next, ps_id, z, denoised in steps:
+        g = geometry[int(ps_id)]
+        rows = weights["step"] == step
+        position, rank = weights["position"][rows].astype(np.int64), weights["rank"][rows].astype(np.int64)
+        kept = int(rank.max()) + 1 if rank.size else 1
+        entry = np.full((g.num_patches, kept), -1, np.int64)
+        weight = np.zeros((g.num_patches, kept))
+        entry[position, rank] = weights["image_index"][rows] + np.where(weights["flip"][rows], count, 0)
+        weight[position, rank] = weights["weight"][rows]
+        per_patch = {name: np.zeros(g.num_patches) for name in ("mass", "entropy", "ess")}
+        at = stats["step"] == step
+        for name in per_patch:
+            per_patch[name][stats["position"][at].astype(np.int64)] = stats[name][at]
+        out.append(StepEvidence(step=int(step), t=float(t), t_next=float(t_next), num_images=count,
+                                num_entries=entries, num_patches=g.num_patches, member_position=g.member_position,
+                                member_pixel=g.member_pixel, entry=entry, weight=weight, z=from_blob(z, shape).numpy(),
+                                denoised=from_blob(denoised, shape).numpy(), **per_patch))
+    return out
+
+
+def sample_scores(db_path, run_id: int, sample_index: int, names=None, *,
+                  timeout: float = database.DEFAULT_TIMEOUT) -> dict[str, np.ndarray]:
+    """{score name: float64 [num_images]} of a stored sample (default: every score in SCORES)."""
+    return compute_scores(sample_evidence(db_path, run_id, sample_index, timeout=timeout), names)
+
+
+def score_sources(db_path, run_id: int, sample_index: int, *, score: str = HEADLINE_SCORE, top: int = 10,
+                  timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
+    """The `top` training images of a stored sample by `score` (highest first, only positive
+    scores), each with its image_index, score and metadata (image_id, label, owner, ...)."""
+    values = sample_scores(db_path, run_id, sample_index, [score], timeout=timeout)[score]
+    order = [int(i) for i in np.argsort(-values, kind="stable")[:top] if values[i] > 0]
+    with database.connect(db_path, read_only=True, timeout=timeout) as conn:
+        run, dataset = read_run(conn, db_path, run_id)
+        meta = image_metadata(conn, run["dataset_id"], order, (dataset["channels"], dataset["height"],
+                                                               dataset["width"]), pixels=False)
+    return [{**meta[i].as_dict(), "score": float(values[i])} for i in order]
