@@ -36,12 +36,12 @@ from auditor.errors import InternalError, StoreError, UserError
 from auditor.similarity.calibration import CopyEvidence
 from auditor.similarity.descriptors import load_descriptor
 from auditor.store import calibrations, database, datasets
-from auditor.store.attribution import trajectory_sources
 from auditor.store.counterfactuals import (CounterfactualRecorder, ParentSample, images_by_ids, images_by_owner,
                                            images_by_uri_prefix, load_counterfactual, load_parent_sample)
 from auditor.store.jobs import job_of_this_process
 from auditor.store.run_kinds import run_kind
 from auditor.store.runs import create_run
+from auditor.store.scores import HEADLINE_SCORE, score_sources
 from auditor.workflows.options import CounterfactualOptions, Runtime
 from auditor.workflows.sampling import fail_run, stored_sampler
 from auditor.workflows.verdicts import judge, record_verdicts
@@ -101,8 +101,8 @@ def _removed(db_path, parent: ParentSample, options: CounterfactualOptions, coun
     elif options.source_uri_prefix:
         chosen = images_by_uri_prefix(db_path, dataset_id, options.source_uri_prefix, timeout=timeout)
     elif options.top is not None:
-        ranked = trajectory_sources(db_path, parent.run["id"], parent.sample_index, top=options.top, patches=0,
-                                    timeout=timeout)
+        ranked = score_sources(db_path, parent.run["id"], parent.sample_index, score=HEADLINE_SCORE, top=options.top,
+                               timeout=timeout)
         chosen = [int(r["image_index"]) for r in ranked]
     else:
         if options.random >= count:

@@ -255,6 +255,10 @@ class CounterfactualOptions:
             value = getattr(self, name)
             if value not in (None, (), ""):
                 record = {"by": name, "value": list(value) if name == "without" else value}
+                if name == "top":
+                    from auditor.store.scores import HEADLINE_SCORE  # numpy and the engine: only when recorded
+
+                    return {**record, "score": HEADLINE_SCORE}
                 return {**record, "seed": self.seed} if name == "random" else record
         raise AssertionError("validated in __post_init__")
 

@@ -136,7 +136,7 @@ def _rebuild_denoiser(run: dict, training_set: TrainingSet) -> PSPCDenoiser:
     patch_size = (stored.get("schedule") or {}).get("patch_size")
     denoiser = build_denoiser(kind, training_set, patch_size=patch_size if isinstance(patch_size, int) else None)
     rebuilt = json.loads(json.dumps(denoiser.describe()))
-    if rebuilt != stored:
+    if rebuilt != {k: v for k, v in stored.items() if k != "distributed"}:  # a sharded run (pspc.sharded): same D
         raise StoreError(f"run {run['id']}: this version of pspc builds a different denoiser than the one recorded "
                          f"(recorded {json.dumps(stored)}, now {json.dumps(rebuilt)}); cannot resume")
     return denoiser

@@ -15,6 +15,7 @@ from auditor.store.counterfactuals import counterfactuals_of, load_counterfactua
 from auditor.store.read_models.counterfactual import SampleCounterfactuals, load_sample_counterfactuals
 from auditor.store.read_models.runs import load_run_page
 from auditor.store.read_models.sample import SampleProvenance
+from auditor.store.scores import HEADLINE_SCORE
 from auditor.workflows.audit import record_audit
 from auditor.workflows.counterfactual import record_counterfactual
 from auditor.workflows.options import AuditOptions, CounterfactualOptions
@@ -113,7 +114,7 @@ def test_a_parent_lists_its_counterfactuals_oldest_first(store):
         outcome = stored[row.run_id]
         assert (row.mse, row.max_abs, row.similarity, row.diverged_step) == (
             outcome["mse"], outcome["max_abs"], outcome["similarity"], outcome["diverged_step"])
-    assert listed.rows[2].mse is None and listed.rows[2].how == "the top 2 by headline score"
+    assert listed.rows[2].mse is None and listed.rows[2].how == "the top 2 by " + HEADLINE_SCORE
     none = report_of(store.db, store.parent, 1).counterfactuals
     assert none.rows == [] and none.runnable and none.command == "auditor counterfactual 1/1 --top 10"
     assert none.api_body == {"dataset_id": 1, "run_id": 1, "sample_index": 1, "top": 10}

@@ -68,7 +68,7 @@ def selector_text(selector: dict) -> str:
     if by == "random":
         return f"{value} at random, seed {selector.get('seed')}"
     known = {"owner": f"owner {value!r}", "source_uri_prefix": f"source URI starting {value!r}",
-             "top": f"the top {value} by headline score"}
+             "top": f"the top {value} by {selector.get('score') or 'headline score'}"}
     return known.get(by, f"{by} {value!r}")
 
 

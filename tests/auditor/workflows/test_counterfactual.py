@@ -13,9 +13,9 @@ from pspc.samplers import SamplerConfig, initial_noise, sample
 
 from auditor.errors import NotFoundError, StoreError, UserError
 from auditor.store import database
-from auditor.store.attribution import trajectory_sources
 from auditor.store.counterfactuals import counterfactuals_of, load_counterfactual, removed_sha256
 from auditor.store.recorder import from_blob
+from auditor.store.scores import HEADLINE_SCORE, sample_scores
 from auditor.workflows.audit import record_audit
 from auditor.workflows.counterfactual import GREY_LEVEL, record_counterfactual
 from auditor.workflows.options import AuditOptions, CounterfactualOptions
@@ -93,7 +93,9 @@ def test_the_outcome_is_the_change_of_the_final_image(parent):
     assert [c["max_abs"] for c in o["step_changes"]] == pytest.approx(maxima, abs=1e-6)
     assert o["diverged_step"] == next((i for i, m in enumerate(maxima) if m > GREY_LEVEL), None)
     # --top removed the sample's 3 largest sources by the headline score
-    top = [r["image_index"] for r in trajectory_sources(db, parent.run_id, 0, top=3, patches=0)]
+    values = sample_scores(db, parent.run_id, 0, [HEADLINE_SCORE])[HEADLINE_SCORE]
+    top = np.argsort(-values, kind="stable")[:3].tolist()
+    assert o["selector"] == {"by": "top", "value": 3, "score": HEADLINE_SCORE}
     assert sorted(r["image_index"] for r in o["removed"]) == sorted(top)
     assert [r["run_id"] for r in counterfactuals_of(db, parent.run_id, 0)] == [result.run_id]
     assert counterfactuals_of(db, parent.run_id, 1) == []
