@@ -217,7 +217,8 @@ def record_counterfactual(db_path, run_id: int, sample_index: int, *,
                          f"sampler {len(times) - 1}")
     details = {"parent_run_id": int(run["id"]), "parent_sample": parent.sample_index, "mode": mode,
                "selector": options.selector(), "removed_count": int(removed.size)}
-    new_id = create_run(db_path, run["dataset_id"], denoiser={**run["denoiser"], **_removal_record(denoiser)},
+    recorded = {k: v for k, v in run["denoiser"].items() if k != "distributed"}  # it runs in this one process
+    new_id = create_run(db_path, run["dataset_id"], denoiser={**recorded, **_removal_record(denoiser)},
                         sampler=run["sampler"], seed=int(run["seed"]) + (parent.sample_index if mode == "resample"
                                                                           else 0),
                         num_samples=1, top_k=run["top_k"], mass=run["mass_threshold"], command=runtime.command,
