@@ -12,6 +12,9 @@ from auditor.errors import StoreError
 from auditor.store import database
 from auditor.store.calibrations import VERDICTS
 
+# = pspc.posterior.scores.SCORES (a test checks it), here so that building the parser needs no engine import
+SCORE_NAMES = ("final-share", "trajectory-share", "informative-share", "step-weighted-share", "region", "nda")
+
 VERDICT_OPTIONS = tuple(v.replace(" ", "-") for v in VERDICTS)  # copy, partial-copy, no-copy-found, inconclusive
 
 
@@ -60,6 +63,9 @@ def add_show(commands, parents: Parents) -> None:
     show.add_argument("target", type=sample_target, metavar="RUN/SAMPLE", help="e.g. 3/0: run 3, sample 0")
     show.add_argument("--step", type=integer(), metavar="N", help="D(z_t) at step N instead of the final image")
     show.add_argument("--top", type=integer(), default=10, metavar="N", help="how many sources (default: %(default)s)")
+    show.add_argument("--score", choices=SCORE_NAMES, default=None, metavar="NAME",
+                      help=f"rank the final image's sources by this attribution score ({', '.join(SCORE_NAMES)}; "
+                           f"default: the headline score, measured best by bench/attribution.py)")
 
 
 def add_sql(commands, parents: Parents) -> None:
@@ -171,6 +177,7 @@ def _largest_patch(patches) -> str:
 
 def cmd_show(args, argv=None) -> int:
     from auditor.store.attribution import sample_sources
+    from auditor.store.run_kinds import run_kind
     from auditor.store.runs import load_run
 
     path = db_path(args)
@@ -178,9 +185,13 @@ def cmd_show(args, argv=None) -> int:
     positive(args.top, "--top")
     if args.step is not None and args.step < 0:
         raise CLIError(f"--step must be >= 0, got {args.step}")
+    if args.step is not None and args.score is not None:
+        raise CLIError("--score ranks the final image's sources; --step shows one step's shares: give one")
     database.require_current(path, timeout=args.lock_timeout)
-    rows = sample_sources(path, run_id, sample_index, step=args.step, top=args.top, timeout=args.lock_timeout)
     run = load_run(path, run_id, timeout=args.lock_timeout)[0]
+    if args.step is None and run_kind(run["kind"]).attributed:
+        return _show_scored(path, run, sample_index, args)
+    rows = sample_sources(path, run_id, sample_index, step=args.step, top=args.top, timeout=args.lock_timeout)
     what = f"D(z_t) at step {args.step}" if args.step is not None else _image_name(run)
     print(f"run {run_id}, sample {sample_index}, {what}: top {len(rows)} training sources (share of the pixels)")
     print(f"run {run_id}: {_made_by(run)}")
@@ -194,6 +205,28 @@ def cmd_show(args, argv=None) -> int:
               _largest_patch(r.get("patches") or [])] for rank, r in enumerate(rows, 1)]
     print_table(["#", "share", "mirrored", "index", "image id", "label", "owner", "license", "source", "largest patch"],
                 table)
+    return 0
+
+
+def _show_scored(path, run: dict, sample_index: int, args) -> int:
+    """`show` of the final image: its sources ranked by an attribution score (default: the headline)."""
+    from auditor.store.scores import HEADLINE_SCORE, SCORES, is_fraction, score_sources
+
+    score = args.score or HEADLINE_SCORE
+    rows = score_sources(path, run["id"], sample_index, score=score, top=args.top, timeout=args.lock_timeout)
+    label = "headline score" if score == HEADLINE_SCORE else "score"
+    print(f"run {run['id']}, sample {sample_index}, {_image_name(run)}: top {len(rows)} training sources by {score} "
+          f"({label}: {SCORES[score].meaning})")
+    print(f"run {run['id']}: {_made_by(run)}")
+    print(f"verdict: {_verdict_line(path, run['id'], sample_index, args.lock_timeout)}")
+    counterfactual = _counterfactual_line(path, run, sample_index, args.lock_timeout)
+    if counterfactual:
+        print(counterfactual)
+    value = share if is_fraction(score) else (lambda v: f"{v:.3g}")
+    print_table(["#", score, "final share", "index", "image id", "label", "owner", "license", "source"],
+                [[rank, value(r["score"]), share(r["final_share"]), r["image_index"], r["image_id"],
+                  r.get("label_name") or r.get("label"), r.get("owner"), r.get("license"), r.get("source_uri")]
+                 for rank, r in enumerate(rows, 1)])
     return 0
 
 

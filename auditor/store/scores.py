@@ -21,13 +21,15 @@ from auditor.store.read_models.patches import patch_geometry
 from auditor.store.recorder import from_blob
 from auditor.store.runs import check_sample_index, read_run
 
-__all__ = ["HEADLINE_SCORE", "SCORES", "sample_evidence", "sample_scores", "score_sources"]
+__all__ = ["HEADLINE_SCORE", "SCORES", "is_fraction", "sample_evidence", "sample_scores", "score_sources"]
 
 HEADLINE_SCORE = "trajectory-share"
 
 
-def _num_entries(run: dict, count: int) -> int:
-    xflip = bool(((run.get("denoiser") or {}).get("dataset") or {}).get("xflip", False))
+def _num_entries(run: dict, count: int, flips) -> int:
+    """Training entries of the run: 2 N when its set had x-flips (as its denoiser records, or
+    as its stored weights show for a record without it), else N."""
+    xflip = bool(((run.get("denoiser") or {}).get("dataset") or {}).get("xflip", False)) or bool(np.any(flips))
     return count * (2 if xflip else 1)
 
 
@@ -52,7 +54,7 @@ def sample_evidence(db_path, run_id: int, sample_index: int, *,
         raise NotFoundError(f"{db_path}: run {run_id} has no recorded steps for sample {sample_index}")
     count = int(dataset["count"])
     shape = (dataset["channels"], dataset["height"], dataset["width"])
-    entries = _num_entries(run, count)
+    entries = _num_entries(run, count, weights["flip"])
     out = []
     for step, t, t_next, ps_id, z, denoised in steps:
         g = geometry[int(ps_id)]
@@ -80,14 +82,21 @@ def sample_scores(db_path, run_id: int, sample_index: int, names=None, *,
     return compute_scores(sample_evidence(db_path, run_id, sample_index, timeout=timeout), names)
 
 
+def is_fraction(score: str) -> bool:
+    """Whether a score is a fraction of the image (shown as a percentage), not a sum of weights."""
+    return score != "nda"
+
+
 def score_sources(db_path, run_id: int, sample_index: int, *, score: str = HEADLINE_SCORE, top: int = 10,
                   timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
     """The `top` training images of a stored sample by `score` (highest first, only positive
-    scores), each with its image_index, score and metadata (image_id, label, owner, ...)."""
-    values = sample_scores(db_path, run_id, sample_index, [score], timeout=timeout)[score]
+    scores), each with its image_index, score, final_share (of the finished image) and metadata
+    (image_id, label, owner, ...)."""
+    values = sample_scores(db_path, run_id, sample_index, [score, "final-share"], timeout=timeout)
+    shares, values = values["final-share"], values[score]
     order = [int(i) for i in np.argsort(-values, kind="stable")[:top] if values[i] > 0]
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
         run, dataset = read_run(conn, db_path, run_id)
         meta = image_metadata(conn, run["dataset_id"], order, (dataset["channels"], dataset["height"],
                                                                dataset["width"]), pixels=False)
-    return [{**meta[i].as_dict(), "score": float(values[i])} for i in order]
+    return [{**meta[i].as_dict(), "score": float(values[i]), "final_share": float(shares[i])} for i in order]
