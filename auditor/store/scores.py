@@ -21,7 +21,8 @@ from auditor.store.read_models.patches import patch_geometry
 from auditor.store.recorder import from_blob
 from auditor.store.runs import check_sample_index, read_run
 
-__all__ = ["HEADLINE_SCORE", "SCORES", "is_fraction", "sample_evidence", "sample_scores", "score_sources"]
+__all__ = ["HEADLINE_SCORE", "SCORES", "is_fraction", "sample_evidence", "sample_scores", "score_page",
+           "score_sources"]
 
 HEADLINE_SCORE = "trajectory-share"
 
@@ -87,16 +88,24 @@ def is_fraction(score: str) -> bool:
     return score != "nda"
 
 
-def score_sources(db_path, run_id: int, sample_index: int, *, score: str = HEADLINE_SCORE, top: int = 10,
-                  timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
-    """The `top` training images of a stored sample by `score` (highest first, only positive
-    scores), each with its image_index, score, final_share (of the finished image) and metadata
-    (image_id, label, owner, ...)."""
+def score_page(db_path, run_id: int, sample_index: int, *, score: str = HEADLINE_SCORE, top: int = 10,
+               offset: int = 0, timeout: float = database.DEFAULT_TIMEOUT) -> tuple[list[dict], int]:
+    """(rows, total): the training images of a stored sample ranked by `score` (highest first,
+    positive scores only, `top` from `offset`), each with its image_index, score, final_share (of
+    the finished image) and metadata (image_id, label, owner, ...); total: how many have a
+    positive score."""
     values = sample_scores(db_path, run_id, sample_index, [score, "final-share"], timeout=timeout)
     shares, values = values["final-share"], values[score]
-    order = [int(i) for i in np.argsort(-values, kind="stable")[:top] if values[i] > 0]
+    ranked = [int(i) for i in np.argsort(-values, kind="stable") if values[i] > 0]
+    order = ranked[offset:offset + top]
     with database.connect(db_path, read_only=True, timeout=timeout) as conn:
         run, dataset = read_run(conn, db_path, run_id)
         meta = image_metadata(conn, run["dataset_id"], order, (dataset["channels"], dataset["height"],
                                                                dataset["width"]), pixels=False)
-    return [{**meta[i].as_dict(), "score": float(values[i]), "final_share": float(shares[i])} for i in order]
+    return [{**meta[i].as_dict(), "score": float(values[i]), "final_share": float(shares[i])} for i in order], len(ranked)
+
+
+def score_sources(db_path, run_id: int, sample_index: int, *, score: str = HEADLINE_SCORE, top: int = 10,
+                  timeout: float = database.DEFAULT_TIMEOUT) -> list[dict]:
+    """The first `top` rows of score_page."""
+    return score_page(db_path, run_id, sample_index, score=score, top=top, timeout=timeout)[0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from auditor.service.api import (counterfactuals, fidelity, health, index, jobs, provenance, query, runs, samples,
-                                 training_images)
+                                 scores, training_images)
 from auditor.service.api.common import errors
 from auditor.service.auth import require_scope
 
@@ -49,7 +49,7 @@ def build_router() -> APIRouter:
     router.include_router(health.router)  # public
     read, keyed = [Depends(require_scope("read"))], errors(401, 403)
     index.add_index(router, dependencies=[Depends(require_scope("read", browser=True))], responses=keyed)
-    for resource in (runs, samples, counterfactuals, training_images, query, fidelity, provenance):
+    for resource in (runs, samples, scores, counterfactuals, training_images, query, fidelity, provenance):
         router.include_router(resource.router, dependencies=read, responses=keyed)
     router.include_router(jobs.router, responses=keyed)  # per route: read to look, submit to submit
     return router
