@@ -2,9 +2,11 @@
 that the C2PA manifest embeds (custom assertion ATTRIBUTION_LABEL), that the PROV document
 restates, and that `auditor verify` compares with the store.
 
-It holds the top sources of the final image with their headline score (share: the fraction of
-the final image built from the training image, from PSPC's posterior weights, Eq. 11), their
-trajectory share, image ids, source URIs, owners and licences; the captured mass (the sum of
+It holds the top sources of the final image ranked by the headline attribution score
+(auditor.store.scores.HEADLINE_SCORE, the one bench/attribution.py measured best against exact
+counterfactuals; `headline` names it and says what it means), with its value, their share (the
+fraction of the final image built from the training image, from PSPC's posterior weights,
+Eq. 11), their trajectory share, image ids, source URIs, owners and licences; the captured mass (the sum of
 all sources' shares); per source, the regions of interest where it holds at least
 PARTIAL_COPY_WEIGHT of each pixel's weight (candidate partial copies); the copy matches
 stored for the sample (copy detection); and the run's, sample's and store's identity. The
@@ -25,16 +27,19 @@ import numpy as np
 
 from auditor.store.read_models.exports import ExportRecord
 from auditor.store.read_models.sample import SampleProvenance
+from auditor.store.scores import HEADLINE_SCORE, SCORES, sample_scores
 from pspc.record import own_version
 
 __all__ = ["ASSERTION_VERSION", "ATTRIBUTION_LABEL", "PARTIAL_COPY_WEIGHT", "TOOL_NAME", "assertion_images",
-           "attribution_assertion", "compare_with_store", "dataset_uri", "generator", "number_lists_as_text",
+           "attribution_assertion", "compare_with_store", "dataset_uri", "generator", "headline_ranking",
+           "number_lists_as_text",
            "partial_copy_regions", "verdict_record"]
 
 ATTRIBUTION_LABEL = "org.pspc-auditor.attribution"
 ASSERTION_VERSION = 1
 TOOL_NAME = "pspc-auditor"
 PARTIAL_COPY_WEIGHT = 0.5  # a pixel belongs to a source's region where the source holds at least this weight
+HEADLINE_KEY = "headline_score"  # each top source's value of the headline score
 SHARE_TOLERANCE = 1e-9  # shares are compared with the store to this (JSON keeps 17 significant digits)
 NOT_ASSESSED = {"status": "not assessed", "basis": "top sources",
                 "note": "no copy verdict is recorded for this sample (`auditor audit` and `auditor compare` record "
@@ -88,10 +93,18 @@ def generator(record: ExportRecord) -> dict:
         "mass_threshold": float(run["mass_threshold"]), "versions": run.get("versions") or {}})
 
 
+def headline_ranking(data: SampleProvenance, top: int | None = None) -> list[tuple[int, float]]:
+    """The assertion's sources: the training images with a positive headline attribution score
+    (auditor.store.scores.HEADLINE_SCORE), highest first, with their scores (the first `top`)."""
+    if data.final_shares() is None:
+        return []
+    values = sample_scores(data.db_path, data.run["id"], data.sample_index, [HEADLINE_SCORE])[HEADLINE_SCORE]
+    return [(int(i), float(values[i])) for i in np.argsort(-values, kind="stable") if values[i] > 0][:top]
+
+
 def assertion_images(data: SampleProvenance, top: int) -> list[int]:
-    """The training images the assertion names: the final image's top `top` sources."""
-    final = data.final_shares()
-    return [] if final is None else final.image_index[:top].tolist()
+    """The training images the assertion names (headline_ranking)."""
+    return [i for i, _ in headline_ranking(data, top)]
 
 
 def partial_copy_regions(data: SampleProvenance, image_index: int) -> list[dict]:
@@ -117,11 +130,12 @@ def partial_copy_regions(data: SampleProvenance, image_index: int) -> list[dict]
              "pixels": pixels}]
 
 
-def _source(data: SampleProvenance, rank: int, image: int, share: float, flip_share: float,
+def _source(data: SampleProvenance, rank: int, image: int, headline: float, share: float, flip_share: float,
             trajectory: dict[int, float]) -> dict:
     meta = data.images.get(image)
     return {"rank": rank, "image_index": image, "image_id": meta.image_id if meta else None,
-            "share": float(share), "flip_share": float(flip_share), "trajectory_share": trajectory.get(image, 0.0),
+            HEADLINE_KEY: headline, "share": float(share), "flip_share": float(flip_share),
+            "trajectory_share": trajectory.get(image, 0.0),
             "label_name": meta.label_name if meta else None, "source_uri": meta.source_uri if meta else None,
             "owner": meta.owner if meta else None, "license": meta.license if meta else None,
             "regions_of_interest": partial_copy_regions(data, image)}
@@ -133,10 +147,11 @@ def attribution_assertion(record: ExportRecord, top: int = 10) -> dict:
     data = record.provenance
     final = data.final_shares()
     trajectory = data.trajectory_shares().as_dict()
-    sources = [] if final is None else [
-        _source(data, rank, int(i), s, f, trajectory)
-        for rank, (i, s, f) in enumerate(zip(final.image_index[:top].tolist(), final.share[:top].tolist(),
-                                             final.flip_share[:top].tolist()), 1)]
+    shares = {} if final is None else {int(i): (s, f) for i, s, f in zip(
+        final.image_index.tolist(), final.share.tolist(), final.flip_share.tolist())}
+    ranked = headline_ranking(data)
+    sources = [_source(data, rank, i, value, *shares.get(i, (0.0, 0.0)), trajectory)
+               for rank, (i, value) in enumerate(ranked[:top], 1)]
     dataset = record.dataset
     copies = [{"rank": m.rank, "image_index": m.image_index, "flip": m.flip, "score": m.score,
                "descriptor": m.descriptor, "flagged": m.flagged} for m in data.copy_matches]
@@ -148,11 +163,14 @@ def attribution_assertion(record: ExportRecord, top: int = 10) -> dict:
                     "uri": dataset_uri(dataset["source"]), "images": int(dataset["count"])},
         "network": None if record.network is None else {k: record.network[k] for k in ("name", "kind", "sha256")},
         "verdict": verdict_record(data.verdict),
-        "score": "share: the fraction of the final image built from the training image (kept PSPC posterior "
-                 "weights averaged over the pixels, Eq. 11); flip_share: the part from its mirrored copy; "
-                 "trajectory_share: weighted over the sampling steps",
+        "headline": {"score": HEADLINE_SCORE, "meaning": SCORES[HEADLINE_SCORE].meaning,
+                     "ranking": "top_sources are ranked by it; the attribution benchmark (bench/attribution.py) "
+                                "measured it best against exact counterfactuals"},
+        "score": f"{HEADLINE_KEY}: the headline score ({HEADLINE_SCORE}); share: the fraction of the final image "
+                 "built from the training image (kept PSPC posterior weights averaged over the pixels, Eq. 11); "
+                 "flip_share: the part from its mirrored copy; trajectory_share: weighted over the sampling steps",
         "captured_mass": 0.0 if final is None else float(final.share.sum()),
-        "sources_total": 0 if final is None else len(final),
+        "sources_total": len(ranked),  # training images with a positive headline score
         "top_sources": sources,
         "copy_matches": copies,
     }
@@ -191,4 +209,7 @@ def compare_with_store(claimed: dict, stored: dict) -> list[str]:
         elif not (_close(a.get("share"), b["share"]) and _close(a.get("flip_share"), b["flip_share"])):
             problems.append(f"source #{b['rank']} ({b['image_id']}): share {a.get('share')!r} in the image, "
                             f"{b['share']!r} in the store")
+        elif not _close(a.get(HEADLINE_KEY), b[HEADLINE_KEY]):
+            problems.append(f"source #{b['rank']} ({b['image_id']}): {HEADLINE_SCORE} {a.get(HEADLINE_KEY)!r} in the "
+                            f"image, {b[HEADLINE_KEY]!r} in the store")
     return problems
