@@ -1,6 +1,6 @@
 """Benchmark: copy detection on labelled Fashion-MNIST cases, one table per evidence source.
 
-    PYTHONPATH=. .venv/bin/python bench/copy_detection.py --out bench/results/copy_detection   # ~10 min, 2 cores
+    PYTHONPATH=. .venv/bin/python bench/copy_detection.py --out bench/results/copy_detection   # ~15 min, 2 cores
     PYTHONPATH=. .venv/bin/python bench/copy_detection.py --per-family 10 --novel 200 --no-pspc --no-network  # smoke
 
 Cases (auditor.similarity.cases) come from the 60k training images (with mirrored entries)
@@ -11,9 +11,13 @@ and test halves. Thresholds are calibrated on the calibration half at --target-f
 (auditor.similarity.calibration) and every number below is measured on the test half.
 
 Evidence sources: exact pixel hashes; the pixel-correlation descriptor with faiss
-(auditor.similarity.copy_detection, the audit's default descriptor); aligned correlation
-(shift and scale tolerant, auditor.similarity.evidence); region match (partial copies);
-the verdict that combines them (auditor.similarity.verdict); PSPC's own attribution of the
+(auditor.similarity.copy_detection, the audit's default descriptor); the learned copy
+descriptor (--descriptor, default the committed fmnist-copy: raw cosine of the nearest
+entry, and descriptor-match, its score against look-alikes); aligned correlation (shift and
+scale tolerant, auditor.similarity.evidence); region match (partial copies); the verdict
+that combines them (auditor.similarity.verdict), without and with descriptor-match; the two
+descriptors' raw cosines get a threshold too, chosen like the others on the calibration
+half; PSPC's own attribution of the
 image (top share of PSPC-Square's posterior at t, patch size s) on a training subset
 (--pspc-limit: PSPC over 60k images costs seconds per image on 2 cores). With the network
 (--network) the inversion bound: the reconstruction error of inverting and replaying
@@ -37,10 +41,12 @@ import torch
 
 from auditor.similarity.benchmark import Scored, family_rows, markdown_table, verdict_rows
 from auditor.similarity.calibration import CopyEvidence, calibrate
-from auditor.similarity.cases import build_cases, split_cases, split_rows
+from auditor.similarity.cases import COPY_FAMILIES, build_cases, split_cases, split_rows
 from auditor.similarity.copy_detection import CopyDetectionIndex
-from auditor.similarity.descriptors import PixelCorrelationDescriptor
-from auditor.similarity.verdict import decide
+from auditor.similarity.descriptor_evidence import DescriptorMatch
+from auditor.similarity.descriptors import PixelCorrelationDescriptor, load_descriptor
+from auditor.similarity.metrics import rate_at, threshold_for_fpr
+from auditor.similarity.verdict import decide_scored
 from pspc.data.loaders import load_fashion_mnist
 
 
@@ -57,7 +63,11 @@ def parse(argv):
     parser.add_argument("--no-pspc", action="store_true")
     parser.add_argument("--network", type=Path, default=Path("checkpoints/fmnist-unet.pt"))
     parser.add_argument("--no-network", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--descriptor", default="fmnist-copy",
+                        help="the learned copy descriptor (load_descriptor spec; default %(default)s)")
+    parser.add_argument("--no-descriptor", action="store_true", help="without the learned descriptor")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on the busy shared machine 2 took 2.5x longer)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/copy_detection"))
     return parser.parse_args(argv)
 
@@ -113,14 +123,61 @@ def inversion_errors(args, train, test_images) -> dict:
 def score_sources(evidence, train, cases, timings) -> dict[str, list[Scored]]:
     start = time.perf_counter()
     scores = evidence.score(cases.images)
-    timings["aligned + region + hash (all cases)"] = time.perf_counter() - start
+    timings["aligned + region + hash" + (" + descriptor-match" if evidence.descriptor else "") + " (all cases)"] = \
+        time.perf_counter() - start
+    if evidence.descriptor is not None:
+        start = time.perf_counter()
+        evidence.descriptor(cases.images)
+        timings["of which descriptor-match (all cases, measured again alone)"] = time.perf_counter() - start
     start = time.perf_counter()
     scored = {"pixel-correlation": pixel_correlation(train, cases.images)}
     timings["pixel-correlation (index + all cases)"] = time.perf_counter() - start
+    if evidence.descriptor is not None:  # the raw cosine of the nearest entry, and the score against look-alikes
+        scored["learned-descriptor"] = [Scored(e.alignment["similarity"], [c for c, _ in e.candidates])
+                                        for e in scores["descriptor-match"]]
+        scored["descriptor-match"] = [Scored(e.score, [c for c, _ in e.candidates]) for e in scores["descriptor-match"]]
     scored["exact-hash"] = [Scored(1.0 if e else 0.0, list(e)) for e in scores["exact-hash"]]
     scored["aligned-correlation"] = [Scored(e.score, [c for c, _ in e.candidates]) for e in scores["aligned-correlation"]]
     scored["region-match"] = [Scored(e.score, [c for c, _ in e.candidates], e.mask) for e in scores["region-match"]]
     return scores, scored
+
+
+RAW_DESCRIPTORS = ("pixel-correlation", "learned-descriptor")  # calibrated here like the evidence sources
+
+
+def raw_thresholds(scored, calibration, cal_rows, target_fpr) -> list[dict]:
+    """The raw descriptors' thresholds, chosen on the calibration half's novel images as calibrate() does."""
+    family = np.asarray(calibration.family)
+    copies = np.isin(family, COPY_FAMILIES)
+    out = []
+    for name in (n for n in RAW_DESCRIPTORS if n in scored):
+        values = np.array([scored[name][i].score for i in cal_rows])
+        threshold = threshold_for_fpr(values[family == "novel"], target_fpr)
+        out.append({"evidence": name, "call": "copy (bench only)", "threshold": threshold, "target_fpr": target_fpr,
+                    "tpr": rate_at(values[copies], threshold), "fpr": rate_at(values[family == "novel"], threshold),
+                    "positives": int(copies.sum()), "negatives": int((family == "novel").sum())})
+    return out
+
+
+def verdicts(raw, rows, calibrations, ids, *, descriptor: bool) -> list[dict]:
+    """The verdict of every row, with or without the descriptor-match evidence."""
+    sources = raw if descriptor else {k: v for k, v in raw.items() if k != "descriptor-match"}
+    return [decide_scored(sources, i, calibrations, ids).to_dict() for i in rows]
+
+
+def verdict_tables(evidence, raw, cal_raw, calibration, test_rows, calibrations, ids, target_fpr):
+    """The verdict's rows without and with descriptor-match ({title: verdicts}), and the thresholds of
+    the with-descriptor verdict at the two-source verdict's total budget (2/3 of the target per source)."""
+    tables = {"hash, aligned-correlation, region-match": verdicts(raw, test_rows, calibrations, ids, descriptor=False)}
+    if evidence.descriptor is None:
+        return tables, []
+    tables["hash, aligned-correlation, descriptor-match, region-match"] = verdicts(raw, test_rows, calibrations, ids,
+                                                                                descriptor=True)
+    budget = target_fpr * 2 / 3
+    shared = {t.evidence: t.to_dict() for t in calibrate(evidence, calibration, budget, scores=cal_raw)}
+    tables[f"hash, aligned-correlation, descriptor-match, region-match at {budget:.4g} per source (the two-source "
+           "total)"] = verdicts(raw, test_rows, shared, ids, descriptor=True)
+    return tables, [{**t, "evidence": f"{name} (at {budget:.4g})"} for name, t in shared.items()]
 
 
 def run(args) -> dict:
@@ -131,27 +188,37 @@ def run(args) -> dict:
     cases = build_cases(train.images, test_images, per_family=args.per_family, seed=args.seed, novel_count=args.novel)
     cal_rows, test_rows = split_rows(cases, args.seed)
     calibration, test = cases.select(cal_rows), cases.select(test_rows)
+    descriptor = None
+    if not args.no_descriptor:
+        start = time.perf_counter()
+        learned = load_descriptor(args.descriptor)
+        descriptor = DescriptorMatch(train.images, learned)
+        timings["build descriptor-match (describe 60k images + flips)"] = time.perf_counter() - start
     start = time.perf_counter()
-    evidence = CopyEvidence(train.images)
+    evidence = CopyEvidence(train.images, descriptor=descriptor)
     timings["build evidence (60k images + flips)"] = time.perf_counter() - start
     raw, scored = score_sources(evidence, train, cases, timings)
     cal_raw = {k: [v[i] for i in cal_rows] for k, v in raw.items()}
-    thresholds = calibrate(evidence, calibration, args.target_fpr, scores=cal_raw)
-    by_name = {t.evidence: t.to_dict() for t in thresholds}
+    thresholds = [t.to_dict() for t in calibrate(evidence, calibration, args.target_fpr, scores=cal_raw)]
+    by_name = {t["evidence"]: t for t in thresholds + raw_thresholds(scored, calibration, cal_rows, args.target_fpr)}
     tables = {}
     for name, values in scored.items():
         threshold = {"exact-hash": 1.0}.get(name, by_name.get(name, {}).get("threshold"))
         tables[name] = family_rows([values[i] for i in test_rows], test, len(train), threshold,
                                    regions=name == "region-match")
-    verdicts = [decide(raw["exact-hash"][i], raw["aligned-correlation"][i], raw["region-match"][i], by_name,
-                       train.ids).to_dict() for i in test_rows]
+    calibrations = {k: v for k, v in by_name.items() if k in evidence.sources}
+    verdict, budget = verdict_tables(evidence, raw, cal_raw, calibration, test_rows, calibrations, train.ids,
+                                     args.target_fpr)
     result = {"command": " ".join(["PYTHONPATH=. .venv/bin/python", "bench/copy_detection.py", *sys.argv[1:]]),
               "machine": {"cpus": os.cpu_count(), "load_average_at_start": load, "load_average_at_end": None,
                           "python": platform.python_version(), "torch": torch.__version__},
               "cases": {"calibration": len(calibration), "test": len(test), "per_family": args.per_family,
                         "novel": args.novel, "seed": args.seed},
-              "calibration": [t.to_dict() for t in thresholds], "tables": tables,
-              "verdict": verdict_rows(verdicts, test, len(train)), "timings": timings}
+              "descriptor": None if descriptor is None else {"evidence": descriptor.describe(),
+                                                             "descriptor": descriptor.descriptor.describe()},
+              "calibration": list(by_name.values()) + budget, "tables": tables,
+              "verdict": {name: verdict_rows(v, test, len(train)) for name, v in verdict.items()},
+              "timings": timings}
     if not args.no_pspc:
         result["pspc-share"] = pspc_tables(args, test_images, timings)
     if not args.no_network and args.network.is_file():
@@ -162,17 +229,28 @@ def run(args) -> dict:
     return result
 
 
+def _descriptor_line(record: dict | None) -> list[str]:
+    if record is None:
+        return []
+    learned = record["descriptor"]
+    return [f"Learned descriptor: {learned['name']} ({learned['kind']}, {learned['dimension']}-d, checkpoint sha256 "
+            f"{learned['checkpoint']['sha256'][:16]}...); descriptor-match score: s1 - "
+            f"{record['evidence']['look_alike_weight']:g} s2 (nearest entry vs nearest other image).", ""]
+
+
 def report(result: dict) -> str:
     lines = ["# Copy detection benchmark", "", f"Command: `{result['command']}`", "",
              f"Machine: {result['machine']['cpus']} CPUs, load average {result['machine']['load_average_at_start']} "
              f"at start and {result['machine']['load_average_at_end']} at end (shared machine).", "",
-             f"Cases: {result['cases']}", "", "## Calibration (calibration split)", "",
+             f"Cases: {result['cases']}", "", *_descriptor_line(result.get("descriptor")),
+             "## Calibration (calibration split)", "",
              markdown_table(result["calibration"], ("evidence", "call", "threshold", "target_fpr", "tpr", "fpr",
                                                      "positives", "negatives")), ""]
     for name, rows in result["tables"].items():
         lines += [f"## {name} (test split)", "", markdown_table(rows), ""]
-    lines += ["## Verdict (test split)", "", markdown_table(result["verdict"], (
-        "family", "cases", "copy", "partial copy", "no copy found", "inconclusive", "right source")), ""]
+    for name, rows in result["verdict"].items():
+        lines += [f"## Verdict from {name} (test split)", "", markdown_table(rows, (
+            "family", "cases", "copy", "partial copy", "no copy found", "inconclusive", "right source")), ""]
     if "pspc-share" in result:
         lines += [f"## pspc-share on a {result['pspc-share']['record']['training_images']}-image subset (test split)",
                   "", f"`{json.dumps(result['pspc-share']['record'])}`", "",

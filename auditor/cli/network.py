@@ -75,7 +75,8 @@ def _explain_options() -> argparse.ArgumentParser:
                         help="pspc-flex with a network: forward-process draws per noise level for the network's "
                              "gradient sensitivity (Eq. 8) its masks come from (default: %(default)s)")
     shared.add_argument("--descriptor", metavar="SPEC",
-                        help="copy-detection descriptor: sscd, sscd:PATH, an official SSCD name, pixel-correlation[:N] "
+                        help="copy-detection descriptor: sscd, sscd:PATH, an official SSCD name, "
+                             "pixel-correlation[:N], fmnist-copy (the committed learned descriptor) or learned:PATH "
                              "(default: $PSPC_SSCD_CHECKPOINT when set, else pixel-correlation, which is not SSCD)")
     shared.add_argument("--thresholds", default=",".join(f"{t:g}" for t in ComparisonOptions.thresholds),
                         metavar="T1,T2", help="copy thresholds on the descriptor similarity (default: %(default)s)")

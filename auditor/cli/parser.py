@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from auditor.cli import copies, counterfactual, export, fidelity, network, parquet, sampling, store
+from auditor.cli import copies, counterfactual, descriptor, export, fidelity, network, parquet, sampling, store
 from auditor.cli.common import PROG, Parents, data_options, store_options
 
 
@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parents = Parents(store=store_options(True), data=data_options())
     for add in (store.add_db, store.add_ingest, sampling.add_sample, store.add_runs, store.add_show, store.add_sql,
                 sampling.add_serve, sampling.add_quickstart, store.add_keys, network.add_train_network,
-                network.add_compare_and_audit, fidelity.add_fidelity, export.add_export, export.add_verify,
+                descriptor.add_train_descriptor, network.add_compare_and_audit, fidelity.add_fidelity,
+                export.add_export, export.add_verify,
                 export.add_c2pa, copies.add_calibrate, copies.add_hash, counterfactual.add_counterfactual,
                 parquet.add_parquet):
         add(commands, parents)

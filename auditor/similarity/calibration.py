@@ -1,31 +1,40 @@
 """Thresholds for the copy verdict, chosen on labelled cases with their measured error rates.
 
 :class:`CopyEvidence` bundles the verdict's evidence sources over one training set: exact
-pixel hashes, aligned correlation (whole-image copies, shift tolerant) and region match
-(partial copies). :func:`calibrate` scores a calibration split (auditor.similarity.cases)
-and, per source, picks the smallest threshold that calls at most `target_fpr` of the novel
-images a copy; it records the threshold with the TPR (on that source's copy families) and
-FPR measured at it. Thresholds belong to one evidence fingerprint and one training set:
+pixel hashes, aligned correlation (whole-image copies, shift tolerant), region match
+(partial copies) and, where :func:`verdict_descriptor` gives a descriptor, descriptor match
+(whole-image copies by the learned copy descriptor, auditor.similarity.descriptor_evidence):
+none by default, since it catches more shifted, cropped and blurred copies but also more
+novel images (bench/results/copy_detection.md); $PSPC_COPY_DESCRIPTOR chooses one.
+:func:`calibrate` scores a calibration split (auditor.similarity.cases) and, per source,
+picks the smallest threshold that calls at most `target_fpr` of the novel images a copy; it
+records the threshold with the TPR (on that source's copy families) and FPR measured at it. Thresholds belong to one evidence fingerprint and one training set:
 the verdict never borrows them for another.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from auditor.similarity.cases import COPY_FAMILIES, PARTIAL_FAMILIES, Cases
+from auditor.similarity.checkpoints import COPY_DESCRIPTOR_ENV, DescriptorError
+from auditor.similarity.descriptor_evidence import DescriptorMatch
+from auditor.similarity.descriptors import Descriptor, LearnedDescriptor, load_descriptor
+from pspc.data.training_set import TrainingSet
 from auditor.similarity.evidence import AlignedCorrelation, RegionMatch
 from auditor.similarity.hashing import ExactHashes
 from auditor.similarity.metrics import rate_at, threshold_for_fpr
 
-__all__ = ["CALLS", "DEFAULT_TARGET_FPR", "CopyEvidence", "Threshold", "calibrate"]
+__all__ = ["CALLS", "DEFAULT_TARGET_FPR", "CopyEvidence", "Threshold", "calibrate", "verdict_descriptor"]
 
 DEFAULT_TARGET_FPR = 0.005  # per source: two sources keep novel images called copies near 1 %
-CALLS = {"aligned-correlation": ("copy", COPY_FAMILIES), "region-match": ("partial copy", PARTIAL_FAMILIES)}
+CALLS = {"aligned-correlation": ("copy", COPY_FAMILIES), "region-match": ("partial copy", PARTIAL_FAMILIES),
+         "descriptor-match": ("copy", COPY_FAMILIES)}
 
 
 @dataclass(frozen=True)
@@ -49,28 +58,68 @@ class Threshold:
         return record
 
 
-class CopyEvidence:
-    """The verdict's evidence sources over training images uint8 [N, C, H, W] (with mirrored entries)."""
+def verdict_descriptor(training: torch.Tensor, spec: str = "configured") -> Descriptor | None:
+    """The descriptor of the verdict's descriptor-match on training images uint8 [N, C, H, W], by `spec`:
+    "configured": $PSPC_COPY_DESCRIPTOR's, else none; "none": none; "auto": the committed learned
+    descriptor (fmnist-copy) when these are exactly the images it was trained on (its record's
+    fingerprint), else none (a learned descriptor serves its own domain); anything else: that
+    load_descriptor spec ("fmnist-copy", "learned:PATH", ...), on any training set."""
+    if spec == "configured":
+        spec = os.environ.get(COPY_DESCRIPTOR_ENV) or "none"
+    spec = spec.strip()
+    if spec == "none":
+        return None
+    if spec != "auto":
+        return load_descriptor(spec)
+    try:
+        learned = LearnedDescriptor.load("fmnist-copy")
+    except DescriptorError:  # not in this checkout: the verdict goes without it
+        return None
+    data = learned.record.get("data") or {}
+    if [len(training), *training.shape[1:]] != [data.get("count"), *data.get("shape", ())]:
+        return None
+    same = TrainingSet(training, range(len(training))).fingerprint == learned.training_fingerprint
+    return learned if same else None
 
-    def __init__(self, training: torch.Tensor, xflip: bool = True):
+
+class CopyEvidence:
+    """The verdict's evidence sources over training images uint8 [N, C, H, W] (with mirrored entries).
+    descriptor: a verdict_descriptor spec (default "configured": $PSPC_COPY_DESCRIPTOR, else none), a
+    Descriptor, a DescriptorMatch built on these images, or None; with one, descriptor-match is a source
+    too, which then needs its own calibration."""
+
+    def __init__(self, training: torch.Tensor, xflip: bool = True,
+                 descriptor: Descriptor | DescriptorMatch | str | None = "configured"):
         self.training, self.xflip = training, bool(xflip)
         self.exact = ExactHashes(training, xflip)
         self.aligned = AlignedCorrelation(training, xflip=xflip)
         self.region = RegionMatch(training, xflip=xflip)
+        if isinstance(descriptor, str):
+            descriptor = verdict_descriptor(training, descriptor)
+        if isinstance(descriptor, Descriptor):
+            descriptor = DescriptorMatch(training, descriptor, xflip=xflip)
+        elif descriptor is not None and (descriptor.num_images, descriptor.xflip) != (len(training), self.xflip):
+            raise ValueError(f"the DescriptorMatch was built on {descriptor.num_images} images (xflip "
+                             f"{descriptor.xflip}), not on these {len(training)} (xflip {self.xflip})")
+        self.descriptor = descriptor
 
     @property
     def sources(self) -> dict:
-        return {self.aligned.name: self.aligned, self.region.name: self.region}
+        extra = {self.descriptor.name: self.descriptor} if self.descriptor is not None else {}
+        return {self.aligned.name: self.aligned, self.region.name: self.region, **extra}
 
     def score(self, images: torch.Tensor, batch: int = 256) -> dict[str, list]:
-        """{"exact-hash": [entries], "aligned-correlation": [Evidence], "region-match": [Evidence]}."""
-        out: dict[str, list] = {self.exact.name: [], self.aligned.name: [], self.region.name: []}
+        """{"exact-hash": [entries], "aligned-correlation": [Evidence], "region-match": [Evidence]} (and
+        "descriptor-match": [Evidence] with a descriptor)."""
+        out: dict[str, list] = {self.exact.name: [], **{name: [] for name in self.sources}}
         for start in range(0, len(images), batch):
             chunk = images[start:start + batch]
             out[self.exact.name] += [self.exact.entries(image) for image in chunk]
             aligned = self.aligned(chunk)
             out[self.aligned.name] += aligned
             out[self.region.name] += self.region(chunk, [[e for e, _ in a.candidates[:8]] for a in aligned])
+            if self.descriptor is not None:
+                out[self.descriptor.name] += self.descriptor(chunk)
         return out
 
 

@@ -19,6 +19,10 @@ from typing import Callable
 from auditor.errors import UserError
 
 CACHE_ENV = "PSPC_SSCD_CACHE"  # folder for downloaded checkpoints
+# the copy verdict's descriptor (auditor.similarity.calibration.verdict_descriptor): unset or "none" (default: no
+# descriptor-match), "auto" (the committed learned descriptor on the training set it was trained on) or a
+# load_descriptor spec such as fmnist-copy or learned:PATH
+COPY_DESCRIPTOR_ENV = "PSPC_COPY_DESCRIPTOR"
 
 
 class DescriptorError(UserError):

@@ -15,6 +15,8 @@ without the model and preprocessing behind it.
 - :class:`PixelCorrelationDescriptor` ("pixel-correlation") is the fallback used when no
   SSCD checkpoint is configured: the Pearson correlation of downscaled grayscale pixels. It
   is not learned and not SSCD, and its name says so in every record.
+- The learned copy descriptor ("fmnist-copy", "learned:PATH") is a small CNN trained
+  SSCD-style on one domain's training images (auditor.similarity.learned_descriptor).
 
 Float inputs are first rounded to 8-bit pixels exactly as ``pspc.data.training_set.to_uint8``
 does, so a generated sample scores the same whether passed as floats or as its saved PNG,
@@ -43,6 +45,7 @@ from auditor.similarity.checkpoints import (
     CACHE_ENV, OFFICIAL_SSCD_CHECKPOINTS, DescriptorError, OfficialCheckpoint, check_sha256, default_cache_dir, download,
     is_url, split_pinned_url,
 )
+from auditor.similarity.learned_descriptor import CHECKPOINT_FORMAT, NetConfig, read_learned_checkpoint
 from pspc.record import file_sha256
 
 __all__ = [
@@ -56,12 +59,14 @@ __all__ = [
     "Descriptor",
     "DescriptorError",
     "FallbackDescriptorWarning",
+    "LearnedDescriptor",
     "OfficialCheckpoint",
     "PixelCorrelationDescriptor",
     "Preprocessing",
     "SSCDDescriptor",
     "default_cache_dir",
     "file_sha256",
+    "learned_preprocessing",
     "load_descriptor",
     "to_unit_range",
 ]
@@ -454,6 +459,77 @@ class PixelCorrelationDescriptor(Descriptor):
                         "thresholds 0.5/0.6 are SSCD's convention, not calibrated for this descriptor"}
 
 
+# -- learned -------------------------------------------------------------------------------
+
+def learned_preprocessing(config: NetConfig) -> Preprocessing:
+    """The learned descriptor's input (trained and run alike): luma at the trained size, scaled to [-1, 1]."""
+    height, width = config.image_size
+    if height != width:
+        raise DescriptorError(f"the learned descriptor supports square images, got {height}x{width}")
+    return Preprocessing(name=f"fixed-{height}-luma-pm1", resize="fixed", size=height, channels="luma",
+                         mean=(0.5,), std=(0.5,), interpolation="none (input must be the trained size)")
+
+
+class LearnedDescriptor(Descriptor):
+    """A learned copy descriptor (auditor.similarity.learned_descriptor.CopyNet) from its checkpoint.
+
+    Images must be the trained size (another size is refused, not resized: a resized image
+    is not what it learned to match). Its identity is the checkpoint's sha256 and network,
+    not the file's location, so a calibration holds wherever the file lies.
+    """
+
+    kind = "learned"
+    batch_size = 256
+
+    def __init__(self, net, *, name: str, sha256: str, source: str = "", record: dict | None = None,
+                 device: torch.device | str = "cpu"):
+        super().__init__(device)
+        self.net = net.eval().to(self.device)
+        self.name, self.sha256, self.source, self.record = name, sha256, source, dict(record or {})
+        self.dimension = net.config.dimension
+        self.preprocessing = learned_preprocessing(net.config)
+
+    @classmethod
+    def load(cls, path, device: torch.device | str = "cpu") -> "LearnedDescriptor":
+        """From a checkpoint file or a name ("fmnist-copy"), checked against its record's sha256."""
+        checkpoint = read_learned_checkpoint(path)
+        return cls(checkpoint.net, name=checkpoint.name, sha256=checkpoint.sha256, source=checkpoint.source,
+                   record=checkpoint.record, device=device)
+
+    @property
+    def training_fingerprint(self) -> str | None:
+        """The fingerprint of the training set it was trained on (its record's), if known."""
+        return (self.record.get("data") or {}).get("fingerprint")
+
+    def __call__(self, images, batch_size: int | None = None, progress=None) -> torch.Tensor:
+        shape = tuple(getattr(images, "shape", ()))
+        if len(shape) == 4 and shape[2:] != tuple(self.net.config.image_size):
+            height, width = self.net.config.image_size
+            raise DescriptorError(f"{self.name} was trained on {height}x{width} images; got {shape[2]}x{shape[3]} "
+                                  f"(shape {shape}). It does not resize: pass images of its training set's size")
+        return super().__call__(images, batch_size, progress)
+
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.net(batch)
+
+    def _identity(self) -> dict:
+        return {"model": "learned copy descriptor (CopyNet: 4 conv layers, GeM, linear), trained SSCD-style",
+                "checkpoint": {"sha256": self.sha256, "format": CHECKPOINT_FORMAT},
+                "network": self.net.config.to_dict()}
+
+    def describe(self) -> dict:
+        record = super().describe()
+        record["checkpoint"] = {**record["checkpoint"], "source": self.source}
+        record["training"] = {k: self.record[k] for k in ("data", "options", "seed", "wall_seconds")
+                              if k in self.record}
+        return record
+
+    def to(self, device: torch.device | str) -> "LearnedDescriptor":
+        super().to(device)
+        self.net = self.net.to(self.device)
+        return self
+
+
 # -- factory -------------------------------------------------------------------------------
 
 def load_descriptor(spec: str | Descriptor | None = None, *, sha256: str | None = None,
@@ -465,7 +541,9 @@ def load_descriptor(spec: str | Descriptor | None = None, *, sha256: str | None 
     $PSPC_SSCD_PREPROCESSING) when set, otherwise the pixel-correlation fallback (with a
     FallbackDescriptorWarning). "sscd": the configured checkpoint, an error when none is.
     "sscd:PATH_OR_URL_OR_NAME", an official name ("sscd_disc_mixup"), a path or a URL: that
-    SSCD checkpoint. "pixel-correlation[:SIZE]": the fallback (default size 32).
+    SSCD checkpoint. "pixel-correlation[:SIZE]": the fallback (default size 32). "fmnist-copy"
+    (the committed Fashion-MNIST copy descriptor) or "learned:PATH": a learned copy descriptor
+    (auditor.similarity.learned_descriptor; its preprocessing is fixed).
     """
     if isinstance(spec, Descriptor):
         return spec
@@ -489,6 +567,10 @@ def load_descriptor(spec: str | Descriptor | None = None, *, sha256: str | None 
         if preprocessing is not None:
             raise DescriptorError("pixel-correlation has fixed preprocessing; choose its size as pixel-correlation:SIZE")
         return PixelCorrelationDescriptor(int(match.group(1) or 32), device=device)
+    if text == "fmnist-copy" or text.startswith("learned:"):
+        if preprocessing is not None:
+            raise DescriptorError("a learned descriptor has the preprocessing it was trained with; drop preprocessing")
+        return LearnedDescriptor.load(text.removeprefix("learned:"), device=device)
     if text.startswith("sscd:"):
         text = text[len("sscd:"):]
     if not text:
@@ -496,5 +578,5 @@ def load_descriptor(spec: str | Descriptor | None = None, *, sha256: str | None 
     if text in OFFICIAL_SSCD_CHECKPOINTS or is_url(text) or Path(text).expanduser().exists():
         return SSCDDescriptor.load(text, sha256, **sscd_options)
     raise DescriptorError(f"unknown descriptor {spec!r}: expected 'auto', 'sscd', 'sscd:PATH_OR_URL', a TorchScript "
-                          f"file, an official SSCD name ({', '.join(OFFICIAL_SSCD_CHECKPOINTS)}) or "
-                          "'pixel-correlation[:SIZE]'")
+                          f"file, an official SSCD name ({', '.join(OFFICIAL_SSCD_CHECKPOINTS)}), "
+                          "'pixel-correlation[:SIZE]', 'fmnist-copy' or 'learned:PATH'")

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from auditor.similarity.cases import blur
 from auditor.similarity.copy_detection import CopyDetectionError
 
-__all__ = ["AlignedCorrelation", "Evidence", "RegionMatch", "gray", "largest_region"]
+__all__ = ["AlignedCorrelation", "Evidence", "EvidenceSource", "RegionMatch", "gray", "largest_region"]
 
 LUMA = (0.299, 0.587, 0.114)
 
@@ -100,7 +100,9 @@ def _inner_product_index(vectors: np.ndarray, exact_max: int = 1_000_000) -> fai
     return index
 
 
-class _Source(ABC):
+class EvidenceSource(ABC):
+    """An evidence source of the copy verdict: a name and parameters, fingerprinted together."""
+
     name: str
 
     @abstractmethod
@@ -117,7 +119,7 @@ class _Source(ABC):
         return {"name": self.name, "kind": self.name, **self.parameters(), "fingerprint": self.fingerprint}
 
 
-class AlignedCorrelation(_Source):
+class AlignedCorrelation(EvidenceSource):
     """Copy score from the best pixel correlation over shifts and scales; Fourier retrieval.
 
     For each candidate, c = the best Pearson correlation of the pixels over shifts
@@ -250,7 +252,7 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
 
 
-class RegionMatch(_Source):
+class RegionMatch(EvidenceSource):
     """Partial copies: the largest region of the image that equals a training entry's same pixels.
 
     Candidates: entries whose same-position 7x7 block (grid at offsets 0 and 3) is nearest to

@@ -11,8 +11,9 @@ Rules, in order:
    ("no calibration for X on this training set: run auditor calibrate"): no threshold is
    ever borrowed from another descriptor or training set.
 4. Aligned correlation at or above its calibrated threshold gives ``copy`` of its best
-   entry; else region match at or above its threshold gives ``partial copy``, with the
-   region (mask and bounding box); else ``no copy found``.
+   entry; else descriptor match (the learned copy descriptor, when the evidence has one) at
+   or above its threshold gives ``copy``; else region match at or above its threshold gives
+   ``partial copy``, with the region (mask and bounding box); else ``no copy found``.
 
 Every verdict carries the score, the threshold and the TPR/FPR measured at it on the
 calibration split, so a reader sees how often the tool is wrong at this setting.
@@ -29,7 +30,7 @@ from auditor.similarity.calibration import CopyEvidence
 from auditor.similarity.evidence import Evidence
 from auditor.store.calibrations import verdict_sentence
 
-__all__ = ["INVERSION_BOUND", "VERDICTS", "Verdict", "decide", "judge_image"]
+__all__ = ["INVERSION_BOUND", "VERDICTS", "Verdict", "decide", "decide_scored", "judge_image"]
 
 VERDICTS = ("copy", "partial copy", "no copy found", "inconclusive")
 # max |replay end point - image| on the [-1, 1] scale above which an inversion has failed. bench/copy_detection.py
@@ -77,12 +78,15 @@ def _region(mask: np.ndarray, box) -> dict:
 
 def decide(exact_entries: Sequence[int], aligned: Evidence | None, region: Evidence | None,
            calibrations: Mapping[str, dict], ids: Sequence[str], *, reconstruction: dict | None = None,
-           inversion_bound: float = INVERSION_BOUND) -> Verdict:
+           inversion_bound: float = INVERSION_BOUND, descriptor: Evidence | None = None) -> Verdict:
     """The verdict from evidence already computed; calibrations: evidence name -> stored
-    calibration (threshold, tpr, fpr, id) for this training set and evidence fingerprint."""
+    calibration (threshold, tpr, fpr, id) for this training set and evidence fingerprint.
+    descriptor: the descriptor-match evidence, if the verdict uses one (it then needs a calibration too)."""
+    copies = [("aligned-correlation", aligned)] + ([("descriptor-match", descriptor)] if descriptor is not None else [])
+    named = copies + [("region-match", region)]
     scores = {name: {"score": None if e is None else e.score,
                      "threshold": calibrations.get(name, {}).get("threshold")}
-              for name, e in (("aligned-correlation", aligned), ("region-match", region))}
+              for name, e in named}
     if reconstruction is not None and reconstruction.get("max_abs_error", 0.0) > inversion_bound:
         return Verdict("inconclusive", f"inversion failed: the replay ends {reconstruction['max_abs_error']:.3g} "
                        f"(max |error|, [-1, 1] scale) from the image, above the bound {inversion_bound:g} measured "
@@ -90,11 +94,11 @@ def decide(exact_entries: Sequence[int], aligned: Evidence | None, region: Evide
     if exact_entries:
         return Verdict("copy", "pixel-identical to a training image (same pixel sha256)", "exact-hash",
                        [_source(e, ids) for e in exact_entries], 1.0, 1.0, 1.0, 0.0, scores=scores)
-    missing = [name for name in ("aligned-correlation", "region-match") if name not in calibrations]
+    missing = [name for name, _ in named if name not in calibrations]
     if missing:
         return Verdict("inconclusive", f"no calibration for descriptor {' and '.join(missing)} on this training set: "
                        f"{CALIBRATE_HINT}", scores=scores)
-    for name, evidence, call in (("aligned-correlation", aligned, "copy"), ("region-match", region, "partial copy")):
+    for name, evidence, call in [(n, e, "copy") for n, e in copies] + [("region-match", region, "partial copy")]:
         cal = calibrations[name]
         if evidence is not None and evidence.entry >= 0 and evidence.score >= cal["threshold"]:
             where = _region(evidence.mask, evidence.box) if call == "partial copy" and evidence.mask is not None else None
@@ -102,18 +106,23 @@ def decide(exact_entries: Sequence[int], aligned: Evidence | None, region: Evide
                            name, [_source(evidence.entry, ids)], evidence.score, cal["threshold"], cal["tpr"],
                            cal["fpr"], cal.get("id"), where, scores)
     cal = calibrations["aligned-correlation"]
-    return Verdict("no copy found", "every score is below its calibrated threshold (aligned-correlation "
-                   f"{scores['aligned-correlation']['score']:.3f} < {cal['threshold']:.3f}, region-match "
-                   f"{scores['region-match']['score']:.3f} < {calibrations['region-match']['threshold']:.3f}); the "
+    below = ", ".join(f"{name} {scores[name]['score']:.3f} < {scores[name]['threshold']:.3f}" for name, _ in named)
+    return Verdict("no copy found", f"every score is below its calibrated threshold ({below}); the "
                    f"calibration missed {1 - cal['tpr']:.0%} of whole-image copies at this threshold",
                    "aligned-correlation", [_source(aligned.entry, ids)] if aligned and aligned.entry >= 0 else [],
                    aligned.score if aligned else None, cal["threshold"], cal["tpr"], cal["fpr"], cal.get("id"),
                    scores=scores)
 
 
+def decide_scored(scored: Mapping[str, list], row: int, calibrations: Mapping[str, dict], ids: Sequence[str], *,
+                  reconstruction: dict | None = None) -> Verdict:
+    """The verdict of row `row` of CopyEvidence.score()'s output (every source it scored takes part)."""
+    descriptor = scored["descriptor-match"][row] if "descriptor-match" in scored else None
+    return decide(scored["exact-hash"][row], scored["aligned-correlation"][row], scored["region-match"][row],
+                  calibrations, ids, reconstruction=reconstruction, descriptor=descriptor)
+
+
 def judge_image(evidence: CopyEvidence, pixels, calibrations: Mapping[str, dict], ids: Sequence[str], *,
                 reconstruction: dict | None = None) -> Verdict:
     """The verdict of one uint8 image [C, H, W] against the evidence's training set."""
-    scored = evidence.score(pixels[None])
-    return decide(scored["exact-hash"][0], scored["aligned-correlation"][0], scored["region-match"][0],
-                  calibrations, ids, reconstruction=reconstruction)
+    return decide_scored(evidence.score(pixels[None]), 0, calibrations, ids, reconstruction=reconstruction)

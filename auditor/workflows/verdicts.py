@@ -23,7 +23,7 @@ from auditor.errors import UserError
 from auditor.similarity.calibration import DEFAULT_TARGET_FPR, CopyEvidence, calibrate
 from auditor.similarity.cases import build_cases, split_rows
 from auditor.similarity.metrics import rate_at
-from auditor.similarity.verdict import Verdict, decide
+from auditor.similarity.verdict import Verdict, decide_scored
 from auditor.store import calibrations, datasets
 
 __all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_store", "judge", "record_verdicts"]
@@ -103,8 +103,8 @@ def judge(db_path, training_set: TrainingSet, dataset_id: int, images: torch.Ten
     fingerprints = {name: source.fingerprint for name, source in evidence.sources.items()}
     current = calibrations.current_calibrations(db_path, dataset_id, fingerprints, timeout=timeout)
     scored = evidence.score(pixels)
-    return [decide(scored["exact-hash"][i], scored["aligned-correlation"][i], scored["region-match"][i], current,
-                   training_set.ids, reconstruction=reconstruction) for i in range(len(pixels))]
+    return [decide_scored(scored, i, current, training_set.ids, reconstruction=reconstruction)
+            for i in range(len(pixels))]
 
 
 def record_verdicts(db_path, training_set: TrainingSet, dataset_id: int, run_id: int, images: torch.Tensor, *,
