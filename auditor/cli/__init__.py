@@ -11,6 +11,7 @@
   auditor quickstart            the Quick start: a store with one recorded run, then serve it
   auditor keys create|list|revoke   API keys of the service (stored hashed)
   auditor train-network         train the project's small EDM U-Net (pspc.networks.training) on a training set
+  auditor train-descriptor      train the small learned copy descriptor (auditor.similarity.descriptor_training)
   auditor compare               a network vs PSPC from shared noise, the network's samples explained
   auditor audit IMAGE           attribute an external image to training images
   auditor fidelity run|import|list|show   denoisers against a network (auditor.workflows.fidelity), stored
