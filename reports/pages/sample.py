@@ -22,6 +22,7 @@ import numpy as np
 from auditor.errors import UserError
 from auditor.store.read_models.counterfactual import SampleCounterfactuals
 from auditor.store.read_models.sample import SampleProvenance, Shares
+from auditor.store.scores import HEADLINE_SCORE, SCORES, headline_trust
 from reports import maps
 from reports.pages.common import (MAIN_SIZE, MAX_TOP, THUMB_SIZE, TIMELINE_SIZE, TINY_SIZE, Context, PatchLocation,
                                   Picture, RunRecord, check_options, display_scale, meta_dict, run_record,
@@ -122,7 +123,8 @@ class SampleReport(Context):
     image: the final image (None until the run completes); record: the run's
     reproducibility record with this sample's seed; sources: the final image's top
     training sources; trajectory: the trajectory-aggregated sources (which images built it
-    along the sampling path); step: the step the maps show; views: the attribution maps and
+    along the sampling path), the headline ranking (auditor.store.scores.HEADLINE_SCORE is the
+    trajectory share: `headline` names it, says what it means and how far it can be trusted); step: the step the maps show; views: the attribution maps and
     drill-down of `step` (and of every step in an exported report); timeline: every
     recorded step; network: the network counterpart when the run belongs to a network
     comparison (else None); copy_matches: the nearest training images by descriptor, when
@@ -160,6 +162,8 @@ class SampleReport(Context):
     verdict: VerdictBadge | None = None
     counterfactual: CounterfactualPanel | None = None
     counterfactuals: CounterfactualList | None = None
+    headline: dict = field(default_factory=lambda: {"score": HEADLINE_SCORE, "meaning": SCORES[HEADLINE_SCORE].meaning,
+                                                    "trust": headline_trust()})
     built_ms: float = 0.0
 
     @property

@@ -1,0 +1,44 @@
+"""The sample report leads with the headline attribution score (auditor.store.scores): its largest
+source is the headline score's first, labelled with the score and how far it can be trusted."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from auditor.service.pages import sample_report
+from auditor.store.scores import HEADLINE_MEASURED, HEADLINE_SCORE, headline_trust, score_sources
+from reports.render import render_sample
+from tests.support.data import random_set
+from tests.support.store import record
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "attribution.json"
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    return record(tmp_path_factory.mktemp("headline") / "store.duckdb", random_set(), num_samples=1, steps=4,
+                  top_k=32, mass=1.0)
+
+
+def test_the_reports_largest_source_is_the_headline_scores(recorded):
+    report = sample_report(recorded.db, 1, 0)
+    first = score_sources(recorded.db, 1, 0, score=HEADLINE_SCORE, top=1)[0]
+    assert report.trajectory[0].image_index == first["image_index"]  # the trajectory section IS the headline
+    assert report.trajectory[0].share == pytest.approx(first["score"], rel=1e-6)
+    assert report.headline["score"] == HEADLINE_SCORE and report.headline["trust"] == headline_trust()
+    html = render_sample(report)
+    assert f"headline: {HEADLINE_SCORE}" in html and "LDS" in html and report.trajectory[0].image_id in html
+
+
+def test_the_measured_figures_are_the_benchmarks():
+    results = json.loads(RESULTS.read_text())
+    assert results["lds"]["best_by_b"] == HEADLINE_SCORE
+    lds = results["lds"]["test"][HEADLINE_SCORE]
+    assert HEADLINE_MEASURED["lds_rerun"] == pytest.approx((lds["b"]["mean"], lds["b"]["se"]), abs=5e-4)
+    assert HEADLINE_MEASURED["lds_denoising"] == pytest.approx((lds["a"]["mean"], lds["a"]["se"]), abs=5e-4)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    assert HEADLINE_MEASURED["top10_mse"] == pytest.approx(mean(results["removal"][HEADLINE_SCORE]["10"]["mse"]),
+                                                           rel=5e-3)
+    assert HEADLINE_MEASURED["random10_mse"] == pytest.approx(mean(results["removal"]["random"]["10"]["mse"]),
+                                                              rel=5e-3)
