@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from auditor.store.scores import HEADLINE_MEASURED, HEADLINE_SCORE, MEASURED_SCORES, headline_trust
 from reports.pages.common import Context, Pagination
 
 __all__ = ["FidelityListPage", "FidelityPage", "MseRow", "MseTable", "build_fidelity_list_page",
@@ -20,13 +21,18 @@ __all__ = ["FidelityListPage", "FidelityPage", "MseRow", "MseTable", "build_fide
 @dataclass(kw_only=True)
 class FidelityListPage(Context):
     """The stored fidelity studies (template fidelity_list.html), newest first, paginated;
-    each as list_studies gives it."""
+    each as list_studies gives it; attribution: how far the attribution scores can be trusted, as
+    bench/attribution.py measured them (auditor.store.scores.MEASURED_SCORES)."""
 
     documented_template: ClassVar[str] = "fidelity_list.html"
 
     studies: list[dict]
     pagination: Pagination
     title: str = "Fidelity studies"
+    attribution: dict = field(default_factory=lambda: {
+        "headline": HEADLINE_SCORE, "trust": headline_trust(), "results": HEADLINE_MEASURED["results"],
+        "rows": [{"score": name, "lds_denoising": v[0], "lds_denoising_se": v[1], "lds_rerun": v[2],
+                  "lds_rerun_se": v[3], "top10_mse": v[4]} for name, v in MEASURED_SCORES.items()]})
 
 
 def build_fidelity_list_page(studies: list[dict], *, pagination: Pagination) -> FidelityListPage:

@@ -42,3 +42,25 @@ def test_the_measured_figures_are_the_benchmarks():
                                                            rel=5e-3)
     assert HEADLINE_MEASURED["random10_mse"] == pytest.approx(mean(results["removal"]["random"]["10"]["mse"]),
                                                               rel=5e-3)
+
+
+def test_every_measured_score_is_the_benchmarks():
+    from auditor.store.scores import MEASURED_SCORES
+
+    results = json.loads(RESULTS.read_text())
+    for name, (a, a_se, b, b_se, top10) in MEASURED_SCORES.items():
+        lds = results["lds"]["test"][name]
+        assert (a, a_se, b, b_se) == pytest.approx((lds["a"]["mean"], lds["a"]["se"], lds["b"]["mean"], lds["b"]["se"]),
+                                                   abs=5e-4), name
+        removed = results["removal"][name]["10"]["mse"]
+        assert top10 == pytest.approx(sum(removed) / len(removed), rel=5e-3), name
+
+
+def test_the_fidelity_page_shows_the_measured_lds(tmp_path):
+    from reports.pages.common import Pagination
+    from reports.pages.fidelity import build_fidelity_list_page
+    from reports.render import render_page
+
+    html = render_page(build_fidelity_list_page([], pagination=Pagination.window(1, 20)))
+    assert "How far the attribution can be trusted" in html and f"{HEADLINE_SCORE} <span class=\"muted\">(headline)" in html
+    assert "0.307 ± 0.05" in html and "self-consistency" in html
