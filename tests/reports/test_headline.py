@@ -29,6 +29,8 @@ def test_the_reports_largest_source_is_the_headline_scores(recorded):
     assert report.headline["score"] == HEADLINE_SCORE and report.headline["trust"] == headline_trust()
     html = render_sample(report)
     assert f"headline: {HEADLINE_SCORE}" in html and "LDS" in html and report.trajectory[0].image_id in html
+    # the headline ranking is the first sources section, ahead of the final image's shares
+    assert html.index(f"Top training sources: the headline, {HEADLINE_SCORE}") < html.index("Shares of the final image")
 
 
 def test_the_measured_figures_are_the_benchmarks():
