@@ -50,7 +50,7 @@ VISIBLE_TABLES = frozenset({
     "similarity_scores", "copy_matches", "step_agreement", "fidelity_studies", "fidelity_errors",
     "fidelity_concentration", "fidelity_similarity", "fidelity_schedule", "copy_calibrations", "copy_verdicts",
     "counterfactuals", "counterfactual_removed",
-    "pixel_weights", "step_sources", "sample_sources", "trajectory_sources",  # the attribution views
+    "pixel_weights", "step_sources", "sample_sources", "trajectory_sources", "nda_scores",  # the attribution views
 })
 HIDDEN_TABLES = frozenset({"api_keys", "jobs", "alembic_version"})  # the service's own records
 TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})  # pure: no tables

@@ -41,8 +41,8 @@ def test_upgrade_from_missing_file_reaches_head(tmp_path):
     path = tmp_path / "new.duckdb"
     assert database.current_revision(path) is None
     assert database.upgrade(path) == (None, database.head_revision())
-    assert database.require_current(path) == database.head_revision() == "0009"
-    assert database.upgrade(path) == ("0009", "0009")  # idempotent
+    assert database.require_current(path) == database.head_revision() == "0010"
+    assert database.upgrade(path) == ("0010", "0010")  # idempotent
 
 
 def test_head_revision_matches_the_models(tmp_path):
@@ -65,7 +65,7 @@ def test_upgrade_from_0001_keeps_data_and_views_answer(tmp_path):
                   for t in ("datasets", "training_images", "runs", "samples", "steps", "patch_weights", "patch_pixels")}
     with pytest.raises(database.SchemaError, match="auditor db upgrade"):
         database.require_current(path)
-    assert database.upgrade(path) == ("0001", "0009")
+    assert database.upgrade(path) == ("0001", "0010")
     with database.connect(path, read_only=True) as conn:
         after = {t: conn.execute(f"SELECT * EXCLUDE (pixels) FROM {t} ORDER BY ALL" if t == "training_images"
                                  else f"SELECT * EXCLUDE (kind, network_id, details) FROM {t} ORDER BY ALL" if t == "runs"
@@ -74,7 +74,7 @@ def test_upgrade_from_0001_keeps_data_and_views_answer(tmp_path):
     assert after == before
     check_views(path, info)
     # and back: downgrade drops the pixels column and the views, keeps the data
-    assert database.upgrade(path, "0001") == ("0009", "0001")
+    assert database.upgrade(path, "0001") == ("0010", "0001")
     with database.connect(path, read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM duckdb_views() WHERE NOT internal").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM patch_weights").fetchone()[0] == len(before["patch_weights"])
@@ -140,4 +140,4 @@ def test_failed_upgrade_leaves_the_previous_revision(tmp_path):
             sum(len(v) for v in info["weights"].values())
     with database.connect(path) as conn:
         conn.execute("DROP TABLE trajectory_sources")
-    assert database.upgrade(path) == ("0001", "0009")
+    assert database.upgrade(path) == ("0001", "0010")

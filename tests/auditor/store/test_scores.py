@@ -62,3 +62,13 @@ def test_unknown_samples_and_scores_are_refused(live):
         sample_scores(db, run_id, 7)
     with pytest.raises(ValueError, match="unknown score 'best'"):
         sample_scores(db, run_id, 0, ["best"])
+
+
+def test_the_nda_view_is_the_engines_nda_score(live):
+    db, run_id, _ = live
+    from tests.support.store import fetch
+
+    rows = dict(fetch(db, "SELECT image_index, score FROM nda_scores WHERE run_id = ? AND sample_index = 1", [run_id]))
+    values = sample_scores(db, run_id, 1, ["nda"])["nda"]
+    assert {i: pytest.approx(v, rel=1e-5) for i, v in rows.items()} == {
+        i: float(values[i]) for i in np.flatnonzero(values > 0)}
