@@ -181,6 +181,8 @@ class PSPCDenoiser(TrainingSetDenoiser):
     share a patch set are computed together.
     """
 
+    reduction = None  # patch_posterior's, for one shard of the set (pspc.sharded); None: the whole set here
+
     def __init__(self, training_set: TrainingSet, patch_set_at: Callable[[float], PatchSet], kind: str,
                  schedule: dict | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__(training_set)
@@ -226,7 +228,8 @@ class PSPCDenoiser(TrainingSetDenoiser):
             index = torch.tensor(members, device=z.device)
             out, w = patch_posterior(z[index], t[index], self.data.to(z.dtype), patch_set,
                                      self.training_set.xflip, request, self.chunk_bytes,
-                                     self._images_t() if z.device.type == "cpu" else None, self._excluded)
+                                     self._images_t() if z.device.type == "cpu" else None, self._excluded,
+                                     self.reduction)
             x_hat[index] = out
             if w is not None:
                 weights.append((index.cpu(), w))

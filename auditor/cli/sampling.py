@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from auditor.cli import distributed
 from auditor.cli.common import (
     MAX_INT, PROG, CLIError, Parents, check_port, db_path, device, integer, load_data, positive, url_host
 )
@@ -41,7 +43,10 @@ def add_sample(commands, parents: Parents) -> None:
     sample.add_argument("--denoiser", choices=RECORDABLE_KINDS, help="(default: pspc-square)")
     sample.add_argument("--patch-size", type=integer(), metavar="S",
                         help="pspc-square: fixed s x s patches (default: the paper's s(t) schedule)")
-    sample.add_argument("--num", type=integer(), metavar="N", help="number of samples (default: 16)")
+    sample.add_argument("--num", type=integer(), metavar="N",
+                        help="number of samples (default: 16); under torchrun, whose own options take --num, "
+                             "write --num-samples")
+    sample.add_argument("--num-samples", dest="num", type=integer(), metavar="N", help=argparse.SUPPRESS)
     sample.add_argument("--steps", type=integer(), help="sampling steps (default: 18)")
     sample.add_argument("--sampler", choices=("euler", "heun"), help="(default: euler)")
     sample.add_argument("--seed", type=integer(high=MAX_INT), help="(default: 0)")
@@ -55,6 +60,7 @@ def add_sample(commands, parents: Parents) -> None:
                                                          "share, instead of the store (`auditor parquet sql DIR ...`)")
     sample.add_argument("--run-id", type=integer(low=1, high=MAX_INT - 1), metavar="N",
                         help="with --parquet: the run's id (default: a 62-bit id drawn for this host and process)")
+    distributed.add_distributed_options(sample)
 
 
 def add_serve(commands, parents: Parents) -> None:
@@ -135,6 +141,8 @@ def cmd_sample(args, argv: list[str]) -> int:
     from auditor.workflows.options import Runtime
     from auditor.workflows.sampling import record_sampling_run, resume_run
 
+    if distributed.wanted(args):  # over torchrun's ranks: auditor.cli.distributed
+        return distributed.sample_distributed(args, argv, _sampling_options)
     if args.parquet is not None or args.run_id is not None:  # into a Parquet folder, not the store
         from auditor.cli.parquet import sample_into_parquet
 

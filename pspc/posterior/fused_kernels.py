@@ -1,4 +1,5 @@
-"""Fused CPU kernels (numba): the fast path of patch_posterior on the CPU.
+"""Fused CPU kernels (numba): the fast path of patch_posterior on the CPU for sets of many
+distinct masks (sets of a few, such as the whole image, take the GEMM path: gemm.py).
 
 The torch path materialises [queries, images, H, W] float64 temporaries and is bound by
 memory traffic. These kernels keep one block of LANES images at a time in registers and
@@ -22,25 +23,38 @@ logit -inf exactly as the padding lanes get, so they carry weight 0 (pass 1 coun
 most e^-CUTOFF, like padding) while every entry keeps its number; a block whose images are
 all excluded is skipped before any distance is computed.
 
-Determinism: the image blocks are cut into groups of consecutive blocks, as many as the data
-size gives (`num_groups`), whatever the thread count; thread j takes groups j, j + threads, ...
-Each group sums its blocks in order into its own accumulators and the groups are added in
-group order, so every sum (normaliser, numerator, entropy, sum w^2), hence every weight, is
-bit-identical for any number of threads. Each thread meets its entries in ascending order,
-so of equal weights its top-k keeps the lowest entries; the threads' lists are merged by
-(weight descending, entry ascending) (`merge_top`), so the top-k too is the same for any
-thread count.
+Work split: the image blocks are cut into groups of consecutive blocks, as many as the data
+size gives (`num_groups`, up to 64), whatever the thread count; each of the `parts` workers
+(one per thread) claims the next unclaimed group from a shared atomic counter (`claim_group`)
+until none is left. A worker that the OS deschedules delays only the group it holds: the
+others take the rest, so a busy machine slows a call by the share of the CPU it takes, not
+by the slowest thread's stall (a static split, thread j taking groups j, j + threads, ...,
+waits for its last thread).
+
+Determinism: each group sums its blocks in order into its own accumulators and the groups
+are added in group order, so every sum (normaliser, numerator, entropy, sum w^2), hence
+every weight, is bit-identical for any number of threads and any order in which the groups
+are claimed. A worker's top-k list ranks entries by (weight descending, entry ascending)
+whatever order it meets them in (`insert_ranked`), and the workers' lists are merged in that order
+(`merge_top`), so the top-k too is the same for any thread count and any schedule.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
+
+# numba's OpenMP threading layer (a libgomp of its own, loaded at the first parallel call)
+# reads this then: workers that wait at the end of a kernel sleep instead of spinning, so that
+# on a busy machine they leave the CPU to the workers still computing (measured: README
+# "Speed"). A value the user set, and NUMBA_THREADING_LAYER, are left alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 LANES = 8
 CUTOFF = 60.0
@@ -69,6 +83,19 @@ def _float_to_bits(typingctx, value):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.IntType(64))
     return types.int64(types.float64), codegen
+
+
+@intrinsic
+def claim_group(typingctx, counter):
+    """counter[0] += 1 atomically (an int64 array shared by the workers); returns the value
+    before: the index of the group the calling worker now owns."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "monotonic")
+    return types.int64(counter), codegen
 
 
 @numba.njit(inline="always")
@@ -190,13 +217,13 @@ def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indic
     queries [Q, C, H, W] float64; images_t [N_padded / LANES, C, H, W, LANES] float32
     (see block_images; entries >= padded_from are padding); excluded [N_padded] uint8
     (block_mask): images that get weight 0, like the padding. Returns [Q, P] float64.
-    Threads split the groups of image blocks; each block, once in cache, meets every query.
+    The workers claim groups of image blocks (claim_group); each block, once in cache, meets every query.
     Each (query, patch, lane) keeps its own online log-sum-exp (running max m, sum s of
     exp(logit - m)), so that the update is one branch-free loop over patches x lanes with
     one exp per logit; every EQUALIZE blocks the lanes of a patch are brought to a common
     max so that blocks with nothing within CUTOFF of it are recognised and skipped.
     Each group's lanes are folded into one (m, s) per (query, patch), then the groups in
-    group order: the result does not depend on `parts` (the thread count)."""
+    group order: the result depends neither on `parts` (the thread count) nor on the schedule."""
     num_queries, _, height, width = queries.shape
     blocks = images_t.shape[0]
     groups = num_groups(blocks)
@@ -206,6 +233,7 @@ def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indic
     group_max = np.empty((groups, num_queries, num_patches))
     group_sum = np.empty((groups, num_queries, num_patches))
     size = num_patches * LANES
+    claimed = np.zeros(1, dtype=np.int64)  # groups handed out so far (see claim_group)
     for part in numba.prange(parts):
         integral = np.zeros((height + 1, width + 1, LANES))
         squares = np.zeros((height * width, LANES))
@@ -213,7 +241,8 @@ def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indic
         row = np.zeros(LANES)
         flat = logits.reshape(size)
         folded = np.empty(size)
-        for group in range(part, groups, parts):
+        group = claim_group(claimed)
+        while group < groups:
             run_max[part] = -1e300
             run_sum[part] = 0.0
             first = group * blocks // groups
@@ -242,6 +271,7 @@ def log_normaliser(queries, images_t, structure, patch_h, patch_w, indptr, indic
                         m[i] = flat[i] if up else m[i]
             for q in range(num_queries):
                 _fold_lanes(run_max[part, q], run_sum[part, q], folded, group_max[group, q], group_sum[group, q])
+            group = claim_group(claimed)
     out = np.empty((num_queries, num_patches))
     for q in numba.prange(num_queries):  # each (q, p) adds its groups in group order
         for p in range(num_patches):
@@ -310,8 +340,8 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
     per (query, patch) (top_k = 0 skips them). Entries >= padded_from are padding; excluded
     ones (excluded [N_padded] uint8, block_mask) get weight 0 and never enter the top-k.
     For masks, spread uses the transposed CSR: the masks covering each pixel, with counts.
-    Sums are per group of blocks, added in group order (independent of `parts`); each part
-    meets its entries in ascending order, so of equal weights its top-k keeps the lowest.
+    Sums are per group of blocks, added in group order (independent of `parts` and of which
+    worker claims which group); each worker's top-k list ranks by (weight, entry) (`insert_ranked`).
 
     Returns numerator [Q, C, H, W], entropy [Q, P], sum_sq [Q, P], top_w, top_i [Q, parts, P, k]."""
     num_queries, channels, height, width = queries.shape
@@ -332,7 +362,9 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
     kept = max(top_k, 1)
     top_w = np.zeros((num_queries, parts, num_patches, kept))
     top_i = np.full((num_queries, parts, num_patches, kept), -1, dtype=np.int64)
-    floor = np.zeros((parts, num_queries, num_patches))  # smallest kept top-k weight (0 until full)
+    floor_w = np.zeros((parts, num_queries, num_patches))  # the last kept top-k entry (0, -1 until full)
+    floor_i = np.full((parts, num_queries, num_patches), -1, dtype=np.int64)
+    claimed = np.zeros(1, dtype=np.int64)  # groups handed out so far (see claim_group)
     for part in numba.prange(parts):
         integral = np.zeros((height + 1, width + 1, LANES))
         squares = np.zeros((height * width, LANES))
@@ -340,7 +372,8 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
         flat = logits.reshape(size)
         grid = np.zeros((rows + 1, cols + 1, LANES))  # integral image of the weights
         row = np.zeros(LANES)
-        for group in range(part, groups, parts):
+        group = claim_group(claimed)
+        while group < groups:
             entropy_lanes[part] = 0.0
             sum_sq_lanes[part] = 0.0
             for block in range(group * blocks // groups, (group + 1) * blocks // groups):
@@ -370,9 +403,11 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
                     if top_k > 0:
                         for p in range(num_patches):
                             for lane in range(LANES):
-                                if logits[p, lane] > floor[part, q, p]:
-                                    _insert(top_w[q, part, p], top_i[q, part, p], logits[p, lane], start + lane)
-                                    floor[part, q, p] = top_w[q, part, p, kept - 1]
+                                w = logits[p, lane]
+                                if precedes(w, start + lane, floor_w[part, q, p], floor_i[part, q, p]):
+                                    insert_ranked(top_w[q, part, p], top_i[q, part, p], w, start + lane)
+                                    floor_w[part, q, p] = top_w[q, part, p, kept - 1]
+                                    floor_i[part, q, p] = top_i[q, part, p, kept - 1]
                     if structure == WINDOW:
                         _spread_windows(logits, grid, row, images, patch_h, patch_w, rows, cols, numerator[group, q])
                     else:
@@ -381,6 +416,7 @@ def compose(queries, images_t, structure, patch_h, patch_w, indptr, indices, num
                 for p in range(num_patches):
                     group_entropy[group, q, p] = entropy_lanes[part, q, p * LANES:(p + 1) * LANES].sum()
                     group_sum_sq[group, q, p] = sum_sq_lanes[part, q, p * LANES:(p + 1) * LANES].sum()
+            group = claim_group(claimed)
     return (_sum_in_order(numerator), _sum_in_order(group_entropy), _sum_in_order(group_sum_sq),
             top_w, top_i)
 
@@ -476,12 +512,19 @@ def merge_top(top_w, top_i, k):
 
 
 @numba.njit(inline="always")
-def _insert(weights, indices, w, index):
-    """Insert (w, index) into the descending list `weights` after its equal weights
-    (entries come in ascending index order: of equal weights the lowest stay), dropping
-    its last element."""
+def precedes(w, index, other_w, other_index):
+    """Whether entry (w, index) ranks before (other_w, other_index) in a top-k list: a larger
+    weight, or an equal one and a lower entry. An empty slot (0, -1) follows every entry of
+    positive weight and precedes those of weight 0, which therefore never enter a list."""
+    return w > other_w or (w == other_w and index < other_index)
+
+
+@numba.njit(inline="always")
+def insert_ranked(weights, indices, w, index):
+    """Insert (w, index) into the list (weights, indices), ranked by `precedes`, dropping its
+    last element: whatever order the entries come in, the list holds the best of them."""
     position = weights.shape[0] - 1
-    while position > 0 and weights[position - 1] < w:
+    while position > 0 and precedes(w, index, weights[position - 1], indices[position - 1]):
         weights[position] = weights[position - 1]
         indices[position] = indices[position - 1]
         position -= 1

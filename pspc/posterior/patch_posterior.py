@@ -14,6 +14,11 @@ under the mirrored masks.
 Counterfactual removal: `excluded` [N] masks training images out of the softmax (logit
 -inf, weight exactly 0, for the image and its mirrored entry) without copying the data or
 renumbering the entries; chunks whose images are all excluded are skipped.
+
+Three paths compute the same thing: on the CPU, the GEMM path (pspc.posterior.gemm: the
+distances and the composite as exact matrix products) for sets with few distinct masks
+(`gemm.uses_gemm`: the whole image), else the fused numba kernels (fused_kernels); on other
+devices, and for dense weights, the chunked torch operations below.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import torch
 
 from pspc.errors import InputError
-from pspc.posterior import fused_kernels
+from pspc.posterior import fused_kernels, gemm
 from pspc.posterior.patch_sets import PatchSet, WindowPatches
 from pspc.posterior.weights import PosteriorWeights, WeightRequest
 
@@ -71,18 +76,25 @@ def patch_posterior(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     images_t=None,
     excluded: torch.Tensor | None = None,
+    reduction=None,
 ) -> tuple[torch.Tensor, PosteriorWeights | None]:
     """PSPC denoiser output for z [B, C, H, W] at per-sample t [B] (> 0), over training
     images data [N, C, H, W] in [-1, 1] (same device). Returns (x_hat, weights or None).
 
-    images_t (fused_kernels.block_images(data), CPU only) enables the fused kernels;
-    without it, on other devices, or when dense weights are requested, the torch path runs.
+    images_t (fused_kernels.block_images(data), CPU only) enables the CPU paths: the GEMM
+    path (pspc.posterior.gemm) for sets with few distinct masks (gemm.uses_gemm: the whole
+    image) over uint8-grid data, else the fused kernels; without it, on other devices, or
+    when dense weights are requested, the torch path runs.
     excluded (bool [N]): images given weight 0, with their mirrored entries; entry ids stay
-    those of the whole set (image i, flip N + i)."""
+    those of the whole set (image i, flip N + i).
+    reduction (pspc.posterior.distributed): data is one shard of the set; the log-normaliser,
+    numerator, entropy, sum w^2 and top-k are merged across the shards (None: one process)."""
     num_images = data.shape[0]
-    excluded = check_excluded(excluded, num_images)
+    excluded = check_excluded(excluded, num_images) if reduction is None else reduction.shard_excluded(excluded)
     if images_t is not None and z.device.type == "cpu" and not (request and request.full):
-        return _fused_posterior_cpu(z, t, num_images, images_t, patch_set, xflip, request, excluded)
+        if gemm.uses_gemm(patch_set) and (ints := gemm.integer_images(data, images_t)) is not None:
+            return _gemm_posterior_cpu(z, t, ints, images_t, patch_set, xflip, request, excluded, reduction, chunk_bytes)
+        return _fused_posterior_cpu(z, t, num_images, images_t, patch_set, xflip, request, excluded, reduction)
     batch, channels, height, width = z.shape
     patch_set = patch_set.to(z.device)
     halves = [(z, patch_set.patch_sums, patch_set.spread)]
@@ -104,6 +116,8 @@ def patch_posterior(
             run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(logits - new_max[:, None]).sum(1)
             run_max = new_max
     log_normaliser = run_max + run_sum.log()  # [B, K]
+    if reduction is not None:
+        log_normaliser = reduction.log_normaliser(log_normaliser)
 
     # Pass 2: exact weights, composition, and (optionally) what the attribution keeps.
     numerators = []
@@ -119,8 +133,10 @@ def patch_posterior(
                 tracker.add(weights, log_w, offset=half * num_images + start)
         numerators.append(numerator)
     numerator = numerators[0] + (numerators[1].flip(-1) if xflip else 0)
+    if reduction is not None:
+        numerator = reduction.numerator(numerator)
     x_hat = (numerator / patch_set.coverage(z.device)).to(z.dtype)
-    return x_hat, (tracker.result(patch_set, t, num_images) if tracker else None)
+    return x_hat, (tracker.result(patch_set, t, num_images, reduction) if tracker else None)
 
 
 def _chunks(num_images: int, chunk: int, excluded: torch.Tensor | None, device) -> list[tuple[int, torch.Tensor | None]]:
@@ -167,9 +183,9 @@ class _WeightTracker:
         chunk_i = torch.arange(offset, offset + w.shape[2], device=w.device).expand_as(w)
         self.top_i = torch.cat([self.top_i, chunk_i], 2).gather(2, positions)
 
-    def result(self, patch_set: PatchSet, t: torch.Tensor, num_images: int) -> PosteriorWeights:
+    def result(self, patch_set: PatchSet, t: torch.Tensor, num_images: int, reduction=None) -> PosteriorWeights:
         return _finish(self.request, patch_set, t, num_images, self.top_w, self.top_i,
-                       self.entropy, self.sum_sq, self.full)
+                       self.entropy, self.sum_sq, self.full, reduction)
 
 
 def top_k_in_order(weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,9 +207,13 @@ def top_k_in_order(weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return values, positions.gather(-1, order)
 
 
-def _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq, full=None) -> PosteriorWeights:
+def _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq, full=None,
+            reduction=None) -> PosteriorWeights:
     """Apply the mass threshold to the exact top-k (descending) and package the result.
     Entries are kept until `mass` is captured; the entry that crosses it stays."""
+    if reduction is not None:
+        top_w, top_i, entropy, sum_sq, num_images = reduction.weights(request.top_k, num_images, top_w, top_i,
+                                                                      entropy, sum_sq)
     before = top_w.cumsum(2) - top_w
     keep = (before < request.mass) & (top_w > 0) & (top_i >= 0)
     weight = torch.where(keep, top_w, 0)
@@ -236,7 +256,7 @@ def _fused_halves(patch_set: PatchSet, xflip: bool) -> list[dict]:
     return halves
 
 
-def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip, request, excluded):
+def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip, request, excluded, reduction=None):
     """The fused-kernel path (fused_kernels): same result as the torch path, CPU only.
 
     Each half runs in its own frame (flipped queries against mirrored masks); per-patch
@@ -256,6 +276,8 @@ def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip,
     log_norm = halves[0]["log_norm"]
     for half in halves[1:]:
         log_norm = torch.logaddexp(log_norm, half["log_norm"])
+    if reduction is not None:
+        log_norm = reduction.log_normaliser(log_norm)
 
     top_k = request.top_k if request else 0
     x_hat = torch.zeros(z.shape, dtype=torch.float64)
@@ -276,9 +298,24 @@ def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip,
         index = half_top_i[:, :, half["to_global"]].permute(0, 2, 1, 3)
         top_w.append(half_top_w[:, :, half["to_global"]].permute(0, 2, 1, 3))
         top_i.append(torch.where(index >= 0, index + offset * num_images, -1))
+    if reduction is not None:
+        x_hat = reduction.numerator(x_hat)
     x_hat = (x_hat / patch_set.coverage()).to(z.dtype)
     if request is None:
         return x_hat, None
     top_w, top_i = (torch.from_numpy(a) for a in fused_kernels.merge_top(
         torch.cat(top_w, 2).contiguous().numpy(), torch.cat(top_i, 2).contiguous().numpy(), request.top_k))
-    return x_hat, _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq)
+    return x_hat, _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq, reduction=reduction)
+
+
+def _gemm_posterior_cpu(z, t, ints, layout, patch_set: PatchSet, xflip, request, excluded, reduction, chunk_bytes):
+    """The GEMM path (pspc.posterior.gemm): the fused kernels' result, from matrix products."""
+    posterior = gemm.GemmPosterior(z, t, ints, layout, patch_set, xflip, request.top_k if request else 0, excluded,
+                                   chunk_bytes)
+    numerator, entropy, sum_sq, top_w, top_i = posterior.run(None if reduction is None else reduction.log_normaliser)
+    if reduction is not None:
+        numerator = reduction.numerator(numerator)
+    x_hat = (numerator / patch_set.coverage()).to(z.dtype)
+    if request is None:
+        return x_hat, None
+    return x_hat, _finish(request, patch_set, t, len(ints), top_w, top_i, entropy, sum_sq, reduction=reduction)
