@@ -57,8 +57,7 @@ from pspc.data.loaders import load_fashion_mnist  # noqa: E402
 from pspc.denoisers import pspc_square  # noqa: E402
 from pspc.evaluation.attribution import lds, random_subsets, summarise, top_k  # noqa: E402
 from pspc.posterior.scores import (  # noqa: E402
-    DISCOUNTS, SCORES, EvidenceRecorder, change_weighted_share, compute_scores, informative_share, pixel_similarity,
-    step_shares, step_weighted_share,
+    DISCOUNTS, INFORMATIVE_DEFAULT, SCORES, EvidenceRecorder, compute_scores, informative_share, pixel_similarity,
 )
 from pspc.posterior.weights import WeightRequest  # noqa: E402
 from pspc.record import environment, file_sha256  # noqa: E402
@@ -73,9 +72,6 @@ BASELINES = {
                   "(or its mirror).",
     "random": "A random number per image (the LDS of no information: about 0).",
 }
-CHANGE_WEIGHTED = "change-weighted-share"
-VARIANTS = {CHANGE_WEIGHTED: "A step-weighted candidate (pspc.posterior.scores.change_weighted_share): each step's "
-                             "pixel weights weighted by how much that step changed each pixel of D (|D_i - D_i-1|)."}
 QUICK = {"per_class": 20, "queries": 8, "subsets": 8, "ks": "1,5,10", "random_seeds": 2, "network_samples": 2,
          "exponents": "1,2"}
 FULL = {"per_class": 100, "queries": 32, "subsets": 32, "ks": "1,5,10,50,100", "random_seeds": 3,
@@ -131,12 +127,8 @@ def informative_family(exponents) -> dict[str, tuple[str, float]]:
     return {f"informative[{kind}^{a:g}]": (kind, a) for kind in DISCOUNTS for a in exponents}
 
 
-TUNED = ("informative-share", "step-weighted-share")  # chosen on the tuning queries, computed after the LDS
-
-
 def query_scores(recorder, samples, base, family) -> list[dict[str, np.ndarray]]:
-    """Per query: the registered scores but the tuned ones, the informative family, each step's
-    share alone ("step[i]", to measure the step weights), the change-weighted variant and the baselines."""
+    """Per query: every registered score, the informative family, and the baselines."""
     descriptor = PixelCorrelationDescriptor()
     train = base.as_float()
     described = descriptor(train)
@@ -145,37 +137,15 @@ def query_scores(recorder, samples, base, family) -> list[dict[str, np.ndarray]]
     out = []
     for q in range(len(samples)):
         steps = recorder.evidence(q)
-        scores = compute_scores(steps, [name for name in SCORES if name not in TUNED])
+        scores = compute_scores(steps)
         for name, (kind, exponent) in family.items():
             scores[name] = informative_share(steps, kind, exponent)
-        scores.update({f"step[{step.step}]": step_shares(step) for step in steps})
-        scores[CHANGE_WEIGHTED] = change_weighted_share(steps)
         scores["pixel-similarity"] = pixel_similarity(samples[q], train, xflip=True)
         query = descriptor(samples[q : q + 1])
         scores["descriptor"] = torch.maximum(described @ query[0], described_flipped @ query[0]).double().numpy()
         scores["random"] = rng.random(len(base))
         out.append(scores)
     return out
-
-
-def measure_step_weights(values, tuning, times) -> list[tuple[float, float]]:
-    """(t, weight) per step: the mean LDS (b) on the tuning queries of that step's share alone, negatives 0."""
-    return [(float(times[i]), max(0.0, float(np.mean([values[f"step[{i}]"]["b"][q] for q in tuning]))))
-            for i in range(len(times) - 1)]
-
-
-def add_tuned(recorder, scores, values, subsets, outputs, family, tuning) -> dict:
-    """The two tuned scores, from the tuning queries: informative-share (the family member with
-    the best LDS (b)) and step-weighted-share (the measured step weights); their LDS added to values."""
-    chosen, tuning_means = choose_informative(values, family, tuning)
-    table = measure_step_weights(values, tuning, CONFIG.time_steps().tolist())
-    for q, query in enumerate(scores):
-        query["informative-share"] = query[chosen]
-        query["step-weighted-share"] = step_weighted_share(recorder.evidence(q), table)
-    values["informative-share"] = values[chosen]
-    values.update(lds_values([{"step-weighted-share": q["step-weighted-share"]} for q in scores], subsets, outputs))
-    return {"family": {name: list(v) for name, v in family.items()}, "chosen": chosen,
-            "chosen_parameter": list(family[chosen]), "tuning_mean_lds_b": tuning_means, "step_weights": table}
 
 
 def lds_outputs(denoiser, subsets, samples, z0, times, seed) -> tuple[np.ndarray, np.ndarray]:
@@ -282,37 +252,29 @@ def _quartiles(values) -> dict:
 
 
 def network_r2(full, path: Path, num_samples: int, seed: int) -> dict:
-    """PSPC-Square over the full training set (flips) against the network: per step on the
-    network's own Euler trajectory (PSPC's D of the network's z_t; the last step's D is the
-    network's sample), and PSPC's own sample from the same initial noise (the ELS paper's
-    comparison); per image r^2 and MSE against the network."""
+    """PSPC-Square over the full training set (flips) on the network's own Euler trajectory:
+    per step and for the final sample (the last step's D), r^2 and MSE against the network."""
     from pspc.networks import load_network
 
     network = load_network(path, full)
     explainer = pspc_square(full.with_xflip())
-    noise, states = initial_noise(num_samples, full.image_shape, seed), []
+    states = []
     with torch.no_grad():
-        network_samples = sample(network, noise, CONFIG, callback=lambda step, t, z, denoised, weights: states.append(
-            (step, t, z.clone(), denoised.clone())))
+        sample(network, initial_noise(num_samples, full.image_shape, seed), CONFIG,
+               callback=lambda step, t, z, denoised, weights: states.append((step, t, z.clone(), denoised.clone())))
     per_step, started = [], time.perf_counter()
     for step, t, z, reference in states:
         with torch.no_grad():
-            per_step.append({"step": step, "t": t, **_agreement(reference, explainer(z, t))})
-        _log(f"network step {step}: t={t:.3g}, median r^2 {per_step[-1]['r2_quartiles']['median']:.3f} "
-             f"({time.perf_counter() - started:.0f} s)")
-    seconds = (time.perf_counter() - started) / (len(states) * num_samples)
-    with torch.no_grad():
-        own = _agreement(network_samples, sample(explainer, noise, CONFIG))
-    _log(f"PSPC's own samples: median r^2 {own['r2_quartiles']['median']:.3f}")
+            estimate = explainer(z, t)
+        r2, mse = _r2(reference, estimate), (reference - estimate).double().square().mean((1, 2, 3)).numpy()
+        per_step.append({"step": step, "t": t, "r2": r2.tolist(), "mse": mse.tolist(), "r2_quartiles": _quartiles(r2),
+                         "mse_quartiles": _quartiles(mse)})
+        _log(f"network step {step}: t={t:.3g}, median r^2 {np.median(r2):.3f} ({time.perf_counter() - started:.0f} s)")
     return {"network": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
             "network_sha256": file_sha256(path), "samples": num_samples, "seed": seed,
-            "training_images": len(full), "entries": full.with_xflip().num_entries, "final_step": per_step[-1],
-            "steps": per_step, "own_samples": own, "seconds_per_image_call": seconds}
-
-
-def _agreement(reference: torch.Tensor, estimate: torch.Tensor) -> dict:
-    r2, mse = _r2(reference, estimate), (reference - estimate).double().square().mean((1, 2, 3)).numpy()
-    return {"r2": r2.tolist(), "mse": mse.tolist(), "r2_quartiles": _quartiles(r2), "mse_quartiles": _quartiles(mse)}
+            "training_images": len(full), "entries": full.with_xflip().num_entries,
+            "final": per_step[-1], "steps": per_step, "seconds_per_image_call": (time.perf_counter() - started) / (
+                len(states) * num_samples)}
 
 
 def _timed(timings: dict, name: str, function, *args):
@@ -349,14 +311,17 @@ def run(args) -> dict:
     family = informative_family(args.exponents)
     scores = _timed(timings, "scores (all queries)", query_scores, recorder, samples, base, family)
     subsets = random_subsets(len(base), args.subsets, 0.5, args.subset_seed)
-    outputs = dict(zip("ab", _timed(timings, "LDS outputs (all subsets)", lds_outputs, denoiser, subsets, samples, z0,
-                                    args.lds_times, args.seed)))
-    values = lds_values(scores, subsets, outputs)
+    a, b = _timed(timings, "LDS outputs (all subsets)", lds_outputs, denoiser, subsets, samples, z0, args.lds_times,
+                  args.seed)
+    values = lds_values(scores, subsets, {"a": a, "b": b})
     tuning, test = list(range(0, args.queries, 2)), list(range(1, args.queries, 2))
-    tuned = add_tuned(recorder, scores, values, subsets, outputs, family, tuning)
-    rows = [*SCORES, CHANGE_WEIGHTED, "pixel-similarity", "descriptor", "random"]
+    chosen_member, tuning_means = choose_informative(values, family, tuning)
+    for q in range(args.queries):
+        scores[q]["informative-share"] = scores[q][chosen_member]
+    values["informative-share"] = values[chosen_member]
+    rows = [*SCORES, "pixel-similarity", "descriptor", "random"]
     tables = _lds_tables(values, rows, tuning, test)
-    removal_names = [*SCORES, CHANGE_WEIGHTED, "pixel-similarity", "descriptor"]
+    removal_names = [*SCORES, "pixel-similarity", "descriptor"]
     curves = _timed(timings, "removal curves", removal_curves, denoiser, scores, samples, z0, test, removal_names,
                     args.ks, args.random_seeds)
     cost = _timed(timings, "counterfactual cost", counterfactual_cost, denoiser, scores, z0, tables["best_by_b"])
@@ -375,8 +340,10 @@ def run(args) -> dict:
         "data": {"base": base.describe(), "base_indices_sha256": _sha256(chosen), "full": full.describe()},
         "denoiser": denoiser.describe(), "sampler": {"method": CONFIG.method, "steps": CONFIG.num_steps},
         "weights": {"top_k": REQUEST.top_k, "mass": REQUEST.mass},
-        "meanings": {**{name: s.meaning for name, s in SCORES.items()}, **VARIANTS, **BASELINES},
-        "tuned": tuned,
+        "meanings": {**{name: s.meaning for name, s in SCORES.items()}, **BASELINES},
+        "informative": {"family": {name: list(v) for name, v in family.items()}, "chosen": chosen_member,
+                        "chosen_parameter": list(family[chosen_member]), "code_default": list(INFORMATIVE_DEFAULT),
+                        "tuning_mean_lds_b": tuning_means},
         "lds": tables, "lds_per_query": values, "removal": curves, "counterfactual_cost": cost,
     }
     if not args.skip_network:
@@ -430,38 +397,16 @@ def network_lines(network) -> list[str]:
         r2, mse = row["r2_quartiles"], row["mse_quartiles"]
         lines.append(f"| {row['step']} | {row['t']:.3g} | {r2['median']:.3f} [{r2['q1']:.3f}, {r2['q3']:.3f}] | "
                      f"{mse['median']:.4f} [{mse['q1']:.4f}, {mse['q3']:.4f}] |")
-    final, own = network["final_step"]["r2_quartiles"], network["own_samples"]
-    lines += ["", f"Last step (the network's sample against PSPC's D of the network's last state): median r^2 "
-              f"{final['median']:.3f} [{final['q1']:.3f}, {final['q3']:.3f}] (at t = 0.002 both return nearly "
-              f"z itself, so this is close to 1 by construction).", "",
-              f"**PSPC's own samples from the same initial noise against the network's samples** (the ELS "
-              f"comparison): median r^2 {own['r2_quartiles']['median']:.3f} [{own['r2_quartiles']['q1']:.3f}, "
-              f"{own['r2_quartiles']['q3']:.3f}], median MSE {own['mse_quartiles']['median']:.4f} "
-              f"[{own['mse_quartiles']['q1']:.4f}, {own['mse_quartiles']['q3']:.4f}].", "",
-              f"{network['seconds_per_image_call']:.2f} s per image per PSPC call over "
-              f"{network['entries']} entries.", ""]
+    final = network["final"]
+    lines += ["", f"Final sample (last step): median r^2 {final['r2_quartiles']['median']:.3f} "
+              f"[{final['r2_quartiles']['q1']:.3f}, {final['r2_quartiles']['q3']:.3f}], median MSE "
+              f"{final['mse_quartiles']['median']:.4f}; {network['seconds_per_image_call']:.2f} s per image per "
+              f"PSPC call.", ""]
     return lines
 
 
-def tuned_lines(result) -> list[str]:
-    """The two scores tuned on the tuning queries: the informative discount and the step weights."""
-    tuned, values, test = result["tuned"], result["lds_per_query"], result["sizes"]["test_queries"]
-    means = tuned["tuning_mean_lds_b"]
-    lines = ["## Tuned on the tuning queries (LDS (b)), reported on the test queries above", "",
-             f"informative-share: patch weight g_k from {len(tuned['family'])} candidates (discount^exponent, "
-             f"pspc.posterior.scores.patch_discount); chosen **{tuned['chosen']}** (mean tuning LDS (b) "
-             f"{means[tuned['chosen']]:.3f}).", "", "| candidate | mean tuning LDS (b) |", "|---|---:|",
-             *[f"| {name} | {value:.3f} |" for name, value in means.items()], "",
-             "step-weighted-share: each step's weight is the mean tuning LDS (b) of that step's share alone "
-             "(negatives 0); the test column is the same on the test queries.", "",
-             "| step | t | weight (tuning) | test LDS (b) |", "|---:|---:|---:|---:|"]
-    for step, (t, weight) in enumerate(tuned["step_weights"]):
-        lines.append(f"| {step} | {t:.3g} | {weight:.3f} | {np.mean([values[f'step[{step}]']['b'][q] for q in test]):.3f} |")
-    return [*lines, ""]
-
-
 def report(result) -> str:
-    sizes, machine, cost = result["sizes"], result["machine"], result["counterfactual_cost"]
+    sizes, machine, info, cost = result["sizes"], result["machine"], result["informative"], result["counterfactual_cost"]
     best = result["lds"]["best_by_b"]
     lines = ["# Attribution benchmark: scores against exact PSPC counterfactuals", "",
              f"Command: `{result['command']}`", "", f"**{result['note']}**", "",
@@ -483,7 +428,10 @@ def report(result) -> str:
              *main_table(result), "",
              f"Best by LDS (b): **{best}**; paired difference best - other on the test queries (LDS (b)):", "",
              *[f"- {best} - {name}: {_summary_text(d['b'])}" for name, d in result["lds"]["best_minus_other"].items()],
-             "", *tuned_lines(result),
+             "", "## informative-share: the discount chosen on the tuning queries", "",
+             f"Family: patch weight g_k in {list(info['family'])}; chosen **{info['chosen']}** (mean tuning LDS (b) "
+             f"{info['tuning_mean_lds_b'][info['chosen']]:.3f}); the code default is {info['code_default']}.", "",
+             *[f"- {name}: {value:.3f}" for name, value in info["tuning_mean_lds_b"].items()], "",
              "## Meanings", "", *[f"- **{name}**: {text}" for name, text in result["meanings"].items()], "",
              "## Cost of one counterfactual", "",
              f"Masked re-run / parent run (one sample, 18 steps, weights kept, top {cost['removed']} by {cost['by']} "
@@ -497,9 +445,7 @@ def report(result) -> str:
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    _log(f"start; load average {os.getloadavg()} (shared machine); sizes: {args.per_class} images per class, "
-         f"{args.queries} queries, {args.subsets} subsets, k = {args.ks}, {args.random_seeds} random draws, "
-         f"network: {'skipped' if args.skip_network else f'{args.network_samples} samples'}")
+    _log(f"start; load average {os.getloadavg()} (shared machine)")
     result = run(args)
     text = report(result)
     print(text)
