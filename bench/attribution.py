@@ -1,7 +1,7 @@
 """Benchmark: which attribution score predicts what a training image actually does to a PSPC sample.
 
-    PYTHONPATH=. .venv/bin/python bench/attribution.py                   # full: ~15 min on 2 CPU cores
-    PYTHONPATH=. .venv/bin/python bench/attribution.py --quick --out out/attribution-quick   # CI-sized, ~2 min
+    PYTHONPATH=. .venv/bin/python bench/attribution.py            # full: ~15 min on 2 idle CPU cores
+    PYTHONPATH=. .venv/bin/python bench/attribution.py --quick --out out/attribution-quick   # CI-sized slice
 
 PSPC's counterfactuals are exact: "this sample without these training images" is the same
 PSPC run with those images (and their mirrors) masked out of the posterior
@@ -17,10 +17,11 @@ PSPC run with those images (and their mirrors) masked out of the posterior
    fixed noise draws, t in --lds-times (one eps per query and t), and (b) minus the MSE between
    the sample re-run from the same initial noise and the original. Per query, the Spearman
    correlation over the subsets between the summed scores of the members and the output;
-   mean, s.e. and a bootstrap 95% CI over the test queries. The informative-share discount
-   (family: pspc.posterior.scores.DISCOUNTS x --exponents) is chosen by LDS (b) on the tuning
-   queries. This LDS is a self-consistency measure against PSPC itself (exact
-   counterfactuals), not against retrained networks.
+   mean, s.e. and a bootstrap 95% CI over the test queries. Two scores are tuned on the tuning
+   queries by LDS (b): the informative-share discount (family: pspc.posterior.scores.DISCOUNTS
+   x --exponents) and the step-weighted-share's step weights (each step's weight is the LDS
+   of that step's share alone). This LDS is a self-consistency measure against PSPC itself
+   (exact counterfactuals), not against retrained networks.
 3. Removal curves: per test query, remove the top-k images by each score and re-run from the
    same initial noise; against k random images (--random-seeds draws, one set per draw shared
    by the queries). The pixel-similarity row is the k pixel-nearest neighbours. The change is
@@ -30,11 +31,13 @@ PSPC run with those images (and their mirrors) masked out of the posterior
 5. PSPC vs the network (--network, unless --skip-network): the network samples
    --network-samples images (Euler, 18 steps); at every step PSPC-Square over the FULL 60k
    training set with flips denoises the network's own z_t; per image r^2 = 1 - SS_res / SS_tot
-   of PSPC's D against the network's D (the last step is the final sample), median and quartiles,
-   beside the MSE.
+   of PSPC's D against the network's D, median and quartiles, beside the MSE; and PSPC's own
+   samples from the same initial noise against the network's samples (the ELS comparison).
 
 Writes OUT/attribution.md (the exact command, versions, dataset fingerprints, seeds, sizes,
 load average, timings, the tables) and OUT/attribution.json (every number); prints the tables.
+Finished LDS subsets and removal re-runs are kept in --cache as they complete, so a run that
+is stopped (the machine is shared) resumes with identical numbers; --no-cache keeps nothing.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ from pspc.data.loaders import load_fashion_mnist  # noqa: E402
 from pspc.denoisers import pspc_square  # noqa: E402
 from pspc.evaluation.attribution import lds, random_subsets, summarise, top_k  # noqa: E402
 from pspc.posterior.scores import (  # noqa: E402
-    DISCOUNTS, INFORMATIVE_DEFAULT, SCORES, EvidenceRecorder, compute_scores, informative_share, pixel_similarity,
+    DISCOUNTS, SCORES, EvidenceRecorder, change_weighted_share, compute_scores, informative_share, pixel_similarity,
+    step_shares, step_weighted_share,
 )
 from pspc.posterior.weights import WeightRequest  # noqa: E402
 from pspc.record import environment, file_sha256  # noqa: E402
@@ -72,6 +76,9 @@ BASELINES = {
                   "(or its mirror).",
     "random": "A random number per image (the LDS of no information: about 0).",
 }
+CHANGE_WEIGHTED = "change-weighted-share"
+VARIANTS = {CHANGE_WEIGHTED: "A step-weighted candidate (pspc.posterior.scores.change_weighted_share): each step's "
+                             "pixel weights weighted by how much that step changed each pixel of D (|D_i - D_i-1|)."}
 QUICK = {"per_class": 20, "queries": 8, "subsets": 8, "ks": "1,5,10", "random_seeds": 2, "network_samples": 2,
          "exponents": "1,2"}
 FULL = {"per_class": 100, "queries": 32, "subsets": 32, "ks": "1,5,10,50,100", "random_seeds": 3,
@@ -98,6 +105,11 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--network-samples", type=int, help=f"network samples [{FULL['network_samples']}]")
     parser.add_argument("--network-seed", type=int, default=1000, help="network sample i starts from seed + i [1000]")
     parser.add_argument("--threads", type=int, default=2, help="torch threads [2]")
+    parser.add_argument("--cache", type=Path, default=REPO / "out" / "attribution-cache.json",
+                        help="finished pieces are kept here, so a stopped run resumes [out/attribution-cache.json]")
+    parser.add_argument("--no-cache", action="store_true", help="compute everything afresh, keep nothing")
+    parser.add_argument("--report-from", type=Path, metavar="JSON",
+                        help="only write OUT's tables again from a finished run's attribution.json")
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for name, value in preset.items():
@@ -127,8 +139,12 @@ def informative_family(exponents) -> dict[str, tuple[str, float]]:
     return {f"informative[{kind}^{a:g}]": (kind, a) for kind in DISCOUNTS for a in exponents}
 
 
+TUNED = ("informative-share", "step-weighted-share")  # chosen on the tuning queries, computed after the LDS
+
+
 def query_scores(recorder, samples, base, family) -> list[dict[str, np.ndarray]]:
-    """Per query: every registered score, the informative family, and the baselines."""
+    """Per query: the registered scores but the tuned ones, the informative family, each step's
+    share alone ("step[i]", to measure the step weights), the change-weighted variant and the baselines."""
     descriptor = PixelCorrelationDescriptor()
     train = base.as_float()
     described = descriptor(train)
@@ -137,9 +153,11 @@ def query_scores(recorder, samples, base, family) -> list[dict[str, np.ndarray]]
     out = []
     for q in range(len(samples)):
         steps = recorder.evidence(q)
-        scores = compute_scores(steps)
+        scores = compute_scores(steps, [name for name in SCORES if name not in TUNED])
         for name, (kind, exponent) in family.items():
             scores[name] = informative_share(steps, kind, exponent)
+        scores.update({f"step[{step.step}]": step_shares(step) for step in steps})
+        scores[CHANGE_WEIGHTED] = change_weighted_share(steps)
         scores["pixel-similarity"] = pixel_similarity(samples[q], train, xflip=True)
         query = descriptor(samples[q : q + 1])
         scores["descriptor"] = torch.maximum(described @ query[0], described_flipped @ query[0]).double().numpy()
@@ -148,7 +166,55 @@ def query_scores(recorder, samples, base, family) -> list[dict[str, np.ndarray]]
     return out
 
 
-def lds_outputs(denoiser, subsets, samples, z0, times, seed) -> tuple[np.ndarray, np.ndarray]:
+def measure_step_weights(values, tuning, times) -> list[tuple[float, float]]:
+    """(t, weight) per step: the mean LDS (b) on the tuning queries of that step's share alone, negatives 0."""
+    return [(float(times[i]), max(0.0, float(np.mean([values[f"step[{i}]"]["b"][q] for q in tuning]))))
+            for i in range(len(times) - 1)]
+
+
+def add_tuned(recorder, scores, values, subsets, outputs, family, tuning) -> dict:
+    """The two tuned scores, from the tuning queries: informative-share (the family member with
+    the best LDS (b)) and step-weighted-share (the measured step weights); their LDS added to values."""
+    chosen, tuning_means = choose_informative(values, family, tuning)
+    table = measure_step_weights(values, tuning, CONFIG.time_steps().tolist())
+    for q, query in enumerate(scores):
+        query["informative-share"] = query[chosen]
+        query["step-weighted-share"] = step_weighted_share(recorder.evidence(q), table)
+    values["informative-share"] = values[chosen]
+    values.update(lds_values([{"step-weighted-share": q["step-weighted-share"]} for q in scores], subsets, outputs))
+    return {"family": {name: list(v) for name, v in family.items()}, "chosen": chosen,
+            "chosen_parameter": list(family[chosen]), "tuning_mean_lds_b": tuning_means, "step_weights": table}
+
+
+class Cache:
+    """The finished pieces of a run (JSON at `path`, for one configuration), so that a stopped
+    run resumes where it stopped with identical numbers (only its timings then cover less)."""
+
+    def __init__(self, path: Path | None, config: dict):
+        self.path, self.config, self.entries, self.hits = path, json.loads(json.dumps(config)), {}, 0
+        if path is not None and path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("config") == self.config:
+                self.entries = stored["entries"]
+        self.earlier = set(self.entries)  # pieces of an earlier run (hits on them are counted as resumed)
+
+    def get(self, key: str, compute):
+        """The stored value of `key`, else compute() (JSON-able), stored at once."""
+        if key in self.entries:
+            if key in self.earlier:
+                self.hits += 1
+                self.earlier.discard(key)
+            return self.entries[key]
+        self.entries[key] = value = compute()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_suffix(".partial")
+            partial.write_text(json.dumps({"config": self.config, "entries": self.entries}))
+            partial.replace(self.path)
+        return value
+
+
+def lds_outputs(denoiser, subsets, samples, z0, times, seed, cache) -> tuple[np.ndarray, np.ndarray]:
     """Outputs [M, Q] under each subset: (a) -sum_t MSE(D(x + t eps, t), x), (b) -MSE(re-run, sample)."""
     num_queries = len(samples)
     eps = torch.stack([torch.randn((len(times), *samples.shape[1:]), generator=torch.Generator().manual_seed(
@@ -158,13 +224,17 @@ def lds_outputs(denoiser, subsets, samples, z0, times, seed) -> tuple[np.ndarray
     noisy = (clean + t.to(eps.dtype)[None, :, None, None, None] * eps).flatten(0, 1)
     t_batch = t.repeat(num_queries)
     denoising, rerun = np.zeros((len(subsets), num_queries)), np.zeros((len(subsets), num_queries))
+
+    @torch.no_grad()
+    def outputs(subset):
+        counterfactual = denoiser.without(np.nonzero(~subset)[0].tolist())
+        error = (counterfactual(noisy, t_batch).view_as(eps) - clean).square().mean((2, 3, 4)).sum(1)
+        moved = (sample(counterfactual, z0, CONFIG) - samples).square().mean((1, 2, 3))
+        return [(-error.double()).tolist(), (-moved.double()).tolist()]
+
     for m, subset in enumerate(subsets):
         started = time.perf_counter()
-        counterfactual = denoiser.without(np.nonzero(~subset)[0].tolist())
-        with torch.no_grad():
-            error = (counterfactual(noisy, t_batch).view_as(eps) - clean).square().mean((2, 3, 4)).sum(1)
-            denoising[m] = -error.double().numpy()
-            rerun[m] = -(sample(counterfactual, z0, CONFIG) - samples).square().mean((1, 2, 3)).double().numpy()
+        denoising[m], rerun[m] = cache.get(f"lds:{m}", lambda: outputs(subset))
         _log(f"LDS subset {m + 1}/{len(subsets)}: {time.perf_counter() - started:.1f} s")
     return denoising, rerun
 
@@ -191,34 +261,34 @@ def _change(rerun: torch.Tensor, original: torch.Tensor, descriptor) -> tuple[np
     return mse, similarity
 
 
-def removal_curves(denoiser, scores, samples, z0, queries, names, ks, random_seeds) -> dict:
+def removal_curves(denoiser, scores, samples, z0, queries, names, ks, random_seeds, cache) -> dict:
     """{row: {k: {"mse": [per query], "similarity": [...]}}}: remove the top k by each score (per
     query) or k random images (one draw per seed, shared by the queries) and re-run."""
     descriptor = PixelCorrelationDescriptor()
     curves = {name: {k: {"mse": [], "similarity": []} for k in ks} for name in (*names, "random")}
+    @torch.no_grad()
+    def change(index, removed):
+        return [v.tolist() for v in _change(sample(denoiser.without(list(removed)), z0[index], CONFIG), samples[index],
+                                             descriptor)]
+
     for done, q in enumerate(queries):
-        started, changes = time.perf_counter(), {}  # scores that agree on the top k share one re-run
+        started, removals = time.perf_counter(), set()  # scores that agree on the top k share one re-run
         for name in names:
             for k in ks:
-                removed = tuple(sorted(top_k(scores[q][name], k).tolist()))
-                if removed not in changes:
-                    with torch.no_grad():
-                        rerun = sample(denoiser.without(list(removed)), z0[q : q + 1], CONFIG)
-                    changes[removed] = [float(v[0]) for v in _change(rerun, samples[q : q + 1], descriptor)]
-                curves[name][k]["mse"].append(changes[removed][0])
-                curves[name][k]["similarity"].append(changes[removed][1])
-        _log(f"removal query {done + 1}/{len(queries)}: {len(changes)} re-runs, {time.perf_counter() - started:.1f} s")
-    index = torch.tensor(list(queries))
+                removed = sorted(top_k(scores[q][name], k).tolist())
+                removals.add(tuple(removed))
+                mse, similarity = cache.get(f"removal:{q}:{removed}", lambda: change([q], removed))
+                curves[name][k]["mse"] += mse
+                curves[name][k]["similarity"] += similarity
+        _log(f"removal query {done + 1}/{len(queries)}: {len(removals)} re-runs, {time.perf_counter() - started:.1f} s")
     num_images = len(denoiser.training_set)
     for seed in range(random_seeds):
         rng = np.random.default_rng(seed)
         for k in ks:
-            counterfactual = denoiser.without(rng.choice(num_images, k, replace=False).tolist())
-            with torch.no_grad():
-                rerun = sample(counterfactual, z0[index], CONFIG)
-            mse, similarity = _change(rerun, samples[index], descriptor)
-            curves["random"][k]["mse"] += mse.tolist()
-            curves["random"][k]["similarity"] += similarity.tolist()
+            removed = rng.choice(num_images, k, replace=False).tolist()
+            mse, similarity = cache.get(f"random:{list(queries)}:{removed}", lambda: change(list(queries), removed))
+            curves["random"][k]["mse"] += mse
+            curves["random"][k]["similarity"] += similarity
     return curves
 
 
@@ -252,29 +322,37 @@ def _quartiles(values) -> dict:
 
 
 def network_r2(full, path: Path, num_samples: int, seed: int) -> dict:
-    """PSPC-Square over the full training set (flips) on the network's own Euler trajectory:
-    per step and for the final sample (the last step's D), r^2 and MSE against the network."""
+    """PSPC-Square over the full training set (flips) against the network: per step on the
+    network's own Euler trajectory (PSPC's D of the network's z_t; the last step's D is the
+    network's sample), and PSPC's own sample from the same initial noise (the ELS paper's
+    comparison); per image r^2 and MSE against the network."""
     from pspc.networks import load_network
 
     network = load_network(path, full)
     explainer = pspc_square(full.with_xflip())
-    states = []
+    noise, states = initial_noise(num_samples, full.image_shape, seed), []
     with torch.no_grad():
-        sample(network, initial_noise(num_samples, full.image_shape, seed), CONFIG,
-               callback=lambda step, t, z, denoised, weights: states.append((step, t, z.clone(), denoised.clone())))
+        network_samples = sample(network, noise, CONFIG, callback=lambda step, t, z, denoised, weights: states.append(
+            (step, t, z.clone(), denoised.clone())))
     per_step, started = [], time.perf_counter()
     for step, t, z, reference in states:
         with torch.no_grad():
-            estimate = explainer(z, t)
-        r2, mse = _r2(reference, estimate), (reference - estimate).double().square().mean((1, 2, 3)).numpy()
-        per_step.append({"step": step, "t": t, "r2": r2.tolist(), "mse": mse.tolist(), "r2_quartiles": _quartiles(r2),
-                         "mse_quartiles": _quartiles(mse)})
-        _log(f"network step {step}: t={t:.3g}, median r^2 {np.median(r2):.3f} ({time.perf_counter() - started:.0f} s)")
+            per_step.append({"step": step, "t": t, **_agreement(reference, explainer(z, t))})
+        _log(f"network step {step}: t={t:.3g}, median r^2 {per_step[-1]['r2_quartiles']['median']:.3f} "
+             f"({time.perf_counter() - started:.0f} s)")
+    seconds = (time.perf_counter() - started) / (len(states) * num_samples)
+    with torch.no_grad():
+        own = _agreement(network_samples, sample(explainer, noise, CONFIG))
+    _log(f"PSPC's own samples: median r^2 {own['r2_quartiles']['median']:.3f}")
     return {"network": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
             "network_sha256": file_sha256(path), "samples": num_samples, "seed": seed,
-            "training_images": len(full), "entries": full.with_xflip().num_entries,
-            "final": per_step[-1], "steps": per_step, "seconds_per_image_call": (time.perf_counter() - started) / (
-                len(states) * num_samples)}
+            "training_images": len(full), "entries": full.with_xflip().num_entries, "final_step": per_step[-1],
+            "steps": per_step, "own_samples": own, "seconds_per_image_call": seconds}
+
+
+def _agreement(reference: torch.Tensor, estimate: torch.Tensor) -> dict:
+    r2, mse = _r2(reference, estimate), (reference - estimate).double().square().mean((1, 2, 3)).numpy()
+    return {"r2": r2.tolist(), "mse": mse.tolist(), "r2_quartiles": _quartiles(r2), "mse_quartiles": _quartiles(mse)}
 
 
 def _timed(timings: dict, name: str, function, *args):
@@ -298,6 +376,20 @@ def _lds_tables(values, rows, tuning, test) -> dict:
                        for name in values}}
 
 
+HEADLINE_RULE = ("the headline is the score with the best LDS (b) on the test queries, unless a score without "
+                 "fitted parameters is not significantly worse (its paired difference with the best has a 95% "
+                 "bootstrap CI that contains 0): then the best of those, since tuned parameters (step weights, a "
+                 "discount) were fitted on this data set and schedule and would be borrowed by every other")
+
+
+def choose_headline(lds: dict) -> str:
+    """The headline score by HEADLINE_RULE, from _lds_tables' output (registered scores only)."""
+    best = lds["best_by_b"]
+    untuned = [name for name in SCORES if name not in TUNED and (
+        name == best or lds["best_minus_other"][name]["b"]["ci95"][0] <= 0)]
+    return max(untuned, key=lambda name: lds["test"][name]["b"]["mean"]) if untuned else best
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     started, load_start, timings = time.perf_counter(), os.getloadavg(), {}
@@ -309,21 +401,22 @@ def run(args) -> dict:
     with torch.no_grad():
         samples = _timed(timings, "queries (one batch, weights kept)", sample, denoiser, z0, CONFIG, recorder, REQUEST)
     family = informative_family(args.exponents)
+    cache = Cache(None if args.no_cache else args.cache, {
+        "base": base.fingerprint, "denoiser": denoiser.describe(), "queries": args.queries, "seed": args.seed,
+        "subsets": args.subsets, "subset_seed": args.subset_seed, "lds_times": args.lds_times})
     scores = _timed(timings, "scores (all queries)", query_scores, recorder, samples, base, family)
     subsets = random_subsets(len(base), args.subsets, 0.5, args.subset_seed)
-    a, b = _timed(timings, "LDS outputs (all subsets)", lds_outputs, denoiser, subsets, samples, z0, args.lds_times,
-                  args.seed)
-    values = lds_values(scores, subsets, {"a": a, "b": b})
+    outputs = dict(zip("ab", _timed(timings, "LDS outputs (all subsets)", lds_outputs, denoiser, subsets, samples, z0,
+                                    args.lds_times, args.seed, cache)))
+    values = lds_values(scores, subsets, outputs)
     tuning, test = list(range(0, args.queries, 2)), list(range(1, args.queries, 2))
-    chosen_member, tuning_means = choose_informative(values, family, tuning)
-    for q in range(args.queries):
-        scores[q]["informative-share"] = scores[q][chosen_member]
-    values["informative-share"] = values[chosen_member]
-    rows = [*SCORES, "pixel-similarity", "descriptor", "random"]
+    tuned = add_tuned(recorder, scores, values, subsets, outputs, family, tuning)
+    rows = [*SCORES, CHANGE_WEIGHTED, "pixel-similarity", "descriptor", "random"]
     tables = _lds_tables(values, rows, tuning, test)
-    removal_names = [*SCORES, "pixel-similarity", "descriptor"]
+    tables["headline"] = choose_headline(tables)
+    removal_names = [*SCORES, CHANGE_WEIGHTED, "pixel-similarity", "descriptor"]
     curves = _timed(timings, "removal curves", removal_curves, denoiser, scores, samples, z0, test, removal_names,
-                    args.ks, args.random_seeds)
+                    args.ks, args.random_seeds, cache)
     cost = _timed(timings, "counterfactual cost", counterfactual_cost, denoiser, scores, z0, tables["best_by_b"])
     result = {
         "command": " ".join(["PYTHONPATH=. .venv/bin/python", "bench/attribution.py", *sys.argv[1:]]),
@@ -340,16 +433,17 @@ def run(args) -> dict:
         "data": {"base": base.describe(), "base_indices_sha256": _sha256(chosen), "full": full.describe()},
         "denoiser": denoiser.describe(), "sampler": {"method": CONFIG.method, "steps": CONFIG.num_steps},
         "weights": {"top_k": REQUEST.top_k, "mass": REQUEST.mass},
-        "meanings": {**{name: s.meaning for name, s in SCORES.items()}, **BASELINES},
-        "informative": {"family": {name: list(v) for name, v in family.items()}, "chosen": chosen_member,
-                        "chosen_parameter": list(family[chosen_member]), "code_default": list(INFORMATIVE_DEFAULT),
-                        "tuning_mean_lds_b": tuning_means},
+        "meanings": {**{name: s.meaning for name, s in SCORES.items()}, **VARIANTS, **BASELINES},
+        "tuned": tuned,
         "lds": tables, "lds_per_query": values, "removal": curves, "counterfactual_cost": cost,
     }
     if not args.skip_network:
         result["network_r2"] = _timed(timings, "network r^2", network_r2, full, args.network, args.network_samples,
                                       args.network_seed)
     result["timings_s"] = {**timings, "total": time.perf_counter() - started}
+    result["resumed"] = {"cache": None if args.no_cache else str(args.cache), "pieces_from_cache": cache.hits,
+                         "note": "pieces computed by an earlier, stopped run of the same configuration (their time "
+                                 "is not in the timings)"}
     result["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": load_start,
                          "load_average_at_end": os.getloadavg(), "shared": True,
                          "environment": environment(torch.device("cpu"), with_commit=True)}
@@ -397,16 +491,43 @@ def network_lines(network) -> list[str]:
         r2, mse = row["r2_quartiles"], row["mse_quartiles"]
         lines.append(f"| {row['step']} | {row['t']:.3g} | {r2['median']:.3f} [{r2['q1']:.3f}, {r2['q3']:.3f}] | "
                      f"{mse['median']:.4f} [{mse['q1']:.4f}, {mse['q3']:.4f}] |")
-    final = network["final"]
-    lines += ["", f"Final sample (last step): median r^2 {final['r2_quartiles']['median']:.3f} "
-              f"[{final['r2_quartiles']['q1']:.3f}, {final['r2_quartiles']['q3']:.3f}], median MSE "
-              f"{final['mse_quartiles']['median']:.4f}; {network['seconds_per_image_call']:.2f} s per image per "
-              f"PSPC call.", ""]
+    final, own = network["final_step"]["r2_quartiles"], network["own_samples"]
+    lines += ["", f"Last step (the network's sample against PSPC's D of the network's last state): median r^2 "
+              f"{final['median']:.3f} [{final['q1']:.3f}, {final['q3']:.3f}] (at t = 0.002 both return nearly "
+              f"z itself, so this is close to 1 by construction).", "",
+              f"**PSPC's own samples from the same initial noise against the network's samples** (the ELS "
+              f"comparison): median r^2 {own['r2_quartiles']['median']:.3f} [{own['r2_quartiles']['q1']:.3f}, "
+              f"{own['r2_quartiles']['q3']:.3f}], median MSE {own['mse_quartiles']['median']:.4f} "
+              f"[{own['mse_quartiles']['q1']:.4f}, {own['mse_quartiles']['q3']:.4f}].", "",
+              f"{network['seconds_per_image_call']:.2f} s per image per PSPC call over "
+              f"{network['entries']} entries.", ""]
     return lines
 
 
+def resumed_text(resumed) -> str:
+    hits = resumed["pieces_from_cache"]
+    return f" ({hits} pieces resumed from {resumed['cache']}, their time not counted)" if hits else ""
+
+
+def tuned_lines(result) -> list[str]:
+    """The two scores tuned on the tuning queries: the informative discount and the step weights."""
+    tuned, values, test = result["tuned"], result["lds_per_query"], result["sizes"]["test_queries"]
+    means = tuned["tuning_mean_lds_b"]
+    lines = ["## Tuned on the tuning queries (LDS (b)), reported on the test queries above", "",
+             f"informative-share: patch weight g_k from {len(tuned['family'])} candidates (discount^exponent, "
+             f"pspc.posterior.scores.patch_discount); chosen **{tuned['chosen']}** (mean tuning LDS (b) "
+             f"{means[tuned['chosen']]:.3f}).", "", "| candidate | mean tuning LDS (b) |", "|---|---:|",
+             *[f"| {name} | {value:.3f} |" for name, value in means.items()], "",
+             "step-weighted-share: each step's weight is the mean tuning LDS (b) of that step's share alone "
+             "(negatives 0); the test column is the same on the test queries.", "",
+             "| step | t | weight (tuning) | test LDS (b) |", "|---:|---:|---:|---:|"]
+    for step, (t, weight) in enumerate(tuned["step_weights"]):
+        lines.append(f"| {step} | {t:.3g} | {weight:.3f} | {np.mean([values[f'step[{step}]']['b'][q] for q in test]):.3f} |")
+    return [*lines, ""]
+
+
 def report(result) -> str:
-    sizes, machine, info, cost = result["sizes"], result["machine"], result["informative"], result["counterfactual_cost"]
+    sizes, machine, cost = result["sizes"], result["machine"], result["counterfactual_cost"]
     best = result["lds"]["best_by_b"]
     lines = ["# Attribution benchmark: scores against exact PSPC counterfactuals", "",
              f"Command: `{result['command']}`", "", f"**{result['note']}**", "",
@@ -420,7 +541,8 @@ def report(result) -> str:
              f"{result['sampler']}, weights kept {result['weights']}.", "",
              f"Machine (shared with other work): {machine['cpus']} CPUs, load average {machine['load_average_at_start']} "
              f"at start, {machine['load_average_at_end']} at end; versions {machine['environment']['versions']}; "
-             f"total {result['timings_s']['total']:.0f} s.", "",
+             f"total {result['timings_s']['total']:.0f} s"
+             f"{resumed_text(result['resumed'])}.", "",
              "## Scores (LDS on the test queries: mean ± s.e. [bootstrap 95% CI]; removal: mean over test queries)", "",
              "(a): minus the denoising error at fixed noise; (b): minus the MSE of the re-run sample. MSE k: pixel "
              "MSE of the re-run without the top k to the original; sim k: its pixel-correlation descriptor "
@@ -428,10 +550,7 @@ def report(result) -> str:
              *main_table(result), "",
              f"Best by LDS (b): **{best}**; paired difference best - other on the test queries (LDS (b)):", "",
              *[f"- {best} - {name}: {_summary_text(d['b'])}" for name, d in result["lds"]["best_minus_other"].items()],
-             "", "## informative-share: the discount chosen on the tuning queries", "",
-             f"Family: patch weight g_k in {list(info['family'])}; chosen **{info['chosen']}** (mean tuning LDS (b) "
-             f"{info['tuning_mean_lds_b'][info['chosen']]:.3f}); the code default is {info['code_default']}.", "",
-             *[f"- {name}: {value:.3f}" for name, value in info["tuning_mean_lds_b"].items()], "",
+             "", f"Headline: **{result['lds']['headline']}** ({HEADLINE_RULE}).", "", *tuned_lines(result),
              "## Meanings", "", *[f"- **{name}**: {text}" for name, text in result["meanings"].items()], "",
              "## Cost of one counterfactual", "",
              f"Masked re-run / parent run (one sample, 18 steps, weights kept, top {cost['removed']} by {cost['by']} "
@@ -445,7 +564,15 @@ def report(result) -> str:
 
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    _log(f"start; load average {os.getloadavg()} (shared machine)")
+    if args.report_from is not None:  # the tables again from a finished run's JSON (no computation)
+        result = json.loads(args.report_from.read_text())
+        result["lds"]["headline"] = choose_headline(result["lds"])
+        (args.out / "attribution.md").write_text(report(result))
+        (args.out / "attribution.json").write_text(json.dumps(result, indent=1, default=float))
+        return 0
+    _log(f"start; load average {os.getloadavg()} (shared machine); sizes: {args.per_class} images per class, "
+         f"{args.queries} queries, {args.subsets} subsets, k = {args.ks}, {args.random_seeds} random draws, "
+         f"network: {'skipped' if args.skip_network else f'{args.network_samples} samples'}")
     result = run(args)
     text = report(result)
     print(text)

@@ -32,10 +32,11 @@ from pspc.posterior.attribution import (
 )
 from pspc.posterior.patch_sets import PatchSet
 
-__all__ = ["DISCOUNTS", "INFORMATIVE_DEFAULT", "SCORES", "AttributionScore", "EvidenceRecorder", "ScoreError",
-           "StepEvidence", "compute_scores", "final_share", "image_pixel_weights", "informative_share",
-           "largest_regions", "nda", "patch_discount", "patch_membership", "pixel_similarity", "region",
-           "step_changes", "step_shares", "step_weighted_share", "trajectory_share"]
+__all__ = ["DISCOUNTS", "INFORMATIVE_DEFAULT", "SCORES", "STEP_WEIGHTS", "AttributionScore", "EvidenceRecorder",
+           "ScoreError", "StepEvidence", "change_weighted_share", "compute_scores", "final_share",
+           "image_pixel_weights", "informative_share", "largest_regions", "nda", "patch_discount", "patch_membership",
+           "pixel_similarity", "region", "step_changes", "step_shares", "step_weight", "step_weighted_share",
+           "trajectory_share"]
 
 
 class ScoreError(InputError):
@@ -210,7 +211,7 @@ def trajectory_share(steps: Sequence[StepEvidence]) -> np.ndarray:
 
 # Chosen by LDS (model output: the re-run sample) on the tuning half of the queries of
 # `bench/attribution.py` (full configuration; bench/results/attribution.md lists the family).
-INFORMATIVE_DEFAULT = ("entropy", 1.0)
+INFORMATIVE_DEFAULT = ("ess", 0.5)
 
 
 def informative_share(steps: Sequence[StepEvidence], discount: str = INFORMATIVE_DEFAULT[0],
@@ -222,14 +223,41 @@ def informative_share(steps: Sequence[StepEvidence], discount: str = INFORMATIVE
     return _trajectory(_check(steps), lambda step: patch_discount(step, discount, exponent))
 
 
-def step_weighted_share(steps: Sequence[StepEvidence]) -> np.ndarray:
+def change_weighted_share(steps: Sequence[StepEvidence]) -> np.ndarray:
     """Each step's pixel weights weighted by how much that step changed each pixel of D
     (step_changes): the part of the image's making, over the trajectory, built from the image."""
     total = np.zeros(_check(steps)[0].num_images)
     for step, change in zip(steps, step_changes(steps)):
         images, maps = image_pixel_weights(step)
-        total[images] += maps @ change
+        total += np.bincount(images, maps @ change, step.num_images)
     return total
+
+
+# How much each step's share decides the final image, per noise level t: the mean LDS, on the
+# tuning queries of bench/attribution.py (full configuration, output (b): the re-run sample),
+# of that step's share alone, negatives set to 0; see bench/results/attribution.md.
+STEP_WEIGHTS: tuple[tuple[float, float], ...] = (
+    (80, 0.024), (57.586, 0.027), (40.7856, 0.021), (28.3746, 0.020), (19.3525, 0.006), (12.9101, 0.025),
+    (8.40094, 0.044), (5.3152, 0.091), (3.25682, 0.199), (1.92334, 0.276), (1.08817, 0.316), (0.585348, 0.364),
+    (0.296442, 0.361), (0.139516, 0.367), (0.059947, 0.354), (0.022935, 0.330), (0.007528, 0.344), (0.002, 0.356))
+
+
+def step_weight(t: float, table: Sequence[tuple[float, float]]) -> float:
+    """The weight of the table row nearest to t in log t."""
+    if not table:
+        raise ScoreError("the step-weight table is empty")
+    return float(min(table, key=lambda row: abs(math.log(row[0]) - math.log(t)))[1])
+
+
+def step_weighted_share(steps: Sequence[StepEvidence], table: Sequence[tuple[float, float]] | None = None) -> np.ndarray:
+    """Each step's share weighted by how much that step decides the final image, as measured
+    (table: (t, weight) rows, default STEP_WEIGHTS; nearest row in log t), over the sum of
+    the weights: a weighted mean of the steps' shares."""
+    table = STEP_WEIGHTS if table is None else table
+    weights = [step_weight(step.t, table) for step in _check(steps)]
+    if sum(weights) <= 0:
+        raise ScoreError("the step weights of these steps are all 0")
+    return sum(w / sum(weights) * step_shares(step) for w, step in zip(weights, steps) if w > 0)
 
 
 def largest_regions(labels: np.ndarray) -> dict[int, int]:
@@ -293,8 +321,8 @@ SCORES: dict[str, AttributionScore] = {s.name: s for s in (
                      "sampling steps in proportion to how much each step writes into the next state.", trajectory_share),
     AttributionScore("informative-share", "The trajectory share counted only where the evidence is specific: patches "
                      "whose posterior is spread flat over many training images count less.", informative_share),
-    AttributionScore("step-weighted-share", "The part of the image's making, step by step and pixel by pixel, built "
-                     "from this training image, where steps count by how much they changed the image.",
+    AttributionScore("step-weighted-share", "The share of the image built from this training image, averaged over "
+                     "the sampling steps in proportion to how much each step was measured to decide the final image.",
                      step_weighted_share),
     AttributionScore("region", "The largest connected region of the finished image where this training image is "
                      "the main source, as a fraction of the image.", region),

@@ -16,7 +16,8 @@ __all__ = ["GalleryItem", "RunPage", "build_run_page"]
 
 @dataclass(kw_only=True)
 class GalleryItem:
-    """One sample of a run: its final image and its largest source (None until complete)."""
+    """One sample of a run: its final image and its headline source, the largest trajectory
+share (None until complete)."""
 
     sample_index: int
     seed: int

@@ -171,3 +171,25 @@ def test_the_run_page_of_a_counterfactual_names_its_parent(store):
     assert (cf.origin.parent_run_id, cf.origin.parent_sample, cf.origin.how) == (1, 0, f"owner {HOSTILE_OWNER!r}")
     assert cf.origin_sentence.startswith("sample 1/0 re-run without 3 training images")
     assert page(store.parent).origin is None and page(store.parent).origin_sentence is None
+
+
+def test_the_record_of_a_counterfactual_calls_its_denoiser_pspc_without_the_removed_images(store):
+    from reports.render import render_page
+
+    def html(run_id):
+        return render_page(build_run_page(load_run_page(store.db, run_id, limit=24, offset=0),
+                                          pagination=Pagination.window(1, 24)))
+
+    counterfactual, parent = html(store.removed_by_owner), html(store.parent)
+    assert "<dt>Denoiser</dt>" in counterfactual and "without the removed training images" in counterfactual
+    assert "Explainer" not in counterfactual and 'class="chip kind-counterfactual"' in counterfactual
+    assert "without the removed training images" not in parent
+
+
+def test_every_run_kind_has_its_own_chip_colour():
+    from pathlib import Path
+
+    from auditor.store.run_kinds import KIND_NAMES
+
+    css = (Path(__file__).resolve().parents[2] / "reports" / "templates" / "base.html").read_text()
+    assert [kind for kind in KIND_NAMES if f".chip.kind-{kind} {{" not in css] == []

@@ -185,7 +185,8 @@ def test_json_is_the_page_data_with_or_without_images(random_store):
 def test_run_page_gallery_and_pagination(random_store):
     page = pages.run_context(random_store.db, random_store.complete_run, page=2, per_page=2)
     assert page.pagination.total == 3 and [s.sample_index for s in page.samples] == [2]
-    top = attribution.sample_sources(random_store.db, random_store.complete_run, 2, top=1)[0]
+    # the gallery's source is the headline one (the largest trajectory share), not the final image's
+    top = attribution.trajectory_sources(random_store.db, random_store.complete_run, 2, top=1)[0]
     item = page.samples[0]
     assert (item.top_image_index, item.top_image_id) == (top["image_index"], top["image_id"])
     assert item.top_share == pytest.approx(top["share"], abs=ABS) and item.image is not None

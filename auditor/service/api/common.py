@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from auditor.service.limits import MAX_ID
 
 __all__ = ["CACHED", "ERROR_DESCRIPTIONS", "MAX_ID", "MAX_LIMIT", "PNG", "ErrorBody", "Page", "Pagination",
-           "Shape", "UtcDateTime", "errors", "json_body", "limit_query_string", "page", "png_bytes", "png_response"]
+           "Shape", "TrainingImageRef", "UtcDateTime", "errors", "json_body", "limit_query_string", "page", "png_bytes", "png_response"]
 
 T = TypeVar("T")
 MAX_LIMIT = 1000
@@ -82,6 +82,18 @@ def limit_query_string(max_bytes: int, instead: str) -> Callable:
                                      f"{request.method} {request.url.path}; use {instead} instead")
 
     return check
+
+
+class TrainingImageRef(BaseModel):
+    """A training image as every list of sources names it: its index, id, label and rights fields."""
+
+    image_index: int = Field(ge=0)
+    image_id: str | None = None
+    label: int | None = None
+    label_name: str | None = None
+    source_uri: str | None = None
+    owner: str | None = None
+    license: str | None = None
 
 
 class Page(BaseModel, Generic[T]):

@@ -10,8 +10,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from auditor.errors import UserError
-from auditor.service.api.common import (CACHED, MAX_ID, PNG, Page, Pagination, Shape, errors, json_body, page,
-                                        png_bytes)
+from auditor.service.api.common import (CACHED, MAX_ID, PNG, Page, Pagination, Shape, TrainingImageRef, errors,
+                                        json_body, page, png_bytes)
 from auditor.service.api.runs import AuditedImage, RunKindName, RunStatus
 from auditor.service.auth import get_settings
 from auditor.service.cache import cached_response
@@ -96,14 +96,7 @@ class PatchUse(BaseModel):
     weight: float = Field(ge=0)
 
 
-class Source(BaseModel):
-    image_index: int = Field(ge=0)
-    image_id: str | None = None
-    label: int | None = None
-    label_name: str | None = None
-    source_uri: str | None = None
-    owner: str | None = None
-    license: str | None = None
+class Source(TrainingImageRef):
     share: float = Field(ge=0, description="fraction of the image built from this training image (kept weights)")
     flip_share: float = Field(ge=0, description="the part of `share` from its mirrored copy")
     patches: list[PatchUse] = Field(default_factory=list, description="its largest kept weights")
@@ -117,14 +110,7 @@ class SourcesPage(Page[Source]):
     step: int | None = Field(None, ge=0)
 
 
-class PixelSource(BaseModel):
-    image_index: int = Field(ge=0)
-    image_id: str | None = None
-    label: int | None = None
-    label_name: str | None = None
-    source_uri: str | None = None
-    owner: str | None = None
-    license: str | None = None
+class PixelSource(TrainingImageRef):
     weight: float = Field(ge=0, description="weight of this training image in the pixel (sum over its copies)")
     flip_share: float = Field(ge=0)
     links: dict[str, str] = Field(default_factory=dict)

@@ -8,7 +8,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
-from auditor.service.api.common import MAX_ID, Page, Pagination, errors, page
+from auditor.service.api.common import MAX_ID, Page, Pagination, TrainingImageRef, errors, page
 from auditor.service.auth import get_settings
 from auditor.store.scores import HEADLINE_SCORE, SCORES, is_fraction, score_page
 
@@ -26,14 +26,7 @@ class ScoreInfo(BaseModel):
     fraction: bool = Field(description="a fraction of the image (else a sum of posterior weights)")
 
 
-class ScoredSource(BaseModel):
-    image_index: int = Field(ge=0)
-    image_id: str | None = None
-    label: int | None = None
-    label_name: str | None = None
-    source_uri: str | None = None
-    owner: str | None = None
-    license: str | None = None
+class ScoredSource(TrainingImageRef):
     score: float = Field(description="the training image's value of the score")
     final_share: float = Field(ge=0, description="fraction of the finished image built from it")
 

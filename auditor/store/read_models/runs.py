@@ -1,5 +1,6 @@
 """A run's page: its run and dataset rows, one page of its samples, and each shown sample's
-largest source (view sample_sources) for a complete run."""
+headline source: the largest trajectory share (view trajectory_sources, the headline
+score auditor.store.scores.HEADLINE_SCORE) for a complete run."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class GallerySample:
 class RunPageData:
     """run and dataset (auditor.store.runs.read_run); samples: the requested slice, by index;
     step_counts: sample_index -> recorded steps (every sample of the run); top_sources:
-    sample_index -> (image_index, share) of its final image's largest source (complete runs,
+    sample_index -> (image_index, share) of its largest trajectory share (complete runs,
     shown samples); images: ImageMeta (no pixels) of those sources."""
 
     run: dict
@@ -60,7 +61,7 @@ def load_run_page(db_path, run_id: int, *, limit: int, offset: int,
                     SELECT sample_index, image_index, share FROM (
                         SELECT sample_index, image_index, share,
                                row_number() OVER (PARTITION BY sample_index ORDER BY share DESC, image_index) AS r
-                        FROM sample_sources WHERE run_id = ? AND sample_index IN (SELECT unnest(?::INTEGER[])))
+                        FROM trajectory_sources WHERE run_id = ? AND sample_index IN (SELECT unnest(?::INTEGER[])))
                     WHERE r = 1""", [run_id, indices]).fetchall():
                 tops[sample_index] = (image_index, share)
         shape = (dataset["channels"], dataset["height"], dataset["width"])

@@ -10,9 +10,9 @@ import torch
 from pspc.denoisers import pspc_square
 from pspc.posterior.patch_sets import MaskPatches
 from pspc.posterior.scores import (
-    SCORES, EvidenceRecorder, ScoreError, StepEvidence, compute_scores, final_share, image_pixel_weights,
-    informative_share, largest_regions, nda, patch_discount, patch_membership, pixel_similarity, region,
-    step_weighted_share, trajectory_share,
+    SCORES, STEP_WEIGHTS, EvidenceRecorder, ScoreError, StepEvidence, change_weighted_share, compute_scores,
+    final_share, image_pixel_weights, informative_share, largest_regions, nda, patch_discount, patch_membership,
+    pixel_similarity, region, step_weight, step_weighted_share, trajectory_share,
 )
 from pspc.posterior.weights import WeightRequest
 from pspc.samplers import SamplerConfig, initial_noise, sample
@@ -140,7 +140,21 @@ def test_informative_share_with_exponent_zero_is_the_trajectory_share():
         np.testing.assert_allclose(informative_share(steps, kind, 0.0), trajectory_share(steps), rtol=1e-12)
 
 
-def test_step_weighted_share_weighs_pixels_by_how_much_each_step_changed_them():
+def test_step_weighted_share_is_the_mean_of_the_step_shares_weighted_by_the_table_row_nearest_in_log_t():
+    steps = random_steps(12)  # t = 8, 2, 0.5, 0.1
+    table = [(10.0, 0.0), (1.5, 2.0), (0.4, 1.0), (0.001, 3.0)]  # nearest in log t: 10, 1.5, 0.4, 0.4
+    expected = (2.0 * reference_share(steps[1]) + 1.0 * reference_share(steps[2]) + 1.0 * reference_share(steps[3])) / 4
+    np.testing.assert_allclose(step_weighted_share(steps, table), expected, rtol=1e-6, atol=1e-12)
+    assert step_weight(0.01, table) == 3.0 and step_weight(0.1, table) == 1.0
+    assert [t for t, _ in STEP_WEIGHTS] == sorted((t for t, _ in STEP_WEIGHTS), reverse=True)
+    assert all(w >= 0 for _, w in STEP_WEIGHTS) and step_weighted_share(steps).shape == (N,)
+    with pytest.raises(ScoreError, match="all 0"):
+        step_weighted_share(steps, [(1.0, 0.0)])
+    with pytest.raises(ScoreError, match="table is empty"):
+        step_weighted_share(steps, [])
+
+
+def test_change_weighted_share_weighs_pixels_by_how_much_each_step_changed_them():
     steps = random_steps(5)
     changes, previous = [], np.zeros((C, H, W))
     for s in steps:
@@ -153,7 +167,7 @@ def test_step_weighted_share_weighs_pixels_by_how_much_each_step_changed_them():
         for i in range(N):
             for q in range(H * W):
                 expected[i] += p[i, q] * change[q] / total
-    np.testing.assert_allclose(step_weighted_share(steps), expected, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(change_weighted_share(steps), expected, rtol=1e-5, atol=1e-12)
 
 
 def flood_fill_regions(labels: np.ndarray) -> dict[int, int]:
