@@ -13,6 +13,8 @@ import pytest
 pytest.register_assert_rewrite("tests.support")  # the helpers' asserts explain their failures too
 # starlette's TestClient sends "Host: testserver": a name the service answers only when told to
 os.environ.setdefault("AUDITOR_TRUSTED_HOSTS", "testserver")
+# no descriptor cache in ~/.cache from the tests (auditor.similarity.descriptor_cache; its tests set their own)
+os.environ.setdefault("PSPC_CACHE_DIR", "off")
 
 from auditor.workflows.options import SamplingOptions  # noqa: E402
 from auditor.workflows.sampling import record_sampling_run  # noqa: E402

@@ -14,7 +14,11 @@ from auditor.store import database
 
 # CalibrationOptions' defaults (auditor.workflows.verdicts; a test checks they agree), kept here so that
 # building the parser imports no torch or faiss
-DEFAULT_PER_FAMILY, DEFAULT_NOVEL_COUNT, DEFAULT_TARGET_FPR = 60, 2000, 0.005
+DEFAULT_PER_FAMILY, DEFAULT_NOVEL_COUNT, DEFAULT_TARGET_FPR = 60, 4000, 0.01
+DEFAULT_RULE, DEFAULT_CONFIDENCE, RULES = "joint", 0.95, ("joint", "per-source")
+VERDICT_DESCRIPTOR_HELP = ("the copy verdict's descriptor-match descriptor: none, auto (the committed fmnist-copy on "
+                           "the training set it was trained on only), fmnist-copy, learned:PATH or any --descriptor "
+                           "spec (default: $PSPC_COPY_DESCRIPTOR, else none)")
 
 
 def add_calibrate(commands, parents: Parents) -> None:
@@ -23,8 +27,10 @@ def add_calibrate(commands, parents: Parents) -> None:
         help="calibrate the copy verdict's thresholds on a training set (stored with their TPR/FPR)",
         description="Build labelled cases from the training set (exact, mirrored and near copies, partial copies) "
                     "and from --novel images that are not in it, split them into calibration and test halves, "
-                    "choose each evidence source's threshold on the calibration half at --target-fpr, measure TPR "
-                    "and FPR at it on both halves and store the thresholds in the store (copy_calibrations). "
+                    "choose the evidence sources' thresholds on the calibration half together, so that the novel "
+                    "images called copy or partial copy by any of them stay under --target-fpr at --confidence "
+                    "(--rule joint), measure TPR and FPR at them on both halves (and the union's) and store the "
+                    "thresholds in the store (copy_calibrations). "
                     "Audits and comparisons of this training set then give calibrated verdicts; without a "
                     "calibration their verdict is 'inconclusive'. --list shows the stored calibrations.")
     calibrate.set_defaults(handler=cmd_calibrate)
@@ -35,7 +41,16 @@ def add_calibrate(commands, parents: Parents) -> None:
     calibrate.add_argument("--novel-count", type=integer(low=2), default=DEFAULT_NOVEL_COUNT, metavar="N",
                            help="novel images used, both halves (default: %(default)s)")
     calibrate.add_argument("--target-fpr", type=float, default=DEFAULT_TARGET_FPR, metavar="F",
-                           help="false-positive rate allowed per evidence source (default: %(default)s)")
+                           help="false-positive rate allowed: with --rule joint, the share of novel images called "
+                                "copy or partial copy by any evidence source, as an upper confidence bound; with "
+                                "per-source, each source's own rate on the calibration half (default: %(default)s)")
+    calibrate.add_argument("--rule", choices=RULES, default=DEFAULT_RULE,
+                           help="joint: the sources share --target-fpr, bounded at --confidence (one-sided "
+                                "Clopper-Pearson); per-source: the earlier point estimate per source "
+                                "(default: %(default)s)")
+    calibrate.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, metavar="C",
+                           help="confidence of the joint rule's upper bound (default: %(default)s)")
+    calibrate.add_argument("--verdict-descriptor", metavar="SPEC", help=VERDICT_DESCRIPTOR_HELP)
     calibrate.add_argument("--seed", type=integer(high=MAX_INT), default=0, help="(default: %(default)s)")
     calibrate.add_argument("--no-xflip", action="store_true", help="without the mirrored training images")
     calibrate.add_argument("--list", action="store_true", help="list the stored calibrations and exit")
@@ -96,10 +111,12 @@ def cmd_calibrate(args, argv: list[str]) -> int:
     database.require_current(path, timeout=args.lock_timeout)
     if args.list:
         return _list(path, args.lock_timeout)
-    if not 0 < args.target_fpr < 1:
-        raise CLIError(f"--target-fpr must be in (0, 1), got {args.target_fpr}")
+    for option in ("target_fpr", "confidence"):
+        if not 0 < getattr(args, option) < 1:
+            raise CLIError(f"--{option.replace('_', '-')} must be in (0, 1), got {getattr(args, option)}")
     options = CalibrationOptions(per_family=args.per_family, novel_count=args.novel_count,
-                                 target_fpr=args.target_fpr, seed=args.seed)
+                                 target_fpr=args.target_fpr, seed=args.seed, rule=args.rule,
+                                 confidence=args.confidence, verdict_descriptor=args.verdict_descriptor or "configured")
     data = load_data(args.data, args).with_xflip(not args.no_xflip)
     novel = load_training_set(args.novel)
     print(f"calibrating on {data.name} ({len(data)} images) with {args.novel} as novel images ...", file=sys.stderr)
@@ -110,4 +127,19 @@ def cmd_calibrate(args, argv: list[str]) -> int:
     print_table(["evidence", "call", "threshold", "TPR (cal)", "FPR (cal)", "TPR (held out)", "FPR (held out)"],
                 [[t["evidence"], t["call"], f"{t['threshold']:.4f}", f"{t['tpr']:.3f}", f"{t['fpr']:.4f}",
                   f"{t['test_tpr']:.3f}", f"{t['test_fpr']:.4f}"] for t in result.thresholds])
+    _print_union(result.record, args.confidence)
     return 0
+
+
+def _print_union(record: dict, confidence: float) -> None:
+    """The novel images called copy or partial copy by any source, on both halves, with their bounds."""
+    held_out, joint = record["test"]["union"], record.get("joint")
+    if joint is not None:
+        print(f"novel images called copy or partial copy (any source): calibration {joint['false_positives']}/"
+              f"{joint['negatives']} = {joint['fpr']:.4f} (upper bound {joint['fpr_upper']:.4f} at {confidence:g}, "
+              f"target {joint['target_fpr']:g})", end="; ")
+    print(f"held out {held_out['false_positives']}/{held_out['negatives']} = {held_out['fpr']:.4f} (upper bound "
+          f"{held_out['fpr_upper']:.4f})")
+    if joint is not None and not joint["bound_met"]:
+        print(f"{PROG}: warning: {joint['negatives']} calibration novel images cannot bound the false-positive rate "
+              f"at {joint['target_fpr']:g} even calling none of them: use a larger --novel-count", file=sys.stderr)

@@ -43,6 +43,9 @@ def add_counterfactual(commands, parents: Parents) -> None:
     counterfactual.add_argument("--list", action="store_true",
                                 help="list the stored counterfactuals of RUN/SAMPLE instead of running one")
     counterfactual.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    from auditor.cli import distributed  # over torchrun's ranks
+
+    distributed.add_distributed_options(counterfactual)
 
 
 def _options(args):
@@ -58,7 +61,12 @@ def _options(args):
                                  descriptor=args.descriptor)
 
 
-def cmd_counterfactual(args, argv: list[str]) -> int:
+def cmd_counterfactual(args, argv: list[str], distribute=None) -> int:
+    from auditor.cli import distributed
+
+    if distribute is None and distributed.wanted(args):  # over torchrun's ranks, rank 0 sending the store's pixels
+        return distributed.lead_ranks(args, "counterfactual", lambda leader: cmd_counterfactual(args, argv, leader),
+                                      with_data=False)
     path = db_path(args)
     database.require_current(path, timeout=args.lock_timeout)
     run_id, sample_index = args.target
@@ -80,7 +88,7 @@ def cmd_counterfactual(args, argv: list[str]) -> int:
         if recorded != args.dataset:
             raise CLIError(f"run {run_id} was recorded on dataset {recorded}, not on dataset {args.dataset}")
     with tqdm(desc="counterfactual", unit="step", file=sys.stderr, disable=None) as bar:
-        result = record_counterfactual(path, run_id, sample_index, options=options,
+        result = record_counterfactual(path, run_id, sample_index, options=options, distribute=distribute,
                                        runtime=Runtime(command=[PROG, *argv], progress=bar.update,
                                                        device=device(args.device), timeout=args.lock_timeout))
     if args.json:

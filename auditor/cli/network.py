@@ -11,6 +11,7 @@ from auditor.cli.common import (
     MAX_INT, PROG, CLIError, Parents, db_path, device, integer, load_data, numbers, positive, print_table,
     set_threads, share
 )
+from auditor.cli.copies import VERDICT_DESCRIPTOR_HELP
 from auditor.store import database
 from auditor.workflows.options import (
     DEFAULT_NETWORK, RECORDABLE_KINDS, AuditOptions, ComparisonOptions, ExplainOptions, Runtime
@@ -46,6 +47,14 @@ def add_train_network(commands, parents: Parents) -> None:
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     train.add_argument("--threads", type=integer(), metavar="N",
                        help="CPU threads for torch (default: torch's choice; 1 is far faster on a busy machine)")
+    planted = train.add_argument_group(
+        "planted canaries", "a memorisation study: train on the (--limit) data plus --canary-repeats duplicates of "
+                            "--canaries of its images, chosen by --canary-seed; the record's `canaries` names them")
+    planted.add_argument("--canaries", type=integer(), metavar="N", help="images to duplicate (default: none)")
+    planted.add_argument("--canary-repeats", type=integer(), metavar="R",
+                         help="extra copies of each canary (default: 100 with --canaries)")
+    planted.add_argument("--canary-seed", type=integer(high=MAX_INT), metavar="S",
+                         help="seed of the canaries' choice (default: 0 with --canaries)")
 
 
 def _explain_options() -> argparse.ArgumentParser:
@@ -78,6 +87,7 @@ def _explain_options() -> argparse.ArgumentParser:
                         help="copy-detection descriptor: sscd, sscd:PATH, an official SSCD name, "
                              "pixel-correlation[:N], fmnist-copy (the committed learned descriptor) or learned:PATH "
                              "(default: $PSPC_SSCD_CHECKPOINT when set, else pixel-correlation, which is not SSCD)")
+    shared.add_argument("--verdict-descriptor", metavar="SPEC", help=VERDICT_DESCRIPTOR_HELP)
     shared.add_argument("--thresholds", default=",".join(f"{t:g}" for t in ComparisonOptions.thresholds),
                         metavar="T1,T2", help="copy thresholds on the descriptor similarity (default: %(default)s)")
     shared.add_argument("--copy-k", type=integer(), default=ComparisonOptions.copy_k, metavar="K",
@@ -92,6 +102,8 @@ def _explain_options() -> argparse.ArgumentParser:
 
 def add_compare_and_audit(commands, parents: Parents) -> None:
     """`auditor compare` and `auditor audit IMAGE`."""
+    from auditor.cli import distributed
+
     shared = _explain_options()
     compare = commands.add_parser(
         "compare", parents=[parents.store, parents.data, shared],
@@ -105,7 +117,9 @@ def add_compare_and_audit(commands, parents: Parents) -> None:
     compare.add_argument("--network", type=Path, default=Path(DEFAULT_NETWORK), metavar="PATH",
                          help="project checkpoint, TorchScript net(z, sigma) or EDM .pkl (default: %(default)s)")
     compare.add_argument("--num", type=integer(), default=ComparisonOptions.num_samples, metavar="N",
-                         help="samples (default: %(default)s)")
+                         help="samples (default: %(default)s); under torchrun, whose own options take --num, "
+                              "write --num-samples")
+    compare.add_argument("--num-samples", dest="num", type=integer(), metavar="N", help=argparse.SUPPRESS)
     compare.add_argument("--sampler", choices=("euler", "heun"), default=ComparisonOptions.sampler,
                          help="(default: %(default)s)")
     compare.add_argument("--denoisers", default=",".join(ComparisonOptions.denoisers), metavar="KINDS",
@@ -133,11 +147,27 @@ def add_compare_and_audit(commands, parents: Parents) -> None:
                        metavar="T1,T2,...", help="--no-network: noise levels t of x + t eps (default: %(default)s)")
     audit.add_argument("--draws", type=integer(), default=AuditOptions.draws, metavar="N",
                        help="--no-network: noise draws per level, one sample each (default: %(default)s)")
+    for command in (compare, audit):  # over torchrun's ranks
+        distributed.add_distributed_options(command)
 
 
 # ---------------------------------------------------------------------------------------
 # train-network
 # ---------------------------------------------------------------------------------------
+def _canaries(args):
+    """The planted canaries asked for (pspc.networks.training.Canaries), or None."""
+    from pspc.networks.training import Canaries
+
+    if args.canaries is None:
+        if args.canary_repeats is not None or args.canary_seed is not None:
+            raise CLIError("--canary-repeats and --canary-seed need --canaries N")
+        return None
+    positive(args.canaries, "--canaries")
+    positive(args.canary_repeats, "--canary-repeats")
+    return Canaries(args.canaries, 100 if args.canary_repeats is None else args.canary_repeats,
+                    args.canary_seed or 0)
+
+
 def cmd_train_network(args, argv: list[str]) -> int:
     from tqdm import tqdm
 
@@ -146,6 +176,7 @@ def cmd_train_network(args, argv: list[str]) -> int:
 
     for option in ("iterations", "batch", "lr", "channels", "blocks", "threads"):
         positive(getattr(args, option), f"--{option}")
+    canaries = _canaries(args)
     if args.checkpoint_minutes < 0 or args.preview < 0:
         raise CLIError("--checkpoint-minutes and --preview must be >= 0")
     torch_device = device(args.device)
@@ -154,7 +185,7 @@ def cmd_train_network(args, argv: list[str]) -> int:
 
         torch.set_num_threads(args.threads)
     data = load_data(args.data, args)
-    out = args.out or Path("checkpoints") / f"{data.name}-unet.pt"
+    out = args.out or Path("checkpoints") / f"{data.name}{'' if canaries is None else '-canary'}-unet.pt"
     network = None
     if not args.resume or args.channels or args.blocks:
         network = NetworkConfig(image_channels=data.channels, resolution=data.resolution,
@@ -172,13 +203,17 @@ def cmd_train_network(args, argv: list[str]) -> int:
 
         try:
             record = train(data, out, network, config, resume=args.resume, device=torch_device, half=args.half,
-                           command=[PROG, *argv], progress=progress, log=bar.write)
+                           command=[PROG, *argv], progress=progress, log=bar.write, canaries=canaries)
         except KeyboardInterrupt:
             bar.write(f"interrupted: the last checkpoint is kept; continue with `{PROG} train-network --resume "
                       f"--out {out} ...` (same options)")
             raise
     print(f"trained {record['iterations']} iterations ({record['epochs']} epochs) in {record['wall_seconds']:.0f} s: "
           f"final loss {record['final_loss']}, eval loss {record['eval_loss']}")
+    if canaries is not None:
+        planted = record["canaries"]
+        print(f"planted canaries: training-set indices {', '.join(map(str, planted['indices']))}, each "
+              f"{1 + planted['repeats']} times in {record['dataset']['count']} images")
     for path in (out, out.with_suffix(".json"), out.with_suffix(".png"), Path(record["checkpoint"]["state"])):
         if path.exists():
             print(f"  {path}")
@@ -252,7 +287,7 @@ def _setup(args, network_path: Path | None, what: str, check_data=None):
 def _explain_settings(args) -> dict:
     return {"seed": args.seed, "top_k": args.top_k, "mass": args.mass, "explainer": args.explainer,
             "patch_size": args.patch_size, "schedule": args.schedule, "sensitivity_draws": args.sensitivity_draws,
-            "copy_k": args.copy_k}
+            "copy_k": args.copy_k, "verdict_descriptor": args.verdict_descriptor or "configured"}
 
 
 def _print_agreement(rows: list[dict]) -> None:
@@ -297,11 +332,14 @@ def _print_similarity(matrix) -> None:
                  for i in range(len(names)) for j in range(i + 1, len(names))])
 
 
-def cmd_compare(args, argv: list[str]) -> int:
+def cmd_compare(args, argv: list[str], distribute=None) -> int:
     from tqdm import tqdm
 
+    from auditor.cli import distributed
     from auditor.workflows import comparison
 
+    if distribute is None and distributed.wanted(args):  # over torchrun's ranks: auditor.cli.distributed
+        return distributed.lead_ranks(args, "compare", lambda leader: cmd_compare(args, argv, leader))
     positive(args.num, "--num")
     kinds = [k.strip() for k in args.denoisers.split(",") if k.strip()]
     if not kinds:
@@ -313,7 +351,7 @@ def cmd_compare(args, argv: list[str]) -> int:
     with tqdm(total=args.steps * (1 + len(kinds)), desc="comparing", unit="step", file=sys.stderr,
               disable=None) as bar:
         result = comparison.record_comparison(
-            path, data, network, options=options,
+            path, data, network, options=options, distribute=distribute,
             runtime=Runtime(command=[PROG, *argv], progress=bar.update, device=torch_device, timeout=args.lock_timeout))
     print(f"comparison {result.comparison_id}: network {network.name} (network {result.network_id}) vs "
           f"{', '.join(kinds)}; {args.num} samples x {args.steps} {args.sampler} steps from shared noise "
@@ -346,11 +384,15 @@ def _print_audit_method(result, network, seed: int) -> None:
               f"{', '.join(f'{t:g}' for t in details['noise_levels'])} ({details['draws']} draw(s), seed {seed})")
 
 
-def cmd_audit(args, argv: list[str]) -> int:
+def cmd_audit(args, argv: list[str], distribute=None) -> int:
     from tqdm import tqdm
 
+    from auditor.cli import distributed
     from auditor.store.attribution import sample_sources
     from auditor.workflows import audit
+
+    if distribute is None and distributed.wanted(args):  # over torchrun's ranks: auditor.cli.distributed
+        return distributed.lead_ranks(args, "audit", lambda leader: cmd_audit(args, argv, leader))
 
     levels = numbers(args.noise_levels, "--noise-levels")
     positive(args.draws, "--draws")
@@ -367,7 +409,7 @@ def cmd_audit(args, argv: list[str]) -> int:
     with tqdm(total=(2 * args.steps - 1) if network is not None else len(levels), desc="auditing", unit="step",
               file=sys.stderr, disable=None) as bar:
         result = audit.record_audit(
-            path, data, args.image, network=network, options=options,
+            path, data, args.image, network=network, options=options, distribute=distribute,
             runtime=Runtime(command=[PROG, *argv], progress=bar.update, device=torch_device, timeout=args.lock_timeout))
     print(f"run {result.run_id}: audit of {args.image} (sha256 {result.details['input'].get('sha256', '')[:12]}) "
           f"in {path}")

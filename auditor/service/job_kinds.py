@@ -14,9 +14,9 @@ A kind's request (a pydantic model whose `kind` is the kind's name) knows:
 Adding a kind (counterfactuals, once their workflow lands) is such a model and one entry in
 JOB_KINDS: auditor.service.api.jobs adds its route POST /api/jobs/{name} (JSON, or
 multipart/form-data when the kind has an `upload` form) and JobRunner runs it. No request
-names a server path: datasets come from the store, networks by file name from the service's
-networks folder (settings.networks_dir), images as uploads kept under the jobs folder by
-their sha256 (auditor.service.uploads). Exports need no job: they are synchronous GET routes
+names a server path: datasets come from the store, networks and learned copy descriptors
+(`learned:NAME`) by file name from the service's networks folder (settings.networks_dir),
+images as uploads kept under the jobs folder by their sha256 (auditor.service.uploads). Exports need no job: they are synchronous GET routes
 (auditor.service.api.provenance).
 """
 
@@ -51,10 +51,16 @@ DEFAULT_NETWORK_NAME = Path(DEFAULT_NETWORK).name
 
 Denoiser = Literal["pspc-square", "pspc-flex", "empirical", "gaussian", "cfdm"]  # = ComparisonOptions' KINDS
 Explainer = Literal["pspc-square", "pspc-flex", "empirical"]  # = RECORDABLE_KINDS (a test checks both)
+FILE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"  # a file in a service folder, by name: no path, no dot first
 NetworkName = Annotated[str, Field(
-    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$",
+    pattern=rf"^{FILE_NAME}$",
     description="a network file in the service's networks folder (AUDITOR_NETWORKS_DIR, default ./checkpoints), "
                 "by its name: a project checkpoint, a TorchScript net(z, sigma) or an EDM .pkl")]
+# The descriptor specs a request may name: none reads a path from the request (learned:NAME is a file of the
+# networks folder, by name; fmnist-copy is the committed checkpoint; sscd is the service's configured one)
+SAFE_DESCRIPTOR = rf"auto|sscd|pixel-correlation(:[1-9][0-9]{{0,3}})?|fmnist-copy|learned:{FILE_NAME}"
+LEARNED_HELP = ("fmnist-copy (the committed learned copy descriptor, 28x28 grayscale) or learned:NAME (a learned "
+                "descriptor checkpoint in the service's networks folder, by file name)")
 
 
 @dataclass(frozen=True)
@@ -64,15 +70,21 @@ class JobFolders:
     jobs_dir: Path
     networks_dir: Path
 
-    def network(self, name: str) -> Path:
-        """The network file `name` in the networks folder; NotFoundError naming the ones there."""
+    def network(self, name: str, what: str = "network") -> Path:
+        """The file `name` (a network, or `what`) in the networks folder; NotFoundError naming the ones there."""
         path = self.networks_dir / name
         if not path.is_file():
             there = sorted(p.name for p in self.networks_dir.glob("*") if p.is_file()) \
                 if self.networks_dir.is_dir() else []
-            raise NotFoundError(f"no network {name!r} in the service's networks folder (AUDITOR_NETWORKS_DIR); "
+            raise NotFoundError(f"no {what} {name!r} in the service's networks folder (AUDITOR_NETWORKS_DIR); "
                                 f"it holds: {', '.join(there) or 'nothing'}")
         return path.resolve()
+
+    def descriptor_spec(self, spec: str) -> str:
+        """A request's descriptor spec as the CLI takes it: learned:NAME becomes learned:PATH in the networks folder."""
+        if spec.startswith("learned:"):
+            return f"learned:{self.network(spec.removeprefix('learned:'), 'learned descriptor')}"
+        return spec
 
 
 class JobRequest(BaseModel):
@@ -162,10 +174,16 @@ class ExplainJobRequest(JobRequest):
     seed: int = Field(0, ge=0, le=2**53)
     top_k: int = Field(16, ge=1, le=MAX_TOP_K, description="kept posterior weights per sample and patch")
     mass: float = Field(0.99, gt=0, le=1, description="stop keeping weights once they hold this mass")
-    descriptor: str = Field("auto", pattern=r"^(auto|sscd|pixel-correlation(:[1-9][0-9]{0,3})?)$",
+    descriptor: str = Field("auto", pattern=rf"^({SAFE_DESCRIPTOR})$",
                             description="copy-detection descriptor: auto (the service's SSCD checkpoint when "
-                                        "configured, else pixel-correlation, which is not SSCD), sscd, or "
-                                        "pixel-correlation[:SIZE]")
+                                        "configured, else pixel-correlation, which is not SSCD), sscd, "
+                                        f"pixel-correlation[:SIZE], {LEARNED_HELP}")
+    verdict_descriptor: str = Field(
+        "configured", pattern=rf"^(configured|none|{SAFE_DESCRIPTOR})$",
+        description="the copy verdict's descriptor-match descriptor (`--verdict-descriptor`): configured (the "
+                    "service's $PSPC_COPY_DESCRIPTOR, else none), none, auto (fmnist-copy on the training set it was "
+                    f"trained on only), {LEARNED_HELP}, or another descriptor above; the verdict then needs a "
+                    "calibration with it (`auditor calibrate --verdict-descriptor`)")
     thresholds: list[Annotated[float, Field(ge=-1, le=1)]] = Field(
         list(DEFAULT_THRESHOLDS), min_length=1, max_length=8, description="copy thresholds on the descriptor "
                                                                           "similarity")
@@ -175,13 +193,20 @@ class ExplainJobRequest(JobRequest):
     def _explain_options(self) -> dict:
         return dict(explainer=self.explainer, patch_size=self.patch_size, sensitivity_draws=self.sensitivity_draws,
                     seed=self.seed, top_k=self.top_k, mass=self.mass, descriptor=self.descriptor,
-                    thresholds=tuple(self.thresholds), copy_k=self.copy_k)
+                    thresholds=tuple(self.thresholds), copy_k=self.copy_k, verdict_descriptor=self.verdict_descriptor)
 
-    def _explain_args(self) -> list[str]:
+    def _check_descriptors(self, folders: JobFolders) -> None:
+        """A learned:NAME descriptor must be a file of the networks folder."""
+        folders.descriptor_spec(self.descriptor)
+        folders.descriptor_spec(self.verdict_descriptor)
+
+    def _explain_args(self, folders: JobFolders) -> list[str]:
         argv = ["--explainer", self.explainer, "--sensitivity-draws", str(self.sensitivity_draws), "--seed",
                 str(self.seed), "--top-k", str(self.top_k), "--mass", repr(float(self.mass)), "--descriptor",
-                self.descriptor, "--thresholds", ",".join(repr(float(t)) for t in self.thresholds), "--copy-k",
-                str(self.copy_k)]
+                folders.descriptor_spec(self.descriptor), "--thresholds",
+                ",".join(repr(float(t)) for t in self.thresholds), "--copy-k", str(self.copy_k)]
+        if self.verdict_descriptor != "configured":  # configured: the service's own environment decides
+            argv += ["--verdict-descriptor", folders.descriptor_spec(self.verdict_descriptor)]
         return argv + ([] if self.patch_size is None else ["--patch-size", str(self.patch_size)])
 
 
@@ -205,11 +230,12 @@ class CompareJobRequest(ExplainJobRequest):
 
     def check(self, dataset: dict, folders: JobFolders) -> None:
         folders.network(self.network)
+        self._check_descriptors(folders)
 
     def cli_args(self, folders: JobFolders) -> list[str]:
         return ["compare", *self._common_args(), "--network", str(folders.network(self.network)), "--num",
                 str(self.num_samples), "--steps", str(self.steps), "--sampler", self.sampler, "--denoisers",
-                ",".join(self.denoisers), *self._explain_args()]
+                ",".join(self.denoisers), *self._explain_args(folders)]
 
 
 class AuditJobFields(ExplainJobRequest):
@@ -256,12 +282,13 @@ class AuditJobRequest(AuditJobFields):
     def check(self, dataset: dict, folders: JobFolders) -> None:
         if self.method == "inversion":
             folders.network(self.network)
+        self._check_descriptors(folders)
         check_upload(self.image, upload_path(folders.jobs_dir, self.image),
                      (dataset["channels"], dataset["height"], dataset["width"]))
 
     def cli_args(self, folders: JobFolders) -> list[str]:
         return ["audit", str(upload_path(folders.jobs_dir, self.image).resolve()), *self._common_args(),
-                *self._method_args(folders), *self._explain_args()]
+                *self._method_args(folders), *self._explain_args(folders)]
 
 
 class AuditUpload(AuditJobFields):

@@ -6,7 +6,7 @@ entries, best first (and a region mask when it gives one). Recall@k counts the t
 image is identified). AUROC and TPR at FPR 1 % / 0.1 % compare each family with the novel
 images of the same split; "TPR @ cal" is the share of the family at or above the threshold
 calibrated on the other split, and the novel row's "TPR @ cal" is the false-positive rate
-there.
+there. :func:`target_summary` condenses a verdict's rows into issue 17's targets.
 """
 
 from __future__ import annotations
@@ -17,11 +17,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from auditor.similarity.cases import PARTIAL_FAMILIES, Cases
-from auditor.similarity.metrics import auroc, iou, rate_at, tpr_at_fpr
+from auditor.similarity.metrics import auroc, binomial_upper_bound, iou, rate_at, tpr_at_fpr
 
-__all__ = ["COLUMNS", "Scored", "family_rows", "markdown_table", "verdict_rows"]
+__all__ = ["COLUMNS", "TARGET_COLUMNS", "Scored", "family_rows", "markdown_table", "target_summary", "verdict_rows"]
 
 COLUMNS = ("family", "cases", "R@1", "R@5", "AUROC", "TPR@1%", "TPR@0.1%", "TPR @ cal", "IoU")
+# issue 17's targets: exact and near copies called copies (>= 0.95) of the right image (>= 0.9), 50 % partial
+# copies found (>= 0.95), novel images called copy or partial copy <= 1 %; the hard families are shown as they are
+NEAR = ("exact", "exact-mirrored", "noise-4", "noise-8", "noise-16", "brightness", "contrast", "jpeg-20")
+HARD = ("shift-1", "shift-2", "crop-resize", "blur")
+HALF = ("partial-50-rect", "partial-50-ellipse", "partial-50-half")
+QUARTER = ("partial-25-rect", "partial-25-ellipse")
+TARGET_COLUMNS = ("verdict", "exact & near: min called (>= 0.95)", "min right source (>= 0.9)",
+                  "shift-1 / shift-2 / crop / blur", "partial 50%: min (>= 0.95)", "partial 25% rect / ellipse",
+                  "novel called (<= 0.01)", "upper bound")
 
 
 @dataclass
@@ -82,6 +91,21 @@ def verdict_rows(verdicts: list[dict], cases: Cases, num_images: int) -> list[di
                                                                          "inconclusive")},
                      "right source": None if name == "novel" else float(np.mean(right))})
     return rows
+
+
+def target_summary(name: str, rows: list[dict], confidence: float = 0.95) -> dict:
+    """One verdict's test-split figures against issue 17's targets (TARGET_COLUMNS), from verdict_rows."""
+    by = {r["family"]: r for r in rows}
+    called = lambda f: by[f]["copy"] + by[f]["partial copy"]  # noqa: E731
+    novel = by["novel"]
+    wrong = int(round(called("novel") * novel["cases"]))
+    return {"verdict": name, TARGET_COLUMNS[1]: min(by[f]["copy"] for f in NEAR if f in by),
+            TARGET_COLUMNS[2]: min(by[f]["right source"] for f in NEAR if f in by),
+            TARGET_COLUMNS[3]: " / ".join(f"{by[f]['copy']:.3f}" for f in HARD if f in by),
+            TARGET_COLUMNS[4]: min(by[f]["partial copy"] for f in HALF if f in by),
+            TARGET_COLUMNS[5]: " / ".join(f"{by[f]['partial copy']:.3f}" for f in QUARTER if f in by),
+            TARGET_COLUMNS[6]: f"{called('novel'):.4f} ({wrong}/{novel['cases']})",
+            TARGET_COLUMNS[7]: f"{binomial_upper_bound(wrong, novel['cases'], confidence):.4f}"}
 
 
 def markdown_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:

@@ -6,10 +6,15 @@ pixel hashes, aligned correlation (whole-image copies, shift tolerant), region m
 (whole-image copies by the learned copy descriptor, auditor.similarity.descriptor_evidence):
 none by default, since it catches more shifted, cropped and blurred copies but also more
 novel images (bench/results/copy_detection.md); $PSPC_COPY_DESCRIPTOR chooses one.
-:func:`calibrate` scores a calibration split (auditor.similarity.cases) and, per source,
-picks the smallest threshold that calls at most `target_fpr` of the novel images a copy; it
-records the threshold with the TPR (on that source's copy families) and FPR measured at it. Thresholds belong to one evidence fingerprint and one training set:
-the verdict never borrows them for another.
+:func:`calibrate` scores a calibration split (auditor.similarity.cases) and picks every
+source's threshold. The default rule, "joint", bounds what a user sees: the novel images
+called a copy or a partial copy by ANY source, whose one-sided 95% Clopper-Pearson upper
+bound must stay at or below `target_fpr`; the sources share that budget
+(auditor.similarity.budget). The rule "per-source" (the earlier one) picks each source's
+smallest threshold calling at most `target_fpr` of the novel images, a point estimate per
+source that adds up over sources and drifts on new images. Each threshold is recorded with
+the TPR (on that source's copy families) and FPR measured at it. Thresholds belong to one
+evidence fingerprint and one training set: the verdict never borrows them for another.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from auditor.similarity.budget import DEFAULT_CONFIDENCE, share_budget
 from auditor.similarity.cases import COPY_FAMILIES, PARTIAL_FAMILIES, Cases
 from auditor.similarity.checkpoints import COPY_DESCRIPTOR_ENV, DescriptorError
 from auditor.similarity.descriptor_evidence import DescriptorMatch
@@ -28,11 +34,14 @@ from auditor.similarity.descriptors import Descriptor, LearnedDescriptor, load_d
 from pspc.data.training_set import TrainingSet
 from auditor.similarity.evidence import AlignedCorrelation, RegionMatch
 from auditor.similarity.hashing import ExactHashes
-from auditor.similarity.metrics import rate_at, threshold_for_fpr
+from auditor.similarity.metrics import binomial_upper_bound, rate_at, threshold_for_fpr
 
-__all__ = ["CALLS", "DEFAULT_TARGET_FPR", "CopyEvidence", "Threshold", "calibrate", "verdict_descriptor"]
+__all__ = ["CALLS", "DEFAULT_CONFIDENCE", "DEFAULT_RULE", "DEFAULT_TARGET_FPR", "RULES", "CopyEvidence", "Threshold",
+           "calibrate", "verdict_descriptor"]
 
-DEFAULT_TARGET_FPR = 0.005  # per source: two sources keep novel images called copies near 1 %
+DEFAULT_TARGET_FPR = 0.01  # issue 17's target: novel images called copy or partial copy, all sources together
+RULES = ("joint", "per-source")  # how target_fpr is read: see the module docstring
+DEFAULT_RULE = "joint"
 CALLS = {"aligned-correlation": ("copy", COPY_FAMILIES), "region-match": ("partial copy", PARTIAL_FAMILIES),
          "descriptor-match": ("copy", COPY_FAMILIES)}
 
@@ -51,6 +60,10 @@ class Threshold:
     positives: int
     negatives: int
     families: tuple[str, ...]
+    rule: str = DEFAULT_RULE
+    fpr_upper: float | None = None  # one-sided upper bound of this source's own FPR at `confidence`
+    confidence: float = DEFAULT_CONFIDENCE
+    joint: dict | None = None  # rule "joint": the shared budget (auditor.similarity.budget.Budget.to_dict())
 
     def to_dict(self) -> dict:
         record = asdict(self)
@@ -124,25 +137,49 @@ class CopyEvidence:
 
 
 def calibrate(evidence: CopyEvidence, cases: Cases, target_fpr: float = DEFAULT_TARGET_FPR,
-              scores: dict[str, list] | None = None) -> list[Threshold]:
-    """One Threshold per evidence source, chosen on `cases` (which must hold novel images and
-    that source's copy families)."""
+              scores: dict[str, list] | None = None, *, rule: str = DEFAULT_RULE,
+              confidence: float = DEFAULT_CONFIDENCE, sources=None) -> list[Threshold]:
+    """One Threshold per evidence source (or per name in `sources`), chosen on `cases` (which must
+    hold novel images and each source's copy families) by `rule` (see the module docstring)."""
     if not 0 < target_fpr < 1:
         raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
+    if rule not in RULES:
+        raise ValueError(f"unknown calibration rule {rule!r}; expected one of {', '.join(RULES)}")
+    names = list(evidence.sources if sources is None else sources)
+    unknown = [name for name in names if name not in evidence.sources]
+    if unknown or not names:
+        raise ValueError(f"no evidence source {unknown}; the evidence has {', '.join(evidence.sources)}")
     scores = scores if scores is not None else evidence.score(cases.images)
     family = np.asarray(cases.family)
-    thresholds = []
-    for name, source in evidence.sources.items():
-        call, families = CALLS[name]
-        values = np.array([e.score for e in scores[name]])
-        negatives, positives = values[family == "novel"], values[np.isin(family, families)]
-        if not len(negatives) or not len(positives):
+    novel, copies = family == "novel", np.isin(family, COPY_FAMILIES + PARTIAL_FAMILIES)
+    values, ours = {}, {}
+    for name in names:
+        families = CALLS[name][1]
+        values[name], ours[name] = np.array([e.score for e in scores[name]]), np.isin(family, families)
+        if not novel.any() or not ours[name].any():
             raise ValueError(f"calibrating {name} needs novel images and cases of {', '.join(families)}")
-        threshold = threshold_for_fpr(negatives, target_fpr)
-        if not math.isfinite(threshold):
-            threshold = float(negatives.max())
-        thresholds.append(Threshold(name, source.fingerprint, call, threshold, float(target_fpr),
-                                    rate_at(positives, threshold), rate_at(negatives, threshold), len(positives),
-                                    len(negatives), tuple(f for f in families if f in set(family))))
+    joint = None
+    if rule == "joint":
+        budget = share_budget({name: values[name][novel] for name in names},
+                              {name: np.where(ours[name], values[name], -np.inf)[copies] for name in names},
+                              target_fpr, confidence)
+        chosen, joint = budget.thresholds, budget.to_dict()
+    else:
+        chosen = {name: _per_source(values[name][novel], target_fpr) for name in names}
+    thresholds = []
+    for name in names:
+        call, families = CALLS[name]
+        negatives, positives = values[name][novel], values[name][ours[name]]
+        threshold = chosen[name]
+        thresholds.append(Threshold(
+            name, evidence.sources[name].fingerprint, call, threshold, float(target_fpr), rate_at(positives, threshold),
+            rate_at(negatives, threshold), len(positives), len(negatives), tuple(f for f in families if f in set(family)),
+            rule, binomial_upper_bound(int((negatives >= threshold).sum()), len(negatives), confidence),
+            float(confidence), joint))
     return thresholds
 
+
+def _per_source(negatives: np.ndarray, target_fpr: float) -> float:
+    """The earlier rule: the smallest threshold calling at most target_fpr of the negatives."""
+    threshold = threshold_for_fpr(negatives, target_fpr)
+    return threshold if math.isfinite(threshold) else float(negatives.max())

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from auditor.errors import UserError
+from auditor.similarity.descriptor_cache import CACHED_KINDS, entry_descriptors
 from auditor.similarity.descriptors import Descriptor, DescriptorError
 
 __all__ = [
@@ -291,7 +292,9 @@ class CopyDetectionIndex:
 
         include_flips (default: the set's own xflip) also indexes the mirrored images as
         entries N..2N-1. For IVF the descriptors of a seeded training sample are computed
-        first. progress(done, total) counts described entries (training sample included).
+        first. progress(done, total) counts described entries (training sample included). An exact
+        index of a learned or SSCD descriptor takes them from the disk cache when it holds them
+        (auditor.similarity.descriptor_cache).
         """
         include_flips = training_set.xflip if include_flips is None else bool(include_flips)
         num_images = len(training_set)
@@ -320,6 +323,13 @@ class CopyDetectionIndex:
                     progress(done, total)
 
         index = cls._empty(descriptor.dimension, config, gpu)
+        if config.exact and descriptor.kind in CACHED_KINDS:
+            index.add(np.ascontiguousarray(entry_descriptors(descriptor, training_set.images, xflip=include_flips,
+                                                             batch_size=batch_size).numpy()))
+            if progress is not None:
+                progress(total, total)
+            return cls(index, config, descriptor.describe(), training_set.ids, include_flips,
+                       training_set.describe(), descriptor)
         if config.kind == "ivf":
             sample = np.sort(np.random.default_rng(seed).choice(num_entries, config.train_size, replace=False))
             index.train(np.concatenate(list(described(sample))))

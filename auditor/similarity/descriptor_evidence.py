@@ -7,6 +7,8 @@ product) and scores an image by its nearest entry's cosine similarity s1 minus
 `look_alike_weight` times s2, the similarity of the nearest *other* training image (SSCD's
 score normalisation, with the training set itself as the background set): a copy stands
 out from its source's look-alikes, a novel garment is about as close to several of them.
+The entries' descriptors come from the disk cache when it holds them
+(auditor.similarity.descriptor_cache).
 
 Like the other evidence sources its `fingerprint` names the descriptor and every
 parameter, so a calibration is stored against exactly this scoring.
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from auditor.similarity.copy_detection import CopyDetectionError
+from auditor.similarity.descriptor_cache import entry_descriptors
 from auditor.similarity.descriptors import Descriptor
 from auditor.similarity.evidence import Evidence, EvidenceSource
 
@@ -39,9 +42,7 @@ class DescriptorMatch(EvidenceSource):
         self.descriptor, self.xflip = descriptor, bool(xflip)
         self.num_images, self.image_shape = len(training), tuple(training.shape[1:])
         self.k, self.look_alike_weight = int(candidates), float(look_alike_weight)
-        described = descriptor(training)
-        if self.xflip:
-            described = torch.cat([described, descriptor(training.flip(-1))])
+        described = entry_descriptors(descriptor, training, xflip=self.xflip)  # cached on disk (learned, SSCD)
         self.index = faiss.IndexFlatIP(descriptor.dimension)
         self.index.add(np.ascontiguousarray(described.numpy()))
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ import torch
 from pspc.data.arrays import load_npy
 from pspc.data.image_folder import IMAGE_SUFFIXES, decode_images
 from pspc.data.training_set import TrainingSet, TrainingSetError
-from pspc.denoisers import NetworkDenoiser
+from pspc.denoisers import Denoiser, NetworkDenoiser
 from pspc.posterior.weights import WeightRequest
 from pspc.record import file_sha256
 from pspc.samplers import SamplerConfig, denoise_step, initial_noise, invert
@@ -181,7 +181,8 @@ def _audit_input(image, training_set: TrainingSet) -> tuple[torch.Tensor, dict]:
 
 
 def _record_inversion(db_path, training_set: TrainingSet, x: torch.Tensor, network: NetworkDenoiser, source: dict,
-                      config: SamplerConfig, options: AuditOptions, runtime: Runtime) -> tuple[int, int]:
+                      config: SamplerConfig, options: AuditOptions, runtime: Runtime,
+                      distribute: Callable[[Denoiser], Denoiser] | None = None) -> tuple[int, int]:
     """Invert x along the network's PF-ODE, replay it with attribution: (run id, network id)."""
     network_id = register_network(db_path, network, timeout=runtime.timeout)
     x_batch = x[None].to(network.device)
@@ -204,17 +205,18 @@ def _record_inversion(db_path, training_set: TrainingSet, x: torch.Tensor, netwo
 
     run_id = record_explained_run(db_path, training_set, network, z_t, network_id=network_id, config=config,
                                   options=options.explain(), kind="external-audit", details=details, final=x_batch,
-                                  complete_details=reconstruction, runtime=runtime)
+                                  complete_details=reconstruction, runtime=runtime, distribute=distribute)
     return run_id, network_id
 
 
 def _record_direct(db_path, training_set: TrainingSet, dataset_id: int, x: torch.Tensor, levels: list[float],
-                   source: dict, options: AuditOptions, runtime: Runtime) -> int:
+                   source: dict, options: AuditOptions, runtime: Runtime,
+                   distribute: Callable[[Denoiser], Denoiser] | None = None) -> int:
     """PSPC's posterior on x + t eps at each level (descending), one recorded step per level."""
     request = WeightRequest(top_k=options.top_k, mass=options.mass)
     draws = options.draws
-    denoiser = build_pspc(options.explainer, training_set, patch_size=options.patch_size,
-                          schedule=options.schedule).to(runtime.device)
+    denoiser = build_pspc(options.explainer, training_set, patch_size=options.patch_size, schedule=options.schedule)
+    denoiser = (denoiser if distribute is None else distribute(denoiser)).to(runtime.device)
     times = levels + [0.0]
     sampler = {"method": "direct", "noise_levels": levels, "time_steps": times, "num_steps": len(levels),
                "draws": draws}
@@ -242,14 +244,15 @@ def _record_direct(db_path, training_set: TrainingSet, dataset_id: int, x: torch
 
 
 def record_audit(db_path, training_set: TrainingSet, image, *, network=None, options: AuditOptions = AuditOptions(),
-                 runtime: Runtime = Runtime()) -> AuditResult:
+                 runtime: Runtime = Runtime(), distribute: Callable[[Denoiser], Denoiser] | None = None) -> AuditResult:
     """Audit `image` (a file path, or a float tensor [C, H, W] in [-1, 1]) against the
     training set; see the module docstring. network given (NetworkDenoiser, module or file):
     inversion with `options.steps` / `options.sampler`, then the replay recorded; network
     None: direct attribution at `options.noise_levels` with `options.draws` noise draws.
     copy_k = 0 skips copy detection. schedule / sensitivity_draws: see
     auditor.workflows.comparison.build_pspc (with a network, pspc-flex takes its masks from
-    it). Everything is checked before anything is written."""
+    it). Everything is checked before anything is written. distribute: applied to the PSPC
+    denoiser (auditor.workflows.distributed: its shard over ranks, rank 0 leading)."""
     thresholds = check_thresholds(options.thresholds)  # the options validated themselves when built
     x, source = _audit_input(image, training_set)
     if network is not None:
@@ -266,10 +269,11 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, opt
     dataset_id, _ = datasets.ingest(db_path, training_set, timeout=runtime.timeout)
     network_id, agreement = None, []
     if network is not None:
-        run_id, network_id = _record_inversion(db_path, training_set, x, network, source, config, options, runtime)
+        run_id, network_id = _record_inversion(db_path, training_set, x, network, source, config, options, runtime,
+                                               distribute)
         agreement = agreement_table(db_path, run_id, timeout=runtime.timeout)
     else:
-        run_id = _record_direct(db_path, training_set, dataset_id, x, levels, source, options, runtime)
+        run_id = _record_direct(db_path, training_set, dataset_id, x, levels, source, options, runtime, distribute)
     details = load_run(db_path, run_id, timeout=runtime.timeout)[0]["details"]
     copies = None
     if options.copy_k:
@@ -277,5 +281,6 @@ def record_audit(db_path, training_set: TrainingSet, image, *, network=None, opt
                                      thresholds=thresholds, timeout=runtime.timeout)[run_id]
     verdict = record_verdicts(db_path, training_set, dataset_id, run_id, x[None],
                               reconstruction=details.get("reconstruction"),
-                              repeat=1 if network is not None else options.draws, timeout=runtime.timeout)[0]
+                              repeat=1 if network is not None else options.draws,
+                              descriptor=options.verdict_descriptor, timeout=runtime.timeout)[0]
     return AuditResult(run_id, details["method"], network_id, details, agreement, copies, verdict)

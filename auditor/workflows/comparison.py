@@ -142,17 +142,19 @@ def record_explained_run(db_path, training_set: TrainingSet, network: NetworkDen
                          kind: str = "network-explained", details: dict | None = None,
                          comparison: tuple[int, str] | None = None, final: torch.Tensor | None = None,
                          complete_details: Callable[[torch.Tensor], dict] | None = None,
-                         runtime: Runtime = Runtime()) -> int:
+                         runtime: Runtime = Runtime(), distribute: Callable[[Denoiser], Denoiser] | None = None) -> int:
     """Record the network's trajectory from z (batch row i = sample i) with PSPC attribution
     at every step (kind 'network-explained', or 'external-audit' for a replay); returns the
     run id. Same lifecycle as a PSPC run: 'running', one transaction per step, the last one
     completes it; any exception marks it 'failed' and is re-raised. The explainer is
     `build_pspc(options.explainer, ...)`: pspc-flex takes its masks from this network.
-    final / complete_details: see auditor.store.recorder.ExplainedRecorder."""
+    final / complete_details: see auditor.store.recorder.ExplainedRecorder. distribute: applied
+    to the explainer (auditor.workflows.distributed: its shard over ranks, rank 0 leading)."""
     request = WeightRequest(top_k=options.top_k, mass=options.mass)
     explainer = build_pspc(options.explainer, training_set, network, patch_size=options.patch_size,
                            schedule=options.schedule, sensitivity_draws=options.sensitivity_draws,
-                           seed=options.seed).to(network.device)
+                           seed=options.seed)
+    explainer = (explainer if distribute is None else distribute(explainer)).to(network.device)
     dataset_id, _ = datasets.ingest(db_path, training_set, timeout=runtime.timeout)
     run_id = create_run(db_path, dataset_id, denoiser=explainer.describe(), sampler=sampler_record(config),
                         seed=options.seed, num_samples=z.shape[0], top_k=options.top_k, mass=options.mass,
@@ -292,14 +294,16 @@ def _network_details(comparison_id: int, network_id: int, network: NetworkDenois
 
 
 def _record_runs(db_path, training_set: TrainingSet, network: NetworkDenoiser, network_id: int, comparison_id: int,
-                 kinds: list[str], scheduled: set[str], options: ComparisonOptions, runtime: Runtime) -> dict[str, int]:
-    """The network-explained run, then one run per denoiser from the same noise: role -> run id."""
+                 kinds: list[str], scheduled: set[str], options: ComparisonOptions, runtime: Runtime,
+                 distribute: Callable[[Denoiser], Denoiser] | None = None) -> dict[str, int]:
+    """The network-explained run, then one run per denoiser from the same noise: role -> run id.
+    distribute: applied to every PSPC denoiser (the explainer too); the others run as they are."""
     config = SamplerConfig(method=options.sampler, num_steps=options.steps)
     z = initial_noise(options.num_samples, training_set.image_shape, options.seed, config.t_max, runtime.device)
     run_ids = {NETWORK_ROLE: record_explained_run(
         db_path, training_set, network, z, network_id=network_id, config=config, options=options.explain(),
         details=_network_details(comparison_id, network_id, network, options.explainer),
-        comparison=(comparison_id, NETWORK_ROLE), runtime=runtime)}
+        comparison=(comparison_id, NETWORK_ROLE), runtime=runtime, distribute=distribute)}
     for kind in kinds:
         if kind not in RECORDABLE_KINDS:
             run_ids[kind] = _record_samples_only(db_path, training_set, kind, config, options, (comparison_id, kind),
@@ -309,6 +313,7 @@ def _record_runs(db_path, training_set: TrainingSet, network: NetworkDenoiser, n
                               patch_size=options.patch_size if kind == "pspc-square" else None,
                               schedule=options.schedule if kind in scheduled else None,
                               sensitivity_draws=options.sensitivity_draws, seed=options.seed)
+        denoiser = denoiser if distribute is None else distribute(denoiser)
         sampling = SamplingOptions(denoiser_kind=kind, num_samples=options.num_samples, steps=options.steps,
                                    sampler=options.sampler, seed=options.seed, top_k=options.top_k, mass=options.mass)
         run_ids[kind] = record_sampling_run(db_path, training_set, options=sampling, runtime=runtime,
@@ -317,7 +322,8 @@ def _record_runs(db_path, training_set: TrainingSet, network: NetworkDenoiser, n
 
 
 def record_comparison(db_path, training_set: TrainingSet, network, *, options: ComparisonOptions | None = None,
-                      runtime: Runtime | None = None) -> ComparisonResult:
+                      runtime: Runtime | None = None,
+                      distribute: Callable[[Denoiser], Denoiser] | None = None) -> ComparisonResult:
     """Compare `network` with PSPC (and `options.denoisers`) from shared initial noise; see the
     module docstring. network: a NetworkDenoiser, an nn.Module with net(z, sigma) or a network
     file (pspc.networks.load_network). options.explainer (and patch_size): the PSPC denoiser
@@ -327,7 +333,8 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, options: C
     descriptor: an auditor.similarity.descriptors spec or Descriptor (None: SSCD when
     configured, else the pixel-correlation fallback); copy_k = 0 skips copy detection.
     runtime.progress(1) after every sampling step of every run. Everything is validated
-    before anything is written."""
+    before anything is written. distribute: applied to every PSPC denoiser built (the
+    explainer and the PSPC runs'; auditor.workflows.distributed shards them over ranks)."""
     options, runtime = options or ComparisonOptions(), runtime or Runtime()
     kinds = [str(kind).strip() for kind in options.denoisers]  # the options validated themselves when built
     thresholds = check_thresholds(options.thresholds)
@@ -352,14 +359,14 @@ def record_comparison(db_path, training_set: TrainingSet, network, *, options: C
                                       timeout=runtime.timeout)
     try:
         run_ids = _record_runs(db_path, training_set, network, network_id, comparison_id, kinds, scheduled, options,
-                               runtime)
+                               runtime, distribute)
         similarity = record_similarities(db_path, run_ids, descriptor, thresholds=thresholds,
                                          comparison_id=comparison_id, timeout=runtime.timeout)
         copies = {}
         if options.copy_k:
             copies = record_copy_matches(db_path, list(run_ids.values()), training_set, descriptor, k=options.copy_k,
                                          thresholds=thresholds, timeout=runtime.timeout)
-        evidence = CopyEvidence(training_set.images, xflip=training_set.xflip)
+        evidence = CopyEvidence(training_set.images, xflip=training_set.xflip, descriptor=options.verdict_descriptor)
         verdicts = {run_id: record_verdicts(db_path, training_set, dataset_id, run_id,
                                             run_final_images(db_path, run_id, timeout=runtime.timeout),
                                             evidence=evidence, timeout=runtime.timeout)

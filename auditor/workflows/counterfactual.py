@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -189,12 +190,15 @@ def _parent_seconds(run: dict) -> float | None:
 
 def record_counterfactual(db_path, run_id: int, sample_index: int, *,
                           options: CounterfactualOptions, runtime: Runtime | None = None,
-                          training_set: TrainingSet | None = None) -> CounterfactualResult:
+                          training_set: TrainingSet | None = None,
+                          distribute: Callable[[PSPCDenoiser], PSPCDenoiser] | None = None) -> CounterfactualResult:
     """Re-run sample `sample_index` of run `run_id` without the images `options` select; see the
     module docstring. Everything is checked before anything is written: an unknown run, sample,
     image id or owner, a run that is not complete or has no attribution, a removal of no image or
     of every image, a store without the training pixels (give `training_set` to use another copy
-    of the same set). Returns the new run's id and stored outcome, and the verdicts."""
+    of the same set). Returns the new run's id and stored outcome, and the verdicts. distribute:
+    applied to the counterfactual's denoiser (auditor.workflows.distributed: its shard over ranks,
+    rank 0 leading; the run's denoiser record then says how it was sharded)."""
     runtime = runtime or Runtime()
     database.require_current(db_path, runtime.timeout)
     parent = load_parent_sample(db_path, run_id, sample_index, timeout=runtime.timeout)
@@ -202,6 +206,8 @@ def record_counterfactual(db_path, run_id: int, sample_index: int, *,
     training_set = _training_set(db_path, parent, training_set, runtime.timeout)
     removed = _removed(db_path, parent, options, len(training_set), runtime.timeout)
     denoiser = _denoiser(parent, training_set, removed, runtime.device)
+    if distribute is not None:
+        denoiser = distribute(denoiser).to(runtime.device)
     descriptor = load_descriptor(options.descriptor)
     run = parent.run
     if mode == "resample":
@@ -217,7 +223,8 @@ def record_counterfactual(db_path, run_id: int, sample_index: int, *,
                          f"sampler {len(times) - 1}")
     details = {"parent_run_id": int(run["id"]), "parent_sample": parent.sample_index, "mode": mode,
                "selector": options.selector(), "removed_count": int(removed.size)}
-    recorded = {k: v for k, v in run["denoiser"].items() if k != "distributed"}  # it runs in this one process
+    recorded = {k: v for k, v in run["denoiser"].items() if k != "distributed"}  # the parent's sharding is not ours
+    recorded.update({k: v for k, v in denoiser.describe().items() if k == "distributed"})  # our own, if sharded
     new_id = create_run(db_path, run["dataset_id"], denoiser={**recorded, **_removal_record(denoiser)},
                         sampler=run["sampler"], seed=int(run["seed"]) + (parent.sample_index if mode == "resample"
                                                                           else 0),

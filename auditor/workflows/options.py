@@ -111,7 +111,8 @@ def _check_copies(options) -> None:
 class ExplainOptions:
     """How PSPC explains a network's states: the explaining denoiser (explainer, patch_size,
     a tuned schedule file, the draws of the network's Eq. 8 sensitivity for pspc-flex), the
-    seed and the kept weights (top_k, mass)."""
+    seed and the kept weights (top_k, mass); the copy verdict's descriptor (verdict_descriptor:
+    an auditor.similarity.calibration.verdict_descriptor spec; "configured": $PSPC_COPY_DESCRIPTOR)."""
 
     explainer: str = "pspc-square"
     patch_size: int | None = None
@@ -120,6 +121,7 @@ class ExplainOptions:
     seed: int = 0
     top_k: int = 16
     mass: float = 0.99
+    verdict_descriptor: str = "configured"
 
     def __post_init__(self):
         """THE validation of how a network is explained: `auditor compare` / `auditor audit` and

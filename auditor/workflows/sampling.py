@@ -159,20 +159,22 @@ def _check_resumable(db_path, run: dict, dataset: dict, training_set: TrainingSe
 
 
 def resume_run(db_path, run_id: int, training_set: TrainingSet, *, runtime: Runtime = Runtime(),
-               callback=None) -> int:
+               callback=None, distribute=None) -> int:
     """Continue an interrupted ('failed' or 'running' with its writer gone) run; returns run_id.
 
     The training set must be the run's (same fingerprint); the denoiser is rebuilt from the
     stored configuration. Rows of any step not recorded for every sample are deleted; the
     sampler restarts from the last fully recorded step s with z_{s+1} computed from the
     stored z_s and D(z_s) (Heun: its correction recomputed), so the result equals an
-    uninterrupted run. Progress counts the remaining steps only.
+    uninterrupted run. Progress counts the remaining steps only. distribute(denoiser): the
+    denoiser to continue with instead (auditor.workflows.distributed: its shard over ranks).
     """
     database.require_current(db_path, runtime.timeout)
     run, dataset = load_run(db_path, run_id, timeout=runtime.timeout)
     _check_resumable(db_path, run, dataset, training_set)
     training_set = training_set.with_xflip(bool(run["denoiser"].get("dataset", {}).get("xflip", training_set.xflip)))
-    denoiser = _rebuild_denoiser(run, training_set).to(runtime.device)
+    denoiser = _rebuild_denoiser(run, training_set)
+    denoiser = (denoiser if distribute is None else distribute(denoiser)).to(runtime.device)
     config, times = stored_sampler(run)
     shape = (dataset["channels"], dataset["height"], dataset["width"])
     request = WeightRequest(top_k=run["top_k"], mass=run["mass_threshold"])

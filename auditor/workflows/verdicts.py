@@ -2,17 +2,22 @@
 
 `calibrate_store` (``auditor calibrate``) builds labelled cases from the training set and a
 set of novel images (auditor.similarity.cases), splits them, chooses every evidence
-source's threshold on the calibration half (auditor.similarity.calibration), measures TPR
-and FPR at it on the held-out half too, and stores the thresholds in copy_calibrations.
-`record_verdicts` gives stored images (an audit's image, a run's samples) their verdict
-(auditor.similarity.verdict) from the newest calibration of exactly these evidence
-parameters on this training set, and stores it in copy_verdicts.
+source's threshold on the calibration half (auditor.similarity.calibration; by default
+jointly, bounding the novel images called copy or partial copy by any source), measures
+TPR and FPR at it on the held-out half too (and the union's), and stores the thresholds
+in copy_calibrations. `record_verdicts` gives stored images (an audit's image, a run's
+samples) their verdict (auditor.similarity.verdict) from the newest calibration of exactly
+these evidence parameters on this training set, and stores it in copy_verdicts. Jointly
+chosen thresholds are used together or not at all (`usable_calibrations`): one of them
+alone, or mixed with another calibration's, would not keep the union's bound.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,23 +25,33 @@ import torch
 from pspc.data.training_set import TrainingSet, to_uint8
 
 from auditor.errors import UserError
-from auditor.similarity.calibration import DEFAULT_TARGET_FPR, CopyEvidence, calibrate
+from auditor.similarity.budget import union_calls
+from auditor.similarity.calibration import (
+    DEFAULT_CONFIDENCE, DEFAULT_RULE, DEFAULT_TARGET_FPR, RULES, CopyEvidence, calibrate
+)
 from auditor.similarity.cases import build_cases, split_rows
-from auditor.similarity.metrics import rate_at
+from auditor.similarity.metrics import binomial_upper_bound, rate_at
 from auditor.similarity.verdict import Verdict, decide_scored
 from auditor.store import calibrations, datasets
 
-__all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_store", "judge", "record_verdicts"]
+__all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_store", "judge", "record_verdicts",
+           "usable_calibrations"]
 
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    """Cases per copy family and novel images (both splits together), the target FPR per source, the seed."""
+    """Cases per copy family and novel images (both splits together); the target FPR, read by `rule`
+    (joint: the upper bound at `confidence` of the novel images called by any source; per-source: each
+    source's own point estimate); the seed; the verdict's descriptor (calibration.verdict_descriptor
+    spec: "configured" reads $PSPC_COPY_DESCRIPTOR)."""
 
     per_family: int = 60
-    novel_count: int = 2000
+    novel_count: int = 4000  # 2000 per half: the joint rule may then call 12 (0.6 %) and bound the rate at 1 %
     target_fpr: float = DEFAULT_TARGET_FPR
     seed: int = 0
+    rule: str = DEFAULT_RULE
+    confidence: float = DEFAULT_CONFIDENCE
+    verdict_descriptor: str = "configured"
 
 
 @dataclass
@@ -66,54 +81,94 @@ def calibrate_store(db_path, training_set: TrainingSet, novel: TrainingSet, opti
         raise UserError(f"the target false-positive rate must be in (0, 1), got {options.target_fpr}")
     if options.per_family < 2 or options.novel_count < 2:
         raise UserError("calibration needs at least 2 cases per family and 2 novel images")
+    if options.rule not in RULES or not 0 < options.confidence < 1:
+        raise UserError(f"the calibration rule must be one of {', '.join(RULES)} and the confidence in (0, 1); got "
+                        f"{options.rule!r} and {options.confidence}")
     started = time.perf_counter()
     novel_images = _novel_images(training_set, novel)
     cases = build_cases(training_set.images, novel_images, per_family=options.per_family, seed=options.seed,
                         novel_count=options.novel_count)
     cal_rows, test_rows = split_rows(cases, options.seed)
-    evidence = CopyEvidence(training_set.images, xflip=training_set.xflip)
+    evidence = CopyEvidence(training_set.images, xflip=training_set.xflip, descriptor=options.verdict_descriptor)
     scores = evidence.score(cases.images)
     pick = lambda rows: {k: [v[i] for i in rows] for k, v in scores.items()}  # noqa: E731
     thresholds = [t.to_dict() for t in calibrate(evidence, cases.select(cal_rows), options.target_fpr,
-                                                 scores=pick(cal_rows))]
+                                                 scores=pick(cal_rows), rule=options.rule,
+                                                 confidence=options.confidence)]
     test, test_scores = cases.select(test_rows), pick(test_rows)
     family = np.asarray(test.family)
+    values = {t["evidence"]: np.array([e.score for e in test_scores[t["evidence"]]]) for t in thresholds}
     for t in thresholds:
-        values = np.array([e.score for e in test_scores[t["evidence"]]])
-        t["test_tpr"] = rate_at(values[np.isin(family, t["families"])], t["threshold"])
-        t["test_fpr"] = rate_at(values[family == "novel"], t["threshold"])
+        t["test_tpr"] = rate_at(values[t["evidence"]][np.isin(family, t["families"])], t["threshold"])
+        t["test_fpr"] = rate_at(values[t["evidence"]][family == "novel"], t["threshold"])
+    called = union_calls(values, {t["evidence"]: t["threshold"] for t in thresholds})[family == "novel"]
+    union = {"false_positives": int(called.sum()), "negatives": len(called), "fpr": float(called.mean()),
+             "fpr_upper": binomial_upper_bound(int(called.sum()), len(called), options.confidence)}
     dataset_id, _ = datasets.ingest(db_path, training_set, timeout=timeout)
+    joint = thresholds[0]["joint"]
     record = {"options": asdict(options), "command": command, "cases": len(cases), "calibration_cases": len(cal_rows),
               "test_cases": len(test_rows), "novel": {"name": novel.name, "source": novel.source,
                                                       "fingerprint": novel.fingerprint, "used": len(novel_images)},
               "evidence": {name: source.describe() for name, source in evidence.sources.items()},
-              "test": {t["evidence"]: {"tpr": t["test_tpr"], "fpr": t["test_fpr"]} for t in thresholds},
-              "seconds": time.perf_counter() - started}
+              "test": {**{t["evidence"]: {"tpr": t["test_tpr"], "fpr": t["test_fpr"]} for t in thresholds},
+                       "union": union},
+              "rule": options.rule, "seconds": time.perf_counter() - started}
+    if joint is not None:  # the thresholds hold the bound together: judge() uses them as one group
+        record["joint"] = {**joint, "group": uuid.uuid4().hex, "sources": [t["evidence"] for t in thresholds]}
     ids = calibrations.store_calibrations(db_path, dataset_id, thresholds, record, timeout=timeout)
     return CalibrationResult(dataset_id, ids, thresholds, record)
 
 
+def usable_calibrations(rows: Sequence[Mapping], fingerprints: Mapping[str, str]) -> dict[str, dict]:
+    """evidence name -> the calibration the verdict uses, from the dataset's rows (newest first, as
+    auditor.store.calibrations.list_calibrations gives them) for these evidence fingerprints.
+
+    Rows chosen jointly (record "joint") count only as their whole group, and only a group that
+    calibrated every source in use (with these fingerprints; a group's subset keeps the union's
+    bound, a mixture would not). Other rows (rule per-source, or stored by hand) are taken per
+    source, newest first. The newer complete set wins; a complete one beats an incomplete one."""
+    matching = [dict(r) for r in rows if fingerprints.get(r["evidence"]) == r["evidence_fingerprint"]]
+    single: dict[str, dict] = {}
+    groups: dict[str, dict[str, dict]] = {}
+    for row in matching:
+        group = ((row.get("record") or {}).get("joint") or {}).get("group")
+        if group is None:
+            single.setdefault(row["evidence"], row)
+        else:
+            groups.setdefault(group, {}).setdefault(row["evidence"], row)
+    whole = next((g for g in groups.values() if set(fingerprints) <= set(g)), None)  # dicts keep newest first
+    if whole is None:  # incomplete either way: the verdict names what is missing, deciding nothing with a mixture
+        newest = next(iter(groups.values()), {})
+        return single if len(single) == len(fingerprints) or not newest else newest
+    if len(single) == len(fingerprints) and min(r["id"] for r in single.values()) > max(r["id"] for r in whole.values()):
+        return single
+    return {name: whole[name] for name in fingerprints}
+
+
 def judge(db_path, training_set: TrainingSet, dataset_id: int, images: torch.Tensor, *,
-          reconstruction: dict | None = None, evidence: CopyEvidence | None = None,
+          reconstruction: dict | None = None, evidence: CopyEvidence | None = None, descriptor: str = "configured",
           timeout: float = 10.0) -> list[Verdict]:
     """The verdict of each image (float [B, C, H, W] in [-1, 1], or uint8) from the store's newest
-    calibration of exactly these evidence parameters on the dataset, without storing it."""
+    calibration of exactly these evidence parameters on the dataset (usable_calibrations), without
+    storing it. descriptor: the verdict's descriptor (calibration.verdict_descriptor spec) when no
+    `evidence` is given."""
     pixels = images if images.dtype == torch.uint8 else to_uint8(images.detach().cpu())
-    evidence = evidence or CopyEvidence(training_set.images, xflip=training_set.xflip)
+    evidence = evidence or CopyEvidence(training_set.images, xflip=training_set.xflip, descriptor=descriptor)
     fingerprints = {name: source.fingerprint for name, source in evidence.sources.items()}
-    current = calibrations.current_calibrations(db_path, dataset_id, fingerprints, timeout=timeout)
+    current = usable_calibrations(calibrations.list_calibrations(db_path, dataset_id, timeout=timeout), fingerprints)
     scored = evidence.score(pixels)
     return [decide_scored(scored, i, current, training_set.ids, reconstruction=reconstruction)
             for i in range(len(pixels))]
 
 
 def record_verdicts(db_path, training_set: TrainingSet, dataset_id: int, run_id: int, images: torch.Tensor, *,
-                    reconstruction: dict | None = None, evidence: CopyEvidence | None = None, repeat: int = 1,
-                    timeout: float = 10.0) -> dict[int, Verdict]:
+                    reconstruction: dict | None = None, evidence: CopyEvidence | None = None,
+                    descriptor: str = "configured", repeat: int = 1, timeout: float = 10.0) -> dict[int, Verdict]:
     """The verdict of each image (float [B, C, H, W] in [-1, 1], or uint8) of run `run_id`, stored
-    as sample i's; repeat > 1 (one image): the same verdict for samples 0..repeat-1 (an audit's draws)."""
+    as sample i's; repeat > 1 (one image): the same verdict for samples 0..repeat-1 (an audit's draws).
+    descriptor: as judge's."""
     verdicts = dict(enumerate(judge(db_path, training_set, dataset_id, images, reconstruction=reconstruction,
-                                    evidence=evidence, timeout=timeout)))
+                                    evidence=evidence, descriptor=descriptor, timeout=timeout)))
     if repeat > 1 and len(verdicts) == 1:
         verdicts = {i: verdicts[0] for i in range(repeat)}
     calibrations.store_verdicts(db_path, run_id, {i: v.to_dict() for i, v in verdicts.items()}, timeout=timeout)

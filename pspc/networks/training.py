@@ -11,6 +11,10 @@ Every random draw of iteration k (batch, flips, sigma, noise) comes from a gener
 by (seed, k), so training resumed from a checkpoint continues exactly as an uninterrupted
 run would. `train` returns (and writes beside the checkpoint) a record with the command,
 configurations, dataset fingerprint, wall time, final loss, loss curve and versions.
+
+Planted canaries (`Canaries`, `plant_canaries`): for a memorisation study the data can be
+the training set plus `repeats` duplicates of `count` of its images chosen by a seed; the
+record's `canaries` names them (indices, ids, pixel sha256) and says how the data was laid out.
 """
 
 from __future__ import annotations
@@ -239,6 +243,63 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# Planted canaries: training images duplicated on purpose, so that the network memorises them
+# ---------------------------------------------------------------------------------------
+CANARY_COPY = "#copy"  # the id of canary i's r-th duplicate: ids[i] + "#copy" + str(r)
+
+
+@dataclass(frozen=True)
+class Canaries:
+    """`count` training images chosen by `seed`, each appended `repeats` more times to the data:
+    a memorisation study's positives, whose source is known (Carlini et al. 2023 plant such
+    duplicates; a network trained on them replicates them)."""
+
+    count: int
+    repeats: int
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.count < 1 or self.repeats < 1:
+            raise TrainingError(f"canaries need count >= 1 and repeats >= 1, got {self.count} and {self.repeats}")
+
+    def choose(self, num_images: int) -> list[int]:
+        """The canaries' indices in a set of num_images: numpy's default_rng(seed).choice(num_images,
+        count, replace=False), sorted."""
+        if self.count > num_images:
+            raise TrainingError(f"{self.count} canaries asked of a training set of {num_images} images")
+        return sorted(int(i) for i in np.random.default_rng(self.seed).choice(num_images, self.count, replace=False))
+
+
+def _label(metadata: dict) -> str | None:
+    label = metadata.get("label_name", metadata.get("label"))
+    return None if label is None else str(label)
+
+
+def plant_canaries(training_set: TrainingSet, canaries: Canaries) -> tuple[TrainingSet, dict]:
+    """(the data a canary network trains on, the record of how it was made): the training set's
+    images in order, then `repeats` rounds of the canaries in index order (round r's ids are
+    the canary's id + "#copy" + r, metadata copied), so each canary is in it 1 + repeats times."""
+    indices = canaries.choose(len(training_set))
+    rounds = range(1, canaries.repeats + 1)
+    planted = TrainingSet(
+        torch.cat([training_set.images, training_set.images[indices].repeat(canaries.repeats, 1, 1, 1)]),
+        training_set.ids + [f"{training_set.ids[i]}{CANARY_COPY}{r}" for r in rounds for i in indices],
+        [dict(m) for m in training_set.metadata] + [dict(training_set.metadata[i]) for _ in rounds for i in indices],
+        f"{training_set.name}+canaries", training_set.source, training_set.xflip)
+    record = {"count": canaries.count, "repeats": canaries.repeats, "seed": canaries.seed, "indices": indices,
+              "ids": [training_set.ids[i] for i in indices],
+              "sha256": [training_set.image_sha256(i) for i in indices],
+              "labels": [_label(training_set.metadata[i]) for i in indices], "base": training_set.describe(),
+              "chosen_by": "sorted(numpy.random.default_rng(seed).choice(base count, count, replace=False)): "
+                           "indices into the base set",
+              "layout": f"the base set's {len(training_set)} images in order, then {canaries.repeats} rounds of the "
+                        f"canaries in index order (ids ID{CANARY_COPY}1 .. ID{CANARY_COPY}{canaries.repeats}): "
+                        f"{len(planted)} images, each canary {1 + canaries.repeats} times",
+              "sha256_definition": "sha256 of 'uint8:CxHxW' followed by the image's uint8 pixels (TrainingSet.image_sha256)"}
+    return planted, record
+
+
+# ---------------------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------------------
 ProgressCallback = Callable[[int, int, float], None]
@@ -255,7 +316,7 @@ def _check_data(training_set: TrainingSet, network: NetworkConfig) -> None:
 def train(training_set: TrainingSet, out: str | os.PathLike, network: NetworkConfig | None = None,
           config: TrainingConfig = TrainingConfig(), *, resume: bool = False, device="cpu",
           command: list[str] | None = None, half: bool = False, progress: ProgressCallback | None = None,
-          log: Callable[[str], None] | None = None) -> dict:
+          log: Callable[[str], None] | None = None, canaries: Canaries | None = None) -> dict:
     """Train the EDM-preconditioned U-Net on `training_set` and save it to `out`.
 
     Writes `out` (EMA weights + config + record; float16 weights with half=True),
@@ -263,18 +324,23 @@ def train(training_set: TrainingSet, out: str | os.PathLike, network: NetworkCon
     resume=True) and, when config.preview_samples > 0, `NAME.png` (a sample grid) at every
     checkpoint and at the end. resume=True continues from the state file to
     config.iterations; the network config, data and seeds must match the saved run.
+    canaries: train on `plant_canaries(training_set, canaries)` instead (the record's
+    `canaries` says which images were duplicated and how often).
     progress(iteration, total, loss) is called after every iteration. Returns the record.
     """
     out = Path(out)
     if out.suffix != ".pt":
         raise TrainingError(f"the checkpoint path must end in .pt, got {out}")
     state_path = state_path_for(out)
+    canary_record = None
+    if canaries is not None:
+        training_set, canary_record = plant_canaries(training_set, canaries)
     if network is None and resume and state_path.exists():
         network = saved_network_config(state_path)
     network = network or NetworkConfig(image_channels=training_set.channels, resolution=training_set.resolution)
     _check_data(training_set, network)
     run = _TrainingRun(training_set, network, config, torch.device(device), out, command, half,
-                       log or (lambda message: None))
+                       log or (lambda message: None), canary_record)
     if resume:
         run.restore()
     elif state_path.exists() or out.exists():
@@ -312,8 +378,9 @@ class _TrainingRun:
 
     def __init__(self, training_set: TrainingSet, network: NetworkConfig, config: TrainingConfig,
                  device: torch.device, out: Path, command: list[str] | None, half: bool,
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], canaries: dict | None = None):
         self.training_set, self.network, self.config, self.device = training_set, network, config, device
+        self.canaries = canaries
         self.out, self.state_path, self.command, self.half, self.say = out, state_path_for(out), command, half, say
         self.loss_fn = EDMLoss(config.P_mean, config.P_std, network.sigma_data)
         with torch.random.fork_rng(devices=[]):
@@ -390,7 +457,7 @@ class _TrainingRun:
             if config.eval_samples else None
         record = _record(self.training_set, self.network, config, self.net, self.history, self.recent, segments,
                          self.wall_before, iteration, eval_loss, self.command, self.device, self.out, self.half,
-                         final)
+                         final, self.canaries)
         save_network(self.state_path, self.net, record=record, extra={
             "ema": {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -406,7 +473,7 @@ class _TrainingRun:
 
 
 def _record(training_set, network, config, net, history, recent, segments, wall_before, iteration, eval_loss,
-             command, device, out, half, final) -> dict:
+             command, device, out, half, final, canaries=None) -> dict:
     return {
         "what": "pspc EDM-preconditioned U-Net (pspc.networks.unet.EDMPrecond), EMA weights",
         "command": command,
@@ -427,6 +494,7 @@ def _record(training_set, network, config, net, history, recent, segments, wall_
         "training": asdict(config),
         "loss": {"kind": "EDM", "P_mean": config.P_mean, "P_std": config.P_std, "sigma_data": network.sigma_data},
         "dataset": training_set.describe(),
+        **({"canaries": canaries} if canaries is not None else {}),
         "checkpoint": {"path": str(out), "weights": "ema", "dtype": "float16" if half else "float32",
                        "state": str(state_path_for(out))},
         "preview": None if not config.preview_samples else {
@@ -459,7 +527,7 @@ def _restore(state_path: Path, net, ema, optimizer, training_set, network, confi
         raise TrainingError(f"{state_path}: saved with network {saved_network}, asked for {network}")
     if progress.get("dataset") != training_set.fingerprint:
         raise TrainingError(f"{state_path}: trained on data with fingerprint {progress.get('dataset')}, "
-                            f"given {training_set.fingerprint} (pass the same data and limit)")
+                            f"given {training_set.fingerprint} (pass the same data, limit and canaries)")
     saved = progress.get("training", {})
     changed = [k for k in ("batch_size", "seed", "xflip", "P_mean", "P_std", "lr", "lr_warmup", "ema_halflife_images",
                            "ema_rampup_ratio", "beta1", "beta2") if k in saved and saved[k] != getattr(config, k)]

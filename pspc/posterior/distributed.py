@@ -7,8 +7,15 @@ the two points where PSPC reduces over the training set:
       l = m + log sum_r exp(l_r - m), m = max_r l_r      (all-reduce MAX, then SUM);
   after pass 2, the numerator [B, C, H, W], entropy and sum w^2 [B, K] (sums over the entries,
       computed with the global l): all-reduce SUM; and the top-k: each shard's k best
-      (weight descending, then GLOBAL entry ascending) are all-gathered and merged with
-      `fused_kernels.merge_top`, which gives the k best of the union: the single-process top-k.
+      (weight descending, then GLOBAL entry ascending), merged with `fused_kernels.merge_top`
+      into the k best of the union, the single-process top-k. Two ways (`merge`):
+      "gather": every list all-gathered, one R-way merge (each rank receives R - 1 lists);
+      "tree": recursive doubling, log2(P) rounds (P the largest power of two <= R) in which
+      rank r swaps its current list with rank r XOR 2^j and both keep the merge of the two
+      (ranks P..R-1 first hand theirs to rank r - P and get the result back): each rank
+      sends and receives at most log2(P) + 1 lists. "auto": the tree above TREE_ABOVE ranks.
+      Both give the same entries and weights (the k best of a union do not depend on the
+      order it is merged in).
 Entry ids are the whole set's: image start_r + i is entry start_r + i, its mirror N + start_r + i.
 Every rank ends with the same result, equal to the one-process result up to rounding.
 
@@ -34,6 +41,8 @@ from pspc.posterior import fused_kernels
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
 _GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the new name, else the old
 DEFAULT_TIMEOUT_S = 600.0  # a collective waits this long for the slowest rank (then CollectiveError)
+MERGES = ("auto", "gather", "tree")  # how the shards' top-k lists are merged (module docstring)
+TREE_ABOVE = 8  # "auto" merges by the tree above this many ranks, where the all-gather's R - 1 lists grow large
 
 
 class DistributedError(InputError):
@@ -96,17 +105,30 @@ def stop_process_group() -> None:
 
 @dataclass
 class Traffic:
-    """What one rank's collectives cost: calls, bytes this rank contributed, seconds spent in them."""
+    """What one rank's collectives cost: calls, bytes this rank contributed, seconds spent in them;
+    `received`: kind -> bytes of the other ranks' data this rank took in, for the top-k merge
+    (the all-gather's R - 1 lists, or the tree's partners' lists)."""
 
     calls: int = 0
     bytes: int = 0
     seconds: float = 0.0
     by_kind: dict = field(default_factory=dict)
+    received: dict = field(default_factory=dict)
 
-    def add(self, kind: str, nbytes: int, seconds: float) -> None:
+    def add(self, kind: str, nbytes: int, seconds: float, received: int | None = None) -> None:
         self.calls, self.bytes, self.seconds = self.calls + 1, self.bytes + nbytes, self.seconds + seconds
         calls, total, spent = self.by_kind.get(kind, (0, 0, 0.0))
         self.by_kind[kind] = (calls + 1, total + nbytes, spent + seconds)
+        if received is not None:
+            self.received[kind] = self.received.get(kind, 0) + received
+
+
+def tree_merge_lists(rank: int, world_size: int) -> int:
+    """How many other ranks' lists `rank` receives in the tree merge (= the lists it sends), P the
+    largest power of two <= R: rank r < P makes log2(P) swaps, and takes in rank r + P's list
+    first when there is one (then sends it the result); rank r >= P sends its list, takes the result."""
+    power = 1 << (world_size.bit_length() - 1)
+    return (power.bit_length() - 1 + (rank + power < world_size)) if rank < power else 1
 
 
 class TorchDistributedReduction:
@@ -114,12 +136,15 @@ class TorchDistributedReduction:
     over the default torch.distributed process group (or `group`). `traffic` counts the
     collectives (bytes contributed by this rank and time, the wait for slower ranks included)."""
 
-    def __init__(self, num_images: int, group=None):
+    def __init__(self, num_images: int, group=None, merge: str = "auto"):
+        if merge not in MERGES:
+            raise DistributedError(f"merge must be one of {', '.join(MERGES)}, got {merge!r}")
         self.group = group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.backend = dist.get_backend(group)
         self.num_images = num_images
         self.start, self.end = shard_range(num_images, self.rank, self.world_size)
+        self.merge = merge if merge != "auto" else ("tree" if self.world_size > TREE_ABOVE else "gather")
         self.traffic = Traffic()
 
     @property
@@ -171,14 +196,32 @@ class TorchDistributedReduction:
         pad = top_k - kept  # every rank sends [2, B, K, top_k]: weights, then ids as float64 (exact below 2^53)
         packed = torch.stack([torch.nn.functional.pad(top_w.to(torch.float64), (0, pad)),
                               torch.nn.functional.pad(ids.to(torch.float64), (0, pad), value=-1)])
-        gathered = self._all_gather(packed, "top-k")  # [R, 2, B, K, top_k]
-        lists = gathered.permute(1, 2, 3, 0, 4).cpu().numpy()  # [2, B, K, R, top_k]
         k = min(top_k, int(round(float(sums[-1]))))
-        merged_w, merged_i = fused_kernels.merge_top(np.ascontiguousarray(lists[0]),
-                                                     np.ascontiguousarray(lists[1]).astype(np.int64), k)
+        if self.merge == "tree":
+            merged = self._tree_merge(packed.cpu(), top_k)[..., :k]
+            merged_w, merged_i = merged[0].numpy(), merged[1].numpy().astype(np.int64)
+        else:
+            gathered = self._all_gather(packed, "top-k")  # [R, 2, B, K, top_k]
+            merged_w, merged_i = _merge(gathered.permute(1, 2, 3, 0, 4).cpu().numpy(), k)
         device = top_w.device
         return (torch.from_numpy(merged_w).to(device, top_w.dtype), torch.from_numpy(merged_i).to(device),
                 entropy, sum_sq, self.num_images)
+
+    def _tree_merge(self, mine: torch.Tensor, top_k: int) -> torch.Tensor:
+        """The k best of every rank's list (packed [2, B, K, top_k] on the CPU) by recursive
+        doubling (module docstring); every rank ends with the same merge."""
+        power = 1 << (self.world_size.bit_length() - 1)  # the largest power of two <= R
+        if self.rank >= power:  # fold in: hand the list to rank r - P, take the result back
+            return self._swap(mine, self.rank - power, "top-k")
+        if self.rank + power < self.world_size:
+            mine = _merge_pair(mine, self._swap(None, self.rank + power, "top-k", like=mine), top_k)
+        step = 1
+        while step < power:
+            mine = _merge_pair(mine, self._swap(mine, self.rank ^ step, "top-k"), top_k)
+            step <<= 1
+        if self.rank + power < self.world_size:
+            self._swap(mine, self.rank + power, "top-k", receive=False)
+        return mine
 
     # -- collectives ----------------------------------------------------------------------
     def _on_backend(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -205,10 +248,45 @@ class TorchDistributedReduction:
             _GATHER(out, moved, group=self.group)
         except RuntimeError as exc:  # torch.distributed.DistError and its kinds derive from it
             raise self._failure(kind, exc) from exc
-        self.traffic.add(kind, moved.numel() * moved.element_size(), time.perf_counter() - began)
+        nbytes = moved.numel() * moved.element_size()
+        self.traffic.add(kind, nbytes, time.perf_counter() - began, (self.world_size - 1) * nbytes)
         return out.view(self.world_size, *moved.shape)
 
+    def _swap(self, tensor: torch.Tensor | None, peer: int, kind: str, like: torch.Tensor | None = None,
+              receive: bool = True) -> torch.Tensor | None:
+        """Send `tensor` (None: nothing) to rank `peer` of the group and receive one of the same
+        shape (that of `like` when sending nothing) from it, unless receive=False."""
+        moved = None if tensor is None else self._on_backend(tensor.contiguous())
+        out = self._on_backend(torch.empty_like(like if moved is None else moved)) if receive else None
+        operations = [dist.P2POp(op, buffer, group=self.group, group_peer=peer)
+                      for op, buffer in ((dist.isend, moved), (dist.irecv, out)) if buffer is not None]
+        began = time.perf_counter()
+        try:
+            for work in dist.batch_isend_irecv(operations):
+                work.wait()
+        except RuntimeError as exc:  # torch.distributed.DistError and its kinds derive from it
+            raise self._failure(kind, exc) from exc
+        sent = 0 if moved is None else moved.numel() * moved.element_size()
+        self.traffic.add(kind, sent, time.perf_counter() - began, 0 if out is None else out.numel() * out.element_size())
+        return None if out is None else out.cpu()
+
     def _failure(self, kind: str, exc: BaseException) -> CollectiveError:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return CollectiveError(f"rank {self.rank} of {self.world_size} ({self.backend}): the {kind} collective "
-                               f"failed (a rank died, or did not answer within the timeout): {first}")
+                               f"failed (a rank died, or did not answer within the timeout): {first_line(exc)}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a torch.distributed error (its C++ context follows), else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _merge(lists: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """merge_top of lists [2, B, K, L, top_k] (weights, then entry ids as float64): the k best."""
+    return fused_kernels.merge_top(np.ascontiguousarray(lists[0]), np.ascontiguousarray(lists[1]).astype(np.int64), k)
+
+
+def _merge_pair(a: torch.Tensor, b: torch.Tensor, top_k: int) -> torch.Tensor:
+    """The top_k best of two packed lists [2, B, K, top_k], packed the same way (empty slots: 0, -1)."""
+    merged_w, merged_i = _merge(torch.stack([a, b], dim=3).numpy(), top_k)
+    return torch.stack([torch.from_numpy(merged_w), torch.from_numpy(merged_i).to(torch.float64)])

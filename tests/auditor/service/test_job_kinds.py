@@ -34,7 +34,7 @@ from pspc.denoisers import DENOISER_KINDS
 from pspc.networks import export_torchscript
 from tests.auditor.service.test_jobs_lifecycle import stand_in
 from tests.support.cli import run_cli
-from tests.support.data import random_set
+from tests.support.data import fashion_mnist, random_set
 from tests.support.jobs import wait_for_job
 from tests.support.networks import SHAPE, tiny_network
 from tests.support.store import fetch
@@ -134,6 +134,46 @@ def test_a_comparison_runs_the_cli_with_every_option(store, networks, tmp_path):
         "--descriptor pixel-correlation:8 --thresholds 0.4 --copy-k 1")
     assert client.get("/api/jobs", params={"status": "complete"}).json()["total"] == 0  # no run: failed
     assert client.get(f"/api/jobs/{job['id']}").json()["error"].startswith("exit status 0; no run was created")
+
+
+def test_the_learned_descriptor_and_the_verdicts_descriptor_map_to_the_cli(store, networks, tmp_path):
+    """fmnist-copy is the committed checkpoint; learned:NAME a file of the networks folder, by name; the
+    verdict's descriptor is --verdict-descriptor, absent when the service's configuration decides."""
+    (networks / "mine.pt").write_bytes(b"a learned descriptor")  # the job runs a stand-in: never loaded here
+    client = client_for(store, networks, tmp_path)
+    body = {"dataset_id": 1, "network": "tiny.pt", "copy_k": 2}
+    job = client.post("/api/jobs/compare", json={**body, "descriptor": "fmnist-copy",
+                                                 "verdict_descriptor": "learned:mine.pt"}).json()
+    assert job["request"]["verdict_descriptor"] == "learned:mine.pt"
+    argv = " ".join(logged_argv(client, job["id"]))
+    assert "--descriptor fmnist-copy " in argv
+    assert f"--verdict-descriptor learned:{(networks / 'mine.pt').resolve()}" in argv
+    image = png(random_set().images[2, 0].numpy())
+    audit = client.post("/api/jobs/audit", files={"image": ("x.png", image)},
+                        data={"dataset_id": "1", "method": "direct", "descriptor": "learned:mine.pt",
+                              "verdict_descriptor": "none"}).json()
+    argv = " ".join(logged_argv(client, audit["id"]))
+    assert f"--descriptor learned:{(networks / 'mine.pt').resolve()} " in argv and "--verdict-descriptor none" in argv
+    plain = client.post("/api/jobs/compare", json=body).json()
+    assert "--verdict-descriptor" not in logged_argv(client, plain["id"])  # configured: $PSPC_COPY_DESCRIPTOR
+
+
+@pytest.mark.parametrize("field, value, status, words", [
+    ("descriptor", "learned:/etc/passwd", 400, "descriptor"),
+    ("descriptor", "learned:../networks/tiny.pt", 400, "descriptor"),
+    ("descriptor", "learned:", 400, "descriptor"),
+    ("verdict_descriptor", "sscd:/etc/passwd", 400, "verdict_descriptor"),
+    ("verdict_descriptor", "learned:.hidden", 400, "verdict_descriptor"),
+    ("verdict_descriptor", "learned:missing.pt", 404,
+     "no learned descriptor 'missing.pt' in the service's networks folder (AUDITOR_NETWORKS_DIR); it holds: tiny.pt"),
+    ("descriptor", "learned:missing.pt", 404, "no learned descriptor 'missing.pt'"),
+])
+def test_descriptor_files_outside_the_networks_folder_are_refused(store, networks, tmp_path, field, value, status,
+                                                                 words):
+    client = client_for(store, networks, tmp_path)
+    answer = client.post("/api/jobs/compare", json={"dataset_id": 1, "network": "tiny.pt", field: value})
+    assert answer.status_code == status and words in answer.json()["message"], answer.text
+    assert str(tmp_path) not in answer.text and client.get("/api/jobs").json()["total"] == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,3 +350,44 @@ def test_comparison_and_audit_jobs_record_their_runs(store, networks):
     assert audit["links"]["first_report"].endswith(f"/api/runs/{audit['run_id']}/samples/0/report")
     assert client.get(audit["links"]["first_report"]).status_code == 200
     assert "audit of" in client.get(f"/api/jobs/{audit['id']}/log").text
+
+
+@pytest.mark.slow
+def test_an_audit_job_with_the_learned_descriptor_records_what_the_cli_records(empty_db, networks, capsys):
+    """The committed fmnist-copy as the copy-detection descriptor and as the verdict's descriptor-match,
+    calibrated with it: the job's run and the same command run by the CLI store the same matches and verdict."""
+    data = fashion_mnist(200)
+    datasets.ingest(empty_db, data)
+    code, _, err = run_cli(capsys, "--db", empty_db, "calibrate", "--data", "fashion-mnist", "--limit", "200",
+                           "--per-family", "2", "--novel-count", "40", "--target-fpr", "0.05",
+                           "--verdict-descriptor", "fmnist-copy")
+    assert code == 0 and "20 calibration novel images cannot bound the false-positive rate at 0.05" in err, err
+    assert fetch(empty_db, "SELECT count(*) FROM copy_calibrations WHERE evidence = 'descriptor-match'") == [(1,)]
+    shifted = np.roll(data.images[7, 0].numpy(), 1, axis=1)  # not pixel-identical: the calibrated sources decide
+    client = TestClient(create_app(ServiceSettings(db_path=empty_db, networks_dir=networks)))
+    job = client.post("/api/jobs/audit", files={"image": ("mine.png", png(shifted))}, data={
+        "dataset_id": "1", "method": "direct", "noise_levels": ["1"], "patch_size": "3", "copy_k": "3",
+        "descriptor": "fmnist-copy", "verdict_descriptor": "fmnist-copy"}).json()
+    job = wait_for_job(client, job["id"], timeout=300)
+    assert job["status"] == "complete", job
+    (command,), = fetch(empty_db, "SELECT command FROM runs WHERE id = ?", [job["run_id"]])
+    command = json.loads(command)
+    assert command[command.index("--verdict-descriptor") + 1] == "fmnist-copy"
+    code, _, err = run_cli(capsys, *command[1:])  # the same command, from the command line
+    assert code == 0, err
+    cli_run = fetch(empty_db, "SELECT max(id) FROM runs")[0][0]
+    assert cli_run != job["run_id"]
+    matches = "SELECT d.name, m.rank, m.image_index, m.flip, m.score FROM copy_matches m JOIN descriptors d ON " \
+              "d.fingerprint = m.descriptor_fingerprint WHERE m.run_id = ? ORDER BY m.rank"
+    verdict = "SELECT verdict, evidence, score, threshold, calibration_id, details FROM copy_verdicts WHERE run_id = ?"
+    job_matches, cli_matches = (fetch(empty_db, matches, [run]) for run in (job["run_id"], cli_run))
+    assert len(job_matches) == 3 and job_matches[0][0] == "fmnist-copy-descriptor"
+    assert [m[:4] for m in job_matches] == [m[:4] for m in cli_matches]
+    assert [m[4] for m in job_matches] == pytest.approx([m[4] for m in cli_matches], abs=1e-5)  # torch threads
+    (*job_verdict, job_scores), = fetch(empty_db, verdict, [job["run_id"]])
+    (*cli_verdict, cli_scores), = fetch(empty_db, verdict, [cli_run])
+    assert job_verdict[:2] == cli_verdict[:2] and job_verdict[3:] == cli_verdict[3:]
+    assert job_verdict[2] == pytest.approx(cli_verdict[2], abs=1e-5) and job_verdict[0] != "inconclusive"
+    assert json.loads(job_scores).keys() == json.loads(cli_scores).keys() == {
+        "aligned-correlation", "descriptor-match", "region-match"}  # the verdict used descriptor-match, calibrated
+    assert json.loads(job_scores)["descriptor-match"]["threshold"] is not None

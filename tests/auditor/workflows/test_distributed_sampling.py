@@ -1,7 +1,8 @@
 """Sampling runs over ranks (auditor.workflows.distributed, `auditor sample --distributed`): a
 2-rank torchrun run records what one process records; a rank that dies mid-run fails the run
 with the error recorded, and the run resumes in one process to the uninterrupted result; a
-1-rank group in this process; what the CLI refuses to run over ranks."""
+1-rank group in this process; what the CLI refuses to run over ranks (resuming over ranks:
+test_distributed_workflows)."""
 
 from __future__ import annotations
 
@@ -107,8 +108,7 @@ def test_distributed_without_torchrun_says_how_to_launch(empty_db, capsys, monke
     assert code == 2 and "--distributed needs torchrun's environment" in err and "torchrun --nproc-per-node" in err
 
 
-@pytest.mark.parametrize("option, value, why", [("--resume", "1", "resume it in one process"),
-                                                 ("--dataset", "1", "every rank loads the training set"),
+@pytest.mark.parametrize("option, value, why", [("--dataset", "1", "every rank loads the training set"),
                                                  ("--parquet", "out", "every rank would record its own run")])
 def test_what_does_not_run_over_ranks_is_refused_under_torchrun(empty_db, capsys, monkeypatch, option, value, why):
     for name, env in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():

@@ -11,7 +11,8 @@ from auditor.similarity.calibration import CopyEvidence
 from auditor.store import calibrations, database, datasets
 from auditor.workflows.audit import record_audit
 from auditor.workflows.options import AuditOptions
-from auditor.workflows.verdicts import CalibrationOptions, calibrate_store, record_verdicts
+from auditor.similarity.calibration import RULES
+from auditor.workflows.verdicts import CalibrationOptions, calibrate_store, record_verdicts, usable_calibrations
 from pspc.data.loaders import load_fashion_mnist
 from tests.support.cli import run_cli
 from tests.support.data import fashion_mnist, random_set
@@ -86,8 +87,44 @@ def test_audit_verdict_is_inconclusive_until_calibrated_then_calibrated(db):
 
 
 def test_cli_defaults_agree_with_the_options():
-    assert (cli_copies.DEFAULT_PER_FAMILY, cli_copies.DEFAULT_NOVEL_COUNT, cli_copies.DEFAULT_TARGET_FPR) == (
-        CalibrationOptions.per_family, CalibrationOptions.novel_count, CalibrationOptions.target_fpr)
+    assert (cli_copies.DEFAULT_PER_FAMILY, cli_copies.DEFAULT_NOVEL_COUNT, cli_copies.DEFAULT_TARGET_FPR,
+            cli_copies.DEFAULT_RULE, cli_copies.DEFAULT_CONFIDENCE) == (
+        CalibrationOptions.per_family, CalibrationOptions.novel_count, CalibrationOptions.target_fpr,
+        CalibrationOptions.rule, CalibrationOptions.confidence)
+    assert cli_copies.RULES == RULES
+
+
+def _row(row_id: int, evidence: str, group: str | None = None, fingerprint: str | None = None) -> dict:
+    record = {"joint": {"group": group}} if group else {}
+    return {"id": row_id, "evidence": evidence, "evidence_fingerprint": fingerprint or f"fp-{evidence}",
+            "record": record, "threshold": float(row_id)}
+
+
+FINGERPRINTS = {"aligned-correlation": "fp-aligned-correlation", "region-match": "fp-region-match"}
+WITH_DESCRIPTOR = {**FINGERPRINTS, "descriptor-match": "fp-descriptor-match"}
+
+
+def test_jointly_chosen_thresholds_are_used_together_or_not_at_all():
+    """A joint calibration's thresholds hold the union's bound only together: never mixed with another's."""
+    two = [_row(4, "region-match", "B"), _row(3, "aligned-correlation", "B")]
+    three = [_row(2, "descriptor-match", "A"), _row(1, "region-match", "A"), _row(0, "aligned-correlation", "A")]
+    rows = two + three  # newest first: B (without descriptor-match) after A (with it)
+    assert {n: r["id"] for n, r in usable_calibrations(rows, FINGERPRINTS).items()} == {
+        "aligned-correlation": 3, "region-match": 4}
+    # with descriptor-match, B does not cover it: all of A, not B's aligned and region mixed with A's descriptor
+    assert {n: r["id"] for n, r in usable_calibrations(rows, WITH_DESCRIPTOR).items()} == {
+        "descriptor-match": 2, "region-match": 1, "aligned-correlation": 0}
+    # a group of another fingerprint does not count; an incomplete group leaves the verdict inconclusive
+    other = [_row(4, "region-match", "B", "other"), _row(3, "aligned-correlation", "B")] + three
+    assert {n: r["id"] for n, r in usable_calibrations(other, FINGERPRINTS).items()} == {
+        "aligned-correlation": 0, "region-match": 1}
+    assert set(usable_calibrations(two, WITH_DESCRIPTOR)) == {"aligned-correlation", "region-match"}
+    # per-source rows (no group) are taken per source, as before; a newer complete set of them wins
+    single = [_row(9, "descriptor-match"), _row(8, "region-match"), _row(7, "aligned-correlation")]
+    assert {n: r["id"] for n, r in usable_calibrations(single + three, WITH_DESCRIPTOR).items()} == {
+        "descriptor-match": 9, "region-match": 8, "aligned-correlation": 7}
+    assert {n: r["id"] for n, r in usable_calibrations(single[:1] + three, WITH_DESCRIPTOR).items()} == {
+        "descriptor-match": 2, "region-match": 1, "aligned-correlation": 0}
 
 
 @pytest.mark.slow
@@ -97,12 +134,25 @@ def test_calibrate_stores_thresholds_and_the_cli_lists_them(db, tmp_path, capsys
     assert [t["evidence"] for t in result.thresholds] == ["aligned-correlation", "region-match"]
     for t in result.thresholds:
         assert t["fpr"] <= 0.05 and 0 <= t["test_fpr"] <= 1 and 0 <= t["test_tpr"] <= 1
+    joint, union = result.record["joint"], result.record["test"]["union"]
+    assert joint["sources"] == ["aligned-correlation", "region-match"] and joint["negatives"] == 20
+    assert not joint["bound_met"] and joint["false_positives"] == 0  # 20 novel images cannot bound 5 %: none called
+    assert union["negatives"] == 20 and 0 <= union["fpr"] <= union["fpr_upper"] <= 1
+    dataset_id = result.dataset_id
+    fingerprints = {t["evidence"]: t["fingerprint"] for t in result.thresholds}
+    used = usable_calibrations(calibrations.list_calibrations(db, dataset_id), fingerprints)
+    assert sorted(r["id"] for r in used.values()) == sorted(result.ids)
     rows = calibrations.list_calibrations(db)
     assert [r["id"] for r in rows] == sorted(result.ids, reverse=True)
     assert rows[0]["record"]["novel"]["fingerprint"] == novel.fingerprint
     code, out, err = run_cli(capsys, "--db", db, "calibrate", "--list")
     assert code == 0, err
     assert "aligned-correlation" in out and "region-match" in out and "held-out TPR" in out
+    code, out, err = run_cli(capsys, "--db", db, "calibrate", "--data", "fashion-mnist", "--limit", "200",
+                             "--per-family", "2", "--novel-count", "40", "--rule", "per-source", "--target-fpr", "0.05")
+    assert code == 0, err
+    assert "novel images called copy or partial copy" not in out and "held out" in out  # no joint budget
+    assert "cannot bound" not in err
     with pytest.raises(UserError, match="same size"):
         calibrate_store(db, random_set(), novel)
     code, out, err = run_cli(capsys, "--db", db, "calibrate", "--target-fpr", "2")
