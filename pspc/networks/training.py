@@ -295,7 +295,8 @@ def plant_canaries(training_set: TrainingSet, canaries: Canaries) -> tuple[Train
               "layout": f"the base set's {len(training_set)} images in order, then {canaries.repeats} rounds of the "
                         f"canaries in index order (ids ID{CANARY_COPY}1 .. ID{CANARY_COPY}{canaries.repeats}): "
                         f"{len(planted)} images, each canary {1 + canaries.repeats} times",
-              "sha256_definition": "sha256 of 'uint8:CxHxW' followed by the image's uint8 pixels (TrainingSet.image_sha256)"}
+              "sha256_definition": "sha256 of 'uint8:CxHxW' followed by the image's uint8 pixels "
+                                   "(TrainingSet.image_sha256)"}
     return planted, record
 
 
