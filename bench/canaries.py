@@ -1,7 +1,7 @@
 """Benchmark: planted canaries, the training images a network memorised, found by each evidence source.
 
-    PYTHONPATH=. nice -n 10 .venv/bin/python bench/canaries.py --out bench/results/canaries   # ~4 min, 2 cores
-    PYTHONPATH=. .venv/bin/python bench/canaries.py --samples 8 --batch 8 --per-family 3 --novel 40 \
+    PYTHONPATH=. nice -n 10 .venv/bin/python bench/canaries.py --out bench/results/canaries   # ~9 min, 2 cores
+    PYTHONPATH=. .venv/bin/python bench/canaries.py --samples 8 --batch 8 --per-family 3 --novel 60 \
         --out /tmp/canaries   # smoke
 
 The network (--network, default checkpoints/fmnist-canary-unet.pt) was trained by `auditor

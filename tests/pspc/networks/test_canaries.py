@@ -1,6 +1,10 @@
-"""Planted canaries: the duplicated training set, its record, training and resuming on it, the CLI."""
+"""Planted canaries: the duplicated training set, its record, training and resuming on it, the CLI; and
+the thread count a training run keeps."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +94,22 @@ def test_cli_plants_canaries_and_refuses_half_a_request(tmp_path, capsys):
     assert "--canaries must be > 0" in capsys.readouterr().err
     assert auditor_main(common + ["--out", str(tmp_path / "d.pt"), "--canaries", "65"]) == 2
     assert "65 canaries asked of a training set of 64 images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_training_keeps_the_thread_count_it_was_given(tmp_path):
+    """Writing a record reads numba's thread count, whose first read resets torch's to every core: a
+    fresh interpreter (numba not started yet) must still train with the one thread it was given."""
+    script = (
+        "import sys, torch\n"
+        "from pspc.networks.training import TrainingConfig, train\n"
+        "from tests.support.data import random_training_set\n"
+        "from tests.support.networks import TINY\n"
+        "torch.set_num_threads(1)\n"
+        f"config = TrainingConfig(iterations=2, **{QUICK!r})\n"
+        "record = train(random_training_set(count=8, height=8, width=8), sys.argv[1], TINY, config)\n"
+        "print(record['torch_threads'], torch.get_num_threads())\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "net.pt")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[3], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]
