@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from auditor.similarity.benchmark import markdown_table
+from auditor.similarity.benchmark import markdown_table, write_results
 from auditor.similarity.cases import COPY_FAMILIES, PARTIAL_FAMILIES
 from auditor.similarity.copy_detection import CopyDetectionIndex
 from auditor.similarity.descriptor_evidence import DescriptorMatch
@@ -390,11 +390,7 @@ def report(result: dict) -> str:
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     result = run(args)
-    text = report(result)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
+    write_results(args.out, result, report(result))
     return 0
 
 

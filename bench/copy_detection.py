@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from auditor.similarity.benchmark import (
-    TARGET_COLUMNS, Scored, family_rows, markdown_table, target_summary, verdict_rows
+    TARGET_COLUMNS, Scored, family_rows, markdown_table, target_summary, verdict_rows, write_results
 )
 from auditor.similarity.calibration import CopyEvidence, calibrate
 from auditor.similarity.descriptor_cache import cache_dir, cache_key
@@ -307,11 +307,7 @@ def report(result: dict) -> str:
 def main(argv=None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     result = run(args)
-    text = report(result)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
+    write_results(args.out, result, report(result))
     return 0
 
 

@@ -11,6 +11,7 @@ there. :func:`target_summary` condenses a verdict's rows into issue 17's targets
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ import numpy as np
 from auditor.similarity.cases import PARTIAL_FAMILIES, Cases
 from auditor.similarity.metrics import auroc, binomial_upper_bound, iou, rate_at, tpr_at_fpr
 
-__all__ = ["COLUMNS", "TARGET_COLUMNS", "Scored", "family_rows", "markdown_table", "target_summary", "verdict_rows"]
+__all__ = ["COLUMNS", "TARGET_COLUMNS", "Scored", "family_rows", "markdown_table", "target_summary", "verdict_rows",
+           "write_results"]
 
 COLUMNS = ("family", "cases", "R@1", "R@5", "AUROC", "TPR@1%", "TPR@0.1%", "TPR @ cal", "IoU")
 # issue 17's targets: exact and near copies called copies (>= 0.95) of the right image (>= 0.9), 50 % partial
@@ -112,3 +114,11 @@ def markdown_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if c == "family" else "---:" for c in columns) + "|"]
     lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_results(out, result: dict, text: str) -> None:
+    """Print a benchmark's report and write it as OUT.md, with every number as OUT.json."""
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
