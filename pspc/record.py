@@ -83,15 +83,20 @@ def environment(device: torch.device, *, packages: tuple[str, ...] = (), process
                 with_commit: bool = False) -> dict:
     """Where a result was computed: device, threads (torch's, and numba's, which run the
     fused CPU kernels), platform (and processor) and the versions of python, pspc-auditor,
-    torch, numpy and `packages`."""
+    torch, numpy and `packages`. torch's thread count is left as it was: numba's first
+    get_num_threads() starts its thread pool, which resets torch's to every core (a
+    `--threads 1` training ran on all cores after its first record)."""
     import numba
     import numpy
 
+    torch_threads = torch.get_num_threads()
+    numba_threads = numba.get_num_threads()
+    torch.set_num_threads(torch_threads)
     record = {
         "device": str(device),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch_threads": torch.get_num_threads(),
-        "numba_threads": numba.get_num_threads(),
+        "torch_threads": torch_threads,
+        "numba_threads": numba_threads,
         "platform": platform.platform(),
     }
     if processor:

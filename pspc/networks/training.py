@@ -223,14 +223,8 @@ def save_samples(net, path, num: int = 64, seed: int = 0, steps: int = 18, metho
 # Records
 # ---------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
-    """Where a result was computed: device, threads, platform and package versions. torch's thread
-    count is kept: reading numba's (the first time) resets it to all cores, which made `--threads 1`
-    train on every core after the first checkpoint."""
-    threads = torch.get_num_threads()
-    try:
-        return record_environment(device, processor=True, with_commit=True)
-    finally:
-        torch.set_num_threads(threads)
+    """Where a result was computed: device, threads, platform and package versions."""
+    return record_environment(device, processor=True, with_commit=True)
 
 
 def state_path_for(checkpoint: str | os.PathLike) -> Path:
