@@ -22,9 +22,14 @@ process imports neither torch nor the data, so that it adds nothing to a child's
 
 Each size is timed at the noise level the paper's schedule pairs it with (NOISE_LEVELS);
 PSPC-Flex at FLEX_NOISE_LEVEL with the paper's lambda(t) and the isotropic stand-in
-sensitivity of `build_denoiser("pspc-flex", ...)`. `--paths auto,fused` also times the
-fused kernels on the sets that the path rule (pspc.posterior.gemm.uses_gemm) sends to the
-GEMM path.
+sensitivity of `build_denoiser("pspc-flex", ...)`. The path rule sends the whole image to
+the GEMM path (pspc.posterior.gemm.uses_gemm), small windows (s = 3) to the single pass
+(pspc.posterior.window_kernels.uses_single_pass) and the rest to the two-pass fused
+kernels; `--paths auto,fused` also times the two-pass fused kernels, in a process of their
+own, on the sets the rule sends elsewhere. For a set on the single pass, `--versus` (on by
+default) adds to every round one idle call on the two-pass kernels in the same process,
+between the others, and reports the ratio of the two minima (the speed-up, measured under
+the same background load) and the largest difference between their outputs.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -95,35 +101,82 @@ def _queries(config: dict, data, t: float):
     return x + t * torch.randn(x.shape, generator=generator)
 
 
-def _choose_path(path: str, patch_set) -> str | None:
-    """Apply --paths: 'fused' forces the fused kernels (None: the set is on them anyway)."""
+def _rule(patch_set, channels: int) -> str:
+    """The CPU path the rule picks for a set: gemm, single pass or fused (the two passes)."""
+    from pspc.posterior import gemm
+    from pspc.posterior.patch_sets import WindowPatches
+
+    if gemm.uses_gemm(patch_set):
+        return "gemm"
     try:
-        from pspc.posterior import gemm
-    except ImportError:  # a tree without the GEMM path: everything is fused
-        return "fused" if path == "auto" else None
-    chosen = "gemm" if gemm.uses_gemm(patch_set) else "fused"
+        from pspc.posterior import window_kernels
+    except ImportError:  # a tree without the single pass
+        return "fused"
+    if isinstance(patch_set, WindowPatches) and window_kernels.uses_single_pass(
+            channels, patch_set.height, patch_set.width, patch_set.patch_h, patch_set.patch_w):
+        return "single pass"
+    return "fused"
+
+
+def _force_two_passes() -> None:
+    """Send every set to the two-pass fused kernels (what --paths fused and --versus time)."""
+    from pspc.posterior import gemm
+
+    gemm.GEMM_MAX_MASKS = 0
+    try:
+        from pspc.posterior import window_kernels
+    except ImportError:
+        return
+    window_kernels.MAX_SPAN = 0
+
+
+def _choose_path(path: str, patch_set, channels: int = 1) -> str | None:
+    """Apply --paths: 'fused' forces the two-pass fused kernels (None: the set is on them anyway)."""
+    chosen = _rule(patch_set, channels)
     if path == "auto":
         return chosen
     if chosen == "fused":
         return None
-    gemm.GEMM_MAX_MASKS = 0
+    _force_two_passes()
     return "fused (forced)"
 
 
-def _timed_rounds(denoiser, z, t, config: dict) -> dict:
-    """Alternate idle and contended calls; seconds per call (wall) and CPU seconds of each."""
-    calls = {"idle": [], "contended": [], "idle_cpu": [], "contended_cpu": []}
+class _TwoPasses:
+    """Within the block: the two-pass fused kernels for every set (the rule restored after)."""
+
+    def __enter__(self):
+        from pspc.posterior import window_kernels
+
+        self.saved = window_kernels.MAX_SPAN
+        window_kernels.MAX_SPAN = 0
+
+    def __exit__(self, *exc):
+        from pspc.posterior import window_kernels
+
+        window_kernels.MAX_SPAN = self.saved
+
+
+def _timed_rounds(denoiser, z, t, config: dict, versus: bool = False) -> dict:
+    """Alternate idle and contended calls (and, with versus, an idle call on the two-pass
+    kernels); seconds per call (wall) and CPU seconds of each; `difference`: the largest
+    difference between the output and the two-pass kernels'."""
+    kinds = ("idle", "contended") + (("two_pass",) if versus else ())
+    calls = {name: [] for kind in kinds for name in (kind, kind + "_cpu")}
+    outputs = {}
     for _ in range(config["repeats"]):
-        for kind in ("idle", "contended"):
-            with Hogs(config["hogs"] if kind == "contended" else 0, 4 * config["budget"]):
+        for kind in kinds:
+            with Hogs(config["hogs"] if kind == "contended" else 0, 4 * config["budget"]), \
+                    (_TwoPasses() if kind == "two_pass" else nullcontext()):
                 cpu, wall = time.process_time(), time.perf_counter()
-                out = denoiser(z, t)
+                outputs[kind] = denoiser(z, t)
                 calls[kind].append(time.perf_counter() - wall)
                 calls[kind + "_cpu"].append(time.process_time() - cpu)
-        if sum(calls["idle"]) + sum(calls["contended"]) > config["budget"]:
+        if sum(sum(calls[kind]) for kind in kinds) > config["budget"]:
             break
-    if not out.isfinite().all():
+    if not all(out.isfinite().all() for out in outputs.values()):
         raise RuntimeError("denoiser returned non-finite values")
+    if versus:
+        calls["difference"] = float((outputs["idle"] - outputs["two_pass"]).abs().max())
     return calls
 
 
@@ -143,21 +196,29 @@ def measure(config: dict) -> dict:
     rss_loaded = _max_rss_gib()
     denoiser = build_denoiser(config["kind"], data, patch_size=config["size"])
     t, batch = config["t"], config["batch"]
-    path = _choose_path(config["path"], denoiser.patch_set_at(t))
+    path = _choose_path(config["path"], denoiser.patch_set_at(t), data.images.shape[1])
     if path is None:
         return {"skipped": "the path rule runs the fused kernels on this set already"}
+    versus = bool(config.get("versus")) and path == "single pass"
     z = _queries(config, data, t)
     with torch.no_grad():
         begin = time.perf_counter()
         denoiser(z[:1], t)
         warmup_seconds = time.perf_counter() - begin
-        calls = _timed_rounds(denoiser, z, t, config)
+        if versus:
+            with _TwoPasses():
+                denoiser(z[:1], t)
+        calls = _timed_rounds(denoiser, z, t, config, versus)
     described = denoiser.describe()
     lam = described.get("lambda")  # PSPC-Flex: the lambda(t) schedule used
     if lam:
         lam = Schedule(tuple(lam["times"]), tuple(lam["values"]), lam["interpolation"], lam["name"])(t)
     idle, contended = statistics.median(calls["idle"]), statistics.median(calls["contended"])
-    return {
+    compared = {}
+    if versus:
+        compared = {"two_pass_min_per_image": min(calls["two_pass"]) / batch,
+                    "speedup": min(calls["two_pass"]) / min(calls["idle"]), "difference": calls.pop("difference")}
+    return {**compared,
         "dataset": data.name, "entries": data.num_entries, "fingerprint": data.fingerprint, "ran": path,
         "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
         "threading_layer": numba.threading_layer(), "load_seconds": load_seconds, "warmup_seconds": warmup_seconds,
@@ -234,8 +295,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flex", action=argparse.BooleanOptionalAction, default=True,
                         help=f"also PSPC-Flex at t = {FLEX_NOISE_LEVEL} (default: on)")
     parser.add_argument("--paths", type=_path_list, default=["auto"],
-                        help="CPU paths: auto (the rule), fused (the fused kernels forced; only for sets the "
-                             "rule sends to the GEMM path) (default: auto)")
+                        help="CPU paths: auto (the rule), fused (the two-pass fused kernels forced; only for sets "
+                             "the rule sends to the GEMM path or the single pass) (default: auto)")
+    parser.add_argument("--versus", action=argparse.BooleanOptionalAction, default=True,
+                        help="for sets on the single pass, also time the two-pass kernels in the same process, "
+                             "interleaved (default: on)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of one idle and one contended call (default: 3)")
     parser.add_argument("--hogs", type=int, default=1, help="CPU hogs beside each contended call (default: 1)")
     parser.add_argument("--budget", type=float, default=120.0,
@@ -263,7 +327,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def configurations(args) -> list[dict]:
     common = {"data": args.data, "limit": args.limit, "xflip": args.xflip, "repeats": args.repeats,
               "budget": args.budget, "seed": args.seed, "queries": args.queries, "hogs": args.hogs,
-              "threading_layer": args.threading_layer}
+              "threading_layer": args.threading_layer, "versus": args.versus}
     denoisers = [("pspc-square", s, NOISE_LEVELS[s]) for s in args.sizes]
     if args.flex:
         denoisers.append(("pspc-flex", None, FLEX_NOISE_LEVEL))
@@ -295,18 +359,21 @@ def machine() -> dict:
 
 def table(results: list[dict]) -> str:
     rows = ["| denoiser | s | t | batch | path | idle s/image (min / median) | contended s/image (min / median) "
-            "| contended / idle | CPU s/image | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "| contended / idle | CPU s/image | peak RSS GiB | two-pass, same process: idle min, speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         name = r["kind"] + (f" (λ={r['lambda']:g})" if r.get("lambda") is not None else "")
         head = f"| {name} | {r['size'] or 'flex'} | {r['t']:g} | {r['batch']} | {r.get('ran', r['path'])} |"
         if "skipped" in r:
             continue
         if "error" in r:
-            rows.append(f"{head} error: {r['error'][:100]} | | | | |")
+            rows.append(f"{head} error: {r['error'][:100]} | | | | | |")
         else:
+            versus = (f"{r['two_pass_min_per_image']:.4f}, {r['speedup']:.2f}x (outputs within "
+                      f"{r['difference']:.1e})" if "speedup" in r else "")
             rows.append(f"{head} {r['idle_min_per_image']:.4f} / {r['idle_per_image']:.4f} "
                         f"| {r['contended_min_per_image']:.4f} / {r['contended_per_image']:.4f} | {r['ratio']:.2f} "
-                        f"| {r['cpu_per_image']:.4f} | {r['peak_rss_gib']:.2f} |")
+                        f"| {r['cpu_per_image']:.4f} | {r['peak_rss_gib']:.2f} | {versus} |")
     return "\n".join(rows)
 
 

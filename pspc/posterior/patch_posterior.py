@@ -15,10 +15,12 @@ Counterfactual removal: `excluded` [N] masks training images out of the softmax 
 -inf, weight exactly 0, for the image and its mirrored entry) without copying the data or
 renumbering the entries; chunks whose images are all excluded are skipped.
 
-Three paths compute the same thing: on the CPU, the GEMM path (pspc.posterior.gemm: the
+Four paths compute the same thing: on the CPU, the GEMM path (pspc.posterior.gemm: the
 distances and the composite as exact matrix products) for sets with few distinct masks
-(`gemm.uses_gemm`: the whole image), else the fused numba kernels (fused_kernels); on other
-devices, and for dense weights, the chunked torch operations below.
+(`gemm.uses_gemm`: the whole image), the single pass (window_kernels: one sweep, each
+window with its own numerator) for windows of few values (`window_kernels.uses_single_pass`:
+s = 3), else the two-pass fused numba kernels (fused_kernels); on other devices, and for
+dense weights, the chunked torch operations below.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from pspc.errors import InputError
-from pspc.posterior import fused_kernels, gemm
+from pspc.posterior import fused_kernels, gemm, window_kernels
 from pspc.posterior.patch_sets import PatchSet, WindowPatches
 from pspc.posterior.weights import PosteriorWeights, WeightRequest
 
@@ -83,8 +85,9 @@ def patch_posterior(
 
     images_t (fused_kernels.block_images(data), CPU only) enables the CPU paths: the GEMM
     path (pspc.posterior.gemm) for sets with few distinct masks (gemm.uses_gemm: the whole
-    image) over uint8-grid data, else the fused kernels; without it, on other devices, or
-    when dense weights are requested, the torch path runs.
+    image) over uint8-grid data, the single pass (window_kernels) for small windows, else the
+    fused kernels; without it, on other devices, or when dense weights are requested, the
+    torch path runs.
     excluded (bool [N]): images given weight 0, with their mirrored entries; entry ids stay
     those of the whole set (image i, flip N + i).
     reduction (pspc.posterior.distributed): data is one shard of the set; the log-normaliser,
@@ -94,6 +97,9 @@ def patch_posterior(
     if images_t is not None and z.device.type == "cpu" and not (request and request.full):
         if gemm.uses_gemm(patch_set) and (ints := gemm.integer_images(data, images_t)) is not None:
             return _gemm_posterior_cpu(z, t, ints, images_t, patch_set, xflip, request, excluded, reduction, chunk_bytes)
+        if isinstance(patch_set, WindowPatches) and window_kernels.uses_single_pass(
+                z.shape[1], patch_set.height, patch_set.width, patch_set.patch_h, patch_set.patch_w):
+            return _window_posterior_cpu(z, t, num_images, images_t, patch_set, xflip, request, excluded, reduction)
         return _fused_posterior_cpu(z, t, num_images, images_t, patch_set, xflip, request, excluded, reduction)
     batch, channels, height, width = z.shape
     patch_set = patch_set.to(z.device)
@@ -294,18 +300,88 @@ def _fused_posterior_cpu(z, t, num_images, images_t, patch_set: PatchSet, xflip,
         x_hat += numerator.flip(-1) if half["flipped"] else numerator
         entropy += half_entropy[:, half["to_global"]]
         sum_sq += half_sum_sq[:, half["to_global"]]
-        # [Q, parts, P_own, k] -> [Q, K, parts, k] lists; flipped entries are numbered N..2N-1.
-        index = half_top_i[:, :, half["to_global"]].permute(0, 2, 1, 3)
-        top_w.append(half_top_w[:, :, half["to_global"]].permute(0, 2, 1, 3))
-        top_i.append(torch.where(index >= 0, index + offset * num_images, -1))
+        _add_lists(top_w, top_i, half_top_w, half_top_i, half["to_global"], offset * num_images)
+    return _fused_result(z, t, num_images, patch_set, request, reduction, x_hat, entropy, sum_sq, top_w, top_i)
+
+
+def _add_lists(top_w: list, top_i: list, half_w: torch.Tensor, half_i: torch.Tensor, to_global, offset: int):
+    """Append one half's top-k lists [Q, parts, P_own, k] as [Q, K, parts, k] with the set's
+    entry ids (flipped entries are numbered N..2N-1: offset N)."""
+    index = half_i[:, :, to_global].permute(0, 2, 1, 3)
+    top_w.append(half_w[:, :, to_global].permute(0, 2, 1, 3))
+    top_i.append(torch.where(index >= 0, index + offset, -1))
+
+
+def _fused_result(z, t, num_images, patch_set, request, reduction, numerator, entropy, sum_sq, top_w, top_i):
+    """(x_hat, weights or None) from the CPU kernels' numerator (before the coverage), entropy,
+    sum w^2 [B, K] and the lists of _add_lists, merged across the shards when sharded."""
     if reduction is not None:
-        x_hat = reduction.numerator(x_hat)
-    x_hat = (x_hat / patch_set.coverage()).to(z.dtype)
+        numerator = reduction.numerator(numerator)
+    x_hat = (numerator / patch_set.coverage()).to(z.dtype)
     if request is None:
         return x_hat, None
     top_w, top_i = (torch.from_numpy(a) for a in fused_kernels.merge_top(
         torch.cat(top_w, 2).contiguous().numpy(), torch.cat(top_i, 2).contiguous().numpy(), request.top_k))
     return x_hat, _finish(request, patch_set, t, num_images, top_w, top_i, entropy, sum_sq, reduction=reduction)
+
+
+def _window_posterior_cpu(z, t, num_images, images_t, patch_set: WindowPatches, xflip, request, excluded,
+                          reduction=None):
+    """The single-pass path for small windows (window_kernels): the fused kernels' result, in
+    one sweep over the data. Each half (flipped queries: window k is the mirror of window
+    mirror(k)) gets its per-window running max, sums and numerators; the log-normaliser
+    combines the halves (and the shards, through the hook); each half's sums are then
+    scaled to it (window_kernels' docstring)."""
+    batch, channels, _, width = z.shape
+    rows, cols, num_patches = patch_set.rows, patch_set.cols, patch_set.num_patches
+    scales = (-0.5 / t.to(torch.float64).square()).cpu().numpy()
+    mask = fused_kernels.block_mask(None if excluded is None else excluded.numpy(), num_images)
+    top_k = request.top_k if request else 0
+    positions = (torch.arange(rows)[:, None] * width + torch.arange(cols)).flatten()  # each window's grid index
+    halves, log_norm = [], None
+    for flipped in ([False, True] if xflip else [False]):
+        queries = (z.flip(-1) if flipped else z).to(torch.float64).reshape(batch, -1).contiguous().numpy()
+        sums, numerators, top_l, top_i = window_kernels.window_posterior(
+            queries, images_t, patch_set.patch_h, patch_set.patch_w, scales, numba.get_num_threads(), top_k,
+            num_images, mask)
+        sums, numerators = (torch.from_numpy(a)[..., positions] for a in window_kernels.fold_groups(sums, numerators))
+        to_global = patch_set._mirror if flipped else torch.arange(num_patches)
+        halves.append((flipped, to_global, sums, numerators, top_l[:, :, positions.numpy()],
+                       top_i[:, :, positions.numpy()]))
+        own = (sums[0] + sums[1].log())[:, to_global]
+        log_norm = own if log_norm is None else torch.logaddexp(log_norm, own)
+    if reduction is not None:
+        log_norm = reduction.log_normaliser(log_norm)
+    numerator = torch.zeros(z.shape, dtype=torch.float64)
+    entropy = torch.zeros(batch, num_patches, dtype=torch.float64)
+    sum_sq, top_w, top_i = torch.zeros_like(entropy), [], []
+    for offset, (flipped, to_global, sums, numerators, half_l, half_i) in enumerate(halves):
+        own_norm = torch.empty(batch, num_patches, dtype=torch.float64)
+        own_norm[:, to_global] = log_norm
+        top, total, plogp, squared = sums
+        live = total > 0  # the half has an entry of weight > 0 there
+        scale = torch.where(live, torch.exp(top - own_norm), 0.0)  # w = scale * e
+        entropy += torch.where(live, -scale * (plogp + (top - own_norm) * total), 0.0)[:, to_global]
+        sum_sq += (scale.square() * squared)[:, to_global]
+        placed = place_windows(scale[:, None] * numerators, patch_set, channels)
+        numerator += placed.flip(-1) if flipped else placed
+        if request is not None:
+            half_w, half_entries = (torch.from_numpy(a) for a in window_kernels.list_weights(
+                np.ascontiguousarray(half_l), np.ascontiguousarray(half_i), own_norm.numpy(), top_k))
+            _add_lists(top_w, top_i, half_w, half_entries, to_global, offset * num_images)
+    return _fused_result(z, t, num_images, patch_set, request, reduction, numerator, entropy, sum_sq, top_w, top_i)
+
+
+def place_windows(values: torch.Tensor, patch_set: WindowPatches, channels: int) -> torch.Tensor:
+    """values [B, C ph pw, P] (window p's value at each of its pixels) summed into images
+    [B, C, H, W]: sum over windows p of values[:, :, p] at p's pixels."""
+    ph, pw, rows, cols = patch_set.patch_h, patch_set.patch_w, patch_set.rows, patch_set.cols
+    grid = values.reshape(len(values), channels, ph, pw, rows, cols)
+    out = torch.zeros(len(values), channels, patch_set.height, patch_set.width, dtype=values.dtype)
+    for dy in range(ph):
+        for dx in range(pw):
+            out[:, :, dy:dy + rows, dx:dx + cols] += grid[:, :, dy, dx]
+    return out
 
 
 def _gemm_posterior_cpu(z, t, ints, layout, patch_set: PatchSet, xflip, request, excluded, reduction, chunk_bytes):
