@@ -158,6 +158,14 @@ def _check_resumable(db_path, run: dict, dataset: dict, training_set: TrainingSe
                          f"{training_set.fingerprint[:12]}...; pass the same --data")
 
 
+def _resumed_record(denoiser, step: int) -> dict:
+    """What the run's timings say of a resume: the step it continued from, and how the set was
+    sharded then (`resumed_with`; the denoiser record keeps the run's creation-time setting)."""
+    distributed = denoiser.describe().get("distributed")
+    return {"resumed_from_step": step,
+            "resumed_with": distributed if distributed else {"world_size": 1, "backend": None}}
+
+
 def resume_run(db_path, run_id: int, training_set: TrainingSet, *, runtime: Runtime = Runtime(),
                callback=None, distribute=None) -> int:
     """Continue an interrupted ('failed' or 'running' with its writer gone) run; returns run_id.
@@ -187,7 +195,7 @@ def resume_run(db_path, run_id: int, training_set: TrainingSet, *, runtime: Runt
             z = sampler_step(denoiser, config.method, z_s.to(runtime.device), d_s.to(runtime.device), times[done],
                              times[done + 1])
         recorder = ProvenanceRecorder(db_path, run_id, len(training_set), times, timeout=runtime.timeout,
-                                      sampling_started=started, extra_timings={"resumed_from_step": done + 1})
+                                      sampling_started=started, extra_timings=_resumed_record(denoiser, done + 1))
         if done + 1 >= len(times) - 1:  # every step is there but the run was not completed (same transaction)
             raise StoreError(f"run {run_id}: all steps are recorded but the run is not complete")
         sample(denoiser, z, config, callback=chain(recorder, callback), request=request, progress=runtime.progress,

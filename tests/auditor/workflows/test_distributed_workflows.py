@@ -123,6 +123,7 @@ def test_a_run_failed_part_way_and_resumed_over_two_ranks_equals_the_uninterrupt
     assert fetch(two, "SELECT status FROM runs WHERE id = 1") == [("complete",)]
     timings = json.loads(fetch(two, "SELECT timings FROM runs WHERE id = 1")[0][0])
     assert timings["resumed_from_step"] == led_worker.FAIL_AT + 1
+    assert timings["resumed_with"] == SHARDS  # created in one process: the record of the resume says two ranks
     assert_same_run(two, 1, uninterrupted, 1, random_set().image_shape)
 
 

@@ -93,6 +93,8 @@ def test_resume_equals_uninterrupted(tmp_path, sampler):
     assert runs.resume_run(db, broken, data, callback=lambda step, *a: steps_seen.append(step)) == broken
     assert steps_seen == [3, 4]
     assert _fetch(db, "SELECT status, error FROM runs WHERE id = ?", [broken]) == [("complete", None)]
+    timings = json.loads(_fetch(db, "SELECT timings FROM runs WHERE id = ?", [broken])[0][0])
+    assert timings["resumed_from_step"] == 3 and timings["resumed_with"] == {"world_size": 1, "backend": None}
     expected = _final_images(db, whole, data.image_shape)
     got = _final_images(db, broken, data.image_shape)
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
