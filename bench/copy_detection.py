@@ -16,15 +16,15 @@ point estimate. Every number below is measured on the test half.
 Evidence sources: exact pixel hashes; the pixel-correlation descriptor with faiss
 (auditor.similarity.copy_detection, the audit's default descriptor); the learned copy
 descriptor (--descriptor, default the committed fmnist-copy: raw cosine of the nearest
-entry, and descriptor-match, its score against look-alikes); aligned correlation (shift and
-scale tolerant, auditor.similarity.evidence); region match (partial copies); the verdict
-that combines them (auditor.similarity.verdict), without and with descriptor-match, by both
-rules, and its figures against issue 17's targets; the two descriptors' raw cosines get a
-threshold too (--previous-fpr, per source); PSPC's own attribution of the
-image (top share of PSPC-Square's posterior at t, patch size s) on a training subset
-(--pspc-limit: PSPC over 60k images costs seconds per image on 2 cores). With the network
-(--network) the inversion bound: the reconstruction error of inverting and replaying
-training, novel and noise images.
+entry, and descriptor-match, its score against look-alikes); aligned correlation (shift,
+crop and blur tolerant: each candidate is edited, auditor.similarity.evidence); region
+match (partial copies); the verdict that combines them (auditor.similarity.verdict),
+without and with descriptor-match, by both rules, and its figures against issue 17's
+targets; the two descriptors' raw cosines get a threshold too (--previous-fpr, per source);
+PSPC's own attribution of the image (top share of PSPC-Square's posterior at t, patch size
+s) on a training subset (--pspc-limit: PSPC over 60k images costs seconds per image on 2
+cores). With the network (--network) the inversion bound: the reconstruction error of
+inverting and replaying training, novel and noise images.
 
 Writes OUT.md (tables, command, timings, machine load) and OUT.json (every number).
 """

@@ -2,14 +2,17 @@
 
 PSPC and the pixel-correlation descriptor compare an image with every training image at the
 same position, so a copy shifted by one pixel is missed. The two evidence sources here
-tolerate small shifts and rescalings:
+tolerate small shifts, crops and blurs:
 
 - :class:`AlignedCorrelation` ("aligned-correlation"): candidates are retrieved by the
   magnitude of the low-frequency 2-D Fourier spectrum (|F| does not change when an image is
-  translated, so a shifted copy has its source's descriptor), queried at three scales
-  (1, 26/28, 24/28, for slight crops resized back), and re-ranked by the best Pearson
-  correlation of the full-resolution pixels over every shift of up to ``max_shift`` pixels
-  and those scales. Score: that correlation (1 = identical up to brightness and contrast).
+  translated, so a shifted copy has its source's descriptor), also of the image downscaled
+  (a crop resized back is its source zoomed in), and by coarse (mean-pooled) pixels of the
+  image at every small shift; then re-ranked by the best Pearson
+  correlation of the image with the candidate EDITED as copies are made: shifted, cropped
+  and resized back, or blurred (:class:`EditedCorrelation`, every edit of
+  :func:`edit_grid`, from a few matrix products). Editing the query instead does not invert
+  a crop or a blur. Score: a ratio test of that correlation against the best other image.
 - :class:`RegionMatch` ("region-match"): partial copies. The image's 7x7 blocks (two grids)
   are looked up among the same-position blocks of every training entry (faiss, L2); the
   entries found for most blocks, plus the aligned-correlation candidates, are compared
@@ -36,12 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from auditor.similarity.cases import blur
+from auditor.similarity.cases import blur, shift
 from auditor.similarity.copy_detection import CopyDetectionError
 
-__all__ = ["AlignedCorrelation", "Evidence", "EvidenceSource", "RegionMatch", "gray", "largest_region"]
+__all__ = ["AlignedCorrelation", "BLUR_SIGMAS", "Edit", "EditedCorrelation", "Evidence", "EvidenceSource",
+           "RETRIEVAL_SCALES", "RegionMatch", "axis_operator", "edit_grid", "gray", "largest_region"]
 
 LUMA = (0.299, 0.587, 0.114)
+BLUR_SIGMAS = tuple(round(0.6 * 1.2 ** i, 4) for i in range(6))  # 0.6 .. 1.493, 20% apart
+RETRIEVAL_SCALES = ((26 / 28, 26 / 28), (24 / 28, 24 / 28), (26 / 28, 24 / 28), (24 / 28, 26 / 28))
 
 
 def gray(images) -> torch.Tensor:
@@ -119,36 +125,170 @@ class EvidenceSource(ABC):
         return {"name": self.name, "kind": self.name, **self.parameters(), "fingerprint": self.fingerprint}
 
 
-class AlignedCorrelation(EvidenceSource):
-    """Copy score from the best pixel correlation over shifts and scales; Fourier retrieval.
+# -- edits of a candidate ------------------------------------------------------------------
 
-    For each candidate, c = the best Pearson correlation of the pixels over shifts
-    (|dy|, |dx| <= max_shift) and (vertical, horizontal) scales, on the raw pixels and on
-    both images blurred (Gaussian, sigma 1 px: a blurred copy matches its blurred source).
-    The score is Lowe's ratio test in log form, log((1 - c2) / (1 - c1)) with c1 the best
-    candidate's correlation and c2 the best among other training images: a copy stands out
-    from its source's look-alikes, a novel image is about as close to several of them.
+def axis_operator(n: int, edit: tuple) -> torch.Tensor:
+    """The [n, n] matrix M of a 1-D edit along one axis: M @ column is the column edited as
+    auditor.similarity.cases edits images. edit: ("shift", d) (zero fill), ("crop", before,
+    after) (cut, then resized back: bilinear, antialiased) or ("blur", sigma) (Gaussian,
+    replicate padding). Built by applying those functions to the basis, so it is theirs exactly."""
+    # basis vector j as an n x 2 image (antialiased interpolate mishandles a width of 1 in torch 2.13)
+    basis = torch.eye(n).reshape(n, 1, n, 1).expand(n, 1, n, 2).contiguous()
+    kind = edit[0]
+    if kind == "shift":
+        out = shift(basis, int(edit[1]), 0)
+    elif kind == "crop":
+        before, after = int(edit[1]), int(edit[2])
+        if before < 0 or after < 0 or before + after >= n:
+            raise ValueError(f"cannot crop {before} + {after} of {n} pixels")
+        out = F.interpolate(basis[:, :, before:n - after].contiguous(), size=(n, 2), mode="bilinear",
+                            align_corners=False, antialias=True)
+    elif kind == "blur":
+        out = blur(basis, float(edit[1]))
+    else:
+        raise ValueError(f"unknown edit {edit!r}; expected shift, crop or blur")
+    return out[:, 0, :, 0].T.contiguous()
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A separable edit of a candidate, A c B^T: rows[row] is A (vertical), cols[col] is B."""
+
+    transform: str  # "shift", "crop" or "blur"
+    value: tuple  # (dy, dx); (top, bottom, left, right); (sigma,)
+    row: int
+    col: int
+
+    def describe(self) -> dict:
+        value = list(self.value) if self.transform != "blur" else round(self.value[0], 4)
+        return {"transform": self.transform, self.transform: value}
+
+
+def edit_grid(max_shift: int = 3, max_crop: int = 3, blur_sigmas=BLUR_SIGMAS) -> tuple[list, list, list[Edit]]:
+    """(vertical 1-D edits, horizontal 1-D edits, 2-D edits): every zero-fill shift with
+    |dy|, |dx| <= max_shift (the identity among them), every crop of 0..max_crop pixels per
+    side resized back (but the identity) and every blur of `blur_sigmas` on both axes."""
+    axis = [("shift", d) for d in range(-max_shift, max_shift + 1)]
+    axis += [("crop", a, b) for a in range(max_crop + 1) for b in range(max_crop + 1)]
+    axis += [("blur", float(s)) for s in blur_sigmas]
+    at = {edit: i for i, edit in enumerate(axis)}
+    edits = [Edit("shift", (dy, dx), at[("shift", dy)], at[("shift", dx)])
+             for dy in range(-max_shift, max_shift + 1) for dx in range(-max_shift, max_shift + 1)]
+    edits += [Edit("crop", (t, b, left, r), at[("crop", t, b)], at[("crop", left, r)])
+              for t in range(max_crop + 1) for b in range(max_crop + 1) for left in range(max_crop + 1)
+              for r in range(max_crop + 1) if (t, b, left, r) != (0, 0, 0, 0)]
+    edits += [Edit("blur", (float(s),), at[("blur", float(s))], at[("blur", float(s))]) for s in blur_sigmas]
+    return axis, axis, edits
+
+
+def _is_diagonal(matrices: torch.Tensor) -> torch.Tensor:
+    """bool [M]: which of the matrices [M, n, n] are diagonal."""
+    diagonal = torch.diag_embed(torch.diagonal(matrices, dim1=1, dim2=2))
+    return (matrices - diagonal).abs().amax((1, 2)) == 0
+
+
+class EditedCorrelation:
+    """Pearson correlation of a query with every edit A c B^T of every candidate c (edit_grid),
+    from a few small matrix products, without forming the edited candidates:
+    <q, A c B^T> = <A^T q B, c>; sum(A c B^T) = (A^T 1)^T c (B^T 1);
+    ||A c B^T||^2 = <A^T A, c (B^T B) c^T>, which for shifts (diagonal A^T A and B^T B) is
+    a masked sum of c^2."""
+
+    def __init__(self, height: int, width: int, max_shift: int = 3, max_crop: int = 3, blur_sigmas=BLUR_SIGMAS):
+        rows, cols, self.edits = edit_grid(max_shift, max_crop, blur_sigmas)
+        self.shape = (int(height), int(width))
+        self.rows = torch.stack([axis_operator(height, e) for e in rows])  # [V, H, H]
+        self.cols = torch.stack([axis_operator(width, e) for e in cols])  # [U, W, W]
+        self.row_of = torch.tensor([e.row for e in self.edits])
+        self.col_of = torch.tensor([e.col for e in self.edits])
+        self.row_sums, self.col_sums = self.rows.sum(1), self.cols.sum(1)  # A^T 1 [V, H], B^T 1 [U, W]
+        row_gram, col_gram = self.rows.transpose(1, 2) @ self.rows, self.cols.transpose(1, 2) @ self.cols
+        row_diagonal, col_diagonal = _is_diagonal(row_gram), _is_diagonal(col_gram)
+        masked = row_diagonal[self.row_of] & col_diagonal[self.col_of]
+        self._masked = torch.nonzero(masked).flatten()  # edits whose squares are masked sums
+        self._row_masks = torch.diagonal(row_gram, dim1=1, dim2=2)  # [V, H]
+        self._col_masks = torch.diagonal(col_gram, dim1=1, dim2=2)  # [U, W]
+        self._general = torch.nonzero(~masked).flatten()
+        used_cols = torch.unique(self.col_of[self._general])
+        used_rows = torch.unique(self.row_of[self._general])
+        self._general_col = torch.searchsorted(used_cols, self.col_of[self._general])
+        self._general_row = torch.searchsorted(used_rows, self.row_of[self._general])
+        self._col_grams = col_gram[used_cols].permute(1, 0, 2).reshape(width, -1)  # [W, U' W]
+        self._row_grams = row_gram[used_rows].flatten(1).T.contiguous()  # [H H, V']
+
+    def __call__(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """[K, P]: correlation of the query [H, W] with edit p (self.edits[p]) of candidate k ([K, H, W])."""
+        (h, w), n = self.shape, query.numel()
+        q, c = query.to(torch.float32), candidates.to(torch.float32)
+        k = len(c)
+        projected = torch.einsum("vhg,hw->vgw", self.rows, q)[self.row_of] @ self.cols[self.col_of]  # A^T q B
+        dots = c.flatten(1) @ projected.flatten(1).T  # [K, P]
+        sums = torch.einsum("vh,khw,uw->kvu", self.row_sums, c, self.col_sums)[:, self.row_of, self.col_of]
+        squares = torch.empty_like(dots)
+        if len(self._masked):
+            masked = torch.einsum("vh,khw,uw->kvu", self._row_masks, c * c, self._col_masks)
+            squares[:, self._masked] = masked[:, self.row_of[self._masked], self.col_of[self._masked]]
+        if len(self._general):
+            right = (c.reshape(k * h, w) @ self._col_grams).reshape(k, -1, w)  # c B^T B, [K, H U', W]
+            grams = (right @ c.transpose(1, 2)).reshape(k, h, -1, h).permute(0, 2, 1, 3)  # c B^T B c^T [K, U', H, H]
+            general = grams.reshape(k, -1, h * h) @ self._row_grams  # <A^T A, c B^T B c^T>, [K, U', V']
+            squares[:, self._general] = general[:, self._general_col, self._general_row]
+        covariance = dots - q.mean() * sums
+        spread = (squares - sums ** 2 / n).clamp_min(1e-6).sqrt()
+        return covariance / (spread * (q - q.mean()).norm().clamp_min(1e-6))
+
+
+class AlignedCorrelation(EvidenceSource):
+    """Copy score from the best pixel correlation with an edited candidate; Fourier retrieval.
+
+    Candidates are retrieved by the magnitude of the low-frequency 2-D Fourier spectrum (|F|
+    does not change when an image is translated, so a shifted copy has its source's
+    descriptor), queried with the image itself and downscaled onto a black canvas at
+    `retrieval_scales` (a crop resized back is its source zoomed in); and by the `pool` x
+    `pool` mean-pooled pixels of the image at every shift (a copy shifted so that content
+    leaves the frame has another spectrum; `pooled_per_shift` per shift, the best
+    `candidates` kept). Each candidate c is then
+    edited as a copy is made from its source, and scored by c = the best Pearson correlation
+    of the image with any edit (EditedCorrelation): zero-fill shifts up to `max_shift`
+    pixels, crops of up to `max_crop` pixels per side resized back, Gaussian blurs of
+    `blur_sigmas`; and, with both images blurred (sigma `blur_sigma`: noise and JPEG
+    artefacts are mostly high frequencies), every shift. The score is Lowe's ratio test in log
+    form, log((1 - c2) / (1 - c1)) with c1 the best candidate's correlation and c2 the best
+    among other training images: a copy stands out from its source's look-alikes, a novel
+    image is about as close to several of them.
     """
 
     name = "aligned-correlation"
 
-    def __init__(self, training: torch.Tensor, *, xflip: bool = True, max_shift: int = 3, frequencies: int = 7,
-                 candidates: int = 64, scales: tuple[float, ...] = (1.0, 26 / 28, 24 / 28), blur_sigma: float = 1.0):
+    def __init__(self, training: torch.Tensor, *, xflip: bool = True, max_shift: int = 3, max_crop: int = 3,
+                 blur_sigmas=BLUR_SIGMAS, frequencies: int = 7, candidates: int = 64,
+                 retrieval_scales=RETRIEVAL_SCALES, blur_sigma: float = 1.0, pool: int = 4,
+                 pooled_per_shift: int = 8):
         self.entries = _entries(training, xflip)
         self.num_images = len(training)
-        self.max_shift, self.frequencies, self.k = int(max_shift), int(frequencies), int(candidates)
-        self.scales = [(float(a), float(a)) for a in scales]
+        self.max_shift, self.max_crop, self.frequencies, self.k = int(max_shift), int(max_crop), int(frequencies), \
+            int(candidates)
+        self.blur_sigmas = tuple(float(s) for s in blur_sigmas)
+        self.retrieval_scales = [(1.0, 1.0)] + [(float(a), float(b)) for a, b in retrieval_scales if (a, b) != (1, 1)]
         self.xflip, self.blur_sigma = bool(xflip), float(blur_sigma)
         described = torch.cat([self._spectrum(self.entries[i:i + 20000]) for i in range(0, len(self.entries), 20000)])
         self.index = _inner_product_index(np.ascontiguousarray(described.numpy()))
-        self._prepare_shifts(*self.entries.shape[1:])
+        self.pool, self.pooled_per_shift = int(pool), int(pooled_per_shift)
+        pooled = torch.cat([self._pooled(self.entries[i:i + 20000]) for i in range(0, len(self.entries), 20000)])
+        self.pooled_index = _inner_product_index(np.ascontiguousarray(pooled.numpy()))
+        self.edited = EditedCorrelation(*self.entries.shape[1:], self.max_shift, self.max_crop, self.blur_sigmas)
+        self.edited_blurred = EditedCorrelation(*self.entries.shape[1:], self.max_shift, 0, ())  # shifts only
 
     def parameters(self) -> dict:
-        return {"max_shift": self.max_shift, "frequencies": self.frequencies, "candidates": self.k,
-                "scales": [[round(a, 6), round(b, 6)] for a, b in self.scales], "xflip": self.xflip,
-                "blur_sigma": self.blur_sigma,
-                "retrieval": "|FFT| low frequencies, sqrt, centred, L2 (faiss inner product)",
-                "score": "log((1 - c2) / (1 - c1)): c = max Pearson correlation over shifts, scales, raw or blurred"}
+        return {"max_shift": self.max_shift, "max_crop": self.max_crop, "blur_sigmas": list(self.blur_sigmas),
+                "edits": len(self.edited.edits), "frequencies": self.frequencies, "candidates": self.k,
+                "retrieval_scales": [[round(a, 6), round(b, 6)] for a, b in self.retrieval_scales],
+                "xflip": self.xflip, "blur_sigma": self.blur_sigma,
+                "pool": self.pool, "pooled_per_shift": self.pooled_per_shift,
+                "retrieval": "|FFT| low frequencies, sqrt, centred, L2 (faiss inner product); and "
+                             "pool x pool mean-pooled pixels, centred, L2, of the image at every shift",
+                "score": "log((1 - c2) / (1 - c1)): c = max Pearson correlation with the candidate shifted, "
+                         "crop-resized or blurred (raw), or shifted (both blurred)"}
 
     def _spectrum(self, x: torch.Tensor) -> torch.Tensor:
         k, pad = self.frequencies, 32
@@ -156,29 +296,36 @@ class AlignedCorrelation(EvidenceSource):
         rows = torch.cat([torch.arange(0, k + 1), torch.arange(pad - k, pad)])
         return _unit(f[:, rows][:, :, :k + 1].flatten(1).sqrt())
 
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return _unit(F.avg_pool2d(x[:, None], self.pool)[:, 0].flatten(1))
+
+    def _pooled_candidates(self, x: torch.Tensor) -> list[np.ndarray]:
+        """Per image [B, H, W]: the `candidates` entries whose pooled pixels are nearest to
+        those of the image at some shift (|dy|, |dx| <= max_shift): a shifted copy's source."""
+        s = self.max_shift
+        shifts = [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)]
+        queries = torch.stack([shift(x, dy, dx) for dy, dx in shifts], 1).flatten(0, 1)
+        similarity, found = self.pooled_index.search(np.ascontiguousarray(self._pooled(queries).numpy()),
+                                                     self.pooled_per_shift)
+        out = []
+        for sims, entries in zip(similarity.reshape(len(x), -1), found.reshape(len(x), -1)):
+            best: dict[int, float] = {}
+            for sim, entry in zip(sims.tolist(), entries.tolist()):
+                if entry >= 0 and sim > best.get(entry, -2.0):
+                    best[entry] = sim
+            out.append(np.array(sorted(best, key=best.__getitem__, reverse=True)[:self.k], dtype=np.int64))
+        return out
+
     def _versions(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, V, H, W]: the query at each scale (downscaled and centred on a black canvas)."""
+        """[B, V, H, W]: the query at each retrieval scale (downscaled and centred on a black canvas)."""
         h, w = x.shape[-2:]
         out = [x]
-        for sy, sx in self.scales[1:]:
+        for sy, sx in self.retrieval_scales[1:]:
             sh, sw = max(1, round(h * sy)), max(1, round(w * sx))
             small = F.interpolate(x[:, None], size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
             top, left = (h - sh) // 2, (w - sw) // 2
             out.append(F.pad(small, (left, w - sw - left, top, h - sh - top))[:, 0])
         return torch.stack(out, 1)
-
-    def _shifted(self, versions: torch.Tensor) -> torch.Tensor:
-        """[V*S, H*W] unit rows: every version at every shift (labels: `self._labels`)."""
-        s = self.max_shift
-        padded = F.pad(versions, (s, s, s, s)).flatten(1)  # [V, (H+2s)(W+2s)]
-        return _unit(padded[:, self._gather].flatten(0, 1))
-
-    def _prepare_shifts(self, h: int, w: int) -> None:
-        s, width = self.max_shift, w + 2 * self.max_shift
-        y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        offsets = [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)]
-        self._gather = torch.stack([((y + s - dy) * width + (x + s - dx)).flatten() for dy, dx in offsets])
-        self._labels = [(v, dy, dx) for v in range(len(self.scales)) for dy, dx in offsets]
 
     def __call__(self, images) -> list[Evidence]:
         x = gray(images)
@@ -189,28 +336,29 @@ class AlignedCorrelation(EvidenceSource):
         b = versions.shape[0]
         _, found = self.index.search(np.ascontiguousarray(self._spectrum(versions.flatten(0, 1)).numpy()), self.k)
         found = found.reshape(b, -1)
-        return [self._score(versions[i], np.unique(found[i][found[i] >= 0])) for i in range(b)]
+        pooled = self._pooled_candidates(x)
+        return [self._score(x[i], np.union1d(found[i][found[i] >= 0], pooled[i])) for i in range(b)]
 
-    def _score(self, versions: torch.Tensor, entries: np.ndarray) -> Evidence:
-        """Re-rank the candidates of one image (its scaled versions [V, H, W]); the view (raw or
-        blurred) with the larger ratio score decides."""
+    def _score(self, query: torch.Tensor, entries: np.ndarray) -> Evidence:
+        """Re-rank the candidates of one image [H, W]; the view (raw or blurred) with the larger
+        ratio score decides."""
         candidates = self.entries[torch.from_numpy(entries)]
-        views = [("raw", versions, candidates)]
+        views = [("raw", query, candidates, self.edited)]
         if self.blur_sigma > 0:
-            views.append(("blurred", _blur(versions, self.blur_sigma), _blur(candidates, self.blur_sigma)))
+            views.append(("blurred", _blur(query[None], self.blur_sigma)[0], _blur(candidates, self.blur_sigma),
+                          self.edited_blurred))
         images = entries % self.num_images
         results = []
-        for view, v, c in views:
-            best, where = (_unit(c.flatten(1)) @ self._shifted(v).T).max(1)
+        for view, q, c, edited in views:
+            best, where = edited(q, c).max(1)
             order = torch.argsort(best, descending=True)[:self.k]
             top = int(order[0])
             others = [float(best[j]) for j in order if images[j] != images[top]]
             c1, c2 = float(best[top]), (others[0] if others else 0.0)
             score = float(np.log((1 - c2 + 1e-4) / (1 - c1 + 1e-4)))
-            version, dy, dx = self._labels[int(where[top])]
             results.append(Evidence(score, int(entries[top]), [(int(entries[j]), float(best[j])) for j in order],
-                                    alignment={"correlation": c1, "runner_up": c2, "shift": [dy, dx],
-                                               "scale": [round(a, 4) for a in self.scales[version]], "view": view}))
+                                    alignment={**edited.edits[int(where[top])].describe(), "correlation": c1,
+                                               "runner_up": c2, "view": view}))
         return max(results, key=lambda e: e.score)
 
 
