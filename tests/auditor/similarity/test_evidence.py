@@ -110,7 +110,7 @@ def _edited(image: torch.Tensor, transform: str, value: tuple) -> torch.Tensor:
 
 
 def test_the_edit_grid_is_every_shift_crop_and_blur_once():
-    _, _, edits = edit_grid(3, 3, (0.6, 1.5))
+    _, _, edits = edit_grid(3, range(4), (0.6, 1.5))
     kinds = [e.transform for e in edits]
     assert (kinds.count("shift"), kinds.count("crop"), kinds.count("blur")) == (49, 255, 2)
     assert len({(e.transform, e.value) for e in edits}) == len(edits)
@@ -147,11 +147,12 @@ def test_edited_correlation_matches_a_plain_loop_over_edits_and_candidates(image
 
 
 @pytest.mark.parametrize("family", ["shift-2", "crop-resize", "blur"])
-def test_aligned_correlation_inverts_shifts_crops_and_blurs_of_the_candidate(images, family):
+@pytest.mark.parametrize("candidates", [64, 6])  # 6 of up to ~200 retrieved: the prefilter's shortlist decides
+def test_aligned_correlation_inverts_shifts_crops_and_blurs_of_the_candidate(images, family, candidates):
     """A copy made by an edit on the grid correlates >= 0.999 with its source edited back, and
     that source ranks first (the earlier query-side search reached 0.94-0.995 for these copies)."""
     train, test = images
-    aligned = AlignedCorrelation(train)
+    aligned = AlignedCorrelation(train, candidates=candidates, retrieve=64)
     cases = build_cases(train, test, per_family=8, seed=2, families=(family,))
     for evidence, source in zip(aligned(cases.images), cases.source):
         assert evidence.entry == source and evidence.candidates[0][0] == source
