@@ -9,14 +9,19 @@ in copy_calibrations. `record_verdicts` gives stored images (an audit's image, a
 samples) their verdict (auditor.similarity.verdict) from the newest calibration of exactly
 these evidence parameters on this training set, and stores it in copy_verdicts. Jointly
 chosen thresholds are used together or not at all (`usable_calibrations`): one of them
-alone, or mixed with another calibration's, would not keep the union's bound.
+alone, or mixed with another calibration's, would not keep the union's bound. Without a
+complete calibration of its own, a store of the very training set and evidence parameters
+the benchmark calibrated gets the shipped thresholds (auditor.similarity.shipped), stored
+once in copy_calibrations as their own joint group; any later `auditor calibrate` wins.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,11 +36,12 @@ from auditor.similarity.calibration import (
 )
 from auditor.similarity.cases import build_cases, split_rows
 from auditor.similarity.metrics import binomial_upper_bound, rate_at
+from auditor.similarity.shipped import SHIPPED_NAME, SHIPPED_PATH, SOURCE, file_sha256, load_shipped, shipped_rows
 from auditor.similarity.verdict import Verdict, decide_scored
 from auditor.store import calibrations, datasets
 
 __all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_store", "judge", "record_verdicts",
-           "usable_calibrations"]
+           "shipped_calibrations", "shipped_provenance", "usable_calibrations"]
 
 
 @dataclass(frozen=True)
@@ -145,30 +151,99 @@ def usable_calibrations(rows: Sequence[Mapping], fingerprints: Mapping[str, str]
     return {name: whole[name] for name in fingerprints}
 
 
+def _shipped_record(shipped: dict, path: Path) -> dict:
+    """The copy_calibrations record of shipped thresholds: which file (by sha256), and their joint group."""
+    sha256 = file_sha256(path)
+    name = SHIPPED_NAME if path.resolve() == SHIPPED_PATH.resolve() else str(path)
+    joint = shipped["thresholds"][0]["joint"] or {}
+    record = {"shipped": {"file": name, "sha256": sha256, "source": shipped.get("source", SOURCE),
+                          "command": shipped.get("command")},
+              "command": shipped.get("command"), "cases": shipped.get("cases"), "training_set": shipped["training_set"],
+              "rule": shipped["thresholds"][0]["rule"],
+              "joint": {**joint, "group": f"shipped-{sha256[:16]}",
+                        "sources": [t["evidence"] for t in shipped["thresholds"]]}}
+    if "test" in shipped:
+        record["test"] = shipped["test"]
+    return record
+
+
+def shipped_calibrations(db_path, training_set: TrainingSet, dataset_id: int, fingerprints: Mapping[str, str], *,
+                         path=SHIPPED_PATH, store: bool = True, timeout: float = 10.0) -> dict[str, dict]:
+    """evidence name -> the shipped calibration (auditor.similarity.shipped) when it was chosen on exactly
+    this training set for exactly these evidence fingerprints, else {}. Stored in copy_calibrations once
+    (found again by the file's sha256), so verdicts name its row ids; store=False, or a store file this
+    process cannot write: used without storing (calibration_id None)."""
+    shipped = load_shipped(path)
+    rows = shipped_rows(shipped, training_set.fingerprint, training_set.xflip, fingerprints)
+    if not rows:
+        return {}
+    path = Path(path)
+    record = _shipped_record(shipped, path)
+    if not store or not os.access(db_path, os.W_OK):
+        return {t["evidence"]: {**t, "id": None, "evidence_fingerprint": t["fingerprint"], "dataset_id": dataset_id,
+                                "record": {**record, "families": list(t["families"])}} for t in rows}
+
+    def stored() -> dict[str, dict]:
+        found = [r for r in calibrations.list_calibrations(db_path, dataset_id, timeout=timeout)
+                 if ((r.get("record") or {}).get("shipped") or {}).get("sha256") == record["shipped"]["sha256"]]
+        used = usable_calibrations(found, fingerprints)
+        return used if set(fingerprints) <= set(used) else {}
+
+    current = stored()
+    if not current:
+        calibrations.store_calibrations(db_path, dataset_id, rows, record, timeout=timeout)
+        current = stored()
+    return current
+
+
+def shipped_provenance(calibration: Mapping | None) -> dict | None:
+    """The shipped file a stored calibration came from ({"file", "sha256", "source", "command"}), or None."""
+    return ((calibration or {}).get("record") or {}).get("shipped")
+
+
+def _with_provenance(verdict: Verdict, current: Mapping[str, dict]) -> Verdict:
+    """The verdict, saying so in its reason and details when its threshold is the shipped benchmark's."""
+    shipped = shipped_provenance(current.get(verdict.evidence)) if verdict.threshold is not None else None
+    if shipped is None:
+        return verdict
+    verdict.reason += (f" (shipped calibration ({shipped['source']}) of this training set, {shipped['file']} "
+                       f"sha256 {shipped['sha256'][:12]}...)")
+    verdict.scores = {**verdict.scores, "calibration": {"shipped": dict(shipped)}}
+    return verdict
+
+
 def judge(db_path, training_set: TrainingSet, dataset_id: int, images: torch.Tensor, *,
           reconstruction: dict | None = None, evidence: CopyEvidence | None = None, descriptor: str = "configured",
-          timeout: float = 10.0) -> list[Verdict]:
+          timeout: float = 10.0, shipped_path=SHIPPED_PATH, store_shipped: bool = True) -> list[Verdict]:
     """The verdict of each image (float [B, C, H, W] in [-1, 1], or uint8) from the store's newest
     calibration of exactly these evidence parameters on the dataset (usable_calibrations), without
-    storing it. descriptor: the verdict's descriptor (calibration.verdict_descriptor spec) when no
-    `evidence` is given."""
+    storing the verdicts. descriptor: the verdict's descriptor (calibration.verdict_descriptor spec)
+    when no `evidence` is given. Without a complete calibration, the shipped one where it applies
+    (shipped_calibrations, from `shipped_path`; None: never), stored unless store_shipped is False
+    (a caller that cannot write the store: its verdicts then have no calibration_id)."""
     pixels = images if images.dtype == torch.uint8 else to_uint8(images.detach().cpu())
     evidence = evidence or CopyEvidence(training_set.images, xflip=training_set.xflip, descriptor=descriptor)
     fingerprints = {name: source.fingerprint for name, source in evidence.sources.items()}
     current = usable_calibrations(calibrations.list_calibrations(db_path, dataset_id, timeout=timeout), fingerprints)
+    if not set(fingerprints) <= set(current) and shipped_path is not None:
+        current = shipped_calibrations(db_path, training_set, dataset_id, fingerprints, path=shipped_path,
+                                       store=store_shipped, timeout=timeout) or current
     scored = evidence.score(pixels)
-    return [decide_scored(scored, i, current, training_set.ids, reconstruction=reconstruction)
-            for i in range(len(pixels))]
+    verdicts = [decide_scored(scored, i, current, training_set.ids, reconstruction=reconstruction)
+                for i in range(len(pixels))]
+    return [_with_provenance(v, current) for v in verdicts]
 
 
 def record_verdicts(db_path, training_set: TrainingSet, dataset_id: int, run_id: int, images: torch.Tensor, *,
                     reconstruction: dict | None = None, evidence: CopyEvidence | None = None,
-                    descriptor: str = "configured", repeat: int = 1, timeout: float = 10.0) -> dict[int, Verdict]:
+                    descriptor: str = "configured", repeat: int = 1, timeout: float = 10.0,
+                    shipped_path=SHIPPED_PATH) -> dict[int, Verdict]:
     """The verdict of each image (float [B, C, H, W] in [-1, 1], or uint8) of run `run_id`, stored
     as sample i's; repeat > 1 (one image): the same verdict for samples 0..repeat-1 (an audit's draws).
-    descriptor: as judge's."""
+    descriptor, shipped_path: as judge's."""
     verdicts = dict(enumerate(judge(db_path, training_set, dataset_id, images, reconstruction=reconstruction,
-                                    evidence=evidence, descriptor=descriptor, timeout=timeout)))
+                                    evidence=evidence, descriptor=descriptor, timeout=timeout,
+                                    shipped_path=shipped_path)))
     if repeat > 1 and len(verdicts) == 1:
         verdicts = {i: verdicts[0] for i in range(repeat)}
     calibrations.store_verdicts(db_path, run_id, {i: v.to_dict() for i, v in verdicts.items()}, timeout=timeout)
