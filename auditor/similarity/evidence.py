@@ -198,6 +198,7 @@ class EditedCorrelation:
     a masked sum of c^2."""
 
     def __init__(self, height: int, width: int, max_shift: int = 3, crops=CROPS, blur_sigmas=BLUR_SIGMAS):
+        crops = [c for c in crops if 2 * int(c) < min(height, width)]  # small images: the crops that fit
         rows, cols, self.edits = edit_grid(max_shift, crops, blur_sigmas)
         self.shape = (int(height), int(width))
         self.rows = torch.stack([axis_operator(height, e) for e in rows])  # [V, H, H]
