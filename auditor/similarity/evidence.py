@@ -279,11 +279,9 @@ class AlignedCorrelation(EvidenceSource):
         self.blur_sigmas = tuple(float(s) for s in blur_sigmas)
         self.retrieval_scales = [(1.0, 1.0)] + [(float(a), float(b)) for a, b in retrieval_scales if (a, b) != (1, 1)]
         self.xflip, self.blur_sigma = bool(xflip), float(blur_sigma)
-        described = torch.cat([self._spectrum(self.entries[i:i + 20000]) for i in range(0, len(self.entries), 20000)])
-        self.index = _inner_product_index(np.ascontiguousarray(described.numpy()))
         self.pool, self.pooled_per_shift = int(pool), int(pooled_per_shift)
-        pooled = torch.cat([self._pooled(self.entries[i:i + 20000]) for i in range(0, len(self.entries), 20000)])
-        self.pooled_index = _inner_product_index(np.ascontiguousarray(pooled.numpy()))
+        self.index = self._entry_index(self._spectrum)
+        self.pooled_index = self._entry_index(self._pooled)
         self.edited = EditedCorrelation(*self.entries.shape[1:], self.max_shift, range(self.max_crop + 1),
                                         self.blur_sigmas)
         self.edited_blurred = EditedCorrelation(*self.entries.shape[1:], self.max_shift, (), ())  # shifts only
@@ -301,6 +299,11 @@ class AlignedCorrelation(EvidenceSource):
                              "pool x pool mean-pooled pixels, centred, L2, of the image at every shift",
                 "score": "log((1 - c2) / (1 - c1)): c = max Pearson correlation with the candidate shifted, "
                          "crop-resized or blurred (raw), or shifted (both blurred)"}
+
+    def _entry_index(self, describe) -> faiss.Index:
+        """An inner-product index of every entry's descriptor (described 20000 entries at a time)."""
+        described = torch.cat([describe(self.entries[i:i + 20000]) for i in range(0, len(self.entries), 20000)])
+        return _inner_product_index(np.ascontiguousarray(described.numpy()))
 
     def _spectrum(self, x: torch.Tensor) -> torch.Tensor:
         k, pad = self.frequencies, 32
